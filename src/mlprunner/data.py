@@ -1,0 +1,413 @@
+"""Datasets as tensors: every split that fits in memory is one float tensor on the device.
+
+`load_data(cfg.dataset, device)` returns a `Data` with the train and validation splits and a
+`load_test()` that reads the test set only when asked. Images are flattened, scaled to [0, 1]
+and normalised with the dataset's mean/std once, at load time, so a training step is just
+an index into a tensor.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from omegaconf import DictConfig
+
+from .errors import ConfigError, DatasetError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
+
+
+@dataclass
+class Split:
+    """An in-memory split: features (N, F) float32 and integer labels (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return self.y.shape[0]
+
+    def to(self, device) -> "Split":
+        return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (x, y) batches by indexing; `order` is a permutation on the same device."""
+        n = len(self)
+        if order is None:
+            for start in range(0, n, batch_size):
+                yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+        else:
+            for start in range(0, n, batch_size):
+                idx = order[start:start + batch_size]
+                yield self.x.index_select(0, idx), self.y.index_select(0, idx)
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+
+class StreamSplit:
+    """A split too large for memory: a torch Dataset read through a DataLoader."""
+
+    def __init__(self, dataset, device, mean, std, num_workers: int = 2):
+        self.dataset = dataset
+        self.device = torch.device(device)
+        self.mean = mean
+        self.std = std
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, order: torch.Tensor | None = None):
+        from torch.utils.data import DataLoader
+
+        sampler = None if order is None else order.cpu().tolist()
+        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=sampler,
+                            num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda")
+        for xb, yb in loader:
+            xb = xb.to(self.device, non_blocking=True).flatten(1).float().div_(255.0)
+            yield _normalize(xb, self.mean, self.std), yb.to(self.device, non_blocking=True)
+
+
+@dataclass
+class Data:
+    train: Split | StreamSplit
+    val: Split | StreamSplit | None
+    num_features: int
+    num_classes: int
+    class_names: list[str]
+    image_shape: tuple[int, int, int] | None  # (C, H, W) for image datasets
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    load_test: Callable[[], Split | StreamSplit] | None = None
+    info: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        n_val = len(self.val) if self.val is not None else 0
+        return (f"{self.info.get('name', '?')}: {len(self.train)} train / {n_val} val, "
+                f"{self.num_features} features, {self.num_classes} classes")
+
+
+def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalise a flat (N, C*H*W) or (N, F) batch with per-channel mean/std."""
+    if mean is None or std is None:
+        return x
+    c = len(mean)
+    if c == 1:
+        return x.sub_(mean[0]).div_(std[0])
+    n = x.shape[0]
+    v = x.view(n, c, -1)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, c, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, c, 1)
+    return v.sub_(m).div_(s).view(n, -1)
+
+
+def _channel_stats(x: torch.Tensor, channels: int) -> tuple[list[float], list[float]]:
+    v = x.view(x.shape[0], channels, -1).transpose(0, 1).reshape(channels, -1).double()
+    mean = v.mean(dim=1)
+    std = v.std(dim=1).clamp_min(1e-8)
+    return [float(m) for m in mean], [float(s) for s in std]
+
+
+def _split_indices(n: int, val_fraction: float, seed: int, subset: int | None):
+    """A seeded permutation of range(n), optionally cut to `subset`, split into train/val."""
+    g = torch.Generator().manual_seed(int(seed))
+    perm = torch.randperm(n, generator=g)
+    if subset is not None:
+        perm = perm[: min(int(subset), n)]
+    n_val = int(round(len(perm) * float(val_fraction)))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if len(perm) - n_val < 1:
+        raise ConfigError("dataset.val_fraction", val_fraction,
+                          message=f"dataset.val_fraction={val_fraction} leaves no training images "
+                                  f"out of {len(perm)}; allowed: a fraction that keeps at least one")
+    return perm[n_val:], perm[:n_val]
+
+
+def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels: int,
+            image_shape, class_names, device, load_test_raw, info) -> Data:
+    """Split official-train tensors (float in [0,1], flat), normalise, move to the device."""
+    train_idx, val_idx = _split_indices(len(y_all), cfg.val_fraction, cfg.split_seed, cfg.get("subset"))
+    x_train, y_train = x_all[train_idx], y_all[train_idx]
+    x_val, y_val = x_all[val_idx], y_all[val_idx]
+    mean = std = None
+    if cfg.get("normalize", False):
+        if cfg.get("mean") is not None:
+            mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+        else:
+            mean, std = _channel_stats(x_train, channels)
+        if len(mean) != channels:
+            raise ConfigError("dataset.mean", list(mean),
+                              f"a list of {channels} value(s), one per image channel")
+        x_train = _normalize(x_train.clone(), mean, std)
+        x_val = _normalize(x_val.clone(), mean, std)
+
+    def load_test() -> Split:
+        x, y = load_test_raw()
+        return Split(_normalize(x, mean, std), y).to(device)
+
+    val = Split(x_val, y_val).to(device) if len(y_val) else None
+    return Data(
+        train=Split(x_train.contiguous(), y_train).to(device), val=val,
+        num_features=x_all.shape[1], num_classes=len(class_names), class_names=list(class_names),
+        image_shape=image_shape, mean=mean, std=std,
+        load_test=load_test if load_test_raw is not None else None, info=info,
+    )
+
+
+# --------------------------------------------------------------------------- torchvision MNIST family
+
+def _torchvision_mnist(cfg: DictConfig, device) -> Data:
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[cfg.name]
+    root = Path(str(cfg.root)).expanduser()
+
+    def read(train: bool):
+        folder = root / cls.__name__ / "raw"
+        try:
+            ds = cls(str(root), train=train, download=bool(cfg.download))
+        except RuntimeError as exc:
+            if "not found" in str(exc).lower():
+                raise DatasetError(
+                    f"{cls.__name__} not found: looked in {folder} (dataset.root={root}); "
+                    f"{'the download failed or was not possible; ' if cfg.download else ''}"
+                    f"put the *-ubyte files there, set MLPRUN_DATA or dataset.root to a folder "
+                    f"holding {cls.__name__}/raw/, or allow dataset.download=true with internet"
+                ) from None
+            raise DatasetError(f"{cls.__name__} files in {folder} are unreadable: {exc}") from None
+        except (OSError, ValueError, AssertionError, IndexError) as exc:
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and "ubyte" not in msg:
+                msg = f"download failed ({msg})"
+            raise DatasetError(
+                f"{cls.__name__} in {folder} could not be read: {msg}; the files may be truncated "
+                f"or malformed: delete them and download again, or set dataset.root"
+            ) from None
+        data, targets = ds.data, ds.targets
+        if data.ndim != 3 or data.shape[0] != targets.shape[0] or data.shape[1:] != (28, 28):
+            raise DatasetError(f"{cls.__name__} files in {folder} are malformed: "
+                               f"images {tuple(data.shape)}, labels {tuple(targets.shape)}")
+        return data.reshape(data.shape[0], -1).float().div_(255.0), targets.long()
+
+    x, y = read(train=True)
+    classes = [str(c) for c in getattr(cls, "classes", [str(i) for i in range(10)])]
+    return _finish(cfg, x, y, 1, (1, 28, 28), classes, device, lambda: read(train=False),
+                   {"name": cfg.name, "root": str(root)})
+
+
+# --------------------------------------------------------------------------- scikit-learn digits
+
+def _digits(cfg: DictConfig, device) -> Data:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = torch.tensor(bunch.images, dtype=torch.float32).reshape(len(bunch.images), -1).div_(16.0)
+    y = torch.tensor(bunch.target, dtype=torch.long)
+    g = torch.Generator().manual_seed(int(cfg.split_seed) + 1)
+    perm = torch.randperm(len(y), generator=g)
+    n_test = int(round(len(y) * float(cfg.test_fraction)))
+    test_idx, rest = perm[:n_test], perm[n_test:]
+
+    def load_test():
+        return x[test_idx].clone(), y[test_idx].clone()
+
+    return _finish(cfg, x[rest], y[rest], 1, (1, 8, 8), [str(i) for i in range(10)], device,
+                   load_test, {"name": "digits"})
+
+
+# --------------------------------------------------------------------------- seed 001's XOR
+
+def make_xor(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Points in {0,1}^2 plus Gaussian noise; label 1 when exactly one coordinate is 1."""
+    x = torch.randint(0, 2, (n, 2), generator=generator).float()
+    y = (x.sum(dim=1) == 1).long()
+    x += noise * torch.randn(x.shape, generator=generator)
+    return x, y
+
+
+def _xor(cfg: DictConfig, device) -> Data:
+    g = torch.Generator().manual_seed(int(cfg.split_seed))
+    x_tr, y_tr = make_xor(int(cfg.n_train), float(cfg.noise), g)
+    x_va, y_va = make_xor(int(cfg.n_val), float(cfg.noise), g)
+    x_te, y_te = make_xor(int(cfg.n_test), float(cfg.noise), g)
+    return Data(
+        train=Split(x_tr, y_tr).to(device),
+        val=Split(x_va, y_va).to(device) if len(y_va) else None,
+        num_features=2, num_classes=2, class_names=["0", "1"], image_shape=None,
+        load_test=lambda: Split(x_te, y_te).to(device), info={"name": "xor"},
+    )
+
+
+# --------------------------------------------------------------------------- image files
+
+def load_image(path: Path, image_size, grayscale: bool) -> torch.Tensor:
+    """Decode one image file to a uint8 (C, H, W) tensor resized to image_size (H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if grayscale else "RGB")
+            h, w = int(image_size[0]), int(image_size[1])
+            if img.size != (w, h):
+                img = img.resize((w, h), Image.BILINEAR)
+            t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+    except FileNotFoundError:
+        raise DatasetError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DatasetError(f"image file {path} cannot be decoded: {str(exc).splitlines()[0]}") from None
+    c = 1 if grayscale else 3
+    return t.view(h, w, c).permute(2, 0, 1).contiguous()
+
+
+def _stack_images(paths, image_size, grayscale) -> torch.Tensor:
+    if not paths:
+        return torch.zeros(0, (1 if grayscale else 3) * int(image_size[0]) * int(image_size[1]))
+    imgs = torch.stack([load_image(p, image_size, grayscale) for p in paths])
+    return imgs.reshape(len(paths), -1).float().div_(255.0)
+
+
+def read_image_csv(csv_path: Path, image_dir: Path) -> tuple[list[Path], list[int]]:
+    """Rows of `relative image path, integer label`; a first row that is a header is skipped."""
+    if not csv_path.is_file():
+        raise DatasetError(f"dataset.csv: file not found: {csv_path}")
+    paths, labels = [], []
+    with open(csv_path, newline="") as fh:
+        for lineno, row in enumerate(csv.reader(fh), start=1):
+            if not row or all(not c.strip() for c in row):
+                continue
+            if len(row) < 2:
+                raise DatasetError(f"{csv_path}:{lineno}: expected 'image path,label', got {row!r}")
+            name, label = row[0].strip(), row[1].strip()
+            try:
+                value = int(label)
+            except ValueError:
+                if lineno == 1 and not paths:  # header row
+                    continue
+                raise DatasetError(f"{csv_path}:{lineno}: label {label!r} is not an integer") from None
+            if value < 0:
+                raise DatasetError(f"{csv_path}:{lineno}: label {value} is negative")
+            path = image_dir / name
+            if not path.is_file():
+                raise DatasetError(f"{csv_path}:{lineno}: image file not found: {path}")
+            paths.append(path)
+            labels.append(value)
+    if not paths:
+        raise DatasetError(f"{csv_path}: no image rows")
+    return paths, labels
+
+
+def _image_csv(cfg: DictConfig, device) -> Data:
+    csv_path = Path(str(cfg.csv)).expanduser()
+    image_dir = Path(str(cfg.image_dir)).expanduser() if cfg.get("image_dir") else csv_path.parent
+    paths, labels = read_image_csv(csv_path, image_dir)
+    size, gray = list(cfg.image_size), bool(cfg.grayscale)
+    x = _stack_images(paths, size, gray)
+    y = torch.tensor(labels, dtype=torch.long)
+    num_classes = int(y.max()) + 1
+    names = list(cfg.class_names) if cfg.get("class_names") else [str(i) for i in range(num_classes)]
+    if len(names) < num_classes:
+        raise ConfigError("dataset.class_names", names, f"at least {num_classes} names (labels go up to {num_classes - 1})")
+    channels = 1 if gray else 3
+    load_test = None
+    if cfg.get("test_csv"):
+        test_csv = Path(str(cfg.test_csv)).expanduser()
+
+        def load_test():
+            tp, tl = read_image_csv(test_csv, image_dir if cfg.get("image_dir") else test_csv.parent)
+            return _stack_images(tp, size, gray), torch.tensor(tl, dtype=torch.long)
+
+    return _finish(cfg, x, y, channels, (channels, size[0], size[1]), names, device, load_test,
+                   {"name": "image_csv", "csv": str(csv_path)})
+
+
+class _FolderImages(torch.utils.data.Dataset):
+    def __init__(self, samples, image_size, grayscale):
+        self.samples, self.image_size, self.grayscale = samples, image_size, grayscale
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        return load_image(Path(path), self.image_size, self.grayscale), label
+
+
+def _image_folder(cfg: DictConfig, device) -> Data:
+    from torchvision.datasets import ImageFolder
+
+    image_dir = Path(str(cfg.image_dir)).expanduser()
+    if not image_dir.is_dir():
+        raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
+    try:
+        folder = ImageFolder(str(image_dir), is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DatasetError(f"dataset.image_dir={image_dir}: {str(exc).splitlines()[0]}") from None
+    size, gray = list(cfg.image_size), bool(cfg.grayscale)
+    channels = 1 if gray else 3
+    names = list(folder.classes)
+    n = len(folder.samples)
+    est_mb = n * channels * size[0] * size[1] * 4 / 2**20
+    info = {"name": "image_folder", "image_dir": str(image_dir)}
+
+    def load_test_raw():
+        test_dir = Path(str(cfg.test_dir)).expanduser()
+        if not test_dir.is_dir():
+            raise DatasetError(f"dataset.test_dir: folder not found: {test_dir}")
+        test = ImageFolder(str(test_dir), is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        if list(test.classes) != names:
+            raise DatasetError(f"dataset.test_dir={test_dir}: classes {test.classes} differ from the "
+                               f"training folder's {names}")
+        return _stack_images([Path(p) for p, _ in test.samples], size, gray), \
+            torch.tensor([t for _, t in test.samples], dtype=torch.long)
+
+    load_test = load_test_raw if cfg.get("test_dir") else None
+    if est_mb <= float(cfg.in_memory_max_mb):
+        x = _stack_images([Path(p) for p, _ in folder.samples], size, gray)
+        y = torch.tensor([t for _, t in folder.samples], dtype=torch.long)
+        return _finish(cfg, x, y, channels, (channels, size[0], size[1]), names, device, load_test, info)
+
+    # Too large for memory: stream through a DataLoader, normalised per batch on the device.
+    train_idx, val_idx = _split_indices(n, cfg.val_fraction, cfg.split_seed, cfg.get("subset"))
+    samples = folder.samples
+    mean = [float(v) for v in cfg.mean] if cfg.get("mean") is not None else [0.5] * channels
+    std = [float(v) for v in cfg.std] if cfg.get("std") is not None else [0.5] * channels
+    if not cfg.get("normalize", False):
+        mean = std = None
+    workers = int(cfg.get("num_workers", 2))
+    train = StreamSplit(_FolderImages([samples[i] for i in train_idx], size, gray), device, mean, std, workers)
+    val = StreamSplit(_FolderImages([samples[i] for i in val_idx], size, gray), device, mean, std, workers) \
+        if len(val_idx) else None
+
+    def load_test_stream():
+        x, y = load_test_raw()
+        return Split(_normalize(x, mean, std), y).to(device)
+
+    return Data(train=train, val=val, num_features=channels * size[0] * size[1], num_classes=len(names),
+                class_names=names, image_shape=(channels, size[0], size[1]), mean=mean, std=std,
+                load_test=load_test_stream if load_test else None, info={**info, "streamed": True})
+
+
+LOADERS = {
+    "mnist": _torchvision_mnist,
+    "fashion_mnist": _torchvision_mnist,
+    "digits": _digits,
+    "xor": _xor,
+    "image_csv": _image_csv,
+    "image_folder": _image_folder,
+}
+
+
+def load_data(cfg: DictConfig, device) -> Data:
+    """Build the dataset named by cfg.name (already validated) on `device`."""
+    return LOADERS[cfg.name](cfg, torch.device(device))

@@ -1,0 +1,46 @@
+"""Errors that reach the user as one line, with the exit codes of the shared contract."""
+
+EXIT_OK = 0
+EXIT_RUNTIME = 1
+EXIT_CONFIG = 2
+EXIT_INTERRUPTED = 130
+
+
+class MlprunError(Exception):
+    """A runtime failure the user can act on (exit code 1)."""
+
+    exit_code = EXIT_RUNTIME
+
+
+class ConfigError(MlprunError):
+    """An invalid configuration value or command-line argument (exit code 2)."""
+
+    exit_code = EXIT_CONFIG
+
+    def __init__(self, key: str, value=None, allowed: str | None = None, message: str | None = None):
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+        if message is None:
+            message = f"{key}={value!r} is invalid"
+            if allowed:
+                message += f"; allowed: {allowed}"
+        super().__init__(message)
+
+
+class CheckpointError(MlprunError):
+    """A checkpoint that is missing, unreadable, unsafe or does not fit the model."""
+
+
+class DatasetError(MlprunError):
+    """Dataset files that are missing, truncated or malformed."""
+
+
+class DivergenceError(MlprunError):
+    """The training loss became NaN or infinite."""
+
+
+class Interrupted(MlprunError):
+    """The user (or the scheduler) asked the run to stop: SIGINT or SIGTERM."""
+
+    exit_code = EXIT_INTERRUPTED

@@ -1,0 +1,67 @@
+"""The MLP: Linear layers of `hidden` widths, each followed by [BatchNorm] activation [Dropout]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+}
+
+
+class MLP(nn.Sequential):
+    """in_features -> hidden[0] -> ... -> hidden[-1] -> out_features; `hidden=[]` is linear."""
+
+    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (500, 300),
+                 activation: str = "relu", dropout: float = 0.0, input_dropout: float = 0.0,
+                 batchnorm: bool = False):
+        layers: list[nn.Module] = []
+        if input_dropout > 0:
+            layers.append(nn.Dropout(input_dropout))
+        width = in_features
+        for h in hidden:
+            layers.append(nn.Linear(width, int(h), bias=not batchnorm))
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(int(h)))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = int(h)
+        layers.append(nn.Linear(width, out_features))
+        super().__init__(*layers)
+        self.in_features = in_features
+        self.out_features = out_features
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def summary_rows(model: nn.Module) -> list[tuple[str, str, int]]:
+    """(name, layer, parameters) for each leaf layer, for the start-of-run summary."""
+    rows = []
+    for name, module in model.named_modules():
+        if len(list(module.children())) == 0:
+            n = sum(p.numel() for p in module.parameters(recurse=False))
+            rows.append((name, repr(module), n))
+    return rows
+
+
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) \
+        if len(x) else torch.zeros(0, model.out_features)

@@ -1,0 +1,90 @@
+"""results.json (the run's machine-readable outcome) and the end-of-run summary table."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from .checkpoint import atomic_write_json
+
+RESULTS = "results.json"
+
+
+def wilson_interval(errors: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """95% Wilson score interval for a binomial proportion errors/n."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = errors / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def read_results(run_dir: Path) -> dict | None:
+    path = Path(run_dir) / RESULTS
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class ResultsFile:
+    """Keeps results.json current: written atomically at start, after each epoch and at the end."""
+
+    def __init__(self, run_dir: Path, base: dict):
+        self.path = Path(run_dir) / RESULTS
+        self.data = {"status": "running", "reason": None, "epochs_completed": 0,
+                     "best": None, "last": None, **base}
+
+    def update(self, **fields) -> None:
+        self.data.update(fields)
+        atomic_write_json(self.path, self.data)
+
+    def from_history(self, history: list, best_epoch: int | None) -> dict:
+        """best/last blocks of the contract from the per-epoch history."""
+        if not history:
+            return {"epochs_completed": 0, "best": None, "last": None}
+        last = history[-1]
+        best_rec = next((h for h in history if h["epoch"] == best_epoch), last)
+        return {
+            "epochs_completed": last["epoch"],
+            "best": {"epoch": best_rec["epoch"], "val": best_rec["val"], "train": best_rec["train"]},
+            "last": {"epoch": last["epoch"], "train": last["train"], "val": last["val"], "lr": last["lr"]},
+            "history": history,
+        }
+
+
+def print_summary(results: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"mlprun: {results.get('status')}", show_header=True)
+    table.add_column("")
+    table.add_column("epoch", justify="right")
+    table.add_column("loss", justify="right")
+    table.add_column("error", justify="right")
+    table.add_column("accuracy", justify="right")
+
+    def row(label, epoch, m):
+        if m:
+            table.add_row(label, str(epoch), f"{m['loss']:.4f}", f"{100 * m['error']:.2f}%",
+                          f"{100 * m['accuracy']:.2f}%")
+
+    last, best = results.get("last") or {}, results.get("best") or {}
+    row("train (last)", last.get("epoch"), last.get("train"))
+    row("val (last)", last.get("epoch"), last.get("val"))
+    row("val (best)", best.get("epoch"), best.get("val"))
+    test = results.get("test")
+    if test:
+        row("test", test.get("epoch", best.get("epoch")), test)
+    console.print(table)
+    extra = f"wall {results.get('wall_s', 0):.1f}s on {results.get('device')}, {results.get('n_params'):,} parameters"
+    console.print(extra)
+    if test:
+        lo, hi = test["ci95"]
+        console.print(f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={test['n']})")

@@ -1,0 +1,253 @@
+"""One run end to end: validate -> build the pieces -> Trainer.fit() -> results.
+
+Each step is a plain function so tests can call any of them alone; `run()` chains them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import load_checkpoint, restore_rng
+from .components import Loss, build_optimizer, build_scheduler
+from .config import check_loss_fits, validate
+from .data import Data, load_data
+from .errors import ConfigError, DivergenceError, Interrupted, MlprunError
+from .models import count_parameters, summary_rows
+from .results import ResultsFile, print_summary, read_results
+from .train import StopFlag, Trainer
+
+log = logging.getLogger("mlprunner")
+
+
+def resolve_device(name: str) -> torch.device:
+    name = str(name)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MlprunError(f"trainer.device={name}: CUDA is not available on this machine; "
+                              "allowed here: auto, cpu")
+        index = int(name.split(":")[1]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise MlprunError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) present")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise MlprunError("trainer.device=mps: MPS is not available on this machine; allowed here: auto, cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.use_deterministic_algorithms(False)
+
+
+def build_model(cfg: DictConfig, data: Data, loss: Loss, device: torch.device) -> torch.nn.Module:
+    model = instantiate(cfg.model, in_features=data.num_features, out_features=loss.out_features)
+    return model.to(device)
+
+
+def hparams_of(cfg: DictConfig) -> dict:
+    """A flat dict of the hyper-parameters that define the run (for TensorBoard's HParams)."""
+    keys = {
+        "dataset": "dataset.name", "model.hidden": "model.hidden", "model.activation": "model.activation",
+        "model.dropout": "model.dropout", "model.batchnorm": "model.batchnorm",
+        "optim": "optim._target_", "optim.lr": "optim.lr", "optim.weight_decay": "optim.weight_decay",
+        "optim.momentum": "optim.momentum", "scheduler": "scheduler.name", "loss": "loss.name",
+        "trainer.batch_size": "trainer.batch_size", "trainer.epochs": "trainer.epochs",
+        "trainer.seed": "trainer.seed",
+    }
+    out = {}
+    for name, key in keys.items():
+        value = OmegaConf.select(cfg, key)
+        if value is None:
+            continue
+        if not isinstance(value, (int, float, str, bool)):
+            value = str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
+        if name == "optim":
+            value = value.rsplit(".", 1)[-1]
+        out[name] = value
+    return out
+
+
+def log_model_summary(model: torch.nn.Module, data: Data) -> None:
+    lines = [f"model: {data.num_features} inputs -> {model.out_features} outputs"]
+    for name, layer, n in summary_rows(model):
+        lines.append(f"  {name:>4}  {layer:<60} {n:>10,}")
+    lines.append(f"  total parameters: {count_parameters(model):,}")
+    log.info("\n".join(lines))
+
+
+@dataclass
+class _Signals:
+    """First SIGINT/SIGTERM: stop after the current step. Second: leave at once."""
+
+    stop: StopFlag
+
+    def install(self):
+        self._old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.stop.requested:
+            raise KeyboardInterrupt
+        self.stop.requested = True
+        self.stop.signal_name = signal.Signals(signum).name
+        log.warning(f"{self.stop.signal_name} received: stopping after this step "
+                    f"(press Ctrl-C again to quit at once)")
+
+    def restore(self):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=()) -> dict:
+    """Train (or continue) the run described by `cfg` in `run_dir`; return results.json's dict."""
+    validate(cfg)
+    run_dir = Path(run_dir)
+    t_start = time.perf_counter()
+    device = resolve_device(cfg.trainer.device)
+    if cfg.trainer.get("threads"):
+        torch.set_num_threads(int(cfg.trainer.threads))
+    seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
+
+    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
+    prior = read_results(run_dir) if ckpt is not None else None
+    results = ResultsFile(run_dir, {
+        "device": str(device), "n_params": None, "overrides": list(overrides),
+        "run_dir": str(run_dir.resolve()),
+    })
+    if prior:
+        results.data.update({k: v for k, v in prior.items() if k not in ("status", "reason")})
+        results.data["resumed"] = list(prior.get("resumed", [])) + [
+            {"from_epoch": int(ckpt["epoch"]), "overrides": list(overrides)}]
+        results.data["overrides"] = list(prior.get("overrides", []))
+    wall_before = float(results.data.get("wall_s") or 0.0)
+    try:
+        data = load_data(cfg.dataset, device)
+        check_loss_fits(cfg.loss.name, data.num_classes)
+        loss = Loss(cfg.loss, data.num_classes)
+        model = build_model(cfg, data, loss, device)
+        optimizer = build_optimizer(cfg.optim, model, device)
+        scheduler, interval = build_scheduler(cfg.scheduler, optimizer, int(cfg.trainer.epochs),
+                                              data.train.num_batches(int(cfg.trainer.batch_size)))
+    except ConfigError:
+        raise
+    except MlprunError as exc:
+        results.update(status="failed", reason=str(exc))
+        raise
+    results.data["n_params"] = count_parameters(model)
+    results.data["dataset"] = {"name": cfg.dataset.name, "n_train": len(data.train),
+                               "n_val": len(data.val) if data.val is not None else 0}
+    log.info(f"run directory: {run_dir}")
+    log.info(f"data: {data.describe()}; device: {device}")
+    log_model_summary(model, data)
+
+    from .progress import Progress
+
+    progress = Progress(cfg.trainer.progress, int(cfg.trainer.epochs),
+                        data.train.num_batches(int(cfg.trainer.batch_size)), int(cfg.trainer.batch_size))
+    stop = StopFlag()
+    trainer = Trainer(cfg, run_dir, data, model, loss, optimizer, scheduler, interval, device,
+                      progress=progress, stop=stop)
+    if ckpt is not None:
+        try:
+            trainer.load_state(ckpt)
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise ConfigError("resume", str(resume_from), message=(
+                f"checkpoint {resume_from} does not fit this model/optimizer: "
+                f"{str(exc).splitlines()[0][:200]}")) from None
+        restore_rng(ckpt["rng"])
+        log.info(f"resuming from {resume_from} after epoch {trainer.state.epoch} (step {trainer.state.step})")
+
+    tb = None
+    if cfg.trainer.tensorboard.enabled:
+        from .tblog import TensorBoardLogger
+
+        tb = TensorBoardLogger(run_dir / "tensorboard", resume_epoch=trainer.state.epoch,
+                               resume_step=trainer.state.step,
+                               histograms=bool(cfg.trainer.tensorboard.histograms))
+        if ckpt is None:
+            tb.hparams(hparams_of(cfg), ["hparam/best_val_error", "hparam/best_val_loss",
+                                         "hparam/test_error", "hparam/last_train_error"])
+            if cfg.trainer.tensorboard.graph:
+                tb.graph(model, data.train.x[:2] if hasattr(data.train, "x") else
+                         torch.zeros(2, data.num_features, device=device))
+        trainer.tb = tb
+
+    def on_epoch_end(tr: Trainer):
+        results.update(status="running", wall_s=wall_before + time.perf_counter() - t_start,
+                       **results.from_history(tr.state.history, tr.state.best_epoch))
+
+    trainer.on_epoch_end = on_epoch_end
+    results.update(status="running", reason=None)
+    signals = _Signals(stop).install()
+    try:
+        state = trainer.fit()
+    except Interrupted as exc:
+        results.update(status="interrupted", reason=str(exc),
+                       wall_s=wall_before + time.perf_counter() - t_start)
+        raise Interrupted(f"{exc}; last checkpoint after epoch {trainer.state.epoch}; "
+                          f"continue with: mlprun resume={run_dir}") from None
+    except KeyboardInterrupt:
+        results.update(status="interrupted", reason="interrupted at once by a second Ctrl-C",
+                       wall_s=wall_before + time.perf_counter() - t_start)
+        raise
+    except DivergenceError as exc:
+        results.update(status="failed", reason=str(exc), wall_s=wall_before + time.perf_counter() - t_start)
+        raise
+    except Exception as exc:
+        results.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                       wall_s=wall_before + time.perf_counter() - t_start)
+        raise
+    finally:
+        signals.restore()
+        progress.close()
+
+    final = results.from_history(state.history, state.best_epoch)
+    results.data.update(final)
+    results.data["stopped_early"] = state.stopped_early
+    if cfg.get("eval") is not None and cfg.eval.test:
+        from .evaluate import evaluate_test
+
+        results.data["test"] = evaluate_test(cfg, run_dir, trainer, tb)
+    if tb is not None:
+        best_val = (final.get("best") or {}).get("val") or {}
+        metrics = {"hparam/best_val_error": best_val.get("error"), "hparam/best_val_loss": best_val.get("loss"),
+                   "hparam/last_train_error": (final.get("last") or {}).get("train", {}).get("error"),
+                   "hparam/test_error": (results.data.get("test") or {}).get("error")}
+        tb.scalars({k: v for k, v in metrics.items() if v is not None}, state.epoch)
+        tb.close()
+    from .plots import learning_curves
+
+    learning_curves(state.history, run_dir / "learning_curves.png",
+                    title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}")
+    results.update(status="completed", reason=None, wall_s=wall_before + time.perf_counter() - t_start)
+    if cfg.trainer.progress != "none":
+        print_summary(results.data)
+    return results.data

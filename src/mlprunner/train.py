@@ -1,0 +1,291 @@
+"""The training loop: one readable `Trainer.fit()`.
+
+Fast path: the training split is a tensor on the device, batched by indexing with a per-epoch
+seeded permutation. Nothing in a step waits for the device: losses and metric statistics are
+accumulated on it and read once per log interval and once per epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .checkpoint import capture_rng, save_checkpoint
+from .components import Loss
+from .data import Data
+from .errors import DivergenceError, Interrupted
+
+BETTER = {"min": lambda new, best, d: new < best - d, "max": lambda new, best, d: new > best + d}
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data order of epoch `epoch` is a pure function of the seed, so resume reproduces it."""
+    return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
+
+
+class Metrics:
+    """torchmetrics accuracy and macro F1 plus a summed loss, all accumulated on the device."""
+
+    def __init__(self, num_classes: int, device):
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+        self.collection = MetricCollection({
+            "accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
+            "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
+        }).to(device)
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+
+    def update(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
+        n = y.shape[0]
+        self.loss_sum += loss.detach().double() * n
+        self.count += n
+        self.collection.update(preds, y)
+
+    def compute(self) -> dict:
+        values = self.collection.compute()
+        acc = float(values["accuracy"])
+        out = {"loss": float(self.loss_sum) / max(self.count, 1), "accuracy": acc,
+               "error": 1.0 - acc, "f1": float(values["f1"])}
+        self.reset()
+        return out
+
+    def reset(self) -> None:
+        self.collection.reset()
+        self.loss_sum.zero_()
+        self.count = 0
+
+
+@dataclass
+class StopFlag:
+    """Set by the SIGINT/SIGTERM handler; the loop stops after the current step."""
+
+    requested: bool = False
+    signal_name: str = ""
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0                 # completed epochs
+    step: int = 0                  # optimizer steps so far
+    best_value: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0            # early-stopping counter
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+
+
+class Trainer:
+    def __init__(self, cfg: DictConfig, run_dir: Path, data: Data, model: torch.nn.Module,
+                 loss: Loss, optimizer, scheduler, interval: str, device: torch.device,
+                 tb=None, progress=None, stop: StopFlag | None = None, augment=None,
+                 on_epoch_end=None):
+        self.cfg = cfg
+        self.t = cfg.trainer
+        self.run_dir = Path(run_dir)
+        self.data = data
+        self.model = model
+        self.step_model = torch.compile(model) if self.t.compile else model
+        self.loss = loss
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.interval = interval
+        self.device = device
+        self.tb = tb
+        self.progress = progress
+        self.stop = stop or StopFlag()
+        self.augment = augment
+        self.on_epoch_end = on_epoch_end
+        self.state = TrainState()
+        self.cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+        es = self.t.early_stopping
+        self.monitor = es.monitor
+        self.mode = "max" if self.monitor in ("val/accuracy", "val/f1") else es.mode
+        if data.val is None:
+            self.monitor, self.mode = "train/loss", "min"
+        self.train_metrics = Metrics(data.num_classes, device)
+        self.val_metrics = Metrics(data.num_classes, device)
+        precision = self.t.precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    # ------------------------------------------------------------------ state for checkpoints
+    def checkpoint_state(self) -> dict:
+        s = self.state
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "epoch": s.epoch,
+            "step": s.step,
+            "rng": capture_rng(),
+            "config": self.cfg_dict,
+            "metrics": s.history[-1] if s.history else {},
+            "history": s.history,
+            "best": {"value": s.best_value, "epoch": s.best_epoch, "monitor": self.monitor, "mode": self.mode},
+            "early_stopping": {"bad_epochs": s.bad_epochs, "stopped": s.stopped_early},
+            "data": {"num_features": self.data.num_features, "num_classes": self.data.num_classes,
+                     "class_names": self.data.class_names,
+                     "image_shape": list(self.data.image_shape) if self.data.image_shape else None,
+                     "mean": self.data.mean, "std": self.data.std},
+        }
+
+    def load_state(self, ckpt: dict) -> None:
+        """Restore everything a checkpoint holds (model/optimizer already shaped by the config)."""
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt.get("scheduler") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and ckpt.get("scaler") is not None:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        best = ckpt.get("best") or {}
+        es = ckpt.get("early_stopping") or {}
+        self.state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]),
+                                best_value=best.get("value"), best_epoch=best.get("epoch"),
+                                bad_epochs=int(es.get("bad_epochs", 0)), history=list(ckpt.get("history", [])),
+                                stopped_early=bool(es.get("stopped", False)))
+
+    # ------------------------------------------------------------------ one epoch
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train_epoch(self, epoch: int) -> dict:
+        model, opt, loss_fn = self.step_model, self.optimizer, self.loss
+        model.train()
+        train = self.data.train
+        bs = int(self.t.batch_size)
+        g = torch.Generator().manual_seed(epoch_seed(self.t.seed, epoch))
+        order = torch.randperm(len(train), generator=g).to(self.device, non_blocking=True)
+        log_every = int(self.t.log_every_n_steps)
+        window = torch.zeros(log_every, device=self.device)
+        k = 0  # steps in the current log window
+        grad_clip = self.t.grad_clip
+        step_sched = self.scheduler is not None and self.interval == "step"
+        steps = train.num_batches(bs)
+        if self.progress:
+            self.progress.start_epoch(epoch)
+        for i, (xb, yb) in enumerate(train.batches(bs, order), start=1):
+            if self.augment is not None:
+                xb = self.augment(xb)
+            with self._autocast():
+                logits = model(xb)
+                loss = loss_fn(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                if grad_clip:
+                    self.scaler.unscale_(opt)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+                self.scaler.step(opt)
+                self.scaler.update()
+            else:
+                loss.backward()
+                if grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+                opt.step()
+            if step_sched:
+                self.scheduler.step()
+            self.state.step += 1
+            self.train_metrics.update(loss, loss_fn.predict(logits.detach()), yb)
+            window[k] = loss.detach()
+            k += 1
+            if k == log_every or i == steps:
+                self._flush_window(window[:k], epoch, i, steps)
+                k = 0
+            if self.stop.requested:
+                raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
+        return self.train_metrics.compute()
+
+    def _flush_window(self, losses: torch.Tensor, epoch: int, i: int, steps: int) -> None:
+        """One host sync per log interval: check finiteness, log, refresh the display."""
+        finite = torch.isfinite(losses)
+        if not bool(finite.all()):
+            # the window holds steps i-n+1 .. i of this epoch (global steps state.step-n+1 ..)
+            n, j = losses.shape[0], int((~finite).nonzero()[0])
+            raise DivergenceError(
+                f"loss became non-finite at epoch {epoch}, step {i - n + 1 + j} of {steps} "
+                f"(global step {self.state.step - n + 1 + j}); try a lower learning rate "
+                f"(optim.lr={self.cfg.optim.lr}) or set trainer.grad_clip")
+        mean = float(losses.mean())
+        if self.tb is not None:
+            self.tb.step(self.state.step, {"Loss/train_step": mean,
+                                           "LR/step": self.optimizer.param_groups[0]["lr"]})
+        if self.progress:
+            self.progress.update(i, mean)
+
+    @torch.no_grad()
+    def evaluate(self, split, metrics: Metrics | None = None, model=None) -> dict:
+        model = model or self.step_model
+        model.eval()
+        metrics = metrics or Metrics(self.data.num_classes, self.device)
+        for xb, yb in split.batches(int(self.t.eval_batch_size)):
+            with self._autocast():
+                logits = model(xb)
+                loss = self.loss(logits, yb)
+            metrics.update(loss.float(), self.loss.predict(logits), yb)
+        return metrics.compute()
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainState:
+        s = self.state
+        epochs = int(self.t.epochs)
+        es = self.t.early_stopping
+        bs = int(self.t.batch_size)
+        for epoch in range(s.epoch + 1, epochs + 1):
+            if s.stopped_early:
+                break
+            t0 = time.perf_counter()
+            train_m = self.train_epoch(epoch)
+            if not math.isfinite(train_m["loss"]):
+                raise DivergenceError(f"loss became non-finite during epoch {epoch}; "
+                                      f"try a lower learning rate (optim.lr={self.cfg.optim.lr})")
+            val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
+            lr = self.optimizer.param_groups[0]["lr"]
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch, "train": train_m, "val": val_m, "lr": lr, "time_s": seconds}
+            flat = {f"train/{k}": v for k, v in train_m.items()}
+            if val_m is not None:
+                flat.update({f"val/{k}": v for k, v in val_m.items()})
+            flat["lr"] = lr
+            value = flat[self.monitor]
+            if self.scheduler is not None and self.interval == "epoch":
+                if self.cfg.scheduler.name == "plateau":
+                    self.scheduler.step(value)
+                else:
+                    self.scheduler.step()
+            improved = s.best_value is None or BETTER[self.mode](value, s.best_value, float(es.min_delta))
+            s.epoch = epoch
+            s.history.append(record)
+            if improved:
+                s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
+            else:
+                s.bad_epochs += 1
+                if es.enabled and s.bad_epochs > int(es.patience):
+                    s.stopped_early = True
+            if self.tb is not None:
+                self.tb.epoch(epoch, flat, self.model if self.t.tensorboard.histograms else None)
+            state = None
+            if improved and self.t.checkpoint.save_best:
+                state = self.checkpoint_state()
+                save_checkpoint(self.ckpt_dir / "best.pt", state)
+            if self.t.checkpoint.save_last:
+                save_checkpoint(self.ckpt_dir / "last.pt", state or self.checkpoint_state())
+            if self.progress:
+                self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
+                if s.stopped_early:
+                    self.progress.message(f"early stopping: {self.monitor} has not improved for "
+                                          f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})")
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self)
+        return s
