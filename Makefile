@@ -1,0 +1,32 @@
+# Quick start: `make run` (train on the bundled digits, offline) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run test test-fast bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev,sweep]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The quick-start experiment: the 500-300 MLP on scikit-learn's bundled digits.
+run: $(STAMP)
+	$(VENV)/bin/mlprun dataset=digits model=mlp_500_300 optim=adam trainer.epochs=20
+
+# The whole suite, slow tests included (what CI runs).
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+bench: $(STAMP)
+	$(PY) scripts/bench.py --epochs 5
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info

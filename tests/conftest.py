@@ -1,0 +1,63 @@
+"""Shared helpers: run `mlprun` for real in a subprocess, find MNIST, read TensorBoard files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def mnist_root() -> Path | None:
+    """The MLPRUN_DATA folder when it holds MNIST in torchvision's layout, else None."""
+    root = os.environ.get("MLPRUN_DATA")
+    if root and (Path(root) / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file():
+        return Path(root)
+    return None
+
+
+requires_mnist = pytest.mark.skipif(mnist_root() is None, reason="MLPRUN_DATA does not hold MNIST")
+
+
+def run_mlprun(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600,
+               check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m mlprunner ARGS` in `cwd`; returns the CompletedProcess (text output)."""
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env.pop("MLPRUN_DEBUG", None)
+    if env and "MLPRUN_DEBUG" in env:
+        full_env["MLPRUN_DEBUG"] = env["MLPRUN_DEBUG"]
+    proc = subprocess.run([sys.executable, "-m", "mlprunner", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mlprun {' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} read with tensorboard's EventAccumulator (honours purge)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# Fast, quiet settings for real training runs in tests.
+QUICK = ["trainer.progress=plain", "trainer.tensorboard.graph=false"]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh folder to run mlprun in (runs/ is created inside it)."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
