@@ -21,6 +21,22 @@ SCHEDULERS = ("none", "step", "multistep", "exponential", "cosine", "plateau", "
 MONITORS = ("val/error", "val/loss", "val/accuracy", "val/f1")
 PRECISIONS = ("fp32", "bf16", "fp16")
 PROGRESS = ("auto", "rich", "plain", "none")
+# Classes of the datasets whose class count is known from the name alone, so a loss that cannot
+# fit them is refused before any data is read or any folder is written.
+CLASS_COUNTS = {"mnist": 10, "fashion_mnist": 10, "digits": 10, "xor": 2}
+# Keys that must hold true/false.
+_BOOLS = (
+    "trainer.deterministic", "trainer.compile", "trainer.profile",
+    "trainer.tensorboard.enabled", "trainer.tensorboard.histograms", "trainer.tensorboard.graph",
+    "trainer.early_stopping.enabled", "trainer.checkpoint.save_last", "trainer.checkpoint.save_best",
+    "trainer.swa.enabled", "model.batchnorm", "optim.nesterov", "dataset.download", "dataset.normalize",
+    "dataset.grayscale", "dataset.augment.enabled", "eval.test",
+)
+# Nodes that must stay mappings (e.g. `trainer.early_stopping=5` would replace one by a number).
+_MAPPINGS = (
+    "trainer.tensorboard", "trainer.early_stopping", "trainer.checkpoint", "trainer.swa",
+    "dataset.augment",
+)
 # Keys of the scheduler and loss groups that belong to mlprun, not to the torch class.
 SCHEDULER_META = ("name", "interval", "warmup_epochs", "warmup_start_factor")
 LOSS_META = ("name",)
@@ -117,12 +133,21 @@ def validate(cfg: DictConfig) -> None:
     missing = []
     for key in ("dataset.csv", "dataset.image_dir"):
         node, _, leaf = key.partition(".")
-        if leaf in cfg[node] and OmegaConf.is_missing(cfg[node], leaf):
+        if leaf in cfg[node].keys() and OmegaConf.is_missing(cfg[node], leaf):
             missing.append(key)
     if missing:
         raise ConfigError(missing[0], "???", message=(
             f"{missing[0]} is required for dataset={cfg.dataset.name}; "
             f"give it on the command line, e.g. {missing[0]}=path/to/..."))
+
+    for key in _MAPPINGS:
+        node = OmegaConf.select(cfg, key, default="__absent__")
+        if node != "__absent__" and not isinstance(node, DictConfig):
+            raise ConfigError(key, _plain(node), f"a group of keys ({key}.<key>=...), not a single value")
+    for key in _BOOLS:
+        value = OmegaConf.select(cfg, key, default="__absent__")
+        if value != "__absent__" and not isinstance(value, bool):
+            raise ConfigError(key, _plain(value), "true or false")
 
     _check_choice(cfg, "dataset.name", DATASETS)
     _check_choice(cfg, "model.activation", ACTIVATIONS)
@@ -165,6 +190,14 @@ def validate(cfg: DictConfig) -> None:
 
     if cfg.dataset.name == "xor" and cfg.dataset.n_val == 0 and cfg.trainer.early_stopping.enabled:
         raise ConfigError("trainer.early_stopping.enabled", True, "false when dataset.n_val=0")
+    betas = OmegaConf.select(cfg, "optim.betas")
+    if betas is not None and (
+        not isinstance(betas, (ListConfig, list)) or len(betas) != 2
+        or not all(isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError("optim.betas", _plain(betas), "two numbers in [0, 1), e.g. [0.9,0.999]")
+    if cfg.dataset.name in CLASS_COUNTS:
+        check_loss_fits(cfg.loss.name, CLASS_COUNTS[cfg.dataset.name], cfg.dataset.name)
     val_fraction = cfg.dataset.get("val_fraction")
     if val_fraction == 0 and cfg.trainer.early_stopping.enabled:
         raise ConfigError("trainer.early_stopping.enabled", True,
@@ -181,12 +214,58 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("dataset.std", _plain(std), "positive numbers")
 
 
-def check_loss_fits(loss_name: str, num_classes: int) -> None:
+def check_loss_fits(loss_name: str, num_classes: int, dataset: str | None = None) -> None:
     """A loss that cannot fit the dataset is a configuration error."""
     if loss_name == "bce_with_logits" and num_classes != 2:
+        which = f"dataset={dataset}" if dataset else "the dataset"
         raise ConfigError("loss", loss_name, message=(
-            f"loss=bce_with_logits needs a binary task but the dataset has {num_classes} classes; "
+            f"loss=bce_with_logits needs a binary task but {which} has {num_classes} classes; "
             "allowed for it: cross_entropy, nll, mse, l1, multi_margin"))
+
+
+# Files torchvision's MNIST/FashionMNIST need in <root>/<class>/raw/ when nothing is downloaded.
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def preflight(cfg: DictConfig) -> None:
+    """Cheap checks of the environment a valid config needs, before any run folder is made.
+
+    The device must exist; dataset files that cannot be downloaded must be present; an image
+    CSV must name existing files with integer labels. Failures are runtime errors (exit 1).
+    """
+    from pathlib import Path
+
+    from .errors import DatasetError
+
+    from .run import resolve_device
+
+    resolve_device(cfg.trainer.device)
+    ds = cfg.dataset
+    if ds.name in ("mnist", "fashion_mnist") and not ds.get("download", False):
+        sub = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[ds.name]
+        root = Path(str(ds.root)).expanduser()
+        folder = root / sub / "raw"
+        absent = [f for f in _MNIST_FILES if not (folder / f).is_file()]
+        if absent:
+            raise DatasetError(
+                f"{sub} not found: looked in {folder} (dataset.root={root}) and {absent[0]} "
+                f"is missing; dataset.download=false, so put the uncompressed *-ubyte files there, "
+                f"or set MLPRUN_DATA or dataset.root to a folder holding {sub}/raw/, "
+                f"or allow dataset.download=true with internet access")
+    elif ds.name == "image_csv":
+        from .data import read_image_csv
+
+        csv_path = Path(str(ds.csv)).expanduser()
+        image_dir = Path(str(ds.image_dir)).expanduser() if ds.get("image_dir") else csv_path.parent
+        if ds.get("image_dir") and not image_dir.is_dir():
+            raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
+        read_image_csv(csv_path, image_dir)
+    elif ds.name == "image_folder":
+        image_dir = Path(str(ds.image_dir)).expanduser()
+        if not image_dir.is_dir():
+            raise DatasetError(f"dataset.image_dir: folder not found: {image_dir} "
+                               "(expected one subfolder of images per class)")
 
 
 def _plain(value):

@@ -44,3 +44,16 @@ class Interrupted(MlprunError):
     """The user (or the scheduler) asked the run to stop: SIGINT or SIGTERM."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class RunRefused(BaseException):
+    """Carries an error out of a Hydra callback before the run folder is made.
+
+    Hydra turns an `Exception` raised in a callback into a warning and goes on, so the guard
+    that validates a run before Hydra writes anything raises this `BaseException` instead;
+    `mlprun` unwraps it and reports `error` with its own exit code.
+    """
+
+    def __init__(self, error: BaseException):
+        super().__init__(str(error))
+        self.error = error

@@ -7,7 +7,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, RunRefused
 
 
 def job_config(config: DictConfig) -> DictConfig:
@@ -24,6 +24,8 @@ def existing_run(folder: Path) -> str | None:
         return f"a run ({status})"
     if (folder / "checkpoints").is_dir() or (folder / "tensorboard").is_dir():
         return "a run's checkpoints or TensorBoard logs"
+    if (folder / ".hydra" / "config.yaml").is_file():
+        return "the configuration of an earlier start (.hydra/config.yaml)"
     return None
 
 
@@ -31,12 +33,68 @@ class RunGuard(Callback):
     """Validate the config and refuse to reuse a run's folder, before the run folder is made."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        from .config import validate
+        # Hydra downgrades an Exception raised here to a warning and makes the run folder anyway,
+        # so any refusal leaves as RunRefused (a BaseException) that `mlprun` reports.
+        try:
+            self._check(config)
+        except Exception as exc:
+            raise RunRefused(exc) from exc
 
-        validate(job_config(config))
+    @staticmethod
+    def _check(config: DictConfig) -> None:
+        from .config import preflight, validate
+
+        job = job_config(config)
+        validate(job)
         folder = Path(str(config.hydra.run.dir))
         held = existing_run(folder)
         if held:
             raise ConfigError("hydra.run.dir", str(folder), message=(
                 f"hydra.run.dir={folder} already holds {held}; nothing was changed. "
                 f"Continue it with: mlprun resume={folder} (or choose another hydra.run.dir)"))
+        preflight(job)
+
+
+class SweepSummary(Callback):
+    """In the parent process of a multirun: make the sweep folder first (Optuna keeps its sqlite
+    study there), and at the end read every job's results.json back (jobs may have run in other
+    processes), write summary.csv/summary.md/plots, print the table, and tell `mlprun` which jobs
+    of this invocation failed so it exits non-zero."""
+
+    def __init__(self, slack_s: float = 2.0):
+        self.slack_s = slack_s
+        self.started = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        import time
+
+        self.started = time.time()
+        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        import logging
+
+        from . import sweep
+        from .report import ReportError, build_report, collect
+
+        log = logging.getLogger("mlprunner")
+        folder = Path(str(config.hydra.sweep.dir))
+        try:
+            jobs, _ = collect(folder)
+        except ReportError as exc:
+            log.warning(f"no sweep summary: {exc}")
+            return
+        started = (self.started or 0.0) - self.slack_s
+        failed = []
+        for job in jobs:
+            results = job["dir"] / "results.json"
+            ran_now = results.is_file() and results.stat().st_mtime >= started
+            if ran_now and job["status"] == "failed":
+                failed.append(str(job["dir"].resolve()))
+        sweep.record_outcome(failed)
+        try:
+            build_report(folder)
+        except Exception as exc:  # the table is a report: never lose the jobs' outcome over it
+            log.error(f"could not write the sweep summary in {folder}: {type(exc).__name__}: {exc}")
+        if failed:
+            log.error(f"{len(failed)} job(s) failed in this sweep; see {folder / 'summary.md'}")

@@ -1,0 +1,392 @@
+"""Bad input gets one clear line and the right exit code; nothing already written is damaged.
+
+The parametrized `test_bad_input` feeds real bad overrides, files, checkpoints and environment
+settings to `mlprun` (configuration cases in-process through `mlprunner.cli.main`, the others as
+real subprocesses) and checks the exit code, the absence of a traceback, that the one-line
+message names the offending key or file, and that no half-made run folder is left behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUICK, read_json, run_mlprun
+
+MNIST_RAW = Path(os.environ.get("MLPRUN_DATA", "/nonexistent")) / "MNIST" / "raw"
+TINY = ["dataset=xor", "model=mlp", "model.hidden=[4]", "trainer.epochs=1", *QUICK]
+
+# --------------------------------------------------------------------------- shared bad files
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory) -> Path:
+    """A real completed run (1 epoch of XOR); no test may change a byte of it."""
+    base = tmp_path_factory.mktemp("completed")
+    done = base / "done"
+    run_mlprun(*TINY, f"hydra.run.dir={done}", cwd=base, check=True)
+    return done
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, completed_run) -> dict:
+    """Paths of bad files and folders for the cases below."""
+    base = tmp_path_factory.mktemp("bad")
+    ctx = {"base": str(base)}
+    empty = base / "empty"
+    empty.mkdir()
+    ctx["empty"] = str(empty)
+
+    # The source of real checkpoints and the folder a new run must not reuse.
+    done = completed_run
+    ctx["done"] = str(done)
+    last = done / "checkpoints" / "last.pt"
+
+    ckpts = base / "ckpts"
+    ckpts.mkdir()
+    (ckpts / "corrupt.pt").write_bytes(os.urandom(4096))
+    data = last.read_bytes()
+    (ckpts / "truncated.pt").write_bytes(data[: len(data) // 2])
+    torch.save({"weights": torch.zeros(3)}, ckpts / "foreign.pt")          # not an mlprun checkpoint
+    torch.save({"model": torch.nn.Linear(2, 2)}, ckpts / "pickled.pt")      # a pickled module object
+    other = base / "other_model"                                            # an mlprun checkpoint whose
+    (other / "checkpoints").mkdir(parents=True)                            # weights do not fit its config
+    state = torch.load(last, weights_only=True)
+    state["config"]["model"]["hidden"] = [7]
+    torch.save(state, other / "checkpoints" / "last.pt")
+    ctx["other_model"] = str(other)
+    for name in ("corrupt", "truncated", "foreign", "pickled"):
+        ctx[name] = str(ckpts / f"{name}.pt")
+    nockpt = base / "no_checkpoint_run"
+    nockpt.mkdir()
+    (nockpt / "results.json").write_text('{"status": "failed"}\n')
+    ctx["no_ckpt"] = str(nockpt)
+
+    # Image CSVs: one naming a file that does not exist, one with a non-integer label,
+    # one whose image cannot be decoded.
+    from PIL import Image
+
+    imgs = base / "imgs"
+    imgs.mkdir()
+    for i in range(4):
+        Image.new("L", (8, 8), color=40 * i).save(imgs / f"{i}.png")
+    (imgs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (imgs / "missing.csv").write_text("path,label\n0.png,0\n1.png,1\nnot_there.png,1\n")
+    (imgs / "badlabel.csv").write_text("0.png,0\n1.png,cat\n")
+    (imgs / "undecodable.csv").write_text("0.png,0\n1.png,1\n2.png,0\nbroken.png,1\n")
+    ctx["imgs"] = str(imgs)
+
+    # MNIST folders: truncated and malformed copies (only the bytes needed, under tmp only).
+    if (MNIST_RAW / "train-labels-idx1-ubyte").is_file():
+        for kind in ("truncated", "malformed"):
+            raw = base / f"mnist_{kind}" / "MNIST" / "raw"
+            raw.mkdir(parents=True)
+            with open(MNIST_RAW / "train-images-idx3-ubyte", "rb") as fh:
+                (raw / "train-images-idx3-ubyte").write_bytes(fh.read(200_000))
+            shutil.copyfile(MNIST_RAW / "train-labels-idx1-ubyte", raw / "train-labels-idx1-ubyte")
+            for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+                (raw / name).write_bytes(b"")  # not read for training
+            if kind == "malformed":
+                shutil.copyfile(MNIST_RAW / "train-images-idx3-ubyte", raw / "train-images-idx3-ubyte")
+                (raw / "train-labels-idx1-ubyte").write_bytes(b"this is not an idx1 label file\n" * 4)
+            ctx[f"mnist_{kind}"] = str(base / f"mnist_{kind}")
+    return ctx
+
+
+# --------------------------------------------------------------------------- the cases
+
+no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
+no_mps = pytest.mark.skipif(bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
+                            reason="MPS is present here")
+needs_mnist = pytest.mark.skipif(not (MNIST_RAW / "train-labels-idx1-ubyte").is_file(),
+                                 reason="MLPRUN_DATA does not hold MNIST")
+
+
+def case(id_, args, code, names, how="inproc", env=None, marks=(), prog="mlprun"):
+    """args/names may use {placeholders} from the `bad` fixture; how: inproc or subprocess.
+
+    `prog` other than mlprun runs that console script (installed beside this Python)."""
+    if prog != "mlprun":
+        how = "subprocess"
+        marks = [*marks, pytest.mark.skipif(not (BIN / prog).exists(), reason=f"{prog} is not installed")]
+    return pytest.param(prog, args, code, names, how, env or {}, id=id_, marks=marks)
+
+
+BIN = Path(sys.executable).parent
+
+
+CASES = [
+    # ---- overrides Hydra rejects: unknown keys, groups, options, syntax
+    case("unknown-key", ["trainer.epoch=5"], 2, ["trainer.epoch", "did you mean trainer.epochs"]),
+    case("unknown-key-typo-nested", ["trainer.early_stoping.patience=3"], 2,
+         ["trainer.early_stoping.patience", "trainer.early_stopping.patience"]),
+    case("key-absent-in-chosen-group", ["optim=adam", "optim.momentum=0.9"], 2,
+         ["optim.momentum", "lr, weight_decay, betas, eps"]),
+    case("unknown-group", ["optimizer=adam"], 2, ["optimizer", "did you mean optim"]),
+    case("unknown-group-option", ["optim=adamm"], 2, ["optim=adamm", "available: ", "sgd_momentum"]),
+    case("unknown-experiment", ["+experiment=nope"], 2, ["experiment=nope", "xor_seed"]),
+    case("unparsable-override", ["trainer.epochs=[1"], 2, ["trainer.epochs=[1"]),
+    case("no-equals", ["epochs"], 2, ["'epochs'", "key=value"]),
+    case("append-existing", ["+trainer.epochs=3"], 2, ["+trainer.epochs", "without '+'"]),
+    case("delete-absent", ["~trainer.nothing"], 2, ["trainer.nothing"]),
+    case("ambiguous-list", ["optim.lr=0.1,0.01"], 2, ["optim.lr=0.1,0.01", "--multirun"]),
+    case("unresolvable-interpolation", ["trainer.epochs=${{oc.env:MLPRUN_NO_SUCH_VAR}}"], 2,
+         ["trainer.epochs", "MLPRUN_NO_SUCH_VAR"]),
+    # ---- types and ranges
+    case("lr-negative", ["optim.lr=-1"], 2, ["optim.lr=-1", "(0, inf]"]),
+    case("lr-not-a-number", ["optim.lr=fast"], 2, ["optim.lr='fast'", "a number"]),
+    case("momentum-above-1", ["optim=sgd", "optim.momentum=1.5"], 2, ["optim.momentum=1.5", "[0, 1)"]),
+    case("weight-decay-negative", ["optim.weight_decay=-0.1"], 2, ["optim.weight_decay=-0.1"]),
+    case("betas-out-of-range", ["optim.betas=[1.5,0.9]"], 2, ["optim.betas", "[0, 1)"]),
+    case("dropout-1", ["model.dropout=1.0"], 2, ["model.dropout=1.0", "[0, 1)"]),
+    case("epochs-0", ["trainer.epochs=0"], 2, ["trainer.epochs=0", "an integer"]),
+    case("batch-size-float", ["trainer.batch_size=2.5"], 2, ["trainer.batch_size=2.5", "an integer"]),
+    case("val-fraction-1", ["dataset.val_fraction=1.0"], 2, ["dataset.val_fraction=1.0", "[0, 1)"]),
+    case("width-zero", ["model.hidden=[100,0]"], 2, ["model.hidden=[100, 0]", "positive integers"]),
+    case("hidden-not-list", ["model.hidden=wide"], 2, ["model.hidden='wide'"]),
+    case("bool-not-bool", ["trainer.deterministic=maybe"], 2, ["trainer.deterministic='maybe'", "true or false"]),
+    case("group-replaced-by-value", ["trainer.early_stopping=5"], 2, ["trainer.early_stopping=5"]),
+    # ---- choices
+    case("activation", ["model.activation=swish"], 2, ["model.activation='swish'", "relu, tanh"]),
+    case("device-unknown", ["trainer.device=tpu"], 2, ["trainer.device", "tpu", "cuda:N"]),
+    case("bce-on-10-classes", ["dataset=digits", "loss=bce_with_logits"], 2,
+         ["loss=bce_with_logits", "dataset=digits", "10 classes"]),
+    case("bce-on-mnist", ["dataset=mnist", "loss=bce_with_logits"], 2, ["loss=bce_with_logits", "dataset=mnist"]),
+    case("early-stopping-without-val", ["dataset=digits", "dataset.val_fraction=0",
+                                        "trainer.early_stopping.enabled=true"], 2,
+         ["trainer.early_stopping.enabled", "dataset.val_fraction=0"]),
+    case("csv-required", ["dataset=image_csv"], 2, ["dataset.csv", "required"]),
+    # ---- the run folder
+    case("reuse-completed-run-dir", ["dataset=xor", "hydra.run.dir={done}"], 2,
+         ["hydra.run.dir={done}", "resume={done}"]),
+    # ---- environment: devices and dataset files (subprocess, the real entry point)
+    case("cuda-absent", [*TINY, "trainer.device=cuda"], 1, ["trainer.device=cuda", "not available"],
+         how="subprocess", marks=no_cuda),
+    case("mps-absent", [*TINY, "trainer.device=mps"], 1, ["trainer.device=mps", "not available"],
+         marks=no_mps),
+    case("mnist-missing-no-download", ["dataset=mnist", "dataset.root={empty}", "dataset.download=false"], 1,
+         ["{empty}/MNIST/raw", "dataset.root", "MLPRUN_DATA"], how="subprocess"),
+    case("fashion-missing-no-download", ["dataset=fashion_mnist", "dataset.root={empty}",
+                                         "dataset.download=false"], 1, ["{empty}/FashionMNIST/raw"]),
+    case("env-MLPRUN_DATA-empty", ["dataset=mnist", "dataset.download=false"], 1,
+         ["{empty}/MNIST/raw"], env={"MLPRUN_DATA": "{empty}"}),
+    case("mnist-truncated", ["dataset=mnist", "dataset.root={mnist_truncated}", "dataset.download=false",
+                             "trainer.epochs=1", *QUICK], 1,
+         ["{mnist_truncated}/MNIST/raw", "truncated"], how="subprocess", marks=needs_mnist),
+    case("mnist-malformed-labels", ["dataset=mnist", "dataset.root={mnist_malformed}", "dataset.download=false",
+                                    "trainer.epochs=1", *QUICK], 1,
+         ["{mnist_malformed}/MNIST/raw", "malformed"], how="subprocess", marks=needs_mnist),
+    case("csv-not-found", ["dataset=image_csv", "dataset.csv={empty}/labels.csv"], 1,
+         ["dataset.csv", "{empty}/labels.csv"]),
+    case("csv-names-missing-image", ["dataset=image_csv", "dataset.csv={imgs}/missing.csv"], 1,
+         ["{imgs}/missing.csv:4", "{imgs}/not_there.png"], how="subprocess"),
+    case("csv-non-integer-label", ["dataset=image_csv", "dataset.csv={imgs}/badlabel.csv"], 1,
+         ["{imgs}/badlabel.csv:2", "'cat'", "not an integer"]),
+    case("csv-undecodable-image", ["dataset=image_csv", "dataset.csv={imgs}/undecodable.csv",
+                                   "trainer.epochs=1", *QUICK], 1,
+         ["{imgs}/broken.png", "cannot be decoded"], how="subprocess"),
+    case("image-folder-missing", ["dataset=image_folder", "dataset.image_dir={empty}/nope"], 1,
+         ["dataset.image_dir", "{empty}/nope"]),
+    # ---- checkpoints given to resume=
+    case("resume-missing", ["resume={empty}/gone.pt"], 2, ["resume={empty}/gone.pt"], how="subprocess"),
+    case("resume-run-without-checkpoint", ["resume={no_ckpt}"], 2, ["{no_ckpt}"]),
+    case("resume-corrupt", ["resume={corrupt}"], 1, ["{corrupt}", "corrupt"], how="subprocess"),
+    case("resume-truncated", ["resume={truncated}"], 1, ["{truncated}"]),
+    case("resume-foreign", ["resume={foreign}"], 1, ["{foreign}", "not an mlprun checkpoint"]),
+    case("resume-pickled-code", ["resume={pickled}"], 1, ["{pickled}", "refusing"]),
+    case("resume-other-model", ["resume={other_model}"], 1, ["{other_model}", "does not fit"],
+         how="subprocess"),
+    case("resume-unsafe-override", ["resume={done}", "model.hidden=[8]"], 2,
+         ["model.hidden", "cannot change when resuming"]),
+    # ---- the other entry points
+    case("eval-missing-target", ["{empty}/no_run"], 2, ["{empty}/no_run"], prog="mlprun-eval"),
+    case("eval-not-a-run", ["{empty}"], 2, ["{empty}", "not an mlprun run"], prog="mlprun-eval"),
+    case("eval-corrupt-checkpoint", ["{corrupt}"], 1, ["{corrupt}", "corrupt"], prog="mlprun-eval"),
+    case("eval-foreign-checkpoint", ["{foreign}"], 1, ["{foreign}", "not an mlprun checkpoint"],
+         prog="mlprun-eval"),
+    case("eval-other-model", ["{other_model}"], 1, ["{other_model}/checkpoints/last.pt", "do not fit"],
+         prog="mlprun-eval"),
+    case("eval-bad-override", ["{done}", "model.hidden=[3]"], 2, ["model.hidden=[3]", "allowed"],
+         prog="mlprun-eval"),
+    case("eval-absent-checkpoint-kind", ["{done}", "--checkpoint", "swa"], 2, ["swa", "present: "],
+         prog="mlprun-eval"),
+    case("predict-non-image-run", ["{done}", "{imgs}/0.png"], 2, ["{done}", "not made of images"],
+         prog="mlprun-predict"),
+    case("predict-corrupt-checkpoint", ["{corrupt}", "{imgs}/0.png"], 1, ["{corrupt}"], prog="mlprun-predict"),
+    case("report-missing-folder", ["{empty}/no_sweep"], 2, ["{empty}/no_sweep", "no such folder"],
+         prog="mlprun-report"),
+    case("report-folder-without-runs", ["{empty}"], 2, ["{empty}", "no runs found"], prog="mlprun-report"),
+]
+
+
+def _fill(value: str, ctx: dict) -> str:
+    try:
+        return value.format(**ctx)
+    except KeyError as exc:  # a fixture file this machine could not make (e.g. no MNIST)
+        pytest.skip(f"no {exc} here")
+
+
+def _inprocess(args, env, monkeypatch, capsys):
+    from mlprunner import cli
+
+    monkeypatch.setattr(sys, "argv", ["mlprun"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # main() sets it; restored after the test
+    monkeypatch.setattr(cli, "_USER_FULL_ERROR", None)
+    monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    # Hydra configures logging in-process; give the loggers back as they were afterwards.
+    loggers = [logging.getLogger(), logging.getLogger("mlprunner")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(list(args))
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved):
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+    out = capsys.readouterr()
+    return exited.value.code, out.out, out.err
+
+
+@pytest.mark.parametrize("prog, args, code, names, how, env", CASES)
+def test_bad_input(bad, completed_run, prog, args, code, names, how, env, workdir, monkeypatch, capsys):
+    args = [_fill(a, bad) for a in args]
+    names = [_fill(n, bad) for n in names]
+    env = {k: _fill(v, bad) for k, v in env.items()}
+    resuming = any(a.startswith("resume=") for a in args)
+    fresh = workdir / "fresh_run"
+    if prog == "mlprun" and not resuming and not any(a.startswith("hydra.run.dir=") for a in args):
+        args.append(f"hydra.run.dir={fresh}")
+    before = _tree_hashes(completed_run)
+    if prog != "mlprun":
+        full_env = {**os.environ, **env}
+        full_env.pop("MLPRUN_DEBUG", None)
+        proc = subprocess.run([str(BIN / prog), *args], cwd=workdir, env=full_env, capture_output=True,
+                              text=True, timeout=300)
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    elif how == "subprocess":
+        proc = run_mlprun(*args, cwd=workdir, env=env, timeout=300)
+        rc, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        rc, out, err = _inprocess(args, env, monkeypatch, capsys)
+    both = out + err
+    assert rc == code, both[-3000:]
+    assert "Traceback" not in both
+    assert _tree_hashes(completed_run) == before  # no bad input touches an earlier run
+    lines = [ln for ln in err.splitlines() if ln.startswith(f"{prog}: error: ")]
+    assert len(lines) == 1, err[-3000:]
+    for name in names:
+        assert name in lines[0], f"{name!r} not in: {lines[0]}"
+    # No half-made run folder: none at all, or one clearly marked as failed.
+    assert not (workdir / "runs").exists()
+    if fresh.exists():
+        assert code == 1 and read_json(fresh / "results.json")["status"] == "failed"
+    # Configuration errors and the checks made before the run folder is created leave nothing.
+    if code == 2 or how == "inproc":
+        assert not fresh.exists()
+
+
+def test_enough_distinct_bad_inputs():
+    assert len({p.id for p in CASES}) == len(CASES) >= 25
+
+
+# --------------------------------------------------------------------------- nothing overwritten
+
+
+def _tree_hashes(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_refused_start_leaves_completed_run_byte_for_byte_unchanged(tmp_path, completed_run):
+    run_dir = completed_run
+    before = _tree_hashes(run_dir)
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "results.json", "checkpoints/last.pt",
+            "mlprun.log"} <= set(before)
+    # Same and different settings, both refused before Hydra writes anything.
+    for extra in ([], ["optim.lr=0.5", "trainer.epochs=2"]):
+        proc = run_mlprun(*TINY, *extra, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert f"resume={run_dir}" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    assert _tree_hashes(run_dir) == before
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_error_leaves_no_run_folder(workdir):
+    proc = run_mlprun("dataset=xor", "optim.lr=0", cwd=workdir)
+    assert proc.returncode == 2 and "optim.lr=0" in proc.stderr
+    assert list(workdir.iterdir()) == []  # not even runs/ or a log file
+
+
+@pytest.mark.slow
+def test_two_runs_started_together_get_distinct_folders(workdir):
+    """Default run folders: two processes started at once in one cwd never share a folder."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLPRUN_DEBUG", None)
+    procs = [subprocess.Popen([sys.executable, "-m", "mlprunner", *TINY, "trainer.progress=none",
+                               "trainer.tensorboard.enabled=false"],
+                              cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    runs = sorted(p.parent for p in (workdir / "runs").rglob("results.json"))
+    assert len(runs) == 2 and runs[0] != runs[1]
+    # runs/<date>/<H-M-S>-<pid>: unique by the process id, whatever second each one started in
+    suffixes = {re.fullmatch(r"\d\d-\d\d-\d\d-(\d+)", r.name).group(1) for r in runs}
+    assert suffixes == {str(p.pid) for p in procs}
+    for r in runs:
+        assert read_json(r / "results.json")["status"] == "completed"
+        assert (r / "checkpoints" / "last.pt").is_file()
+
+
+# --------------------------------------------------------------------------- tracebacks on request
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_traceback_only_with_mlprun_debug(workdir, debug):
+    env = {"MLPRUN_DEBUG": "1"} if debug else {}
+    proc = run_mlprun("dataset=xor", "model.activation=swish", cwd=workdir, env=env)
+    assert proc.returncode == 2
+    assert ("Traceback" in proc.stderr) is debug
+    assert proc.stderr.strip().splitlines()[-1].startswith("mlprun: error: model.activation='swish'")
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_divergence_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(workdir):
+    """Epoch 1 trains normally; the scheduler then multiplies lr by 1e10 and a later epoch diverges."""
+    run_dir = workdir / "div"
+    proc = run_mlprun("dataset=digits", "model=mlp", "model.hidden=[64]", "optim=sgd", "optim.lr=0.1",
+                      "scheduler=exponential", "scheduler.gamma=1e10", "trainer.epochs=5", *QUICK,
+                      f"hydra.run.dir={run_dir}", cwd=workdir)
+    both = proc.stdout + proc.stderr
+    assert proc.returncode == 1, both[-3000:]
+    assert "Traceback" not in both
+    message = proc.stderr.strip().splitlines()[-1]
+    m = re.match(r"mlprun: error: loss became non-finite at epoch (\d+), step (\d+) of \d+", message)
+    assert m, message
+    epoch = int(m.group(1))
+    assert epoch >= 2 and int(m.group(2)) >= 1
+    assert "lower learning rate" in message and "optim.lr" in message
+    results = read_json(run_dir / "results.json")
+    assert results["status"] == "failed"
+    assert f"epoch {epoch}" in results["reason"] and "\n" not in results["reason"]
+    assert results["epochs_completed"] == epoch - 1
+    from mlprunner.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")  # the last good epoch, intact
+    assert ckpt["epoch"] == epoch - 1
+    weights = [t for t in ckpt["model"].values() if t.is_floating_point()]
+    assert weights and all(bool(torch.isfinite(t).all()) for t in weights)
