@@ -1,40 +1,140 @@
-"""Multirun jobs: each job is a normal run; a finished job is skipped and an interrupted one
-resumed when the same sweep is run again; a failing job is recorded and the others go on."""
+"""Multirun jobs: each job is a normal run in its own folder under the sweep folder.
+
+Re-running the same sweep into the same folder skips jobs that completed, resumes jobs that were
+interrupted (from their last checkpoint) and retries jobs that failed (from scratch). A failing
+job is recorded in its results.json (status "failed" plus a one-line reason) and the other jobs
+go on. Jobs may run in other processes (joblib, submitit), so the outcome of the sweep is read
+back from the job folders by the parent process at the end (`hydra_callbacks.SweepSummary`),
+which stores it here for `mlprun`'s exit code.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 log = logging.getLogger("mlprunner")
+
+# Set in the parent process: by run_sweep_job for in-process launchers (basic) and by the
+# SweepSummary callback at the end of every multirun (all launchers).
 _failed_jobs: list[str] = []
+
+def cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def launcher_threads(launcher: DictConfig | None, n_cores: int | None = None) -> int | None:
+    """torch threads per job so that parallel jobs share the cores instead of oversubscribing.
+
+    joblib: n_jobs jobs at once -> max(1, cores // n_jobs) (n_jobs < 0 counts like joblib:
+    -1 = all cores). submitit: cpus_per_task when set, else 1 for local jobs (all start at
+    once). The basic launcher runs one job at a time: None (torch's default).
+    """
+    if launcher is None:
+        return None
+    n_cores = n_cores or cores()
+    target = str(launcher.get("_target_", ""))
+    if "joblib" in target:
+        n_jobs = launcher.get("n_jobs") or 1
+        n_jobs = int(n_jobs)
+        if n_jobs < 0:
+            n_jobs = max(1, n_cores + 1 + n_jobs)
+        return max(1, n_cores // max(1, n_jobs))
+    if "submitit" in target:
+        cpus = launcher.get("cpus_per_task")
+        if cpus:
+            return int(cpus)
+        return 1 if "LocalLauncher" in target else None
+    return None
+
+
+def best_val_error(results: dict | None):
+    return (((results or {}).get("best") or {}).get("val") or {}).get("error")
+
+
+def _record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
+    """Make sure results.json says failed with the reason (run() may not have written it)."""
+    from .checkpoint import atomic_write_json
+    from .results import read_results
+
+    data = read_results(run_dir) or {"epochs_completed": 0, "best": None, "last": None,
+                                     "overrides": list(overrides), "run_dir": str(run_dir.resolve())}
+    data["status"] = "failed"
+    data["reason"] = message
+    data.setdefault("overrides", list(overrides))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "results.json", data)
+
+
+def _clear_attempt(run_dir: Path) -> None:
+    """Remove what a failed (or never checkpointed) attempt left, so a retry starts clean."""
+    for name in ("tensorboard", "checkpoints"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in ("results.json", "learning_curves.png", "confusion_matrix.png"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
+    """Run one job of a multirun; return its objective (best validation error) or None if it failed."""
+    from hydra.core.hydra_config import HydraConfig
+
     from .cli import describe_exception
+    from .errors import EXIT_INTERRUPTED
     from .results import read_results
     from .run import run
 
+    run_dir = Path(run_dir)
+    label = f"job {run_dir.name}"
     prior = read_results(run_dir)
-    resume_from = None
-    if prior and prior.get("status") == "completed":
-        log.info(f"job {run_dir.name} ({' '.join(overrides)}) already completed: skipped")
-        return ((prior.get("best") or {}).get("val") or {}).get("error")
+    status = (prior or {}).get("status")
+    if status == "completed":
+        log.info(f"{label} already completed (best val error {best_val_error(prior)}): skipped")
+        return best_val_error(prior)
     last = run_dir / "checkpoints" / "last.pt"
-    if prior and prior.get("status") in ("interrupted", "running") and last.is_file():
+    resume_from = None
+    if status in ("interrupted", "running") and last.is_file():
         resume_from = last
+        log.info(f"{label} was {status}: resuming from {last}")
+    elif prior is not None or (run_dir / "checkpoints").exists() or (run_dir / "tensorboard").exists():
+        log.info(f"{label} was {status or 'started'} before: starting it again from scratch")
+        _clear_attempt(run_dir)
+
+    if cfg.trainer.get("threads") is None:
+        try:
+            threads = launcher_threads(HydraConfig.get().launcher)
+        except ValueError:  # no Hydra config (called directly)
+            threads = None
+        if threads:
+            with open_dict(cfg):
+                OmegaConf.set_readonly(cfg, False)
+                cfg.trainer.threads = threads
+            log.info(f"{label}: {threads} torch thread(s)")
     try:
         results = run(cfg, run_dir, resume_from=resume_from, overrides=overrides)
     except BaseException as exc:
         code, message = describe_exception(exc)
-        log.error(f"job {run_dir.name} ({' '.join(overrides)}) failed: {message}")
-        _failed_jobs.append(str(run_dir))
-        if isinstance(exc, KeyboardInterrupt) or code == 130:
+        if isinstance(exc, KeyboardInterrupt) or code == EXIT_INTERRUPTED:
             raise
-        return float("inf")
-    return ((results.get("best") or {}).get("val") or {}).get("error")
+        log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
+        _record_failure(run_dir, overrides, message)
+        _failed_jobs.append(str(run_dir))
+        # None: Optuna marks the trial failed (not a value); other sweepers ignore it.
+        return None
+    return best_val_error(results)
+
+
+def record_outcome(failed_dirs: list[str]) -> None:
+    """Called in the parent process at the end of a multirun with the jobs that failed in it."""
+    for d in failed_dirs:
+        if d not in _failed_jobs:
+            _failed_jobs.append(d)
 
 
 def sweep_exit_code() -> int:

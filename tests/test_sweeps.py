@@ -1,0 +1,304 @@
+"""Sweeps for real: Hydra multirun on XOR with the basic, joblib and submitit_local launchers and
+the Optuna sweeper; skip/resume on re-runs; failing jobs; the summary files and the report."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import QUICK, read_json, run_mlprun
+
+# Tiny XOR runs: 2 epochs of 500 points.
+TINY = ["dataset=xor", "dataset.n_train=500", "dataset.n_val=200", "model=mlp", "model.hidden=[8]",
+        "trainer.epochs=2", "trainer.batch_size=50", "trainer.tensorboard.histograms=false", *QUICK]
+GRID = ["optim=sgd,adam", "model.activation=relu,tanh"]
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def summary_rows(sweep: Path) -> list[dict]:
+    with open(sweep / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def check_summary_against_jobs(sweep: Path) -> list[dict]:
+    """Every job folder has exactly one summary.csv row that repeats its results.json."""
+    rows = {r["job"]: r for r in summary_rows(sweep)}
+    dirs = job_dirs(sweep)
+    assert sorted(rows) == [d.name for d in dirs]
+    for d in dirs:
+        res, row = read_json(d / "results.json"), rows[d.name]
+        assert row["status"] == res["status"]
+        assert row["overrides"] == " ".join(res["overrides"])
+        if res["status"] == "completed":
+            assert float(row["best_val_error"]) == pytest.approx(res["best"]["val"]["error"], abs=0)
+            assert int(row["best_epoch"]) == res["best"]["epoch"]
+            assert float(row["final_train_error"]) == pytest.approx(res["last"]["train"]["error"], abs=0)
+            assert int(row["epochs"]) == res["epochs_completed"]
+            assert float(row["wall_s"]) == pytest.approx(res["wall_s"], abs=0)
+        else:
+            assert row["reason"] == res["reason"]
+    # sorted by best validation error, jobs without one last
+    errs = [float(r["best_val_error"]) if r["best_val_error"] else float("inf") for r in summary_rows(sweep)]
+    assert errs == sorted(errs)
+    md = (sweep / "summary.md").read_text()
+    assert md.count("\n| ") == len(dirs) + 1  # header + one row per job
+    return list(rows.values())
+
+
+def hparams_session_groups(log_dir: Path) -> dict[str, dict]:
+    """What TensorBoard's HParams dashboard lists for `log_dir`: {session group: metrics}."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(log_dir))
+    mux.Reload()
+    tb = base_plugin.TBContext(logdir=str(log_dir), multiplexer=mux,
+                               data_provider=MultiplexerDataProvider(mux, str(log_dir)))
+    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=1000, allowed_statuses=[
+        api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
+    response = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "",
+                                           request).run()
+    return {g.name: {m.name.tag: m.value for m in g.metric_values} for g in response.session_groups}
+
+
+def mtimes(sweep: Path) -> dict[str, int]:
+    return {str(p): p.stat().st_mtime_ns for p in sweep.rglob("*")
+            if p.is_file() and ("checkpoints" in p.parts or "tensorboard" in p.parts or p.name == "results.json")}
+
+
+# ------------------------------------------------------------------------ fast checks
+
+def test_threads_split_between_parallel_jobs():
+    from mlprunner.sweep import launcher_threads
+
+    joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
+                               "n_jobs": 4})
+    assert launcher_threads(joblib, n_cores=16) == 4
+    assert launcher_threads(joblib, n_cores=2) == 1
+    joblib.n_jobs = -1  # joblib's "one per core"
+    assert launcher_threads(joblib, n_cores=8) == 1
+    joblib.n_jobs = -2  # all cores but one
+    assert launcher_threads(joblib, n_cores=9) == 1
+    slurm = OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                              "cpus_per_task": 6})
+    assert launcher_threads(slurm, n_cores=64) == 6
+    local = OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
+                              "cpus_per_task": None})
+    assert launcher_threads(local, n_cores=8) == 1
+    basic = OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
+    assert launcher_threads(basic, n_cores=8) is None
+
+
+def test_report_bad_folder_is_one_line_exit_2(tmp_path):
+    for target in (tmp_path / "missing", tmp_path):  # no such folder; a folder without runs
+        proc = subprocess.run([sys.executable, "-m", "mlprunner.report", str(target)],
+                              capture_output=True, text=True)
+        assert proc.returncode == 2
+        assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mlprun-report: error: ")
+        assert "Traceback" not in proc.stderr
+
+
+def test_sweep_configs_compose(workdir):
+    """The shipped presets compose: exercise 2's grid, the Optuna preset, the SLURM launcher."""
+    proc = run_mlprun("experiment=mnist_exercise2", "--cfg", "hydra", cwd=workdir, check=True)
+    sweeper = OmegaConf.create(proc.stdout).hydra.sweeper
+    assert sweeper.params["optim"] == "sgd,adadelta,adagrad,adam"
+    assert sweeper.params["model.activation"] == "relu,sigmoid,tanh"
+    proc = run_mlprun("experiment=mnist_exercise2_optuna", "hydra/launcher=slurm",
+                      "hydra.launcher.partition=gpu", "--cfg", "hydra", cwd=workdir, check=True)
+    hydra = OmegaConf.create(proc.stdout).hydra
+    assert hydra.sweeper._target_.endswith("OptunaSweeper") and hydra.sweeper.direction == "minimize"
+    assert hydra.sweeper.storage.startswith("sqlite:///") and hydra.sweeper.max_failure_rate == 1.0
+    assert hydra.launcher._target_.endswith("SlurmLauncher")
+    assert (hydra.launcher.partition, hydra.launcher.timeout_min) == ("gpu", 240)
+    assert hydra.launcher.gpus_per_node == 0 and hydra.launcher.cpus_per_task == 4
+
+
+# ------------------------------------------------------------------------ real sweeps
+
+@pytest.mark.slow
+def test_grid_basic_summary_rerun_and_report(workdir):
+    sweep = workdir / "sweep"
+    proc = run_mlprun("-m", *GRID, *TINY, f"hydra.sweep.dir={sweep}", cwd=workdir, check=True)
+    dirs = job_dirs(sweep)
+    assert len(dirs) == 4
+    for d in dirs:
+        res = read_json(d / "results.json")
+        assert res["status"] == "completed" and res["epochs_completed"] == 2
+        assert (d / "checkpoints" / "last.pt").is_file() and (d / "checkpoints" / "best.pt").is_file()
+        assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+        # the folder is named by the job's overrides (sorted), not by its position
+        assert d.name == ",".join(sorted(o for o in res["overrides"] if not o.startswith("trainer.progress")
+                                         and not o.startswith("trainer.tensorboard.")))
+    check_summary_against_jobs(sweep)
+    for png in ("val_error_vs_optim.png", "val_error_vs_model.activation.png", "val_curves.png"):
+        assert (sweep / png).stat().st_size > 5000
+    assert "best val err %" in proc.stdout  # the rich table was printed
+    # TensorBoard's HParams dashboard on the sweep folder lists every job with its metrics
+    groups = hparams_session_groups(sweep)
+    assert len(groups) == 4
+    by_job = {name.split("/")[0]: m for name, m in groups.items()}
+    for d in dirs:
+        assert by_job[d.name]["hparam/best_val_error"] == pytest.approx(
+            read_json(d / "results.json")["best"]["val"]["error"], abs=1e-6)
+
+    # The same sweep again, values in another order: nothing is trained again.
+    before = mtimes(sweep)
+    proc = run_mlprun("-m", "model.activation=tanh,relu", "optim=adam,sgd", *TINY,
+                      f"hydra.sweep.dir={sweep}", cwd=workdir, check=True)
+    assert proc.stdout.count("already completed") == 4
+    assert mtimes(sweep) == before
+    assert job_dirs(sweep) == dirs
+
+    # mlprun-report rebuilds the summary of the existing folder
+    for f in ("summary.csv", "summary.md", "val_curves.png"):
+        (sweep / f).unlink()
+    out = subprocess.run([sys.executable, "-m", "mlprunner.report", str(sweep)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (sweep / "val_curves.png").is_file()
+    check_summary_against_jobs(sweep)
+
+
+@pytest.mark.slow
+def test_grid_joblib_with_failing_jobs(workdir):
+    """4 jobs in 2 worker processes; lr=1e38 diverges: recorded failed, the others finish, exit 1."""
+    sweep = workdir / "sweep"
+    proc = run_mlprun("-m", "optim=sgd", "optim.lr=0.5,1e38", "trainer.seed=0,1", *TINY,
+                      f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                      cwd=workdir)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    dirs = job_dirs(sweep)
+    assert len(dirs) == 4
+    by_lr = {}
+    for d in dirs:
+        res = read_json(d / "results.json")
+        by_lr.setdefault(d.name.split("optim.lr=")[1].split(",")[0], []).append(res)
+    assert [r["status"] for r in by_lr["0.5"]] == ["completed", "completed"]
+    for res in by_lr["1e+38"]:
+        assert res["status"] == "failed"
+        assert "non-finite" in res["reason"] and "optim.lr" in res["reason"]
+    threads = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert proc.stdout.count(f": {threads} torch thread(s)") == 4
+    rows = check_summary_against_jobs(sweep)
+    assert sorted(r["status"] for r in rows) == ["completed", "completed", "failed", "failed"]
+    assert "2 job(s) failed" in proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_grid_basic_bad_value_in_one_combination(workdir):
+    sweep = workdir / "sweep"
+    proc = run_mlprun("-m", "model.activation=relu,bogus", *TINY, f"hydra.sweep.dir={sweep}", cwd=workdir)
+    assert proc.returncode == 1
+    results = {d.name: read_json(d / "results.json") for d in job_dirs(sweep)}
+    bad = next(r for name, r in results.items() if "bogus" in name)
+    good = next(r for name, r in results.items() if "relu" in name)
+    assert good["status"] == "completed"
+    assert bad["status"] == "failed" and bad["reason"].startswith("model.activation='bogus' is invalid")
+    check_summary_against_jobs(sweep)
+
+
+@pytest.mark.slow
+def test_grid_submitit_local(workdir):
+    sweep = workdir / "sweep"
+    run_mlprun("-m", *GRID, *TINY, f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local",
+               cwd=workdir, check=True)
+    assert (sweep / ".submitit").is_dir()  # the jobs ran as submitit processes
+    dirs = job_dirs(sweep)
+    assert len(dirs) == 4
+    assert all(read_json(d / "results.json")["status"] == "completed" for d in dirs)
+    check_summary_against_jobs(sweep)
+
+
+@pytest.mark.slow
+def test_optuna_study_persists_and_continues(workdir):
+    sweep = workdir / "sweep"
+    args = ["-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=3", "optim=sgd",
+            "optim.lr=tag(log,interval(0.01,1.0))", "model.activation=relu,tanh", *TINY,
+            f"hydra.sweep.dir={sweep}"]
+
+    def trials():
+        with sqlite3.connect(sweep / "optuna.db") as db:
+            return db.execute("select t.state, v.value from trials t left join trial_values v "
+                              "on t.trial_id = v.trial_id order by t.number").fetchall()
+
+    run_mlprun(*args, cwd=workdir, check=True)
+    first = trials()
+    assert [s for s, _ in first] == ["COMPLETE"] * 3
+    assert len(job_dirs(sweep)) == 3
+    # each trial's value is its job's best validation error
+    errors = sorted(read_json(d / "results.json")["best"]["val"]["error"] for d in job_dirs(sweep))
+    assert sorted(v for _, v in first) == pytest.approx(errors)
+    proc = run_mlprun(*args, cwd=workdir, check=True)
+    assert "Using an existing study" in proc.stdout + proc.stderr
+    assert len(trials()) == 6 and trials()[:3] == first
+    assert len(job_dirs(sweep)) == 6
+    check_summary_against_jobs(sweep)
+    assert (sweep / "val_error_vs_optim.lr.png").is_file()
+
+
+@pytest.mark.slow
+def test_optuna_failing_trial_does_not_stop_the_study(workdir):
+    sweep = workdir / "sweep"
+    proc = run_mlprun("-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=3", "optim=sgd",
+                      "optim.lr=tag(log,interval(1e37,1e38))", *TINY, f"hydra.sweep.dir={sweep}",
+                      "hydra.sweeper.sampler.seed=0", cwd=workdir)
+    assert proc.returncode == 1
+    with sqlite3.connect(sweep / "optuna.db") as db:
+        states = [s for (s,) in db.execute("select state from trials order by number")]
+    assert states == ["FAIL"] * 3  # all three trials ran; diverged jobs are failed trials, not values
+    assert all(read_json(d / "results.json")["status"] == "failed" for d in job_dirs(sweep))
+
+
+@pytest.mark.slow
+def test_interrupted_job_resumes_on_rerun(workdir):
+    """Ctrl-C during a sweep job marks it interrupted; the same command resumes it from its checkpoint."""
+    sweep = workdir / "sweep"
+    args = ["-m", "optim=sgd", "model.activation=relu", *TINY, "trainer.epochs=12", "dataset.n_train=1000",
+            f"hydra.sweep.dir={sweep}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLPRUN_DEBUG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "mlprunner", *args], cwd=workdir, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and proc.poll() is None:
+            files = list(sweep.glob("*/results.json"))
+            if files:
+                try:
+                    if read_json(files[0]).get("epochs_completed", 0) >= 2:
+                        break
+                except ValueError:
+                    pass
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, out[-2000:]
+    (job,) = job_dirs(sweep)
+    res = read_json(job / "results.json")
+    assert res["status"] == "interrupted"
+    stopped_at = res["epochs_completed"]
+    assert 2 <= stopped_at < 12
+    proc2 = run_mlprun(*args, cwd=workdir, check=True)
+    assert "resuming" in proc2.stdout
+    res = read_json(job / "results.json")
+    assert res["status"] == "completed" and res["epochs_completed"] == 12
+    assert res["resumed"][0]["from_epoch"] == stopped_at
