@@ -167,14 +167,52 @@ def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels:
 
 # --------------------------------------------------------------------------- torchvision MNIST family
 
-def _torchvision_mnist(cfg: DictConfig, device) -> Data:
-    import torchvision
+MNIST_CLASSES = {  # the class names torchvision's MNIST/FashionMNIST carry
+    "mnist": ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
+              "7 - seven", "8 - eight", "9 - nine"],
+    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                      "Sneaker", "Bag", "Ankle boot"],
+}
 
-    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[cfg.name]
+
+def read_idx_pair(folder: Path, train: bool):
+    """Read MNIST-format `*-ubyte` image and label files directly (no torchvision import).
+
+    Returns (uint8 images (N, 28, 28), int64 labels (N,)), or None when the uncompressed files
+    are missing or do not look right, so the caller falls back to torchvision (download, errors).
+    Importing torchvision costs about a second (it pulls in torch._dynamo), more than reading.
+    """
+    prefix = "train" if train else "t10k"
+    images, labels = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+    try:
+        xb, yb = images.read_bytes(), labels.read_bytes()
+    except OSError:
+        return None
+    if len(xb) < 16 or len(yb) < 8:
+        return None
+    magic_x, n, rows, cols = (int.from_bytes(xb[i:i + 4], "big") for i in range(0, 16, 4))
+    magic_y, m = (int.from_bytes(yb[i:i + 4], "big") for i in range(0, 8, 4))
+    if (magic_x, magic_y, rows, cols) != (2051, 2049, 28, 28) or n != m \
+            or len(xb) != 16 + n * rows * cols or len(yb) != 8 + n:
+        return None
+    x = torch.frombuffer(bytearray(xb[16:]), dtype=torch.uint8).view(n, rows, cols)
+    y = torch.frombuffer(bytearray(yb[8:]), dtype=torch.uint8).long()
+    return x, y
+
+
+def _torchvision_mnist(cfg: DictConfig, device) -> Data:
+    name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[cfg.name]
     root = Path(str(cfg.root)).expanduser()
 
     def read(train: bool):
-        folder = root / cls.__name__ / "raw"
+        folder = root / name / "raw"
+        fast = read_idx_pair(folder, train)
+        if fast is not None:
+            data, targets = fast
+            return data.reshape(data.shape[0], -1).float().div_(255.0), targets
+        import torchvision
+
+        cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[cfg.name]
         try:
             ds = cls(str(root), train=train, download=bool(cfg.download))
         except RuntimeError as exc:
@@ -185,7 +223,14 @@ def _torchvision_mnist(cfg: DictConfig, device) -> Data:
                     f"put the *-ubyte files there, set MLPRUN_DATA or dataset.root to a folder "
                     f"holding {cls.__name__}/raw/, or allow dataset.download=true with internet"
                 ) from None
-            raise DatasetError(f"{cls.__name__} files in {folder} are unreadable: {exc}") from None
+            if "error downloading" in str(exc).lower():
+                raise DatasetError(
+                    f"{cls.__name__} not found in {folder} (dataset.root={root}) and the download "
+                    f"failed (no internet?): put the *-ubyte files there, or set MLPRUN_DATA or "
+                    f"dataset.root to a folder holding {cls.__name__}/raw/") from None
+            raise DatasetError(f"{cls.__name__} files in {folder} are truncated or malformed "
+                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                               f"delete them and download again, or set dataset.root") from None
         except (OSError, ValueError, AssertionError, IndexError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and "ubyte" not in msg:
@@ -201,7 +246,7 @@ def _torchvision_mnist(cfg: DictConfig, device) -> Data:
         return data.reshape(data.shape[0], -1).float().div_(255.0), targets.long()
 
     x, y = read(train=True)
-    classes = [str(c) for c in getattr(cls, "classes", [str(i) for i in range(10)])]
+    classes = list(MNIST_CLASSES[cfg.name])
     return _finish(cfg, x, y, 1, (1, 28, 28), classes, device, lambda: read(train=False),
                    {"name": cfg.name, "root": str(root)})
 
@@ -343,14 +388,28 @@ class _FolderImages(torch.utils.data.Dataset):
         return load_image(Path(path), self.image_size, self.grayscale), label
 
 
-def _image_folder(cfg: DictConfig, device) -> Data:
+def _image_folder_dataset(folder: Path):
+    """torchvision's ImageFolder over image files, ignoring hidden folders (.hydra, .git, ...)."""
+    import os
+
     from torchvision.datasets import ImageFolder
 
+    class _VisibleImageFolder(ImageFolder):
+        def find_classes(self, directory):
+            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            if not classes:
+                raise FileNotFoundError(f"no class subfolders in {directory}")
+            return classes, {c: i for i, c in enumerate(classes)}
+
+    return _VisibleImageFolder(str(folder), is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _image_folder(cfg: DictConfig, device) -> Data:
     image_dir = Path(str(cfg.image_dir)).expanduser()
     if not image_dir.is_dir():
         raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
     try:
-        folder = ImageFolder(str(image_dir), is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        folder = _image_folder_dataset(image_dir)
     except (FileNotFoundError, RuntimeError) as exc:
         raise DatasetError(f"dataset.image_dir={image_dir}: {str(exc).splitlines()[0]}") from None
     size, gray = list(cfg.image_size), bool(cfg.grayscale)
@@ -364,7 +423,10 @@ def _image_folder(cfg: DictConfig, device) -> Data:
         test_dir = Path(str(cfg.test_dir)).expanduser()
         if not test_dir.is_dir():
             raise DatasetError(f"dataset.test_dir: folder not found: {test_dir}")
-        test = ImageFolder(str(test_dir), is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
+        try:
+            test = _image_folder_dataset(test_dir)
+        except (FileNotFoundError, RuntimeError) as exc:
+            raise DatasetError(f"dataset.test_dir={test_dir}: {str(exc).splitlines()[0]}") from None
         if list(test.classes) != names:
             raise DatasetError(f"dataset.test_dir={test_dir}: classes {test.classes} differ from the "
                                f"training folder's {names}")
