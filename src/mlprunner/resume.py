@@ -1,18 +1,22 @@
 """`mlprun resume=<run dir | checkpoint | latest> [safe overrides]`: continue a run in place.
 
-The run continues in its own directory with the configuration saved in its checkpoint. Only
-overrides that cannot change what was learned so far are accepted.
+The run continues in its own directory with the configuration saved in its checkpoint (Hydra is
+bypassed: no new timestamped folder). Only overrides that cannot change what was learned so far
+are accepted. A run killed before its first checkpoint restarts from epoch 1 in the same folder
+with the configuration Hydra saved in `.hydra/config.yaml`.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
-from .errors import ConfigError
+from .errors import CheckpointError, ConfigError
 
 log = logging.getLogger("mlprunner")
 
@@ -28,30 +32,45 @@ def is_safe(key: str) -> bool:
     return any(key == k or (k.endswith(".") and key.startswith(k)) for k in SAFE_KEYS)
 
 
+def allowed_text() -> str:
+    return ", ".join(k.rstrip(".") + (".*" if k.endswith(".") else "") for k in SAFE_KEYS)
+
+
 def find_latest(runs_root: Path = Path("runs")) -> Path:
-    candidates = [p for p in runs_root.glob("**/checkpoints/last.pt")] if runs_root.is_dir() else []
+    """The run under `runs_root` whose checkpoint (or, lacking one, results.json) is newest."""
+    candidates = []
+    if runs_root.is_dir():
+        candidates = list(runs_root.glob("**/checkpoints/last.pt"))
+        seen = {p.parent.parent for p in candidates}
+        candidates += [p for p in runs_root.glob("**/.hydra/config.yaml") if p.parent.parent not in seen]
     if not candidates:
         raise ConfigError("resume", "latest", message=(
-            f"resume=latest: no run with checkpoints/last.pt under {runs_root.resolve()}"))
+            f"resume=latest: no mlprun run under {runs_root.resolve()}"))
     return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent
 
 
-def locate(arg: str) -> tuple[Path, Path]:
-    """(run dir, checkpoint file) for a resume= argument."""
+def locate(arg: str) -> tuple[Path | None, Path | None]:
+    """(run dir, checkpoint file or None when the run never wrote one) for a resume= argument."""
+    if arg in ("", "null", "None"):
+        raise ConfigError("resume", arg, message="resume= needs a run directory, a checkpoint file or 'latest'")
     if arg == "latest":
-        run_dir = find_latest()
-        return run_dir, run_dir / "checkpoints" / "last.pt"
-    path = Path(arg).expanduser()
-    if path.is_dir():
-        ckpt = path / "checkpoints" / "last.pt"
-        if not ckpt.is_file():
-            raise ConfigError("resume", arg, message=(
-                f"resume={arg}: {ckpt} not found; the folder is not an mlprun run with a checkpoint"))
-        return path, ckpt
-    if path.is_file():
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-        return run_dir, path
-    raise ConfigError("resume", arg, message=f"resume={arg}: no such run directory or checkpoint file")
+        run_dir = find_latest().resolve()
+    else:
+        path = Path(arg).expanduser()
+        if path.is_file():
+            path = path.resolve()
+            # None: not inside a run's checkpoints/ folder (refused once the file itself is checked)
+            return (path.parent.parent if path.parent.name == "checkpoints" else None), path
+        if not path.is_dir():
+            raise ConfigError("resume", arg, message=f"resume={arg}: no such run directory or checkpoint file")
+        run_dir = path.resolve()
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if ckpt.is_file():
+        return run_dir, ckpt
+    if (run_dir / ".hydra" / "config.yaml").is_file():
+        return run_dir, None  # killed before its first checkpoint: restart it in place
+    raise ConfigError("resume", arg, message=(
+        f"resume={arg}: {ckpt} not found; the folder is not an mlprun run with a checkpoint"))
 
 
 def parse_overrides(args: list[str]) -> list[str]:
@@ -62,15 +81,53 @@ def parse_overrides(args: list[str]) -> list[str]:
         if a.startswith("-"):
             raise ConfigError(a, message=f"{a}: flags cannot be combined with resume= "
                                          "(resume continues one run; see mlprun --help)")
-        key, eq, _ = a.lstrip("+~").partition("=")
+        if a.startswith("~"):
+            raise ConfigError(a, message=f"{a}: keys cannot be deleted when resuming; allowed with resume=: "
+                                         f"{allowed_text()}")
+        key, eq, _ = a.lstrip("+").partition("=")
         if not eq:
             raise ConfigError(a, message=f"cannot parse override '{a}': expected key=value")
         if not is_safe(key):
             raise ConfigError(key, message=(
-                f"{key} cannot change when resuming (it would change the model, data or optimizer); "
-                f"allowed with resume=: {', '.join(k.rstrip('.') + ('.*' if k.endswith('.') else '') for k in SAFE_KEYS)}"))
-        out.append(a)
+                f"{key} cannot change when resuming (it would change the model, data or optimizer "
+                f"of a run already trained); allowed with resume=: {allowed_text()}"))
+        out.append(a.lstrip("+"))
     return out
+
+
+def apply_overrides(cfg, overrides: list[str]):
+    OmegaConf.set_struct(cfg, True)  # a misspelt key is an error, not a silent new key
+    try:
+        cfg.merge_with(OmegaConf.from_dotlist(overrides))
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConfigError("resume", message=f"cannot apply {' '.join(overrides)} to the saved config: {first}") from None
+    OmegaConf.set_struct(cfg, False)
+    return cfg
+
+
+def check_resumable(state: dict, path: Path) -> None:
+    """The keys resume needs, with the right types (a forged or foreign dict fails here, in one line)."""
+    problems = []
+    for key, kind in (("epoch", int), ("step", int), ("model", dict), ("optimizer", dict),
+                      ("rng", dict), ("config", dict)):
+        if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
+            problems.append(key)
+    rng = state.get("rng") if isinstance(state.get("rng"), dict) else {}
+    if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("numpy"), dict)
+            and isinstance(rng.get("python"), dict)):
+        problems.append("rng")
+    if problems:
+        raise CheckpointError(f"{path} cannot be resumed: missing or malformed {', '.join(sorted(set(problems)))}")
+    if state["epoch"] < 0 or state["step"] < 0:
+        raise CheckpointError(f"{path} cannot be resumed: negative epoch or step")
+
+
+def _remove_stale_temps(run_dir: Path) -> None:
+    """Temp files of atomic writes a killed process left behind (never a valid file: not renamed)."""
+    for pattern in ("checkpoints/.*.pt.*.tmp", ".results.json.*.tmp"):
+        for tmp in run_dir.glob(pattern):
+            tmp.unlink(missing_ok=True)
 
 
 def _setup_logging(run_dir: Path) -> None:
@@ -86,18 +143,57 @@ def _setup_logging(run_dir: Path) -> None:
     log.propagate = False
 
 
+def _restart(run_dir: Path, overrides: list[str]) -> int:
+    """A run killed before its first checkpoint: start it again, in place, from its saved config."""
+    from .checkpoint import check_config_targets
+    from .config import validate
+    from .results import read_results
+    from .run import _lock_run_dir, run
+
+    cfg_path = run_dir / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(cfg_path)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {cfg_path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    cfg = apply_overrides(cfg, overrides)
+    cfg.resume = None
+    validate(cfg)
+    check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path)
+    prior = read_results(run_dir) or {}
+    trained = int(prior.get("epochs_completed") or 0)
+    if prior.get("status") == "completed" or trained > 0:
+        # e.g. trainer.checkpoint.save_last=false: never wipe a run that has trained epochs
+        best = run_dir / "checkpoints" / "best.pt"
+        hint = f"; resume from another checkpoint, e.g. resume={best}" if best.is_file() else ""
+        raise CheckpointError(f"{run_dir} has {trained} trained epochs but no checkpoints/last.pt "
+                              f"(trainer.checkpoint.save_last=false?){hint}")
+    _lock_run_dir(run_dir)
+    # Nothing from the first attempt survived a checkpoint: its partial logs would only overlap.
+    for sub in ("tensorboard", "checkpoints"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    _setup_logging(run_dir)
+    print(f"mlprun: {run_dir} stopped before its first checkpoint; restarting it from epoch 1 in place",
+          flush=True)
+    run(cfg, run_dir, overrides=list(prior.get("overrides", [])) + overrides)
+    return 0
+
+
 def resume_main(args: list[str]) -> int:
     arg = [a for a in args if a.startswith("resume=")][-1].split("=", 1)[1]
     overrides = parse_overrides(args)
     run_dir, ckpt_path = locate(arg)
-    from .checkpoint import load_checkpoint
+    if ckpt_path is None:
+        return _restart(run_dir, overrides)
+    from .checkpoint import check_config_targets, load_checkpoint
 
     ckpt = load_checkpoint(ckpt_path)
-    cfg = OmegaConf.create(ckpt["config"])
-    try:
-        cfg.merge_with(OmegaConf.from_dotlist(overrides))
-    except Exception as exc:
-        raise ConfigError("resume", message=f"cannot apply overrides {overrides}: {exc}") from None
+    check_resumable(ckpt, ckpt_path)
+    check_config_targets(ckpt["config"], ckpt_path)
+    if run_dir is None:
+        raise ConfigError("resume", arg, message=(
+            f"resume={arg}: a checkpoint is resumed in its run folder, so it must be "
+            f"<run dir>/checkpoints/<name>.pt; give the run folder instead"))
+    cfg = apply_overrides(OmegaConf.create(ckpt["config"]), overrides)
     cfg.resume = None
     from .config import validate
     from .results import read_results
@@ -106,17 +202,25 @@ def resume_main(args: list[str]) -> int:
     prior = read_results(run_dir) or {}
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
-    stopped = bool((ckpt.get("early_stopping") or {}).get("stopped"))
-    if prior.get("status") == "completed" and (done >= epochs or stopped):
-        why = "stopped early" if stopped and done < epochs else f"completed all {done} epochs"
-        print(f"mlprun: run {run_dir} already {why}; nothing to do "
-              f"(raise trainer.epochs to train longer)")
+    es_saved = ckpt.get("early_stopping") or {}
+    es = cfg.trainer.early_stopping
+    # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
+    stopped = bool(es_saved.get("stopped")) and bool(es.enabled) and int(es_saved.get("bad_epochs", 0)) > int(es.patience)
+    if prior.get("status") == "completed" and prior.get("epochs_completed") == done and (done >= epochs or stopped):
+        why = f"stopped early after epoch {done}" if stopped and done < epochs else f"completed all {done} epoch{'s' * (done != 1)}"
+        hint = "raise trainer.early_stopping.patience or disable it" if stopped and done < epochs \
+            else "raise trainer.epochs"
+        print(f"mlprun: run {run_dir} already {why}; nothing to do ({hint} to train longer)", flush=True)
         return 0
-    if done >= epochs and not stopped:
-        print(f"mlprun: run {run_dir} already has {done} epochs (trainer.epochs={epochs}); nothing to do")
-        return 0
-    _setup_logging(run_dir)
-    from .run import run
+    from .run import _lock_run_dir, run
 
+    _lock_run_dir(run_dir)  # refuse before writing anything if another process trains here
+    _remove_stale_temps(run_dir)
+    _setup_logging(run_dir)
+    if done >= epochs or stopped:
+        print(f"mlprun: {run_dir} has all {done} epochs in {ckpt_path.name}; finishing the run "
+              f"(results, plots) without training", flush=True)
+    else:
+        print(f"mlprun: resuming {run_dir} from {ckpt_path.name} after epoch {done} of {epochs}", flush=True)
     run(cfg, run_dir, resume_from=ckpt_path, overrides=overrides)
     return 0
