@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, restore_rng
 from .components import Loss, build_optimizer, build_scheduler
 from .config import check_loss_fits, validate
 from .data import Data, load_data
-from .errors import ConfigError, DivergenceError, Interrupted, MlprunError
+from .errors import CheckpointError, ConfigError, DivergenceError, Interrupted, MlprunError
 from .models import count_parameters, summary_rows
 from .results import ResultsFile, print_summary, read_results
 from .train import StopFlag, Trainer
@@ -58,7 +58,8 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-    else:
+    elif torch.are_deterministic_algorithms_enabled():
+        # only when needed: use_deterministic_algorithms imports torch._inductor (~1.5 s)
         torch.use_deterministic_algorithms(False)
 
 
@@ -115,6 +116,7 @@ class _Signals:
 
     def _handle(self, signum, frame):
         if self.stop.requested:
+            self.restore()  # a third signal gets Python's default behaviour
             raise KeyboardInterrupt
         self.stop.requested = True
         self.stop.signal_name = signal.Signals(signum).name
@@ -124,6 +126,53 @@ class _Signals:
     def restore(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
+        self._old = {}
+
+
+def resume_command(run_dir: Path) -> str:
+    import shlex
+
+    return f"mlprun resume={shlex.quote(str(Path(run_dir).resolve()))}"
+
+
+def _saved_epoch(run_dir: Path):
+    """The epoch of the run's checkpoints/last.pt (what a resume continues from), or 0."""
+    path = Path(run_dir) / "checkpoints" / "last.pt"
+    if not path.is_file():
+        return 0
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except MlprunError:
+        return "?"
+
+
+_LOCKS: dict = {}
+
+
+def _lock_run_dir(run_dir: Path):
+    """Hold an advisory lock on the run folder so a second process cannot train into it at once.
+
+    The lock lasts until this process ends (the kernel drops it even on SIGKILL) or starts
+    another run.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock
+        return None
+    key = str(run_dir.resolve())
+    if key in _LOCKS:  # this process holds it already (resume takes it before run() does)
+        return _LOCKS[key]
+    for other in list(_LOCKS):  # one run at a time per process: earlier runs here are over
+        _LOCKS.pop(other).close()
+    fh = open(run_dir / ".mlprun.lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise MlprunError(f"{run_dir} is in use by another running mlprun process; "
+                          f"wait for it to finish or stop it first") from None
+    _LOCKS[key] = fh
+    return fh
 
 
 def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=()) -> dict:
@@ -138,15 +187,19 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
 
     ckpt = load_checkpoint(resume_from) if resume_from is not None else None
     prior = read_results(run_dir) if ckpt is not None else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _lock_run_dir(run_dir)
     results = ResultsFile(run_dir, {
         "device": str(device), "n_params": None, "overrides": list(overrides),
         "run_dir": str(run_dir.resolve()),
     })
     if prior:
-        results.data.update({k: v for k, v in prior.items() if k not in ("status", "reason")})
-        results.data["resumed"] = list(prior.get("resumed", [])) + [
-            {"from_epoch": int(ckpt["epoch"]), "overrides": list(overrides)}]
+        results.data.update({k: v for k, v in prior.items() if k not in ("status", "reason", "run_dir")})
         results.data["overrides"] = list(prior.get("overrides", []))
+    if ckpt is not None:
+        results.data["resumed"] = list((prior or {}).get("resumed", [])) + [
+            {"from_epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "overrides": list(overrides),
+             "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
     wall_before = float(results.data.get("wall_s") or 0.0)
     try:
         data = load_data(cfg.dataset, device)
@@ -156,6 +209,9 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         optimizer = build_optimizer(cfg.optim, model, device)
         scheduler, interval = build_scheduler(cfg.scheduler, optimizer, int(cfg.trainer.epochs),
                                               data.train.num_batches(int(cfg.trainer.batch_size)))
+        from .augment import build_augment
+
+        augment = build_augment(cfg.dataset, data)  # None unless dataset.augment.enabled
     except ConfigError:
         raise
     except MlprunError as exc:
@@ -174,14 +230,17 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
                         data.train.num_batches(int(cfg.trainer.batch_size)), int(cfg.trainer.batch_size))
     stop = StopFlag()
     trainer = Trainer(cfg, run_dir, data, model, loss, optimizer, scheduler, interval, device,
-                      progress=progress, stop=stop)
+                      progress=progress, stop=stop, augment=augment)
+    if augment is not None:
+        log.info(f"augmentation: {augment} on each training batch")
     if ckpt is not None:
         try:
             trainer.load_state(ckpt)
         except (RuntimeError, ValueError, KeyError) as exc:
-            raise ConfigError("resume", str(resume_from), message=(
-                f"checkpoint {resume_from} does not fit this model/optimizer: "
-                f"{str(exc).splitlines()[0][:200]}")) from None
+            raise CheckpointError(
+                f"checkpoint {resume_from} does not fit this model/optimizer "
+                f"(it is from a different model): "
+                f"{str(exc).splitlines()[0][:200]}") from None
         restore_rng(ckpt["rng"])
         log.info(f"resuming from {resume_from} after epoch {trainer.state.epoch} (step {trainer.state.step})")
 
@@ -200,9 +259,18 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
                          torch.zeros(2, data.num_features, device=device))
         trainer.tb = tb
 
+    startup_logged = []
+
     def on_epoch_end(tr: Trainer):
         results.update(status="running", wall_s=wall_before + time.perf_counter() - t_start,
                        **results.from_history(tr.state.history, tr.state.best_epoch))
+        if tr.first_step_at is not None and not startup_logged:
+            from .profiling import process_start_time
+
+            started = process_start_time()  # this process's start -> the end of its first step
+            if started is not None:
+                results.update(startup_s=round(tr.first_step_at - started, 3))
+            startup_logged.append(True)
 
     trainer.on_epoch_end = on_epoch_end
     results.update(status="running", reason=None)
@@ -212,12 +280,13 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
     except Interrupted as exc:
         results.update(status="interrupted", reason=str(exc),
                        wall_s=wall_before + time.perf_counter() - t_start)
-        raise Interrupted(f"{exc}; last checkpoint after epoch {trainer.state.epoch}; "
-                          f"continue with: mlprun resume={run_dir}") from None
+        raise Interrupted(f"{exc}; last checkpoint after epoch {_saved_epoch(run_dir)}; "
+                          f"continue with: {resume_command(run_dir)}") from None
     except KeyboardInterrupt:
-        results.update(status="interrupted", reason="interrupted at once by a second Ctrl-C",
+        results.update(status="interrupted", reason="interrupted at once by a second signal",
                        wall_s=wall_before + time.perf_counter() - t_start)
-        raise
+        raise Interrupted(f"interrupted at once by a second signal; last checkpoint after epoch "
+                          f"{_saved_epoch(run_dir)}; continue with: {resume_command(run_dir)}") from None
     except DivergenceError as exc:
         results.update(status="failed", reason=str(exc), wall_s=wall_before + time.perf_counter() - t_start)
         raise
@@ -232,10 +301,19 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
     final = results.from_history(state.history, state.best_epoch)
     results.data.update(final)
     results.data["stopped_early"] = state.stopped_early
+    if trainer.swa_result is not None:
+        results.data["swa"] = trainer.swa_result
     if cfg.get("eval") is not None and cfg.eval.test:
         from .evaluate import evaluate_test
 
-        results.data["test"] = evaluate_test(cfg, run_dir, trainer, tb)
+        try:
+            results.data["test"] = evaluate_test(cfg, run_dir, trainer, tb)
+        except MlprunError as exc:  # training is done and saved; only the test evaluation failed
+            results.update(status="failed", reason=f"test evaluation: {exc}",
+                           wall_s=wall_before + time.perf_counter() - t_start)
+            if tb is not None:
+                tb.close()
+            raise
     if tb is not None:
         best_val = (final.get("best") or {}).get("val") or {}
         metrics = {"hparam/best_val_error": best_val.get("error"), "hparam/best_val_loss": best_val.get("loss"),

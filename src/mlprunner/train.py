@@ -30,35 +30,50 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 class Metrics:
-    """torchmetrics accuracy and macro F1 plus a summed loss, all accumulated on the device."""
+    """Loss, accuracy (micro) and macro F1 of a split, accumulated on the device.
+
+    A step adds its predictions to one (C, C) confusion matrix (a single index_put_, no host
+    sync, no torchmetrics call: its per-step update costs ~8x more and importing it ~1-2 s,
+    which would delay the first step). At epoch end torchmetrics' own reductions turn the
+    per-class tp/fp/tn/fn into accuracy and macro F1, so the numbers are torchmetrics'.
+    """
 
     def __init__(self, num_classes: int, device):
-        from torchmetrics import MetricCollection
-        from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
-
-        self.collection = MetricCollection({
-            "accuracy": MulticlassAccuracy(num_classes, average="micro", validate_args=False),
-            "f1": MulticlassF1Score(num_classes, average="macro", validate_args=False),
-        }).to(device)
-        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        device = torch.device(device)
+        self.num_classes = int(num_classes)
+        self.confusion = torch.zeros(self.num_classes * self.num_classes, dtype=torch.long, device=device)
+        self._ones = torch.ones(0, dtype=torch.long, device=device)
+        acc_dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
         self.count = 0
 
     def update(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
-        self.loss_sum += loss.detach().double() * n
+        self.loss_sum.add_(loss.detach(), alpha=n)
         self.count += n
-        self.collection.update(preds, y)
+        if self._ones.shape[0] < n:
+            self._ones = torch.ones(n, dtype=torch.long, device=self.confusion.device)
+        # row = true class, column = predicted class; accumulate=True is deterministic on CUDA
+        self.confusion.index_put_((y * self.num_classes + preds,), self._ones[:n], accumulate=True)
 
     def compute(self) -> dict:
-        values = self.collection.compute()
-        acc = float(values["accuracy"])
+        from torchmetrics.functional.classification.accuracy import _accuracy_reduce
+        from torchmetrics.functional.classification.f_beta import _fbeta_reduce
+
+        cm = self.confusion.view(self.num_classes, self.num_classes).cpu()
+        tp = cm.diag()
+        fp = cm.sum(0) - tp
+        fn = cm.sum(1) - tp
+        tn = cm.sum() - tp - fp - fn
+        acc = float(_accuracy_reduce(tp.sum(), fp.sum(), tn.sum(), fn.sum(), average="micro"))
+        f1 = float(_fbeta_reduce(tp, fp, tn, fn, beta=1.0, average="macro"))
         out = {"loss": float(self.loss_sum) / max(self.count, 1), "accuracy": acc,
-               "error": 1.0 - acc, "f1": float(values["f1"])}
+               "error": 1.0 - acc, "f1": f1}
         self.reset()
         return out
 
     def reset(self) -> None:
-        self.collection.reset()
+        self.confusion.zero_()
         self.loss_sum.zero_()
         self.count = 0
 
@@ -112,10 +127,20 @@ class Trainer:
             self.monitor, self.mode = "train/loss", "min"
         self.train_metrics = Metrics(data.num_classes, device)
         self.val_metrics = Metrics(data.num_classes, device)
+        from .profiling import make_profiler
+
+        self.profiler = make_profiler(bool(self.t.get("profile", False)), self.run_dir, device)
+        self.first_step_at = None  # time.time() when the first training step of this process ended
         precision = self.t.precision
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.swa = None  # stochastic weight averaging (trainer.swa), see swa.py
+        if self.t.get("swa") is not None and self.t.swa.enabled:
+            from .swa import SWA
+
+            self.swa = SWA(self.t.swa, model, optimizer, int(self.t.epochs))
+        self.swa_result = None
 
     # ------------------------------------------------------------------ state for checkpoints
     def checkpoint_state(self) -> dict:
@@ -133,6 +158,7 @@ class Trainer:
             "history": s.history,
             "best": {"value": s.best_value, "epoch": s.best_epoch, "monitor": self.monitor, "mode": self.mode},
             "early_stopping": {"bad_epochs": s.bad_epochs, "stopped": s.stopped_early},
+            "swa": self.swa.state_dict() if self.swa is not None else None,
             "data": {"num_features": self.data.num_features, "num_classes": self.data.num_classes,
                      "class_names": self.data.class_names,
                      "image_shape": list(self.data.image_shape) if self.data.image_shape else None,
@@ -149,10 +175,16 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         best = ckpt.get("best") or {}
         es = ckpt.get("early_stopping") or {}
+        bad = int(es.get("bad_epochs", 0))
+        # re-judged with the current config: resume may raise the patience or disable early stopping
+        cfg_es = self.t.early_stopping
+        stopped = bool(es.get("stopped", False)) and bool(cfg_es.enabled) and bad > int(cfg_es.patience)
         self.state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]),
                                 best_value=best.get("value"), best_epoch=best.get("epoch"),
-                                bad_epochs=int(es.get("bad_epochs", 0)), history=list(ckpt.get("history", [])),
-                                stopped_early=bool(es.get("stopped", False)))
+                                bad_epochs=bad, history=list(ckpt.get("history", [])),
+                                stopped_early=stopped)
+        if self.swa is not None and ckpt.get("swa") is not None:
+            self.swa.load_state_dict(ckpt["swa"])
 
     # ------------------------------------------------------------------ one epoch
     def _autocast(self):
@@ -171,41 +203,63 @@ class Trainer:
         window = torch.zeros(log_every, device=self.device)
         k = 0  # steps in the current log window
         grad_clip = self.t.grad_clip
-        step_sched = self.scheduler is not None and self.interval == "step"
+        in_swa = self.swa is not None and self.swa.active(epoch)
+        if in_swa:
+            self.swa.begin_epoch(epoch)  # SWALR takes over the learning rate from here on
+        step_sched = self.scheduler is not None and self.interval == "step" and not in_swa
         steps = train.num_batches(bs)
         if self.progress:
             self.progress.start_epoch(epoch)
+        prof = self.profiler  # trainer.profile: per-phase laps (no-ops when off)
+        prof.begin_epoch(epoch)
         for i, (xb, yb) in enumerate(train.batches(bs, order), start=1):
             if self.augment is not None:
                 xb = self.augment(xb)
+            prof.lap("data")
             with self._autocast():
                 logits = model(xb)
                 loss = loss_fn(logits, yb)
+            prof.lap("forward")
             opt.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
-                if grad_clip:
+            else:
+                loss.backward()
+            prof.lap("backward")
+            if grad_clip:
+                if self.scaler is not None:
                     self.scaler.unscale_(opt)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
+            if self.scaler is not None:
                 self.scaler.step(opt)
                 self.scaler.update()
             else:
-                loss.backward()
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip, foreach=True)
                 opt.step()
             if step_sched:
                 self.scheduler.step()
             self.state.step += 1
+            prof.lap("optimizer")
             self.train_metrics.update(loss, loss_fn.predict(logits.detach()), yb)
+            prof.lap("metrics")
             window[k] = loss.detach()
             k += 1
             if k == log_every or i == steps:
                 self._flush_window(window[:k], epoch, i, steps)
                 k = 0
+            if self.first_step_at is None:
+                self._mark_first_step()
+            prof.lap("logging")
+            prof.end_step()
             if self.stop.requested:
                 raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
+        prof.end_epoch()
         return self.train_metrics.compute()
+
+    def _mark_first_step(self) -> None:
+        """Remember when the first step of this process finished (results.json `startup_s`)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # once per process
+        self.first_step_at = time.time()
 
     def _flush_window(self, losses: torch.Tensor, epoch: int, i: int, steps: int) -> None:
         """One host sync per log interval: check finiteness, log, refresh the display."""
@@ -247,24 +301,30 @@ class Trainer:
                 break
             t0 = time.perf_counter()
             train_m = self.train_epoch(epoch)
+            in_swa = self.swa is not None and self.swa.active(epoch)
+            if in_swa:
+                self.swa.end_epoch(epoch)  # add this epoch's weights to the average, SWALR step
             if not math.isfinite(train_m["loss"]):
                 raise DivergenceError(f"loss became non-finite during epoch {epoch}; "
                                       f"try a lower learning rate (optim.lr={self.cfg.optim.lr})")
+            t_val = time.perf_counter()
             val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
             lr = self.optimizer.param_groups[0]["lr"]
             seconds = time.perf_counter() - t0
+            self.profiler.add("validation", time.perf_counter() - t_val)
             record = {"epoch": epoch, "train": train_m, "val": val_m, "lr": lr, "time_s": seconds}
             flat = {f"train/{k}": v for k, v in train_m.items()}
             if val_m is not None:
                 flat.update({f"val/{k}": v for k, v in val_m.items()})
             flat["lr"] = lr
             value = flat[self.monitor]
-            if self.scheduler is not None and self.interval == "epoch":
+            if self.scheduler is not None and self.interval == "epoch" and not in_swa:
                 if self.cfg.scheduler.name == "plateau":
                     self.scheduler.step(value)
                 else:
                     self.scheduler.step()
-            improved = s.best_value is None or BETTER[self.mode](value, s.best_value, float(es.min_delta))
+            # without a validation set there is nothing to select on: best is the last epoch
+            improved = self.data.val is None or s.best_value is None or BETTER[self.mode](value, s.best_value, float(es.min_delta))
             s.epoch = epoch
             s.history.append(record)
             if improved:
@@ -288,4 +348,26 @@ class Trainer:
                                           f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self)
+            if self.profiler.enabled:
+                self.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
+                self.profiler.write()
+            if self.stop.requested and epoch < epochs and not s.stopped_early:
+                # the signal came during validation/logging/checkpointing: last.pt is this epoch's
+                raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} after epoch {epoch}")
+        if self.swa is not None:
+            self.swa_result = self.finish_swa()
         return s
+
+    def finish_swa(self) -> dict | None:
+        """BatchNorm statistics for the averaged weights, its validation metrics, checkpoints/swa.pt."""
+        swa = self.swa
+        if swa.n_averaged == 0:
+            return None
+        swa.finish(self.data.train, int(self.t.eval_batch_size))
+        val = self.evaluate(self.data.val, model=swa.averaged) if self.data.val is not None else None
+        state = self.checkpoint_state()
+        state["model"] = swa.averaged_state()
+        state["swa_final"] = {"start_epoch": swa.start, "n_averaged": swa.n_averaged}
+        save_checkpoint(self.ckpt_dir / "swa.pt", state)
+        return {"start_epoch": swa.start, "n_averaged": swa.n_averaged, "val": val,
+                "checkpoint": str(self.ckpt_dir / "swa.pt")}
