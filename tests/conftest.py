@@ -12,6 +12,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Several tests run two or more training processes at once (a reference run beside a killed
+# one, parallel sweep jobs). With OpenMP's default spin-waiting, threads of one process burn
+# the cores the other needs and small jobs get 5-10x slower; passive waiting avoids that.
+# Subprocesses inherit it. (Set before torch is imported by any test module.)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 def mnist_root() -> Path | None:
     """The MLPRUN_DATA folder when it holds MNIST in torchvision's layout, else None."""

@@ -1,51 +1,113 @@
-"""Evaluation on the official test set, with a 95% Wilson confidence interval."""
+"""Evaluation on the official test set with a 95% Wilson confidence interval, and `mlprun-eval`.
+
+`evaluate_test()` runs at the end of training when `eval.test=true`; `mlprun-eval` gives the
+same report for an existing run directory or checkpoint, rebuilding the model and the test
+data from the configuration and normalisation statistics saved in the checkpoint.
+"""
 
 from __future__ import annotations
 
+import argparse
 import logging
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .checkpoint import load_checkpoint
+from .errors import CheckpointError, ConfigError, MlprunError
 from .results import wilson_interval
 
 log = logging.getLogger("mlprunner")
 
+CHECKPOINTS = ("best", "last", "swa")
+
+
+# --------------------------------------------------------------------------- metrics
 
 @torch.no_grad()
-def test_metrics(model, loss, split, num_classes: int, batch_size: int = 1000) -> dict:
-    """Error, accuracy, loss, n, Wilson 95% CI and per-class error of `model` on `split`."""
+def predict_split(model, loss, split, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(predicted class (N,), class probabilities (N, K), mean loss) of `model` on `split`, on the CPU."""
     model.eval()
-    preds, losses = [], []
+    preds, probs = [], []
+    loss_sum = torch.zeros((), dtype=torch.float64)
     for xb, yb in split.batches(batch_size):
-        logits = model(xb)
-        losses.append(loss(logits.float(), yb) * yb.shape[0])
-        preds.append(loss.predict(logits))
-    pred = torch.cat(preds).cpu()
-    y = split.y.cpu()
+        logits = model(xb).float()
+        loss_sum += (loss(logits, yb).double() * yb.shape[0]).cpu()
+        preds.append(loss.predict(logits).cpu())
+        probs.append(loss.probs(logits).cpu())
+    n = len(split)
+    return torch.cat(preds), torch.cat(probs), float(loss_sum) / max(n, 1)
+
+
+def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: int, class_names=None) -> dict:
+    """Error, accuracy, n, Wilson 95% CI, per-class error and the confusion matrix (rows = truth)."""
+    y = y.cpu()
     n = int(y.shape[0])
     errors = int((pred != y).sum())
     confusion = torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes)
     per_class = confusion.sum(1)
-    per_class_error = [float(1 - confusion[c, c] / per_class[c]) if per_class[c] else None for c in range(num_classes)]
+    names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
+    per_class_error = {names[c]: (1 - int(confusion[c, c]) / int(per_class[c]) if per_class[c] else None)
+                       for c in range(num_classes)}
     lo, hi = wilson_interval(errors, n)
     return {
         "error": errors / n if n else None, "accuracy": 1 - errors / n if n else None, "n": n,
-        "errors": errors, "ci95": [lo, hi], "loss": float(torch.stack(losses).sum()) / max(n, 1),
-        "per_class_error": per_class_error, "confusion": confusion.tolist(),
+        "errors": errors, "ci95": [lo, hi], "per_class_error": per_class_error,
+        "confusion": confusion.tolist(),
     }
 
 
+def test_metrics(model, loss, split, num_classes: int, batch_size: int = 1000, class_names=None) -> dict:
+    """All test metrics of `model` on `split` (see metrics_from_predictions), plus loss and probs."""
+    pred, probs, mean_loss = predict_split(model, loss, split, batch_size)
+    m = metrics_from_predictions(pred, split.y, num_classes, class_names)
+    m["loss"] = mean_loss
+    m["_probs"] = probs  # for the precision/recall curves; not written to results.json
+    return m
+
+
+def report_line(m: dict) -> str:
+    lo, hi = m["ci95"]
+    return f"test error {100 * m['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={m['n']})"
+
+
+def write_figures(m: dict, y: torch.Tensor, class_names, out_png: Path | None, tb=None, epoch: int = 0,
+                  title: str = "") -> None:
+    """confusion_matrix.png, and in TensorBoard the same figure plus one PR curve per class."""
+    from .plots import confusion_figure, save_figure
+
+    fig = confusion_figure(m["confusion"], class_names, title=title or report_line(m))
+    if out_png is not None:
+        save_figure(fig, out_png, close=tb is None)
+    if tb is not None:
+        tb.figure("Test/confusion_matrix", fig, epoch)  # add_figure closes it
+        probs = m.get("_probs")
+        if probs is not None:
+            y = y.cpu()
+            for c, name in enumerate(class_names):
+                tb.writer.add_pr_curve(f"PR/test/{name}", (y == c), probs[:, c], epoch)
+            tb.writer.flush()
+
+
+def _public(m: dict) -> dict:
+    return {k: v for k, v in m.items() if not k.startswith("_")}
+
+
+# --------------------------------------------------------------------------- after training
+
 def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
-    """Load the best (or last) checkpoint into the trainer's model and score it on the test set."""
+    """Score the best (or last, or the SWA-averaged) model of a finished run on the test set."""
     data = trainer.data
     if data.load_test is None:
-        from .errors import ConfigError
-
         raise ConfigError("eval.test", True, message=f"eval.test=true but dataset={cfg.dataset.name} "
-                                                   "has no test set configured")
+                                                   "has no test set configured; allowed: eval.test=false")
     which = cfg.eval.checkpoint
+    if getattr(trainer, "swa_result", None):
+        which = "swa"  # the averaged model is what SWA produces
+    elif which == "best" and data.val is None:
+        which = "last"  # no validation set: best means last
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     epoch = trainer.state.epoch
     if path.is_file():
@@ -53,12 +115,194 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
         trainer.model.load_state_dict(ckpt["model"])
         epoch = int(ckpt["epoch"])
     split = data.load_test()
-    m = test_metrics(trainer.model, trainer.loss, split, data.num_classes, int(cfg.trainer.eval_batch_size))
+    m = test_metrics(trainer.model, trainer.loss, split, data.num_classes,
+                     int(cfg.trainer.eval_batch_size), data.class_names)
     m["epoch"] = epoch
     m["checkpoint"] = which
-    lo, hi = m["ci95"]
-    log.info(f"test error {100 * m['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={m['n']}) "
-             f"[{which} checkpoint, epoch {epoch}]")
+    log.info(f"{report_line(m)} [{which} checkpoint, epoch {epoch}]")
     if tb is not None:
         tb.scalars({"Error/test": m["error"], "Accuracy/test": m["accuracy"], "Loss/test": m["loss"]}, epoch)
-    return m
+    try:
+        write_figures(m, split.y, data.class_names, Path(run_dir) / "confusion_matrix.png", tb, epoch,
+                      title=f"{cfg.dataset.name} test, {which} checkpoint (epoch {epoch}): "
+                            f"error {100 * m['error']:.2f}%")
+    except Exception as exc:  # a figure must never fail a finished run
+        log.warning(f"could not write the confusion matrix figure: {exc}")
+    return _public(m)
+
+
+# --------------------------------------------------------------------------- existing runs
+
+@dataclass
+class Loaded:
+    run_dir: Path | None
+    path: Path
+    which: str
+    ckpt: dict
+    cfg: object          # DictConfig
+    model: torch.nn.Module
+    loss: object
+    device: torch.device
+
+    @property
+    def info(self) -> dict:
+        return self.ckpt.get("data") or {}
+
+
+def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | None, Path, str]:
+    """(run dir or None, checkpoint file, its name) for a run directory or a checkpoint file."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        ckdir = path / "checkpoints"
+        if not ckdir.is_dir():
+            raise ConfigError("run", target, message=(
+                f"{target}: not an mlprun run directory (no checkpoints/ folder); "
+                f"give a run directory or a .pt checkpoint"))
+        if which is None:
+            order = ["swa", "best", "last"]
+        else:
+            order = [which]
+        for name in order:
+            if (ckdir / f"{name}.pt").is_file():
+                return path, ckdir / f"{name}.pt", name
+        raise ConfigError("--checkpoint", which, message=(
+            f"{target}: no checkpoints/{which or 'best'}.pt in this run; "
+            f"present: {', '.join(sorted(p.stem for p in ckdir.glob('*.pt'))) or 'none'}"))
+    if path.is_file():
+        if which is not None:
+            raise ConfigError("--checkpoint", which, message=(
+                f"--checkpoint {which} applies to a run directory; {target} is already a checkpoint file"))
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
+        return run_dir, path, path.stem
+    raise ConfigError("run", target, message=f"{target}: no such run directory or checkpoint file")
+
+
+# Keys that may be overridden on an existing run: where the data lives, not how it was prepared.
+EVAL_OVERRIDES = ("dataset.root", "dataset.download", "dataset.test_csv", "dataset.test_dir",
+                  "dataset.csv", "dataset.image_dir")
+
+
+def load_run(target: str, which: str | None = None, overrides=(), device: str = "auto") -> Loaded:
+    """Rebuild the model of a run (or checkpoint) from its saved config and load the weights."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from .checkpoint import check_config_targets
+    from .components import Loss
+    from .run import resolve_device
+
+    run_dir, path, name = locate_checkpoint(target, which)
+    ckpt = load_checkpoint(path)
+    check_config_targets(ckpt["config"], path)
+    cfg = OmegaConf.create(ckpt["config"])
+    for item in overrides:
+        key, eq, _ = item.partition("=")
+        if not eq or key not in EVAL_OVERRIDES:
+            raise ConfigError(key, message=(f"{item}: cannot be overridden when evaluating a saved run; "
+                                            f"allowed: {', '.join(k + '=...' for k in EVAL_OVERRIDES)}"))
+    if overrides:
+        cfg.merge_with(OmegaConf.from_dotlist(list(overrides)))
+    info = ckpt.get("data") or {}
+    if "num_classes" not in info or "num_features" not in info:
+        raise CheckpointError(f"{path} has no data block (num_features/num_classes); it predates mlprun-eval")
+    dev = resolve_device(device)
+    loss = Loss(cfg.loss, int(info["num_classes"]))
+    model = instantiate(cfg.model, in_features=int(info["num_features"]), out_features=loss.out_features)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit the model in its config: "
+                              f"{str(exc).splitlines()[0][:200]}") from None
+    return Loaded(run_dir, path, name, ckpt, cfg, model.to(dev).eval(), loss, dev)
+
+
+def load_test_split(loaded: Loaded):
+    """The run's test split, normalised with the statistics saved in the checkpoint."""
+    from omegaconf import open_dict
+
+    from .data import load_data
+
+    cfg = loaded.cfg
+    info = loaded.info
+    with open_dict(cfg.dataset):
+        if info.get("mean") is not None:
+            cfg.dataset.normalize = True
+            cfg.dataset.mean, cfg.dataset.std = list(info["mean"]), list(info["std"])
+        elif "normalize" in cfg.dataset:
+            cfg.dataset.normalize = False
+        if "augment" in cfg.dataset:
+            cfg.dataset.augment.enabled = False
+    data = load_data(cfg.dataset, loaded.device)
+    if data.load_test is None:
+        raise ConfigError("dataset", cfg.dataset.name, message=(
+            f"dataset={cfg.dataset.name} of this run has no test set configured "
+            f"(image datasets: give dataset.test_csv=... or dataset.test_dir=...)"))
+    return data, data.load_test()
+
+
+def evaluate_saved(target: str, which: str | None = None, overrides=(), device: str = "auto",
+                   batch_size: int = 1000) -> tuple[Loaded, dict, object]:
+    loaded = load_run(target, which, overrides, device)
+    data, split = load_test_split(loaded)
+    names = loaded.info.get("class_names") or data.class_names
+    m = test_metrics(loaded.model, loaded.loss, split, int(loaded.info["num_classes"]), batch_size, names)
+    m["epoch"] = int(loaded.ckpt["epoch"])
+    m["checkpoint"] = loaded.which
+    m["path"] = str(loaded.path)
+    return loaded, m, split
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`mlprun-eval <run dir | checkpoint> [--checkpoint best|last|swa] [dataset.root=...]`."""
+    from .cli import describe_exception
+
+    parser = argparse.ArgumentParser(
+        prog="mlprun-eval",
+        description="Evaluate a trained mlprun run (or checkpoint) on its test set: error with a 95% "
+                    "Wilson confidence interval, loss, per-class error. results.json is never modified.")
+    parser.add_argument("target", help="a run directory or a checkpoint file (.pt)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help=f"where the data lives: {', '.join(EVAL_OVERRIDES)}")
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
+                        help="which checkpoint of a run directory (default: swa if present, else best, else last)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the test metrics to this JSON file")
+    parser.add_argument("--plot", type=Path, default=None, help="also write the confusion matrix to this PNG")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    args = parser.parse_args(argv)
+    try:
+        loaded, m, split = evaluate_saved(args.target, args.checkpoint, args.overrides, args.device,
+                                          max(1, args.batch_size))
+        names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
+        print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
+        print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
+        worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e is not None), reverse=True)[:3]
+        print("per-class error: " + ", ".join(f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items()
+                                              if e is not None))
+        if worst:
+            print("hardest classes: " + ", ".join(f"{c} ({100 * e:.2f}%)" for e, c in worst))
+        if args.json is not None:
+            from .checkpoint import atomic_write_json
+
+            atomic_write_json(args.json, _public(m))
+            print(f"wrote {args.json}")
+        if args.plot is not None:
+            write_figures(m, split.y, names, args.plot, title=f"{loaded.path.name}: {report_line(m)}")
+            print(f"wrote {args.plot}")
+    except BaseException as exc:  # one line, the contract's exit codes
+        if isinstance(exc, SystemExit):
+            raise
+        code, message = describe_exception(exc)
+        from .cli import debug_enabled
+
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+        print(f"mlprun-eval: error: {message}", file=sys.stderr, flush=True)
+        sys.exit(code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -39,3 +39,44 @@ def learning_curves(history: list, path: Path, title: str = "") -> Path | None:
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def save_figure(fig, path: Path, close: bool = True, dpi: int = 100) -> Path:
+    """Write `fig` as a PNG atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=dpi)
+    if close:
+        _plt().close(fig)
+    tmp.replace(path)
+    return path
+
+
+def confusion_figure(confusion, class_names, title: str = ""):
+    """A confusion matrix (rows: true class, columns: predicted) with counts, coloured by row share."""
+    import numpy as np
+
+    plt = _plt()
+    cm = np.asarray(confusion, dtype=np.int64)
+    k = cm.shape[0]
+    names = [str(c) for c in class_names] if class_names else [str(c) for c in range(k)]
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    size = max(4.5, 0.55 * k + 2.5)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ax.set_xticks(range(k), labels=names, rotation=45 if max(map(len, names)) > 2 else 0, ha="right"
+                  if max(map(len, names)) > 2 else "center")
+    ax.set_yticks(range(k), labels=names)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
+                            color="white" if share[i, j] > 0.5 else "black")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,100 @@
+"""Stochastic weight averaging (seed 004) with torch.optim.swa_utils.
+
+From `start` (the first SWA epoch, 1-based) on, the trainer's own scheduler stops and SWALR
+anneals the learning rate to `trainer.swa.lr`; after each of those epochs the weights are
+added to an AveragedModel. At the end, BatchNorm statistics are recomputed for the averaged
+weights (update_bn) when the model has BatchNorm, and the averaged model is what is evaluated
+and saved (checkpoints/swa.pt). Its state (average, count, SWALR position) is part of every
+checkpoint, so a resumed run averages exactly as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
+
+from .errors import ConfigError
+from .models import has_batchnorm
+
+
+def start_epoch(value, epochs: int) -> int:
+    """`trainer.swa.start_epoch`: an epoch number (>= 1) or a fraction of trainer.epochs (< 1).
+
+    A fraction f means: the first floor(f * epochs) epochs train normally, SWA starts after them.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ConfigError("trainer.swa.start_epoch", value,
+                          f"an epoch number in [1, {epochs}] or a fraction in [0, 1)")
+    if value < 1:
+        return int(math.floor(value * epochs)) + 1
+    if value != int(value) or value > epochs:
+        raise ConfigError("trainer.swa.start_epoch", value,
+                          f"an epoch number in [1, {epochs}] (trainer.epochs) or a fraction in [0, 1)")
+    return int(value)
+
+
+class SWA:
+    def __init__(self, cfg, model: torch.nn.Module, optimizer, epochs: int):
+        self.model = model
+        self.optimizer = optimizer
+        self.start = start_epoch(cfg.start_epoch, epochs)
+        lr = cfg.get("lr")
+        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+            raise ConfigError("trainer.swa.lr", lr, "null (keep the optimizer's lr) or a number > 0")
+        self.lr = None if lr is None else float(lr)
+        anneal = cfg.get("anneal_epochs", 0)
+        if isinstance(anneal, bool) or not isinstance(anneal, int) or anneal < 0:
+            raise ConfigError("trainer.swa.anneal_epochs", anneal, "an integer >= 0")
+        self.anneal_epochs = int(anneal)
+        self.averaged = AveragedModel(model)
+        self.scheduler: SWALR | None = None
+
+    @property
+    def n_averaged(self) -> int:
+        return int(self.averaged.n_averaged)
+
+    def active(self, epoch: int) -> bool:
+        return epoch >= self.start
+
+    def _make_scheduler(self) -> SWALR:
+        # null: the learning rate at the start of SWA (kept in the optimizer's state on resume)
+        swa_lr = self.lr if self.lr is not None else [g.get("swa_lr", g["lr"]) for g in self.optimizer.param_groups]
+        # Creating SWALR at its step 0 leaves the current learning rate unchanged.
+        return SWALR(self.optimizer, swa_lr=swa_lr, anneal_epochs=self.anneal_epochs, anneal_strategy="cos")
+
+    def begin_epoch(self, epoch: int) -> None:
+        if self.active(epoch) and self.scheduler is None:
+            self.scheduler = self._make_scheduler()
+
+    def end_epoch(self, epoch: int) -> None:
+        if self.active(epoch):
+            self.averaged.update_parameters(self.model)
+            self.scheduler.step()
+
+    def finish(self, train_split, batch_size: int) -> None:
+        """Recompute BatchNorm running statistics for the averaged weights (one pass, no grads)."""
+        if has_batchnorm(self.averaged) and self.n_averaged:
+            update_bn((xb for xb, _ in train_split.batches(batch_size)), self.averaged)
+
+    def averaged_state(self) -> dict:
+        """The averaged weights with the plain model's keys (loadable into a fresh MLP)."""
+        return self.averaged.module.state_dict()
+
+    # checkpoints: tensors and plain values only
+    def state_dict(self) -> dict:
+        sched = None
+        if self.scheduler is not None:
+            sched = {"step_count": int(self.scheduler._step_count), "last_epoch": int(self.scheduler.last_epoch)}
+        return {"model": self.averaged.state_dict(), "start_epoch": self.start, "scheduler": sched,
+                "n_averaged": self.n_averaged}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.averaged.load_state_dict(state["model"])
+        if self.n_averaged:  # averaging has begun: keep its start even if trainer.epochs changed
+            self.start = int(state["start_epoch"])
+        if state.get("scheduler") is not None:
+            self.scheduler = self._make_scheduler()
+            self.scheduler._step_count = int(state["scheduler"]["step_count"])
+            self.scheduler.last_epoch = int(state["scheduler"]["last_epoch"])

@@ -1,0 +1,352 @@
+"""Test-set evaluation, mlprun-eval, mlprun-predict, SWA and augmentation: real runs, real files."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUICK, read_json, requires_mnist, run_mlprun
+
+MNIST_QUICK = [*QUICK, "dataset=mnist", "dataset.subset=3000", "trainer.epochs=2", "model.hidden=[64]",
+               "trainer.threads=1", "trainer.tensorboard.histograms=false"]
+
+
+NAMES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
+         "8 - eight", "9 - nine"]  # torchvision's MNIST class names
+
+
+def wilson_by_bisection(errors: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson interval from its definition: every p with |phat - p| <= z*sqrt(p(1-p)/n).
+
+    Found by bisection on each side of phat, independently of results.wilson_interval's formula.
+    """
+    phat = errors / n
+
+    def inside(p):
+        return abs(phat - p) <= z * math.sqrt(p * (1 - p) / n)
+
+    def edge(lo, hi):  # inside(lo) != inside(hi)
+        want = inside(lo)
+        for _ in range(200):
+            mid = (lo + hi) / 2
+            if inside(mid) == want:
+                lo = mid
+            else:
+                hi = mid
+        return (lo + hi) / 2
+
+    low = 0.0 if inside(0.0) or errors == 0 else edge(phat, 0.0)
+    high = 1.0 if inside(1.0) or errors == n else edge(phat, 1.0)
+    return low, high
+
+
+def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLPRUN_DEBUG", None)
+    return subprocess.run([sys.executable, "-m", f"mlprunner.{tool}", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_png(path: Path) -> None:
+    from PIL import Image
+
+    assert path.is_file(), path
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.verify()
+    with Image.open(path) as img:
+        assert img.size[0] > 100 and img.size[1] > 100
+
+
+@pytest.fixture(scope="module")
+def mnist_run(tmp_path_factory):
+    """One short MNIST run on all of a 3000-image subset (val_fraction=0), evaluated on the test set."""
+    if os.environ.get("MLPRUN_DATA") is None:
+        pytest.skip("MLPRUN_DATA not set")
+    cwd = tmp_path_factory.mktemp("mnist_eval")
+    run_dir = cwd / "run"
+    proc = run_mlprun(*MNIST_QUICK, "dataset.val_fraction=0", "eval.test=true", f"hydra.run.dir={run_dir}",
+                      cwd=cwd, check=True)
+    return run_dir, proc
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_test_metrics_and_wilson_interval(mnist_run):
+    run_dir, proc = mnist_run
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "completed"
+    assert res["dataset"]["n_val"] == 0 and res["dataset"]["n_train"] == 3000
+    # no validation set: best is the last epoch, and that is what was evaluated
+    assert res["best"]["epoch"] == res["epochs_completed"] == 2
+    test = res["test"]
+    for key in ("error", "accuracy", "n", "ci95", "loss", "per_class_error"):
+        assert key in test, key
+    assert test["n"] == 10000
+    assert test["checkpoint"] == "last" and test["epoch"] == 2
+    assert math.isclose(test["error"] + test["accuracy"], 1.0)
+    assert test["errors"] == round(test["error"] * 10000)
+    assert 0 < test["error"] < 0.2 and test["loss"] > 0
+    lo, hi = test["ci95"]
+    ref_lo, ref_hi = wilson_by_bisection(test["errors"], test["n"])
+    assert lo == pytest.approx(ref_lo, abs=1e-9) and hi == pytest.approx(ref_hi, abs=1e-9)
+    assert lo < test["error"] < hi
+    # per-class error agrees with the confusion matrix and with the overall error
+    cm = torch.tensor(test["confusion"])
+    assert cm.sum() == 10000 and int(cm.trace()) == 10000 - test["errors"]
+    per = test["per_class_error"]
+    assert list(per) == NAMES  # keyed by class name, in class order
+    for c, name in enumerate(NAMES):
+        assert per[name] == pytest.approx(1 - cm[c, c].item() / cm[c].sum().item())
+    # the console line
+    line = (f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n=10000)")
+    assert line in proc.stdout
+    assert re.search(r"test error \d+\.\d\d% \(95% CI \d+\.\d\d-\d+\.\d\d%, n=10000\)", proc.stdout)
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_pngs_and_tensorboard_figures(mnist_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = mnist_run
+    assert_png(run_dir / "learning_curves.png")
+    assert_png(run_dir / "confusion_matrix.png")
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert "Test/confusion_matrix" in tags["images"]
+    pr = [t for t in tags["tensors"] if t.startswith("PR/test/")]
+    assert sorted(pr) == sorted(f"PR/test/{name}" for name in NAMES)
+    assert "Error/test" in tags["scalars"]
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_test_set_not_read_unless_asked(tmp_path):
+    """A dataset root whose test files are garbage: training works; eval.test=true fails clearly."""
+    src = Path(os.environ["MLPRUN_DATA"]) / "MNIST" / "raw"
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        (raw / name).symlink_to(src / name)
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (raw / name).write_bytes(b"not an idx file")  # present (torchvision checks) but unreadable
+    common = [*MNIST_QUICK, "trainer.epochs=1", f"dataset.root={tmp_path / 'data'}", "dataset.download=false"]
+    ok = run_mlprun(*common, "eval.test=false", f"hydra.run.dir={tmp_path / 'a'}", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    res = read_json(tmp_path / "a" / "results.json")
+    assert res["status"] == "completed" and "test" not in res
+    assert not (tmp_path / "a" / "confusion_matrix.png").exists()
+
+    bad = run_mlprun(*common, "eval.test=true", f"hydra.run.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert bad.returncode == 1
+    err = bad.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlprun: error:"), bad.stderr
+    assert "MNIST" in err[0] and "Traceback" not in bad.stderr
+    res = read_json(tmp_path / "b" / "results.json")
+    assert res["status"] == "failed" and res["reason"].startswith("test evaluation")
+    assert (tmp_path / "b" / "checkpoints" / "last.pt").is_file()  # the training itself is kept
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_mlprun_eval_reports_the_same_and_leaves_results_alone(mnist_run, tmp_path):
+    run_dir, _ = mnist_run
+    before = (run_dir / "results.json").read_bytes()
+    test = read_json(run_dir / "results.json")["test"]
+    out = tmp_path / "eval.json"
+    proc = run_tool("evaluate", str(run_dir), "--json", str(out), "--plot", str(tmp_path / "cm.png"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lo, hi = test["ci95"]
+    assert f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n=10000)" in proc.stdout
+    again = read_json(out)
+    assert again["errors"] == test["errors"] and again["ci95"] == pytest.approx(test["ci95"])
+    assert again["confusion"] == test["confusion"]
+    assert_png(tmp_path / "cm.png")
+    assert (run_dir / "results.json").read_bytes() == before
+    # a checkpoint file works as well as the run directory
+    proc = run_tool("evaluate", str(run_dir / "checkpoints" / "last.pt"), cwd=tmp_path)
+    assert proc.returncode == 0 and "n=10000" in proc.stdout
+
+    # bad arguments: one line, exit 2; a file that is no checkpoint: one line, exit 1
+    for args, code in ([[str(tmp_path / "missing")], 2], [[str(tmp_path)], 2],
+                       [[str(run_dir), "dataset.mean=[0]"], 2], [[str(run_dir / "results.json")], 1]):
+        proc = run_tool("evaluate", *args, cwd=tmp_path)
+        assert proc.returncode == code, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mlprun-eval: error:"), proc.stderr
+
+
+@requires_mnist
+@pytest.mark.slow
+def test_predict_labels_test_pngs_like_the_evaluation(mnist_run, tmp_path):
+    import torchvision
+    from PIL import Image
+
+    from mlprunner.evaluate import load_run, load_test_split, predict_split
+
+    run_dir, _ = mnist_run
+    # The evaluation's own predictions on the first 40 test images.
+    loaded = load_run(str(run_dir), device="cpu")
+    _, split = load_test_split(loaded)
+    preds, probs, _ = predict_split(loaded.model, loaded.loss, split)
+    # The same images as PNG files, as a user would have them.
+    raw = torchvision.datasets.MNIST(os.environ["MLPRUN_DATA"], train=False, download=False).data[:40]
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, img in enumerate(raw):
+        Image.fromarray(img.numpy(), mode="L").save(folder / f"{i:03d}.png")
+    out = tmp_path / "pred.csv"
+    proc = run_tool("predict", str(run_dir), str(folder), "--csv", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = list(csv.DictReader(out.open()))
+    assert [Path(r["path"]).name for r in rows] == [f"{i:03d}.png" for i in range(40)]
+    assert [r["predicted"] for r in rows] == [NAMES[i] for i in preds[:40].tolist()]
+    assert [float(r["p1"]) for r in rows] == pytest.approx(probs[:40].max(1).values.tolist(), abs=1e-4)
+    assert all(r["top1"] == r["predicted"] and r["top3"] for r in rows)
+    assert len([ln for ln in proc.stdout.splitlines() if "top-3:" in ln]) == 40
+    # a 3-channel 56x56 image is converted to grayscale and resized like the training data
+    Image.fromarray(raw[0].numpy(), mode="L").convert("RGB").resize((56, 56)).save(tmp_path / "big.png")
+    proc = run_tool("predict", str(run_dir), str(tmp_path / "big.png"), cwd=tmp_path)
+    assert proc.returncode == 0 and "top-3:" in proc.stdout
+    # errors: one line
+    proc = run_tool("predict", str(run_dir), str(tmp_path / "nothing.png"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().startswith("mlprun-predict: error:")
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    proc = run_tool("predict", str(run_dir), str(tmp_path / "junk.png"), cwd=tmp_path)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1
+
+
+# --------------------------------------------------------------------------- SWA (digits)
+
+SWA = [*QUICK, "dataset=digits", "model.hidden=[64]", "trainer.threads=1", "trainer.swa.enabled=true",
+       "trainer.swa.start_epoch=3", "trainer.swa.lr=0.0005", "trainer.swa.anneal_epochs=2",
+       "eval.test=true"]
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_swa_averages_and_survives_resume(workdir):
+    straight = run_mlprun(*SWA, "trainer.epochs=6", "hydra.run.dir=a", cwd=workdir)
+    assert straight.returncode == 0, straight.stderr
+    res = read_json(workdir / "a" / "results.json")
+    assert res["swa"]["start_epoch"] == 3 and res["swa"]["n_averaged"] == 4  # epochs 3..6
+    assert res["test"]["checkpoint"] == "swa"
+    lrs = [h["lr"] for h in res["history"]]
+    assert lrs[-1] == pytest.approx(0.0005)  # SWALR annealed to trainer.swa.lr
+    swa = _load(workdir / "a" / "checkpoints" / "swa.pt")
+    last = _load(workdir / "a" / "checkpoints" / "last.pt")
+    assert swa["swa"]["n_averaged"] == 4
+    # the averaged weights are not the last weights
+    assert not torch.equal(swa["model"]["0.weight"], last["model"]["0.weight"])
+
+    part = run_mlprun(*SWA, "trainer.epochs=4", "hydra.run.dir=b", cwd=workdir)
+    assert part.returncode == 0, part.stderr
+    resumed = run_mlprun("resume=b", "trainer.epochs=6", cwd=workdir)
+    assert resumed.returncode == 0, resumed.stderr
+    swa_b = _load(workdir / "b" / "checkpoints" / "swa.pt")
+    for key, value in swa["model"].items():
+        assert torch.equal(value, swa_b["model"][key]), key
+    assert read_json(workdir / "b" / "results.json")["test"]["errors"] == res["test"]["errors"]
+
+
+@pytest.mark.slow
+def test_swa_updates_batchnorm_statistics(workdir):
+    from omegaconf import OmegaConf
+
+    from mlprunner.data import load_data
+    from mlprunner.models import MLP
+
+    proc = run_mlprun(*SWA, "model.batchnorm=true", "trainer.epochs=4", "eval.test=false",
+                      "hydra.run.dir=bn", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr
+    swa = _load(workdir / "bn" / "checkpoints" / "swa.pt")
+    cfg = OmegaConf.create(swa["config"])
+    data = load_data(cfg.dataset, "cpu")
+    model = MLP(data.num_features, data.num_classes, hidden=[64], batchnorm=True)
+    model.load_state_dict(swa["model"])
+    # recompute the statistics of the averaged weights independently: one cumulative pass
+    bn = model[1]
+    bn.reset_running_stats()
+    bn.momentum = None
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(data.train), 1000):
+            model(data.train.x[i:i + 1000])
+    assert torch.allclose(bn.running_mean, swa["model"]["1.running_mean"], atol=1e-5)
+    assert torch.allclose(bn.running_var, swa["model"]["1.running_var"], rtol=1e-4, atol=1e-5)
+
+
+def test_swa_start_epoch_is_validated(workdir):
+    proc = run_mlprun(*SWA, "trainer.epochs=4", "trainer.swa.start_epoch=9", "hydra.run.dir=x", cwd=workdir)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "trainer.swa.start_epoch" in proc.stderr
+
+
+# --------------------------------------------------------------------------- augmentation
+
+def test_random_affine_unit():
+    from mlprunner.augment import RandomAffine
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3 * 8 * 8)
+    assert torch.allclose(RandomAffine((3, 8, 8), 0, 0, 0)(x), x, atol=1e-5)  # nothing to do
+    aug = RandomAffine((1, 8, 8), max_shift=1, mean=[0.5], std=[0.25])
+    x = (torch.rand(32, 64) - 0.5) / 0.25
+    torch.manual_seed(1)
+    a = aug(x.clone())
+    torch.manual_seed(1)
+    b = aug(x.clone())
+    assert torch.equal(a, b) and a.shape == x.shape  # randomness only from the global RNG
+    assert not torch.allclose(a, x)
+    # an exact one-pixel shift to the left; the column moved in is black (0 -> -2 normalised)
+    aug.theta = lambda n, device, dtype=torch.float32: torch.tensor([[[1.0, 0, 2 / 8], [0, 1.0, 0]]]).repeat(n, 1, 1)
+    out = aug(x).view(32, 8, 8)
+    ref = x.view(32, 8, 8)
+    assert torch.allclose(out[:, :, :-1], ref[:, :, 1:], atol=1e-5)
+    assert torch.allclose(out[:, :, -1], torch.full((32, 8), -2.0), atol=1e-5)
+
+
+AUG = [*QUICK, "dataset=digits", "model.hidden=[64]", "trainer.threads=1", "dataset.augment.enabled=true",
+       "dataset.augment.max_shift=1", "dataset.augment.max_rotate=10", "dataset.augment.max_scale=0.1"]
+
+
+@pytest.mark.slow
+def test_augmented_training_is_exact_across_resume(workdir):
+    a = run_mlprun(*AUG, "trainer.epochs=4", "hydra.run.dir=a", cwd=workdir)
+    assert a.returncode == 0, a.stderr
+    assert "augmentation: RandomAffine" in a.stdout
+    plain = run_mlprun(*QUICK, "dataset=digits", "model.hidden=[64]", "trainer.threads=1", "trainer.epochs=4",
+                       "hydra.run.dir=p", cwd=workdir)
+    assert plain.returncode == 0
+    hist_a = read_json(workdir / "a" / "results.json")["history"]
+    hist_p = read_json(workdir / "p" / "results.json")["history"]
+    assert hist_a[0]["train"]["loss"] != hist_p[0]["train"]["loss"]  # the batches really changed
+    assert hist_a[0]["val"] is not None
+    b = run_mlprun(*AUG, "trainer.epochs=2", "hydra.run.dir=b", cwd=workdir)
+    assert b.returncode == 0, b.stderr
+    r = run_mlprun("resume=b", "trainer.epochs=4", cwd=workdir)
+    assert r.returncode == 0, r.stderr
+    wa = _load(workdir / "a" / "checkpoints" / "last.pt")["model"]
+    wb = _load(workdir / "b" / "checkpoints" / "last.pt")["model"]
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), key
+
+
+def test_augmentation_needs_images(workdir):
+    proc = run_mlprun(*QUICK, "dataset=xor", "+dataset.augment.enabled=true", "hydra.run.dir=x", cwd=workdir)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dataset.augment" in lines[0]
