@@ -51,7 +51,8 @@ def compose_cfg(args, epochs: int, subset: int | None, extra=()):
     from mlprunner.config import register_resolvers
 
     register_resolvers()
-    overrides = [f"dataset={args.dataset}", "model=mlp_500_300", "optim=adam",
+    # the seed's job exactly: no dropout (the mlp presets default to 0.2), same as loops (a) and (b)
+    overrides = [f"dataset={args.dataset}", "model=mlp_500_300", "model.dropout=0", "optim=adam",
                  f"trainer.epochs={epochs}", f"trainer.batch_size={args.batch_size}",
                  f"trainer.device={args.device}", "trainer.progress=none"]
     if args.data:
@@ -240,7 +241,7 @@ def measure_process(args) -> dict:
     """`python -m mlprunner` for one epoch: start-up to the first step, peak RSS, exit code."""
     with tempfile.TemporaryDirectory(prefix="mlprun-bench-proc-") as tmp:
         run_dir = Path(tmp) / "run"
-        overrides = [f"dataset={args.dataset}", "trainer.epochs=1", f"trainer.batch_size={args.batch_size}",
+        overrides = [f"dataset={args.dataset}", "model.dropout=0", "trainer.epochs=1", f"trainer.batch_size={args.batch_size}",
                      f"trainer.device={args.device}", "trainer.progress=plain", f"hydra.run.dir={run_dir}"]
         if args.data:
             overrides.append(f"dataset.root={args.data}")
