@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .errors import CheckpointError, ConfigError, MlprunError
+from .errors import CheckpointError, ConfigError
 from .results import wilson_interval
 
 log = logging.getLogger("mlprunner")
@@ -254,7 +254,6 @@ def evaluate_saved(target: str, which: str | None = None, overrides=(), device: 
 
 def main(argv: list[str] | None = None) -> None:
     """`mlprun-eval <run dir | checkpoint> [--checkpoint best|last|swa] [dataset.root=...]`."""
-    from .cli import describe_exception
 
     parser = argparse.ArgumentParser(
         prog="mlprun-eval",
@@ -292,15 +291,9 @@ def main(argv: list[str] | None = None) -> None:
     except BaseException as exc:  # one line, the contract's exit codes
         if isinstance(exc, SystemExit):
             raise
-        code, message = describe_exception(exc)
-        from .cli import debug_enabled
+        from .cli import report
 
-        if debug_enabled():
-            import traceback
-
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        print(f"mlprun-eval: error: {message}", file=sys.stderr, flush=True)
-        sys.exit(code)
+        sys.exit(report(exc, prog="mlprun-eval"))
     sys.exit(0)
 
 

@@ -58,8 +58,6 @@ def predict(loaded, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .cli import debug_enabled, describe_exception
-
     parser = argparse.ArgumentParser(
         prog="mlprun-predict",
         description="Classify image files with a trained mlprun run: predicted class and top-k probabilities.")
@@ -101,16 +99,12 @@ def main(argv: list[str] | None = None) -> None:
                 w.writerow(header)
                 w.writerows(rows)
             print(f"wrote {args.csv} ({len(rows)} images)")
-    except BaseException as exc:
+    except BaseException as exc:  # one line, the contract's exit codes
         if isinstance(exc, SystemExit):
             raise
-        code, message = describe_exception(exc)
-        if debug_enabled():
-            import traceback
+        from .cli import report
 
-            traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
-        print(f"mlprun-predict: error: {message}", file=sys.stderr, flush=True)
-        sys.exit(code)
+        sys.exit(report(exc, prog="mlprun-predict"))
     sys.exit(0)
 
 

@@ -12,7 +12,6 @@ When profiling is off the trainer uses `NullProfiler`, whose methods do nothing.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 

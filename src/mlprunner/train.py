@@ -295,7 +295,6 @@ class Trainer:
         s = self.state
         epochs = int(self.t.epochs)
         es = self.t.early_stopping
-        bs = int(self.t.batch_size)
         for epoch in range(s.epoch + 1, epochs + 1):
             if s.stopped_early:
                 break
