@@ -339,7 +339,7 @@ def main(argv=None) -> int:
     summary = {}
     for w in ways:
         s = statistics.median(per_rep[w])
-        summary[w] = {"name": WAYS[w], "s_per_epoch": round(s, 4),
+        summary[w] = {"name": WAYS[w], "s_per_epoch": round(s, 6),
                       "samples_per_s": round(job.n_train / s, 1),
                       "reps_s_per_epoch": [round(t, 4) for t in per_rep[w]], "epochs_s": epochs_raw[w]}
     ratios = {}

@@ -275,7 +275,8 @@ def test_swa_updates_batchnorm_statistics(workdir):
     swa = _load(workdir / "bn" / "checkpoints" / "swa.pt")
     cfg = OmegaConf.create(swa["config"])
     data = load_data(cfg.dataset, "cpu")
-    model = MLP(data.num_features, data.num_classes, hidden=[64], batchnorm=True)
+    model = MLP(data.num_features, data.num_classes, hidden=list(cfg.model.hidden), batchnorm=True,
+                dropout=cfg.model.dropout)
     model.load_state_dict(swa["model"])
     # recompute the statistics of the averaged weights independently: one cumulative pass
     bn = model[1]
