@@ -200,7 +200,11 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         results.data["resumed"] = list((prior or {}).get("resumed", [])) + [
             {"from_epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "overrides": list(overrides),
              "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-    wall_before = float(results.data.get("wall_s") or 0.0)
+    wall_before = float(results.data.get("wall_s") or 0.0)  # earlier processes of this run
+
+    def elapsed() -> float:
+        return wall_before + time.perf_counter() - t_start
+
     try:
         data = load_data(cfg.dataset, device)
         check_loss_fits(cfg.loss.name, data.num_classes)
@@ -262,7 +266,7 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
     startup_logged = []
 
     def on_epoch_end(tr: Trainer):
-        results.update(status="running", wall_s=wall_before + time.perf_counter() - t_start,
+        results.update(status="running", wall_s=elapsed(),
                        **results.from_history(tr.state.history, tr.state.best_epoch))
         if tr.first_step_at is not None and not startup_logged:
             from .profiling import process_start_time
@@ -279,20 +283,20 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         state = trainer.fit()
     except Interrupted as exc:
         results.update(status="interrupted", reason=str(exc),
-                       wall_s=wall_before + time.perf_counter() - t_start)
+                       wall_s=elapsed())
         raise Interrupted(f"{exc}; last checkpoint after epoch {_saved_epoch(run_dir)}; "
                           f"continue with: {resume_command(run_dir)}") from None
     except KeyboardInterrupt:
         results.update(status="interrupted", reason="interrupted at once by a second signal",
-                       wall_s=wall_before + time.perf_counter() - t_start)
+                       wall_s=elapsed())
         raise Interrupted(f"interrupted at once by a second signal; last checkpoint after epoch "
                           f"{_saved_epoch(run_dir)}; continue with: {resume_command(run_dir)}") from None
     except DivergenceError as exc:
-        results.update(status="failed", reason=str(exc), wall_s=wall_before + time.perf_counter() - t_start)
+        results.update(status="failed", reason=str(exc), wall_s=elapsed())
         raise
     except Exception as exc:
         results.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                       wall_s=wall_before + time.perf_counter() - t_start)
+                       wall_s=elapsed())
         raise
     finally:
         signals.restore()
@@ -310,7 +314,7 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
             results.data["test"] = evaluate_test(cfg, run_dir, trainer, tb)
         except MlprunError as exc:  # training is done and saved; only the test evaluation failed
             results.update(status="failed", reason=f"test evaluation: {exc}",
-                           wall_s=wall_before + time.perf_counter() - t_start)
+                           wall_s=elapsed())
             if tb is not None:
                 tb.close()
             raise
@@ -325,7 +329,7 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
 
     learning_curves(state.history, run_dir / "learning_curves.png",
                     title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}")
-    results.update(status="completed", reason=None, wall_s=wall_before + time.perf_counter() - t_start)
+    results.update(status="completed", reason=None, wall_s=elapsed())
     if cfg.trainer.progress != "none":
         print_summary(results.data)
     return results.data
