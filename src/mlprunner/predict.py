@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .data import IMAGE_EXTENSIONS, _normalize, load_image
+from .data import IMAGE_EXTENSIONS, _normalize, _stack_images
 from .errors import ConfigError
 from .evaluate import CHECKPOINTS, load_run
 
@@ -41,8 +41,7 @@ def find_images(items: list[str]) -> list[Path]:
 def prepare(paths: list[Path], image_shape, mean, std, invert: bool = False) -> torch.Tensor:
     """(N, C*H*W) float tensor, prepared as the run's training images were."""
     c, h, w = (int(v) for v in image_shape)
-    imgs = torch.stack([load_image(p, (h, w), grayscale=c == 1) for p in paths])
-    x = imgs.reshape(len(paths), -1).float().div_(255.0)
+    x = _stack_images(paths, (h, w), grayscale=c == 1)
     if invert:
         x = 1.0 - x
     return _normalize(x, mean, std)

@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import re
 import sys
 from pathlib import Path
 
 from .checkpoint import atomic_write_text
+from .results import read_results
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
 COLUMNS = ["job", "overrides", "status", "reason", "best_val_error", "best_epoch",
@@ -75,11 +75,7 @@ def _read_overrides(job_dir: Path) -> list[str]:
 
 def load_job(folder: Path, job_dir: Path) -> dict:
     """One row of the table from a job's results.json (and .hydra/overrides.yaml)."""
-    try:
-        results = json.loads((job_dir / "results.json").read_text())
-    except (OSError, ValueError):
-        results = None
-    results = results or {}
+    results = read_results(job_dir) or {}
     overrides = results.get("overrides")
     if overrides is None:
         overrides = _read_overrides(job_dir)
@@ -320,10 +316,14 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
 
 # ---------------------------------------------------------------- entry points
 
-def build_report(folder: Path, console=None, show: bool = True, plots: bool = True) -> dict:
-    """Write summary.csv, summary.md and the plots into `folder`; print the table if `show`."""
+def build_report(folder: Path, console=None, show: bool = True, plots: bool = True,
+                 collected: tuple[list[dict], list[str]] | None = None) -> dict:
+    """Write summary.csv, summary.md and the plots into `folder`; print the table if `show`.
+
+    `collected`: the (jobs, keys) `collect(folder)` already returned, to read the jobs once.
+    """
     folder = Path(folder)
-    jobs, keys = collect(folder)
+    jobs, keys = collected or collect(folder)
     made: list[Path] = []
     if plots:
         for key in keys:
