@@ -202,10 +202,10 @@ def resume_main(args: list[str]) -> int:
     prior = read_results(run_dir) or {}
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
-    es_saved = ckpt.get("early_stopping") or {}
-    es = cfg.trainer.early_stopping
+    from .train import still_stopped
+
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
-    stopped = bool(es_saved.get("stopped")) and bool(es.enabled) and int(es_saved.get("bad_epochs", 0)) > int(es.patience)
+    stopped = still_stopped(ckpt.get("early_stopping") or {}, cfg.trainer.early_stopping)
     if prior.get("status") == "completed" and prior.get("epochs_completed") == done and (done >= epochs or stopped):
         why = f"stopped early after epoch {done}" if stopped and done < epochs else f"completed all {done} epoch{'s' * (done != 1)}"
         hint = "raise trainer.early_stopping.patience or disable it" if stopped and done < epochs \

@@ -97,6 +97,13 @@ class TrainState:
     stopped_early: bool = False
 
 
+def still_stopped(saved: dict, es_cfg) -> bool:
+    """Whether a saved early stop still holds under the current config (resume may raise the
+    patience or disable early stopping)."""
+    return (bool(saved.get("stopped", False)) and bool(es_cfg.enabled)
+            and int(saved.get("bad_epochs", 0)) > int(es_cfg.patience))
+
+
 class Trainer:
     def __init__(self, cfg: DictConfig, run_dir: Path, data: Data, model: torch.nn.Module,
                  loss: Loss, optimizer, scheduler, interval: str, device: torch.device,
@@ -175,14 +182,10 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         best = ckpt.get("best") or {}
         es = ckpt.get("early_stopping") or {}
-        bad = int(es.get("bad_epochs", 0))
-        # re-judged with the current config: resume may raise the patience or disable early stopping
-        cfg_es = self.t.early_stopping
-        stopped = bool(es.get("stopped", False)) and bool(cfg_es.enabled) and bad > int(cfg_es.patience)
         self.state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]),
                                 best_value=best.get("value"), best_epoch=best.get("epoch"),
-                                bad_epochs=bad, history=list(ckpt.get("history", [])),
-                                stopped_early=stopped)
+                                bad_epochs=int(es.get("bad_epochs", 0)), history=list(ckpt.get("history", [])),
+                                stopped_early=still_stopped(es, self.t.early_stopping))
         if self.swa is not None and ckpt.get("swa") is not None:
             self.swa.load_state_dict(ckpt["swa"])
 
