@@ -80,7 +80,7 @@ class SweepSummary(Callback):
         log = logging.getLogger("mlprunner")
         folder = Path(str(config.hydra.sweep.dir))
         try:
-            jobs, _ = collect(folder)
+            jobs, keys = collect(folder)
         except ReportError as exc:
             log.warning(f"no sweep summary: {exc}")
             return
@@ -93,7 +93,7 @@ class SweepSummary(Callback):
                 failed.append(str(job["dir"].resolve()))
         sweep.record_outcome(failed)
         try:
-            build_report(folder)
+            build_report(folder, collected=(jobs, keys))
         except Exception as exc:  # the table is a report: never lose the jobs' outcome over it
             log.error(f"could not write the sweep summary in {folder}: {type(exc).__name__}: {exc}")
         if failed:
