@@ -243,7 +243,9 @@ def preflight(cfg: DictConfig) -> None:
     resolve_device(cfg.trainer.device)
     ds = cfg.dataset
     if ds.name in ("mnist", "fashion_mnist") and not ds.get("download", False):
-        sub = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[ds.name]
+        from .data import MNIST_FOLDERS
+
+        sub = MNIST_FOLDERS[ds.name]
         root = Path(str(ds.root)).expanduser()
         folder = root / sub / "raw"
         absent = [f for f in _MNIST_FILES if not (folder / f).is_file()]

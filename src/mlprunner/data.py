@@ -168,6 +168,8 @@ def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels:
 
 # --------------------------------------------------------------------------- torchvision MNIST family
 
+# torchvision's folder name for each MNIST-family dataset: <root>/<folder>/raw/*-ubyte
+MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 MNIST_CLASSES = {  # the class names torchvision's MNIST/FashionMNIST carry
     "mnist": ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
               "7 - seven", "8 - eight", "9 - nine"],
@@ -185,6 +187,7 @@ def read_idx_pair(folder: Path, train: bool):
     """
     prefix = "train" if train else "t10k"
     images, labels = folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte"
+
     def read(path: Path) -> bytearray:  # one writable copy of the file, for torch.frombuffer
         with open(path, "rb") as fh:
             buf = bytearray(path.stat().st_size)
@@ -208,7 +211,7 @@ def read_idx_pair(folder: Path, train: bool):
 
 
 def _torchvision_mnist(cfg: DictConfig, device) -> Data:
-    name = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[cfg.name]
+    name = MNIST_FOLDERS[cfg.name]
     root = Path(str(cfg.root)).expanduser()
 
     def read(train: bool):
