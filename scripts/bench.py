@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Benchmark: one MLP job three ways, alternating repetitions in one invocation.
 
-  (a) seed    the lecture seeds' loop: torchvision MNIST with ToTensor through a DataLoader
-              (batch 100, shuffle), per-batch .item() in the validation loop
+  (a) seed    the seed's MNIST script (003, mlp_exp.py): torchvision MNIST with ToTensor
+              through a DataLoader (batch 100, shuffle), the loss read with .item() every step,
+              its error() on the validation loader (per-batch .item()) after every epoch
   (b) bare    a hand-written loop over in-memory tensors, torch.optim.Adam with its defaults,
               no logging, no metrics beyond the validation loss/accuracy
   (c) mlprun  mlprunner.run.run() in this process on a temporary run directory, with its
@@ -134,12 +135,14 @@ class _DigitsImages(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------- (a) seed style
 
 def run_seed(job: Job, epochs: int) -> list[float]:
+    """The loop of the seed's MNIST script (003, mlp_exp.py), plus its error() on the
+    validation loader after every epoch."""
     from torch.utils.data import DataLoader
 
     device, bs = job.device, job.args.batch_size
     train_set, val_set = job.seed_datasets()
     train_loader = DataLoader(train_set, batch_size=bs, shuffle=True)
-    val_loader = DataLoader(val_set, batch_size=bs)
+    val_loader = DataLoader(val_set, batch_size=bs, shuffle=False)
     torch.manual_seed(0)
     model = make_model(job.num_features, device)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -147,23 +150,22 @@ def run_seed(job: Job, epochs: int) -> list[float]:
     times = []
     for _ in range(epochs):
         t0 = time.perf_counter()
-        model.train()
-        for batch, (x, y) in enumerate(train_loader):
-            x, y = x.to(device), y.to(device)
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
+        total_loss = 0.0
+        for inputs, labels in train_loader:
+            inputs, labels = inputs.to(device), labels.to(device)
+            inputs = inputs.view(inputs.shape[0], -1)
+            loss = loss_fn(model(inputs), labels)
             loss.backward()
             opt.step()
-            if batch % 100 == 0:
-                loss.item()  # the seed prints the loss every 100 batches
-        model.eval()
-        test_loss, correct = 0.0, 0.0
-        with torch.no_grad():
-            for x, y in val_loader:
-                x, y = x.to(device), y.to(device)
-                pred = model(x)
-                test_loss += loss_fn(pred, y).item()
-                correct += (pred.argmax(1) == y).type(torch.float).sum().item()
+            opt.zero_grad()
+            total_loss += loss.item()  # the seed sums the epoch loss on the host every step
+        errors, total = 0, 0
+        with torch.no_grad():  # the seed's error(model, loader, device)
+            for inputs, labels in val_loader:
+                inputs = inputs.to(device).view(inputs.shape[0], -1)
+                _, predicted = model(inputs).max(1)
+                errors += (predicted.cpu() != labels).sum().item()
+                total += labels.size(0)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -342,11 +344,14 @@ def main(argv=None) -> int:
         summary[w] = {"name": WAYS[w], "s_per_epoch": round(s, 6),
                       "samples_per_s": round(job.n_train / s, 1),
                       "reps_s_per_epoch": [round(t, 4) for t in per_rep[w]], "epochs_s": epochs_raw[w]}
-    ratios = {}
-    if "b" in summary and "c" in summary:
-        ratios["c/b"] = round(summary["c"]["s_per_epoch"] / summary["b"]["s_per_epoch"], 3)
-    if "a" in summary and "c" in summary:
-        ratios["a/c"] = round(summary["a"]["s_per_epoch"] / summary["c"]["s_per_epoch"], 3)
+    ratios, paired = {}, {}
+    for num, den in (("c", "b"), ("a", "c")):
+        if num in summary and den in summary:
+            ratios[f"{num}/{den}"] = round(summary[num]["s_per_epoch"] / summary[den]["s_per_epoch"], 3)
+            # the same ratio within each repetition (its ways ran back to back), then the median:
+            # steadier than the ratio of medians when the machine's speed drifts between reps
+            paired[f"{num}/{den}"] = round(statistics.median(
+                x / y for x, y in zip(per_rep[num], per_rep[den])), 3)
     result = {
         "job": {"dataset": args.dataset, "n_train": job.n_train, "n_val": job.n_val,
                 "batch_size": args.batch_size, "model": "784-500-300-10 relu" if job.num_features == 784
@@ -357,7 +362,7 @@ def main(argv=None) -> int:
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
-        "ways": summary, "ratios": ratios, "process": process,
+        "ways": summary, "ratios": ratios, "ratios_paired": paired, "process": process,
     }
     if job.device.type == "cuda":
         result["cuda_samples_per_s"] = {w: summary[w]["samples_per_s"] for w in ways}
@@ -367,7 +372,7 @@ def main(argv=None) -> int:
     for w in ways:
         print(f"({w}) {WAYS[w]:<28} {summary[w]['s_per_epoch']:>9.3f} {summary[w]['samples_per_s']:>11,.0f}")
     for k, v in ratios.items():
-        print(f"{k} = {v:.2f}")
+        print(f"{k} = {v:.2f} (ratio of the medians; median of the per-repetition ratios {paired[k]:.2f})")
     if process:
         print(f"mlprun process: start to first step {process.get('startup_s')} s "
               f"(torch + one Adam step alone: {process.get('floor_startup_s')} s), "

