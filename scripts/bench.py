@@ -211,7 +211,7 @@ def run_mlprun(job: Job, epochs: int, subset: int | None = None) -> list[float]:
     from mlprunner import train as T
     from mlprunner.run import run
 
-    cfg, overrides = compose_cfg(job.args, epochs, subset or job.args.subset)
+    cfg, overrides = compose_cfg(job.args, epochs, subset or job.args.subset, extra=job.args.c_override)
     marks: list[float] = []
     orig_epoch, orig_fit = T.Trainer.train_epoch, T.Trainer.fit
 
@@ -251,6 +251,7 @@ def measure_process(args) -> dict:
             overrides.append(f"dataset.subset={args.subset}")
         if args.threads:
             overrides.append(f"trainer.threads={args.threads}")
+        overrides += args.c_override
         log = Path(tmp) / "out.log"
         with open(log, "w") as fh:
             t0 = time.time()
@@ -304,6 +305,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for every way (default: torch's own, = cores)")
     p.add_argument("--ways", default="abc", help="which of a, b, c to run (default abc)")
+    p.add_argument("--c-override", action="append", default=[], metavar="KEY=VALUE",
+                   help="an extra mlprun override for (c) and the fresh process, e.g. "
+                        "trainer.precision=bf16 (repeatable; default: none, mlprun's defaults)")
     p.add_argument("--no-process", action="store_true", help="skip the fresh-process start-up/memory run")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -356,7 +360,8 @@ def main(argv=None) -> int:
         "job": {"dataset": args.dataset, "n_train": job.n_train, "n_val": job.n_val,
                 "batch_size": args.batch_size, "model": "784-500-300-10 relu" if job.num_features == 784
                 else f"{job.num_features}-500-300-10 relu", "optimizer": "Adam lr 1e-3",
-                "epochs": args.epochs, "reps": args.reps, "subset": args.subset},
+                "epochs": args.epochs, "reps": args.reps, "subset": args.subset,
+                "c_overrides": list(args.c_override)},
         "device": str(job.device),
         "device_name": torch.cuda.get_device_name(job.device) if job.device.type == "cuda" else platform.processor() or platform.machine(),
         "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),

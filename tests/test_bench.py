@@ -65,8 +65,11 @@ def check_bench_json(result: dict, n_train: int, device: str = "cpu") -> None:
 
 def test_bench_smoke_digits(tmp_path):
     """One short epoch of each way on the bundled digits, plus the fresh-process measurement."""
-    result = run_bench(tmp_path, "--dataset", "digits", "--epochs", "1", "--reps", "1", "--threads", "1")
+    result = run_bench(tmp_path, "--dataset", "digits", "--epochs", "1", "--reps", "1", "--threads", "1",
+                       "--c-override", "trainer.log_every_n_steps=7")
     check_bench_json(result, n_train=1294)
+    assert result["job"]["c_overrides"] == ["trainer.log_every_n_steps=7"]
+    assert "trainer.log_every_n_steps=7" in result["process"]["command"]
     proc = result["process"]
     assert proc["exit_code"] == 0, proc.get("log_tail")
     assert proc["startup_s"] > 0 and proc["floor_startup_s"] > 0
