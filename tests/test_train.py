@@ -215,8 +215,9 @@ def test_digits_and_checkpoint_reload(workdir):
 
 
 def test_tensorboard_graph_written_after_first_step(tmp_path):
-    """The writers open after the first step; the graph and HParams queued before still land,
-    in the run's own epoch-level event file, even when no step scalars were due (1 epoch)."""
+    """The writers open after the first step (here at the epoch's last step, the first step
+    scalars due); the graph and the HParams session queued before them land in the run's own
+    epoch-level event file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_in_process(tmp_path, "trainer.epochs=1", "trainer.tensorboard.graph=true",
