@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import load_checkpoint
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, one_line_errors
 from .results import wilson_interval
 
 log = logging.getLogger("mlprunner")
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors("mlprun-eval"):  # one line, the contract's exit codes
         loaded, m, split = evaluate_saved(args.target, args.checkpoint, args.overrides, args.device,
                                           max(1, args.batch_size))
         names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
@@ -288,12 +288,6 @@ def main(argv: list[str] | None = None) -> None:
         if args.plot is not None:
             write_figures(m, split.y, names, args.plot, title=f"{loaded.path.name}: {report_line(m)}")
             print(f"wrote {args.plot}")
-    except BaseException as exc:  # one line, the contract's exit codes
-        if isinstance(exc, SystemExit):
-            raise
-        from .cli import report
-
-        sys.exit(report(exc, prog="mlprun-eval"))
     sys.exit(0)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .data import IMAGE_EXTENSIONS, _normalize, _stack_images
-from .errors import ConfigError
+from .errors import ConfigError, one_line_errors
 from .evaluate import CHECKPOINTS, load_run
 
 
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="invert intensities first (dark strokes on a light background -> MNIST style)")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
     args = parser.parse_args(argv)
-    try:
+    with one_line_errors("mlprun-predict"):  # one line, the contract's exit codes
         loaded = load_run(args.target, args.checkpoint, device=args.device)
         info = loaded.info
         if not info.get("image_shape"):
@@ -98,12 +98,6 @@ def main(argv: list[str] | None = None) -> None:
                 w.writerow(header)
                 w.writerows(rows)
             print(f"wrote {args.csv} ({len(rows)} images)")
-    except BaseException as exc:  # one line, the contract's exit codes
-        if isinstance(exc, SystemExit):
-            raise
-        from .cli import report
-
-        sys.exit(report(exc, prog="mlprun-predict"))
     sys.exit(0)
 
 
