@@ -134,12 +134,19 @@ def _split_indices(n: int, val_fraction: float, seed: int, subset: int | None):
     return perm[n_val:], perm[:n_val]
 
 
+def _unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float32 in [0, 1] (a new tensor); float features pass through."""
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x
+
+
 def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels: int,
             image_shape, class_names, device, load_test_raw, info) -> Data:
-    """Split official-train tensors (float in [0,1], flat), normalise, move to the device."""
+    """Split official-train tensors (flat; uint8 pixels or float in [0,1]), normalise, move to
+    the device. uint8 images are split first and converted after: a quarter of the memory
+    traffic and no float copy of the whole file (MNIST: ~190 MB less peak memory, ~40 ms)."""
     train_idx, val_idx = _split_indices(len(y_all), cfg.val_fraction, cfg.split_seed, cfg.get("subset"))
-    x_train, y_train = x_all[train_idx], y_all[train_idx]
-    x_val, y_val = x_all[val_idx], y_all[val_idx]
+    x_train, y_train = _unit_float(x_all[train_idx]), y_all[train_idx]
+    x_val, y_val = _unit_float(x_all[val_idx]), y_all[val_idx]
     mean = std = None
     if cfg.get("normalize", False):
         if cfg.get("mean") is not None:
@@ -155,7 +162,7 @@ def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels:
 
     def load_test() -> Split:
         x, y = load_test_raw()
-        return Split(_normalize(x, mean, std), y).to(device)
+        return Split(_normalize(_unit_float(x), mean, std), y).to(device)
 
     val = Split(x_val, y_val).to(device) if len(y_val) else None
     return Data(
@@ -219,7 +226,7 @@ def _torchvision_mnist(cfg: DictConfig, device) -> Data:
         fast = read_idx_pair(folder, train)
         if fast is not None:
             data, targets = fast
-            return data.reshape(data.shape[0], -1).float().div_(255.0), targets
+            return data.reshape(data.shape[0], -1), targets  # uint8: _finish scales after the split
         import torchvision
 
         cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[cfg.name]
@@ -253,7 +260,7 @@ def _torchvision_mnist(cfg: DictConfig, device) -> Data:
         if data.ndim != 3 or data.shape[0] != targets.shape[0] or data.shape[1:] != (28, 28):
             raise DatasetError(f"{cls.__name__} files in {folder} are malformed: "
                                f"images {tuple(data.shape)}, labels {tuple(targets.shape)}")
-        return data.reshape(data.shape[0], -1).float().div_(255.0), targets.long()
+        return data.reshape(data.shape[0], -1), targets.long()
 
     x, y = read(train=True)
     classes = list(MNIST_CLASSES[cfg.name])
