@@ -176,6 +176,63 @@ def test_fast_reader_declines_bad_files(tmp_path):
     assert read_idx_pair(tmp_path, True) is None
 
 
+def test_uint8_images_split_then_scaled_bit_for_bit():
+    """MNIST's pixels stay uint8 until after the train/val split (less memory and copying);
+    the splits, their normalisation and the test set must equal scaling the whole file first."""
+    from omegaconf import OmegaConf
+
+    from mlprunner.data import _finish
+
+    g = torch.Generator().manual_seed(3)
+    pixels = torch.randint(0, 256, (500, 784), dtype=torch.uint8, generator=g)
+    labels = torch.randint(0, 10, (500,), generator=g)
+    test = torch.randint(0, 256, (50, 784), dtype=torch.uint8, generator=g)
+    for normalize in (True, False):
+        cfg = OmegaConf.create({"val_fraction": 0.1, "split_seed": 7, "subset": None,
+                                "normalize": normalize, "mean": [0.1307], "std": [0.3081]})
+        names = [str(i) for i in range(10)]
+        raw = _finish(cfg, pixels, labels, 1, (1, 28, 28), names, "cpu", lambda: (test, labels[:50]), {})
+        ref = _finish(cfg, pixels.float().div_(255.0), labels, 1, (1, 28, 28), names, "cpu",
+                      lambda: (test.float().div_(255.0), labels[:50]), {})
+        for a, b in ((raw.train, ref.train), (raw.val, ref.val), (raw.load_test(), ref.load_test())):
+            assert a.x.dtype == torch.float32 and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+        assert (len(raw.train), len(raw.val)) == (450, 50)
+
+
+def test_training_pauses_automatic_gc_and_restores_it(tmp_path):
+    """fit() runs with Python's automatic GC off (one young collection per epoch instead) and
+    gives the previous setting back, also when it was off and when training fails."""
+    import gc
+
+    from mlprunner.train import young_gc_only
+
+    seen = []
+
+    def watch(phase, info):
+        if phase == "start":
+            seen.append((gc.isenabled(), info["generation"]))
+
+    gc.callbacks.append(watch)
+    try:
+        results = run_in_process(tmp_path / "run", "trainer.epochs=3")
+    finally:
+        gc.callbacks.remove(watch)
+    assert results["epochs_completed"] == 3 and gc.isenabled()
+    paused = [generation for enabled, generation in seen if not enabled]
+    assert paused.count(1) >= 3 and set(paused) == {1}  # the per-epoch collections, no full ones
+    gc.disable()
+    try:
+        with pytest.raises(RuntimeError):
+            with young_gc_only():
+                raise RuntimeError("boom")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with young_gc_only():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
 def test_bf16_autocast_on_cpu(tmp_path):
     results = run_in_process(tmp_path / "run", "trainer.epochs=2", "trainer.precision=bf16")
     assert results["status"] == "completed"

@@ -8,6 +8,7 @@ accumulated on it and read once per log interval and once per epoch.
 from __future__ import annotations
 
 import contextlib
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -102,6 +103,28 @@ def still_stopped(saved: dict, es_cfg) -> bool:
     patience or disable early stopping)."""
     return (bool(saved.get("stopped", False)) and bool(es_cfg.enabled)
             and int(saved.get("bad_epochs", 0)) > int(es_cfg.patience))
+
+
+@contextlib.contextmanager
+def young_gc_only():
+    """Python's automatic garbage collection paused while training; `fit()` collects the young
+    generations itself (`gc.collect(1)`) once per epoch.
+
+    Steps free their tensors by reference counting and leave no cyclic garbage (measured: an
+    MNIST epoch leaves 51-107 unreachable objects, all from the epoch-end bookkeeping). The
+    automatic collector only adds pauses: ~280 young collections per 3 epochs (~45 ms), and with
+    ~340k objects alive after importing torch and Hydra, each full collection takes ~190 ms (one
+    follows torchmetrics' import at the first epoch end). With this policy: one 65-70 ms
+    collection after the first epoch, then ~0.1 ms per epoch. Same idea as torchtitan's manual
+    GC. The previous setting comes back on exit.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 class Trainer:
@@ -295,6 +318,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainState:
+        with young_gc_only():
+            return self._fit()
+
+    def _fit(self) -> TrainState:
         s = self.state
         epochs = int(self.t.epochs)
         es = self.t.early_stopping
@@ -350,6 +377,7 @@ class Trainer:
                                           f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self)
+            gc.collect(1)  # this epoch's cyclic garbage (~50-100 objects; see young_gc_only)
             if self.profiler.enabled:
                 self.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
                 self.profiler.write()
