@@ -199,6 +199,32 @@ def test_uint8_images_split_then_scaled_bit_for_bit():
         assert (len(raw.train), len(raw.val)) == (450, 50)
 
 
+def test_load_data_overlaps_other_work_and_raises_its_errors(tmp_path):
+    """run() imports torch._dynamo while the data loads in a helper thread; the data must be
+    the same as loaded directly, and a loader's error must reach the caller unchanged."""
+    import threading
+
+    from hydra import compose, initialize_config_module
+
+    from mlprunner.config import register_resolvers
+    from mlprunner.data import load_data
+    from mlprunner.errors import DatasetError
+
+    register_resolvers()
+    with initialize_config_module("mlprunner.configs", version_base="1.3"):
+        digits = compose("config", overrides=["dataset=digits"]).dataset
+        missing = compose("config", overrides=["dataset=mnist", f"dataset.root={tmp_path}",
+                                               "dataset.download=false"]).dataset
+    ran_in = []
+    direct = load_data(digits, "cpu")
+    overlapped = load_data(digits, "cpu", meanwhile=lambda: ran_in.append(threading.current_thread()))
+    assert ran_in == [threading.main_thread()]
+    for a, b in ((direct.train, overlapped.train), (direct.val, overlapped.val)):
+        assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
+    with pytest.raises(DatasetError, match="MNIST not found"):
+        load_data(missing, "cpu", meanwhile=lambda: None)
+
+
 def test_training_pauses_automatic_gc_and_restores_it(tmp_path):
     """fit() runs with Python's automatic GC off (one young collection per epoch instead) and
     gives the previous setting back, also when it was off and when training fails."""

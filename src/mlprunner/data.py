@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import math
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -487,6 +488,27 @@ LOADERS = {
 }
 
 
-def load_data(cfg: DictConfig, device) -> Data:
-    """Build the dataset named by cfg.name (already validated) on `device`."""
-    return LOADERS[cfg.name](cfg, torch.device(device))
+def load_data(cfg: DictConfig, device, meanwhile: Callable[[], object] | None = None) -> Data:
+    """Build the dataset named by cfg.name (already validated) on `device`.
+
+    `meanwhile`, if given, runs in this thread while the data loads in a helper thread: file
+    reads and tensor operations release the GIL, so other start-up work overlaps them. An error
+    of the loader is raised here, in the caller's thread."""
+    if meanwhile is None:
+        return LOADERS[cfg.name](cfg, torch.device(device))
+    box: dict = {}
+
+    def work():
+        try:
+            box["data"] = LOADERS[cfg.name](cfg, torch.device(device))
+        except BaseException as exc:  # handed to the caller's thread below
+            box["error"] = exc
+
+    # daemon: an interrupted start-up does not wait for a download to finish
+    worker = threading.Thread(target=work, name="mlprun-load-data", daemon=True)
+    worker.start()
+    meanwhile()
+    worker.join()
+    if "error" in box:
+        raise box["error"]
+    return box["data"]

@@ -9,6 +9,7 @@ import logging
 import os
 import random
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,10 @@ def _lock_run_dir(run_dir: Path):
     return fh
 
 
+def _import_torch_dynamo() -> None:
+    import torch._dynamo  # noqa: F401  (what the first torch.optim optimizer would import)
+
+
 def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=()) -> dict:
     """Train (or continue) the run described by `cfg` in `run_dir`; return results.json's dict."""
     validate(cfg)
@@ -206,7 +211,10 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         return wall_before + time.perf_counter() - t_start
 
     try:
-        data = load_data(cfg.dataset, device)
+        # torch.optim imports torch._dynamo when the first optimizer is built (1.1-1.3 s here);
+        # importing it while the data loads takes ~0.12 s off the start-up (measured)
+        warm = None if "torch._dynamo" in sys.modules else _import_torch_dynamo
+        data = load_data(cfg.dataset, device, meanwhile=warm)
         check_loss_fits(cfg.loss.name, data.num_classes)
         loss = Loss(cfg.loss, data.num_classes)
         model = build_model(cfg, data, loss, device)
