@@ -237,6 +237,21 @@ def run_mlprun(job: Job, epochs: int, subset: int | None = None) -> list[float]:
 RUNNERS = {"a": run_seed, "b": run_bare, "c": run_mlprun}
 
 
+def speed_probe_ms(device, n: int = 100) -> float:
+    """Median time of one (100x784)@(784x500) fp32 matmul, taken before each timed run: this
+    VM's matrix-product speed drifts by ~1.7x between phases, and the probe shows which phase
+    a number was measured in (~0.47 ms fast, ~0.8 ms slow on this project's 2-core CPU)."""
+    x = torch.randn(100, 784, device=device)
+    w = torch.randn(500, 784, device=device)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        x @ w.t()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
 # ----------------------------------------------------------------------------- fresh process
 
 def measure_process(args) -> dict:
@@ -334,20 +349,24 @@ def main(argv=None) -> int:
 
     per_rep: dict[str, list[float]] = {w: [] for w in ways}
     epochs_raw: dict[str, list[list[float]]] = {w: [] for w in ways}
+    probes: dict[str, list[float]] = {w: [] for w in ways}
     for r in range(args.reps):
         order = ways[r % len(ways):] + ways[:r % len(ways)]  # rotate who goes first
         for w in order:
+            probes[w].append(round(speed_probe_ms(job.device), 4))
             times = RUNNERS[w](job, args.epochs)
             epochs_raw[w].append([round(t, 4) for t in times])
             per_rep[w].append(sum(times) / len(times))
-            print(f"  rep {r + 1} {w} ({WAYS[w]}): {per_rep[w][-1]:.3f} s/epoch", flush=True)
+            print(f"  rep {r + 1} {w} ({WAYS[w]}): {per_rep[w][-1]:.3f} s/epoch "
+                  f"(matmul probe before it: {probes[w][-1]:.3f} ms)", flush=True)
 
     summary = {}
     for w in ways:
         s = statistics.median(per_rep[w])
         summary[w] = {"name": WAYS[w], "s_per_epoch": round(s, 6),
                       "samples_per_s": round(job.n_train / s, 1),
-                      "reps_s_per_epoch": [round(t, 4) for t in per_rep[w]], "epochs_s": epochs_raw[w]}
+                      "reps_s_per_epoch": [round(t, 4) for t in per_rep[w]], "epochs_s": epochs_raw[w],
+                      "probe_ms": probes[w]}
     ratios, paired = {}, {}
     for num, den in (("c", "b"), ("a", "c")):
         if num in summary and den in summary:

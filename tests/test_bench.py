@@ -54,6 +54,7 @@ def check_bench_json(result: dict, n_train: int, device: str = "cpu") -> None:
         assert math.isclose(way["samples_per_s"], n_train / way["s_per_epoch"], rel_tol=1e-3)
         assert len(way["reps_s_per_epoch"]) == result["job"]["reps"]
         assert all(len(rep) == result["job"]["epochs"] for rep in way["epochs_s"])
+        assert len(way["probe_ms"]) == result["job"]["reps"] and all(p > 0 for p in way["probe_ms"])
     ways = result["ways"]
     assert math.isclose(result["ratios"]["c/b"], ways["c"]["s_per_epoch"] / ways["b"]["s_per_epoch"], rel_tol=1e-2)
     assert math.isclose(result["ratios"]["a/c"], ways["a"]["s_per_epoch"] / ways["c"]["s_per_epoch"], rel_tol=1e-2)
