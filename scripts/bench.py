@@ -240,7 +240,7 @@ RUNNERS = {"a": run_seed, "b": run_bare, "c": run_mlprun}
 def speed_probe_ms(device, n: int = 100) -> float:
     """Median time of one (100x784)@(784x500) fp32 matmul, taken before each timed run: this
     VM's matrix-product speed drifts by ~1.7x between phases, and the probe shows which phase
-    a number was measured in (~0.47 ms fast, ~0.8 ms slow on this project's 2-core CPU)."""
+    a number was measured in (~0.46 ms fast, 0.55-0.8 ms slow on this project's 2-core CPU)."""
     x = torch.randn(100, 784, device=device)
     w = torch.randn(500, 784, device=device)
     times = []
