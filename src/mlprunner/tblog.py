@@ -102,7 +102,8 @@ class TensorBoardLogger:
 
     @torch.no_grad()
     def histogram(self, tag: str, values: torch.Tensor, step: int) -> None:
-        """A histogram of `values`, binned where they live; one host read of the summary.
+        """A histogram of `values`, binned where they live; only the summary (range, 64 counts,
+        sum, sum of squares) is read to the host, once per tensor per epoch.
 
         As TensorBoard's own binning does, bucket limits are right edges and an empty first
         bucket carries the left edge (the minimum).
