@@ -8,7 +8,10 @@
               no logging, no metrics beyond the validation loss/accuracy
   (c) mlprun  mlprunner.run.run() in this process on a temporary run directory, with its
               default TensorBoard logging (step scalars, epoch scalars, weight histograms, graph),
-              torchmetrics-derived metrics, results.json and last.pt/best.pt every epoch
+              torchmetrics-derived metrics, results.json and last.pt/best.pt every epoch;
+              eager steps (trainer.cuda_graph=false)
+  (g) graph   (c) with trainer.cuda_graph=true: each step replayed as a CUDA graph (CUDA only;
+              run by default when --device is cuda)
 
 Every way trains the 784-500-300-10 ReLU MLP with Adam (lr 1e-3) on the same split sizes
 (MNIST: 54000 train / 6000 validation) and validates once per epoch. Seconds per epoch is
@@ -41,7 +44,8 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-WAYS = {"a": "seed-style DataLoader loop", "b": "bare in-memory tensor loop", "c": "mlprun Trainer"}
+WAYS = {"a": "seed-style DataLoader loop", "b": "bare in-memory tensor loop", "c": "mlprun Trainer",
+        "g": "mlprun Trainer, CUDA graph"}
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -206,12 +210,13 @@ def run_bare(job: Job, epochs: int) -> list[float]:
 
 # ----------------------------------------------------------------------------- (c) mlprun
 
-def run_mlprun(job: Job, epochs: int, subset: int | None = None) -> list[float]:
+def run_mlprun(job: Job, epochs: int, subset: int | None = None, graph: bool = False) -> list[float]:
     """mlprunner.run.run() on a temporary run dir; the epoch clock starts at each train_epoch()."""
     from mlprunner import train as T
     from mlprunner.run import run
 
-    cfg, overrides = compose_cfg(job.args, epochs, subset or job.args.subset, extra=job.args.c_override)
+    extra = [*job.args.c_override, f"trainer.cuda_graph={str(graph).lower()}"]
+    cfg, overrides = compose_cfg(job.args, epochs, subset or job.args.subset, extra=extra)
     marks: list[float] = []
     orig_epoch, orig_fit = T.Trainer.train_epoch, T.Trainer.fit
 
@@ -234,7 +239,11 @@ def run_mlprun(job: Job, epochs: int, subset: int | None = None) -> list[float]:
     return [b - a for a, b in zip(marks, marks[1:])]
 
 
-RUNNERS = {"a": run_seed, "b": run_bare, "c": run_mlprun}
+def run_graphed(job: Job, epochs: int, subset: int | None = None) -> list[float]:
+    return run_mlprun(job, epochs, subset, graph=True)
+
+
+RUNNERS = {"a": run_seed, "b": run_bare, "c": run_mlprun, "g": run_graphed}
 
 
 def speed_probe_ms(device, n: int = 100) -> float:
@@ -285,7 +294,7 @@ def measure_process(args) -> dict:
             out["log_tail"] = log.read_text()[-2000:]
         # the floor: a process that only imports torch and takes one Adam step (torch 2.x imports
         # torch._dynamo on the first optimizer step), measured the same way
-        floor = subprocess.run([sys.executable, "-c", FLOOR], capture_output=True, text=True, cwd=tmp)
+        floor = subprocess.run([sys.executable, "-c", FLOOR, args.device], capture_output=True, text=True, cwd=tmp)
         try:
             out["floor_startup_s"] = round(float(floor.stdout.strip().splitlines()[-1]), 3)
         except (ValueError, IndexError):
@@ -294,12 +303,16 @@ def measure_process(args) -> dict:
 
 
 FLOOR = """
-import time, torch
+import sys, time, torch
 from mlprunner.profiling import process_start_time
-m = torch.nn.Linear(784, 10)
+device = torch.device("cuda" if sys.argv[1] == "auto" and torch.cuda.is_available() else
+                      "cpu" if sys.argv[1] == "auto" else sys.argv[1])
+m = torch.nn.Linear(784, 10).to(device)
 o = torch.optim.Adam(m.parameters())
-m(torch.randn(100, 784)).sum().backward()
+m(torch.randn(100, 784, device=device)).sum().backward()
 o.step()
+if device.type == "cuda":
+    torch.cuda.synchronize(device)
 print(time.time() - process_start_time())
 """
 
@@ -319,21 +332,24 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=None, help="dataset root (default: $MLPRUN_DATA)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads for every way (default: torch's own, = cores)")
-    p.add_argument("--ways", default="abc", help="which of a, b, c to run (default abc)")
+    p.add_argument("--ways", default=None,
+                   help="which of a, b, c, g to run (default abc, and g too on a CUDA device)")
     p.add_argument("--c-override", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra mlprun override for (c) and the fresh process, e.g. "
                         "trainer.precision=bf16 (repeatable; default: none, mlprun's defaults)")
     p.add_argument("--no-process", action="store_true", help="skip the fresh-process start-up/memory run")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
-    ways = [w for w in "abc" if w in args.ways]
+    if args.ways is None:
+        args.ways = "abcg" if args.device.startswith("cuda") else "abc"
+    ways = [w for w in "abcg" if w in args.ways]
     if not ways or args.epochs < 1 or args.reps < 1:
-        p.error("--ways needs some of a, b, c; --epochs and --reps at least 1")
+        p.error("--ways needs some of a, b, c, g; --epochs and --reps at least 1")
 
     if args.threads:
         torch.set_num_threads(args.threads)
     process = None
-    if not args.no_process and "c" in ways:  # first, so this process's own state cannot matter
+    if not args.no_process and ("c" in ways or "g" in ways):  # first, so this process's own state cannot matter
         process = measure_process(args)
 
     job = Job(args)
@@ -342,8 +358,8 @@ def main(argv=None) -> int:
           f"({torch.get_num_threads()} threads)", flush=True)
     warm_subset = min(job.n_train + job.n_val, 2000)
     for w in ways:  # untimed warm-up: imports, allocator, first-call costs
-        if w == "c":
-            run_mlprun(job, 1, subset=warm_subset)
+        if w in "cg":
+            RUNNERS[w](job, 1, subset=warm_subset)
         else:
             RUNNERS[w](job, 1)
 
@@ -368,7 +384,7 @@ def main(argv=None) -> int:
                       "reps_s_per_epoch": [round(t, 4) for t in per_rep[w]], "epochs_s": epochs_raw[w],
                       "probe_ms": probes[w]}
     ratios, paired = {}, {}
-    for num, den in (("c", "b"), ("a", "c")):
+    for num, den in (("c", "b"), ("a", "c"), ("c", "g")):
         if num in summary and den in summary:
             ratios[f"{num}/{den}"] = round(summary[num]["s_per_epoch"] / summary[den]["s_per_epoch"], 3)
             # the same ratio within each repetition (its ways ran back to back), then the median:

@@ -158,6 +158,9 @@ def validate(cfg: DictConfig) -> None:
     _check_choice(cfg, "trainer.early_stopping.monitor", MONITORS)
     _check_choice(cfg, "trainer.early_stopping.mode", ("min", "max"))
     _check_choice(cfg, "eval.checkpoint", ("best", "last"))
+    graph = OmegaConf.select(cfg, "trainer.cuda_graph", default="auto")
+    if graph not in ("auto", True, False):
+        raise ConfigError("trainer.cuda_graph", _plain(graph), "auto, true, false")
     for spec in _NUMBERS:
         _check_number(cfg, *spec)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,8 +20,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import capture_rng, save_checkpoint
 from .components import Loss
+from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
 from .errors import DivergenceError, Interrupted
+
+log = logging.getLogger("mlprunner")
 
 BETTER = {"min": lambda new, best, d: new < best - d, "max": lambda new, best, d: new > best + d}
 
@@ -30,13 +34,37 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
 
 
+def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den in float32 with 0/0 = 0 (torchmetrics' convention, so the numbers match its)."""
+    num, den = num.float(), den.float()
+    return torch.where(den != 0, num / den, torch.zeros((), dtype=num.dtype, device=num.device))
+
+
+def accuracy_f1(cm: torch.Tensor) -> tuple[float, float]:
+    """Micro accuracy and macro F1 of a (C, C) confusion matrix (row = true, column = predicted).
+
+    The same arithmetic as torchmetrics' multiclass accuracy (average="micro") and F1 score
+    (average="macro"), in the same order and dtype: classes that never occur, neither as label
+    nor as prediction, are left out of the macro mean.
+    """
+    tp = cm.diag()
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    acc = _divide(tp.sum(), (tp + fn).sum())
+    f1 = _divide(2.0 * tp, 2.0 * tp + 1.0 * fn + fp)
+    weights = torch.ones_like(f1)
+    weights[tp + fp + fn == 0] = 0.0
+    macro = _divide(weights * f1, weights.sum(-1, keepdim=True)).sum(-1)
+    return float(acc), float(macro)
+
+
 class Metrics:
     """Loss, accuracy (micro) and macro F1 of a split, accumulated on the device.
 
-    A step adds its predictions to one (C, C) confusion matrix (a single index_put_, no host
-    sync, no torchmetrics call: its per-step update costs ~8x more and importing it ~1-2 s,
-    which would delay the first step). At epoch end torchmetrics' own reductions turn the
-    per-class tp/fp/tn/fn into accuracy and macro F1, so the numbers are torchmetrics'.
+    A step adds its predictions to one (C, C) confusion matrix and its loss to a device scalar,
+    so nothing in a step waits for the device; `compute()` reads them once per epoch.
+    `update()` counts with one index_put_; `update_dense()` does the same with comparisons and
+    a matrix product instead, which a CUDA graph can capture (no data-dependent indexing).
     """
 
     def __init__(self, num_classes: int, device):
@@ -47,6 +75,8 @@ class Metrics:
         acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
         self.count = 0
+        self._dense = None  # (C, C) float64 counts from update_dense, created on first use
+        self._classes = torch.arange(self.num_classes, device=device)
 
     def update(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
@@ -57,17 +87,26 @@ class Metrics:
         # row = true class, column = predicted class; accumulate=True is deterministic on CUDA
         self.confusion.index_put_((y * self.num_classes + preds,), self._ones[:n], accumulate=True)
 
-    def compute(self) -> dict:
-        from torchmetrics.functional.classification.accuracy import _accuracy_reduce
-        from torchmetrics.functional.classification.f_beta import _fbeta_reduce
+    def update_dense(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
+        """As update(), but the host-side sample count is left to the caller (a replayed graph
+        runs no Python): call `add_count(n)` once per step."""
+        if self._dense is None:
+            self._dense = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64,
+                                      device=self.confusion.device)
+        self.loss_sum.add_(loss.detach(), alpha=y.shape[0])
+        true = (y.unsqueeze(1) == self._classes).float()
+        pred = (preds.unsqueeze(1) == self._classes).float()
+        # 0/1 products summed in fp32: exact counts for any batch below 2**24 samples
+        self._dense.add_(true.t() @ pred)
 
-        cm = self.confusion.view(self.num_classes, self.num_classes).cpu()
-        tp = cm.diag()
-        fp = cm.sum(0) - tp
-        fn = cm.sum(1) - tp
-        tn = cm.sum() - tp - fp - fn
-        acc = float(_accuracy_reduce(tp.sum(), fp.sum(), tn.sum(), fn.sum(), average="micro"))
-        f1 = float(_fbeta_reduce(tp, fp, tn, fn, beta=1.0, average="macro"))
+    def add_count(self, n: int) -> None:
+        self.count += n
+
+    def compute(self) -> dict:
+        cm = self.confusion.view(self.num_classes, self.num_classes)
+        if self._dense is not None:
+            cm = cm + self._dense.round().long()
+        acc, f1 = accuracy_f1(cm.cpu())
         out = {"loss": float(self.loss_sum) / max(self.count, 1), "accuracy": acc,
                "error": 1.0 - acc, "f1": f1}
         self.reset()
@@ -75,6 +114,8 @@ class Metrics:
 
     def reset(self) -> None:
         self.confusion.zero_()
+        if self._dense is not None:
+            self._dense.zero_()
         self.loss_sum.zero_()
         self.count = 0
 
@@ -171,13 +212,31 @@ class Trainer:
 
             self.swa = SWA(self.t.swa, model, optimizer, int(self.t.epochs))
         self.swa_result = None
+        self.graph_reason = fallback_reason(
+            self.t.get("cuda_graph", "auto"), device, train_split=data.train, optimizer=optimizer,
+            scaler=self.scaler, step_scheduler=scheduler is not None and interval == "step",
+            augment=augment, swa=self.swa, compiled=bool(self.t.compile), profile=bool(self.t.get("profile")))
+        self.graphed = None  # GraphedSteps, made at the first epoch (after a resume's load_state)
+
+    def _announce_graph(self) -> None:
+        """One log line on whether the step runs as a CUDA graph, and if not, why (on CUDA, or
+        when asked for explicitly)."""
+        setting = self.t.get("cuda_graph", "auto")
+        if self.graph_reason is None:
+            self.graphed = GraphedSteps(self.step_model, self.loss, self.optimizer, self.train_metrics,
+                                        self.data.train, self.t.grad_clip, self.autocast_dtype,
+                                        self.device, log=log)
+            log.info("CUDA graph: each training step is captured once and replayed per batch "
+                     "(trainer.cuda_graph)")
+        elif setting is True or (setting == "auto" and self.device.type == "cuda"):
+            log.info(f"CUDA graph off: {self.graph_reason}; training steps run eagerly")
 
     # ------------------------------------------------------------------ state for checkpoints
     def checkpoint_state(self) -> dict:
         s = self.state
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": checkpoint_optimizer_state(self.optimizer),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "epoch": s.epoch,
@@ -219,26 +278,59 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def train_epoch(self, epoch: int) -> dict:
-        model, opt, loss_fn = self.step_model, self.optimizer, self.loss
-        model.train()
+        self.step_model.train()
         train = self.data.train
         bs = int(self.t.batch_size)
         g = torch.Generator().manual_seed(epoch_seed(self.t.seed, epoch))
-        order = torch.randperm(len(train), generator=g).to(self.device, non_blocking=True)
+        order = torch.randperm(len(train), generator=g)
+        if self.device.type == "cuda":
+            order = order.pin_memory()  # so the copy below does not wait for the device
+        order = order.to(self.device, non_blocking=True)
         log_every = int(self.t.log_every_n_steps)
         window = torch.zeros(log_every, device=self.device)
         k = 0  # steps in the current log window
-        grad_clip = self.t.grad_clip
-        in_swa = self.swa is not None and self.swa.active(epoch)
-        if in_swa:
-            self.swa.begin_epoch(epoch)  # SWALR takes over the learning rate from here on
-        step_sched = self.scheduler is not None and self.interval == "step" and not in_swa
         steps = train.num_batches(bs)
         if self.progress:
             self.progress.start_epoch(epoch)
         prof = self.profiler  # trainer.profile: per-phase laps (no-ops when off)
         prof.begin_epoch(epoch)
-        for i, (xb, yb) in enumerate(train.batches(bs, order), start=1):
+        if self.graphed is not None:
+            losses = self._graphed_steps(order, bs)
+        else:
+            losses = self._eager_steps(epoch, order, bs)
+        for i, loss in enumerate(losses, start=1):
+            self.state.step += 1
+            window[k] = loss
+            k += 1
+            if k == log_every or i == steps:
+                self._flush_window(window[:k], epoch, i, steps)
+                k = 0
+            if self.first_step_at is None:
+                self._mark_first_step()
+            prof.lap("logging")
+            prof.end_step()
+            if self.stop.requested:
+                raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
+        prof.end_epoch()
+        return self.train_metrics.compute()
+
+    def _graphed_steps(self, order: torch.Tensor, bs: int):
+        """The epoch's steps through CUDA graphs (cudagraph.py); yields each step's loss."""
+        graphed = self.graphed
+        graphed.begin_epoch(order)
+        n = len(self.data.train)
+        for start in range(0, n, bs):
+            yield graphed.step(min(bs, n - start))
+
+    def _eager_steps(self, epoch: int, order: torch.Tensor, bs: int):
+        """The epoch's steps, one kernel launch at a time; yields each step's loss."""
+        model, opt, loss_fn, prof = self.step_model, self.optimizer, self.loss, self.profiler
+        grad_clip = self.t.grad_clip
+        in_swa = self.swa is not None and self.swa.active(epoch)
+        if in_swa:
+            self.swa.begin_epoch(epoch)  # SWALR takes over the learning rate from here on
+        step_sched = self.scheduler is not None and self.interval == "step" and not in_swa
+        for xb, yb in self.data.train.batches(bs, order):
             if self.augment is not None:
                 xb = self.augment(xb)
             prof.lap("data")
@@ -263,23 +355,10 @@ class Trainer:
                 opt.step()
             if step_sched:
                 self.scheduler.step()
-            self.state.step += 1
             prof.lap("optimizer")
             self.train_metrics.update(loss, loss_fn.predict(logits.detach()), yb)
             prof.lap("metrics")
-            window[k] = loss.detach()
-            k += 1
-            if k == log_every or i == steps:
-                self._flush_window(window[:k], epoch, i, steps)
-                k = 0
-            if self.first_step_at is None:
-                self._mark_first_step()
-            prof.lap("logging")
-            prof.end_step()
-            if self.stop.requested:
-                raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
-        prof.end_epoch()
-        return self.train_metrics.compute()
+            yield loss.detach()
 
     def _mark_first_step(self) -> None:
         """Remember when the first step of this process finished (results.json `startup_s`)."""
@@ -323,6 +402,7 @@ class Trainer:
 
     def _fit(self) -> TrainState:
         s = self.state
+        self._announce_graph()
         epochs = int(self.t.epochs)
         es = self.t.early_stopping
         for epoch in range(s.epoch + 1, epochs + 1):

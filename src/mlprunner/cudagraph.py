@@ -1,0 +1,199 @@
+"""The training step as CUDA graphs (`trainer.cuda_graph`).
+
+On a GPU a step of a small MLP is ~40 tiny kernels, and launching them from Python costs more
+than running them. Here the whole step -- gather the batch from the device-resident training
+split by index, forward, loss, backward, gradient clipping, optimizer step, loss and
+confusion-matrix accumulation -- is captured once with `torch.cuda.graph` and replayed per
+batch: one launch per step.
+
+How it stays equal to the eager loop:
+- The batch indices come from the epoch's permutation (the same seeded order as eager) copied
+  into a static device tensor once per epoch; a device-side cursor advances inside the graph.
+- The first `WARMUP_STEPS` steps of each batch size run eagerly, on a side stream as CUDA's
+  graph documentation asks (lazy optimizer state, cuBLAS workspaces); they are real steps.
+  The next one is captured and every later one replayed. The last, smaller batch of an epoch
+  gets its own graph the same way.
+- Dropout draws from the default CUDA generator, which graphs advance by the same offsets as
+  eager kernels, so runs stay seed-deterministic and the RNG state saved in checkpoints is
+  the true one.
+- The optimizer's hyperparameters are baked into a captured kernel, so when a scheduler or
+  ReduceLROnPlateau changes the learning rate between epochs the graphs are captured again.
+- Gradients of the captured backward live in the graph's memory pool and are overwritten by
+  each replay, so no zero_grad runs inside the graph.
+
+What cannot be captured falls back to the eager loop, with one log line saying why
+(`fallback_reason`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+
+import torch
+
+WARMUP_STEPS = 2  # eager steps of each batch size before it is captured
+
+
+def supports_capture(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the optimizer's step can be replayed from a graph: it keeps its step counters on
+    the device when `capturable=True`, or (SGD) has no counter at all."""
+    return "capturable" in optimizer.defaults or type(optimizer) is torch.optim.SGD
+
+
+def fallback_reason(setting, device: torch.device, *, train_split, optimizer, scaler,
+                    step_scheduler: bool, augment, swa, compiled: bool, profile: bool) -> str | None:
+    """None when the step can be graphed, else why not (one line for the log)."""
+    if setting is False or setting == "false":
+        return "trainer.cuda_graph=false"
+    if device.type != "cuda":
+        return f"needs a CUDA device (this run is on {device.type})"
+    if not hasattr(train_split, "x"):
+        return "the training split is streamed from disk, not resident on the device"
+    if scaler is not None:
+        return "trainer.precision=fp16 uses a GradScaler, whose skipped steps need a host check"
+    if step_scheduler:
+        return "scheduler.interval=step changes the learning rate inside the epoch"
+    if augment is not None:
+        return "dataset.augment draws its transforms per batch on the host"
+    if swa is not None:
+        return "trainer.swa averages weights on its own schedule"
+    if compiled:
+        return "trainer.compile=true: torch.compile manages its own graphs"
+    if profile:
+        return "trainer.profile=true times the phases of each step separately"
+    if not supports_capture(optimizer):
+        return f"{type(optimizer).__name__} cannot run its step inside a graph"
+    return None
+
+
+def _set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
+    """Switch the optimizer's capturable flag; capturable steps keep their counters on the device."""
+    if "capturable" not in optimizer.defaults:
+        return
+    for group in optimizer.param_groups:
+        group["capturable"] = on
+        if not on:
+            continue
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            step = state.get("step")
+            if torch.is_tensor(step) and step.device != p.device:
+                state["step"] = step.to(device=p.device, dtype=torch.float32)
+
+
+def checkpoint_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
+    """optimizer.state_dict() as an eager run would save it (capturable off), so a checkpoint
+    written under graphs resumes anywhere, on the CPU too."""
+    state = optimizer.state_dict()
+    for group in state["param_groups"]:
+        if group.get("capturable"):
+            group["capturable"] = False
+    return state
+
+
+class GraphedSteps:
+    """Runs the training steps of an epoch through captured graphs, one per batch size."""
+
+    def __init__(self, model, loss_fn, optimizer, metrics, split, grad_clip, autocast_dtype,
+                 device: torch.device, log=None):
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer
+        self.metrics = metrics
+        self.x, self.y = split.x, split.y
+        self.grad_clip = float(grad_clip) if grad_clip else None
+        self.autocast_dtype = autocast_dtype
+        self.device = device
+        self.log = log
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        n = self.y.shape[0]
+        self.order = torch.zeros(n, dtype=torch.long, device=device)  # this epoch's permutation
+        self.cursor = torch.zeros((), dtype=torch.long, device=device)  # start of the next batch
+        self.arange = torch.arange(n, device=device)
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.eager_steps: dict[int, int] = {}
+        self.captured_lrs = None
+        self.side = torch.cuda.Stream(device)
+        self.captures = 0
+        self.replays = 0
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        # no weight-cast cache: cached casts would be freed between a capture and its replays
+        return torch.autocast("cuda", dtype=self.autocast_dtype, cache_enabled=False)
+
+    def _body(self, n: int) -> torch.Tensor:
+        """One step on the next `n` samples of the order; the same code runs eagerly and captured."""
+        idx = self.order.index_select(0, self.cursor + self.arange[:n])
+        xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+        with self._autocast():
+            logits = self.model(xb)
+            loss = self.loss_fn(logits, yb)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.optimizer.step()
+        self.metrics.update_dense(loss, self.loss_fn.predict(logits.detach()), yb)
+        self.cursor.add_(n)
+        return loss.detach()
+
+    def begin_epoch(self, order: torch.Tensor) -> None:
+        self.order.copy_(order)
+        self.cursor.zero_()
+        lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
+        if self.graphs and lrs != self.captured_lrs:
+            self.graphs.clear()  # the old lr is baked into the captured optimizer kernels
+        self.captured_lrs = lrs
+
+    def step(self, n: int) -> torch.Tensor:
+        """Train on the next `n` samples; returns the step's loss (a device scalar)."""
+        entry = self.graphs.get(n)
+        if entry is None:
+            if self.eager_steps.get(n, 0) < WARMUP_STEPS:
+                self.eager_steps[n] = self.eager_steps.get(n, 0) + 1
+                loss = self._eager(n)
+            else:
+                entry = self._capture(n)
+                if entry is None:  # capture failed: this batch size stays eager
+                    self.eager_steps[n] = -(1 << 62)
+                    loss = self._eager(n)
+        if entry is not None:
+            graph, loss_out = entry
+            graph.replay()
+            self.replays += 1
+            loss = loss_out
+        self.metrics.add_count(n)
+        return loss
+
+    def _eager(self, n: int) -> torch.Tensor:
+        main = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side), warnings.catch_warnings():
+            # after a capture the optimizer is capturable; its one-time "running uncaptured"
+            # warning is about speed, and these eager steps are few
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss = self._body(n)
+        main.wait_stream(self.side)
+        return loss
+
+    def _capture(self, n: int):
+        _set_capturable(self.optimizer, True)
+        # gradients are allocated inside the graph's pool by the captured backward
+        self.optimizer.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                loss = self._body(n)
+        except RuntimeError as exc:
+            if self.log is not None:
+                self.log.warning(f"CUDA graph capture failed for batches of {n} "
+                                 f"({str(exc).splitlines()[0][:160]}); training them eagerly")
+            torch.cuda.synchronize(self.device)
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.captures += 1
+        self.graphs[n] = (graph, loss)
+        return self.graphs[n]
