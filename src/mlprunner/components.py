@@ -26,6 +26,20 @@ def _instantiate(node, key: str, **kwargs):
         raise ConfigError(key, message=f"{key}: {str(cause).splitlines()[0]}") from None
 
 
+def _fused_steps(partial, device: torch.device) -> bool:
+    """Whether the class's fused kernel runs on this device: torch checks it only at the first
+    step (Adagrad's is CPU-only), so take one step on a throw-away parameter."""
+    if device.type not in ("cpu", "cuda", "mps"):
+        return False
+    probe = torch.zeros(1, device=device, requires_grad=True)
+    probe.grad = torch.zeros_like(probe)
+    try:
+        partial([probe], fused=True).step()
+    except (RuntimeError, ValueError, TypeError):
+        return False
+    return True
+
+
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device) -> torch.optim.Optimizer:
     """cfg.optim is a `_target_: torch.optim.X` with `_partial_: true`.
 
@@ -36,7 +50,7 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
     cls = partial.func if hasattr(partial, "func") else partial
     params = inspect.signature(cls.__init__).parameters
     extra = {}
-    if "fused" in params and "fused" not in partial.keywords and device.type in ("cpu", "cuda", "mps"):
+    if "fused" in params and "fused" not in partial.keywords and _fused_steps(partial, device):
         extra["fused"] = True
     try:
         return partial(model.parameters(), **extra)
