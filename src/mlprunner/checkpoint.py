@@ -13,6 +13,7 @@ import pickle
 import random
 import re
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -92,6 +93,56 @@ def save_checkpoint(path: Path, state: dict) -> None:
         fh.write(data[len(data) // 2:])
 
     atomic_write_bytes(path, write)
+
+
+def snapshot(obj):
+    """A copy of a checkpoint state whose tensors (cloned on their own device) and containers
+    later training steps cannot change."""
+    if torch.is_tensor(obj):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class CheckpointWriter:
+    """Writes checkpoints in a background thread while training goes on.
+
+    `save()` snapshots the state at once (so the files hold exactly this moment), then
+    serialises and fsyncs it in a thread; one write is in flight at a time, so `save()` first
+    waits for the previous one. A write that failed raises its error from the next `save()` or
+    `wait()`. Each file is still replaced atomically (atomic_write_bytes), and the thread is not
+    a daemon, so a normal exit finishes the write.
+    """
+
+    def __init__(self):
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, paths, state: dict) -> None:
+        self.wait()
+        state = snapshot(state)
+
+        def work():
+            try:
+                for path in paths:
+                    save_checkpoint(path, state)
+            except BaseException as exc:  # handed to the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=work, name="mlprun-checkpoint")
+        self._thread.start()
+
+    def wait(self, raise_error: bool = True) -> None:
+        """Block until the write in flight is on disk; raise its error (when asked)."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        error, self._error = self._error, None
+        if error is not None and raise_error:
+            raise error
 
 
 def _first_line(exc: BaseException) -> str:

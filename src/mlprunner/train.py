@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import capture_rng, save_checkpoint
+from .checkpoint import CheckpointWriter, capture_rng, save_checkpoint
 from .components import Loss
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
@@ -206,6 +206,7 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.writer = CheckpointWriter()  # best.pt/last.pt are written while the next epoch trains
         self.swa = None  # stochastic weight averaging (trainer.swa), see swa.py
         if self.t.get("swa") is not None and self.t.swa.enabled:
             from .swa import SWA
@@ -398,7 +399,13 @@ class Trainer:
     # ------------------------------------------------------------------ the loop
     def fit(self) -> TrainState:
         with young_gc_only():
-            return self._fit()
+            try:
+                state = self._fit()
+            except BaseException:
+                self.writer.wait(raise_error=False)  # the checkpoint in flight lands; this error wins
+                raise
+            self.writer.wait()
+            return state
 
     def _fit(self) -> TrainState:
         s = self.state
@@ -444,12 +451,13 @@ class Trainer:
                     s.stopped_early = True
             if self.tb is not None:
                 self.tb.epoch(epoch, flat, self.model if self.t.tensorboard.histograms else None)
-            state = None
+            paths = []
             if improved and self.t.checkpoint.save_best:
-                state = self.checkpoint_state()
-                save_checkpoint(self.ckpt_dir / "best.pt", state)
+                paths.append(self.ckpt_dir / "best.pt")
             if self.t.checkpoint.save_last:
-                save_checkpoint(self.ckpt_dir / "last.pt", state or self.checkpoint_state())
+                paths.append(self.ckpt_dir / "last.pt")
+            if paths:
+                self.writer.save(paths, self.checkpoint_state())
             if self.progress:
                 self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
                 if s.stopped_early:
