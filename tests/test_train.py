@@ -61,7 +61,7 @@ def model_from_ckpt(ckpt: dict) -> MLP:
 
 
 def check_run(run_dir: Path, epochs: int, val: bool = True, cli: bool = True) -> dict:
-    """The run directory contract of DESIGN.md; returns results.json.
+    """The run folder contract (README.md, "The run folder"); returns results.json.
 
     `cli=False` for runs made in-process with mlprunner.run.run() (no Hydra, so no .hydra/).
     """
