@@ -247,9 +247,9 @@ RUNNERS = {"a": run_seed, "b": run_bare, "c": run_mlprun, "g": run_graphed}
 
 
 def speed_probe_ms(device, n: int = 100) -> float:
-    """Median time of one (100x784)@(784x500) fp32 matmul, taken before each timed run: this
-    VM's matrix-product speed drifts by ~1.7x between phases, and the probe shows which phase
-    a number was measured in (~0.46 ms fast, 0.55-0.8 ms slow on this project's 2-core CPU)."""
+    """Median time of one (100x784)@(784x500) fp32 matmul, taken before each timed run: a
+    machine's (especially a VM's) matrix-product speed can drift between runs; the probe shows
+    which speed a number was measured at (docs/performance.md)."""
     x = torch.randn(100, 784, device=device)
     w = torch.randn(500, 784, device=device)
     times = []

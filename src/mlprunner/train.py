@@ -151,13 +151,10 @@ def young_gc_only():
     """Python's automatic garbage collection paused while training; `fit()` collects the young
     generations itself (`gc.collect(1)`) once per epoch.
 
-    Steps free their tensors by reference counting and leave no cyclic garbage (measured: an
-    MNIST epoch leaves 51-107 unreachable objects, all from the epoch-end bookkeeping). The
-    automatic collector only adds pauses: ~280 young collections per 3 epochs (~45 ms), and with
-    ~340k objects alive after importing torch and Hydra, each full collection takes ~190 ms (one
-    follows torchmetrics' import at the first epoch end). With this policy: one 65-70 ms
-    collection after the first epoch, then ~0.1 ms per epoch. Same idea as torchtitan's manual
-    GC. The previous setting comes back on exit.
+    Training steps free their tensors by reference counting and leave no cyclic garbage, so the
+    automatic collector would only add pauses, and full collections over the many objects torch
+    and Hydra keep alive are slow (docs/performance.md, Garbage collection). Same idea as
+    torchtitan's manual GC. The previous setting comes back on exit.
     """
     was_enabled = gc.isenabled()
     gc.disable()
@@ -465,7 +462,7 @@ class Trainer:
                                           f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})")
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self)
-            gc.collect(1)  # this epoch's cyclic garbage (~50-100 objects; see young_gc_only)
+            gc.collect(1)  # this epoch's cyclic garbage from the epoch-end bookkeeping (see young_gc_only)
             if self.profiler.enabled:
                 self.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
                 self.profiler.write()
