@@ -73,12 +73,13 @@ def validate(cfg: DictConfig) -> None:
 
     if ds.get("n_val") == 0 and trainer.early_stopping.enabled:
         raise ConfigError("trainer.early_stopping.enabled", True, "false when dataset.n_val=0")
-    facts = resolve_loader(ds).dataset_facts
-    if facts.num_classes is not None:
-        check_loss_fits(cfg.loss, facts.num_classes, option_label(ds, "dataset"))
     if ds.get("val_fraction") == 0 and trainer.early_stopping.enabled:
         raise ConfigError("trainer.early_stopping.enabled", True,
                           "false when dataset.val_fraction=0 (there is no validation set)")
+    # the rules below ask the dataset's loader and the loss class (imported with torch)
+    facts = resolve_loader(ds).dataset_facts
+    if facts.num_classes is not None:
+        check_loss_fits(cfg.loss, facts.num_classes, option_label(ds, "dataset"))
     if not facts.images and OmegaConf.select(ds, "augment.enabled", default=False):
         raise ConfigError("dataset.augment.enabled", True,
                           message=f"dataset.augment.enabled=true needs an image dataset; "
