@@ -124,6 +124,19 @@ def test_scheduler_class_arguments_are_checked(compose_cfg, override, key):
         validate(compose_cfg("dataset=digits", "scheduler=onecycle", override))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("dataset._target_=mlprunner.data.load_nothing", "dataset._target_='mlprunner.data.load_nothing' is invalid; "
+                                                     "allowed: a dataset loader: mlprunner.data.load_digits"),
+    ("dataset._target_=os.system", "dataset._target_='os.system' is invalid"),
+    ("loss._target_=torch.nn.NoSuchLoss", "loss._target_='torch.nn.NoSuchLoss': "),
+    ("optim._target_=torch.optim.Adamm", "optim._target_='torch.optim.Adamm': "),
+])
+def test_bad_targets_are_one_line_config_errors(compose_cfg, override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_cfg("dataset=digits", override))
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
 def test_mlprun_keys_are_not_passed_to_the_class(compose_cfg):
     sched = compose_cfg("scheduler=cosine", "scheduler.warmup_epochs=1").scheduler
     assert set(class_node(sched, "scheduler")) == {"_target_", "_partial_", "T_max", "eta_min"}

@@ -58,25 +58,31 @@ def validate(cfg: DictConfig) -> None:
     for key, spec in SCHEMA.items():
         check_value(cfg, key, spec)
 
-    trainer, ds = cfg.trainer, cfg.dataset
-    sched = cfg.scheduler
+    trainer, ds, sched = cfg.trainer, cfg.dataset, cfg.scheduler
+    warmup = sched.get("warmup_epochs", 0)
     if sched.get("_target_") is not None:
         interval = sched.get("interval")
         if interval not in ("epoch", "step"):
             raise ConfigError("scheduler.interval", interval, "epoch, step")
-        warmup = sched.get("warmup_epochs", 0)
-        if warmup and issubclass(component_class(sched, "scheduler"), _plateau()):
-            raise ConfigError("scheduler.warmup_epochs", warmup,
-                              "0 with scheduler=plateau (warm-up cannot be chained with ReduceLROnPlateau)")
         if warmup >= trainer.epochs:
             raise ConfigError("scheduler.warmup_epochs", warmup, f"fewer than trainer.epochs ({trainer.epochs})")
-
     if ds.get("n_val") == 0 and trainer.early_stopping.enabled:
         raise ConfigError("trainer.early_stopping.enabled", True, "false when dataset.n_val=0")
     if ds.get("val_fraction") == 0 and trainer.early_stopping.enabled:
         raise ConfigError("trainer.early_stopping.enabled", True,
                           "false when dataset.val_fraction=0 (there is no validation set)")
-    # the rules below ask the dataset's loader and the loss class (imported with torch)
+    swa = trainer.get("swa")
+    if swa is not None and swa.get("enabled"):
+        swa_start_epoch(swa.start_epoch, int(trainer.epochs))
+
+    # The rules below ask the classes and the dataset loader the config names (importing them,
+    # and torch): every `_target_` must name something that can be built.
+    for group in ("model", "optim", "scheduler", "loss"):
+        if cfg[group].get("_target_") is not None:
+            component_class(cfg[group], group)
+    if warmup and sched.get("_target_") is not None and issubclass(component_class(sched, "scheduler"), _plateau()):
+        raise ConfigError("scheduler.warmup_epochs", warmup,
+                          "0 with scheduler=plateau (warm-up cannot be chained with ReduceLROnPlateau)")
     facts = resolve_loader(ds).dataset_facts
     if facts.num_classes is not None:
         check_loss_fits(cfg.loss, facts.num_classes, option_label(ds, "dataset"))
@@ -84,9 +90,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("dataset.augment.enabled", True,
                           message=f"dataset.augment.enabled=true needs an image dataset; "
                                   f"dataset={option_label(ds, 'dataset')} has no image shape (allowed: false)")
-    swa = trainer.get("swa")
-    if swa is not None and swa.get("enabled"):
-        swa_start_epoch(swa.start_epoch, int(trainer.epochs))
 
 
 def _missing_keys(cfg: DictConfig) -> list[str]:

@@ -1,10 +1,10 @@
 """Datasets as tensors: every split that fits in memory is one float tensor on the device.
 
 `load_data(cfg.dataset, device)` calls the loader that `dataset._target_` names (a function
-of this module marked with `@loader`) and returns a `Data` with the train and validation splits
-and a `load_test()` that reads the test set only when asked. Images are flattened, scaled to [0, 1]
-and normalised with the dataset's mean/std once, at load time, so a training step is just
-an index into a tensor.
+of this module marked with `@loader`) and returns a `Data` with the train and validation
+splits and a `load_test()` that reads the test set only when asked. Images are flattened,
+scaled to [0, 1] and normalised with the dataset's mean/std once, at load time, so a training
+step is just an index into a tensor.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ defaults list, and a component is named only by its option file's `_target_`.
 
 Adding a dataset, optimizer, scheduler or loss: one YAML file in its group (plus, for a dataset,
 its loader function in data.py); adding an activation: one entry in `ACTIVATIONS` below.
-This module imports no torch and none of mlprun's heavier modules, so the command line can
-use it before a run starts.
+Importing this module imports no torch and none of mlprun's heavier modules, so the command
+line can use it before a run starts; `component_class` and `resolve_loader` import what a
+`_target_` names, when asked.
 """
 
 from __future__ import annotations
