@@ -13,6 +13,7 @@ from mlprunner.components import Loss, build_optimizer, build_scheduler
 from mlprunner.config import register_resolvers, validate
 from mlprunner.errors import ConfigError
 from mlprunner.models import MLP, count_parameters
+from mlprunner.schema import option_label
 
 CONFIGS = REPO / "configs"
 
@@ -56,8 +57,8 @@ def test_defaults(compose_cfg, monkeypatch):
     assert list(cfg.model.hidden) == [500, 300]
     assert cfg.model._target_ == "mlprunner.models.MLP"
     assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3 and cfg.optim._partial_
-    assert cfg.scheduler.name == "none"
-    assert cfg.loss.name == "cross_entropy"
+    assert option_label(cfg.scheduler, "scheduler") == "none" and "_target_" not in cfg.scheduler
+    assert cfg.loss._target_ == "torch.nn.CrossEntropyLoss"
     t = cfg.trainer
     assert (t.epochs, t.batch_size, t.device) == (20, 100, "auto")
     assert t.early_stopping.enabled is False and t.early_stopping.monitor == "val/error"
@@ -74,7 +75,7 @@ def test_dataset_option(compose_cfg, name):
     cfg = compose_cfg(f"dataset={name}", *IMAGE_KEYS.get(name, []))
     validate(cfg)
     d = cfg.dataset
-    assert d.name == name
+    assert d.name == name and d._target_ == f"mlprunner.data.load_{name}"
     assert "root" in d
     if name in ("mnist", "fashion_mnist"):
         assert d.val_fraction == 0.1 and d.download is True and len(d.mean) == len(d.std) == 1
@@ -156,7 +157,7 @@ def test_sgd_nesterov_option(compose_cfg):
 def test_scheduler_option(compose_cfg, name):
     cfg = compose_cfg(f"scheduler={name}", "dataset=digits", "trainer.epochs=20")
     validate(cfg)
-    assert cfg.scheduler.name == name
+    assert option_label(cfg.scheduler, "scheduler") == name and "name" not in cfg.scheduler
     model = MLP(4, 2, hidden=[3])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     sched, interval = build_scheduler(cfg.scheduler, opt, epochs=20, steps_per_epoch=5)
@@ -211,7 +212,7 @@ def test_loss_option(compose_cfg, name):
     overrides = [f"loss={name}", "dataset=xor" if name == "bce_with_logits" else "dataset=digits"]
     cfg = compose_cfg(*overrides)
     validate(cfg)
-    assert cfg.loss.name == name
+    assert option_label(cfg.loss, "loss") == name and "name" not in cfg.loss
     classes = 2 if name == "bce_with_logits" else 10
     loss = Loss(cfg.loss, classes)
     assert loss.out_features == (1 if name == "bce_with_logits" else classes)
@@ -237,12 +238,13 @@ def test_cross_entropy_label_smoothing(compose_cfg):
     assert Loss(cfg.loss, 10).fn.label_smoothing == pytest.approx(0.1)
 
 
-def test_bce_on_ten_classes_is_a_config_error():
+def test_bce_on_ten_classes_is_a_config_error(compose_cfg):
     from mlprunner.config import check_loss_fits
 
-    check_loss_fits("bce_with_logits", 2)
+    bce = compose_cfg("loss=bce_with_logits", "dataset=xor").loss
+    check_loss_fits(bce, 2)
     with pytest.raises(ConfigError, match="bce_with_logits"):
-        check_loss_fits("bce_with_logits", 10)
+        check_loss_fits(bce, 10)
 
 
 def test_experiment_xor_seed(compose_cfg):
@@ -251,7 +253,7 @@ def test_experiment_xor_seed(compose_cfg):
     assert cfg.dataset.name == "xor"
     assert list(cfg.model.hidden) == [4] and cfg.model.activation == "tanh"
     assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == 0.1
-    assert cfg.loss.name == "bce_with_logits"
+    assert cfg.loss._target_ == "torch.nn.BCEWithLogitsLoss"
     assert cfg.trainer.batch_size == 128
 
 
@@ -262,7 +264,7 @@ def test_experiment_mnist_seed(compose_cfg):
     assert cfg.dataset.normalize is False
     assert list(cfg.model.hidden) == [500, 300] and cfg.model.activation == "relu"
     assert cfg.optim._target_ == "torch.optim.Adam" and cfg.optim.lr == 1e-3
-    assert cfg.loss.name == "cross_entropy" and cfg.scheduler.name == "none"
+    assert cfg.loss._target_ == "torch.nn.CrossEntropyLoss" and option_label(cfg.scheduler, "scheduler") == "none"
     assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (20, 100)
 
 

@@ -54,7 +54,7 @@ def load_ckpt(path: Path) -> dict:
 def model_from_ckpt(ckpt: dict) -> MLP:
     """A fresh MLP shaped by the checkpoint's own config, with its weights loaded."""
     m = {k: v for k, v in ckpt["config"]["model"].items() if k != "_target_"}
-    out = 1 if ckpt["config"]["loss"]["name"] == "bce_with_logits" else ckpt["data"]["num_classes"]
+    out = 1 if ckpt["config"]["loss"]["_target_"] == "torch.nn.BCEWithLogitsLoss" else ckpt["data"]["num_classes"]
     model = MLP(ckpt["data"]["num_features"], out, **m)
     model.load_state_dict(ckpt["model"])
     return model.eval()
@@ -183,7 +183,7 @@ def test_xor_seed_experiment_bce(tmp_path):
     assert res["best"]["val"]["accuracy"] == 1.0
     ckpt = load_ckpt(tmp_path / "checkpoints" / "best.pt")
     assert ckpt["model"]["2.weight"].shape == (1, 4)
-    assert ckpt["config"]["loss"]["name"] == "bce_with_logits"
+    assert ckpt["config"]["loss"]["_target_"] == "torch.nn.BCEWithLogitsLoss"
 
 
 def test_digits_and_checkpoint_reload(workdir):

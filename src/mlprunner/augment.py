@@ -14,8 +14,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .errors import ConfigError
-
 
 class RandomAffine:
     """Callable augment hook for `Trainer(augment=...)`: flat normalised batch in, same shape out."""
@@ -67,19 +65,11 @@ class RandomAffine:
 
 
 def build_augment(dataset_cfg, data) -> RandomAffine | None:
-    """The augment hook described by `dataset.augment`, or None when disabled/absent."""
+    """The augment hook described by `dataset.augment`, or None when disabled/absent.
+
+    Its values, and that the dataset is made of images, were checked by config.validate."""
     aug = dataset_cfg.get("augment") if hasattr(dataset_cfg, "get") else None
     if aug is None or not aug.get("enabled", False):
         return None
-    if data.image_shape is None:
-        raise ConfigError("dataset.augment.enabled", True,
-                          message=f"dataset.augment.enabled=true needs an image dataset; "
-                                  f"dataset={dataset_cfg.name} has no image shape (allowed: false)")
-    for key in ("max_shift", "max_rotate", "max_scale"):
-        value = aug.get(key, 0.0)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0 or not math.isfinite(value):
-            raise ConfigError(f"dataset.augment.{key}", value, "a number >= 0")
-    if aug.get("max_scale", 0.0) >= 1:
-        raise ConfigError("dataset.augment.max_scale", aug.max_scale, "a number in [0, 1)")
     return RandomAffine(data.image_shape, aug.get("max_shift", 0.0), aug.get("max_rotate", 0.0),
                         aug.get("max_scale", 0.0), data.mean, data.std)

@@ -199,6 +199,7 @@ TARGETS = {
     "optim": ("torch.optim", "torch.optim.Optimizer"),
     "scheduler": ("torch.optim.lr_scheduler", "torch.optim.lr_scheduler.LRScheduler"),
     "loss": ("torch.nn", "torch.nn.modules.loss._Loss"),
+    "dataset": ("mlprunner.data", None),  # loader functions marked by data.loader, not classes
 }
 
 
@@ -222,6 +223,8 @@ def _target_ok(group: str, target) -> bool:
     import importlib
 
     obj = getattr(importlib.import_module(module), name, None)
+    if base is None:
+        return callable(obj) and hasattr(obj, "dataset_facts")
     bases = (_base(base),)
     if group == "scheduler":  # ReduceLROnPlateau is no LRScheduler subclass in older torch
         bases += (torch.optim.lr_scheduler.ReduceLROnPlateau,)
@@ -241,7 +244,8 @@ def check_config_targets(config, path: Path | str) -> None:
                         raise CheckpointError(
                             f"refusing to resume from {path}: its config sets {here}={value!r}, which mlprun "
                             f"does not instantiate from a checkpoint (allowed: mlprunner.models.*, "
-                            f"torch.optim.*, torch.optim.lr_scheduler.*, torch.nn losses)")
+                            f"torch.optim.*, torch.optim.lr_scheduler.*, torch.nn losses, "
+                            f"mlprunner.data loaders)")
                 else:
                     walk(value, here)
         elif isinstance(node, list):

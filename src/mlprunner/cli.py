@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from .config import register_resolvers
 from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused
+from .schema import GROUPS
 
 log = logging.getLogger("mlprunner")
 _USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR")
@@ -32,9 +33,6 @@ def _first_line(text: str) -> str:
         if line.strip():
             return line.strip()
     return ""
-
-
-GROUPS = ("dataset", "model", "optim", "scheduler", "loss", "trainer", "eval", "experiment")
 
 
 def _cli_args() -> list[str]:

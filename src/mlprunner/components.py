@@ -8,14 +8,18 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau, SequentialLR
 
-from .config import LOSS_META, SCHEDULER_META
 from .errors import ConfigError
+from .schema import component_class, own_keys
 
 
-def _strip(cfg: DictConfig, meta) -> DictConfig:
+def class_node(cfg: DictConfig, group: str) -> DictConfig:
+    """The component's node without mlprun's own keys (schema: own=True): what the class gets."""
     data = OmegaConf.to_container(cfg, resolve=True)
-    return OmegaConf.create({k: v for k, v in data.items() if k not in meta})
+    own = own_keys(group)
+    return OmegaConf.create({k: v for k, v in data.items() if k not in own})
 
 
 def _instantiate(node, key: str, **kwargs):
@@ -66,63 +70,66 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
 
 
 def build_scheduler(cfg: DictConfig, optimizer, epochs: int, steps_per_epoch: int):
-    """Return (scheduler or None, interval) where interval is 'epoch' or 'step'."""
-    if cfg.name == "none":
+    """Return (scheduler or None, interval) where interval is 'epoch' or 'step'.
+
+    No `_target_` (scheduler=none) is a constant learning rate. A length the class needs and
+    the config leaves open (CosineAnnealingLR's T_max, OneCycleLR's total_steps) is the
+    training after the warm-up, in the scheduler's units."""
+    if cfg.get("_target_") is None:
         return None, "epoch"
     interval = cfg.interval
     warmup = int(cfg.get("warmup_epochs", 0) or 0)
-    node = _strip(cfg, SCHEDULER_META)
+    node = class_node(cfg, "scheduler")
     units = steps_per_epoch if interval == "step" else 1
-    kwargs = {}
-    if cfg.name == "cosine" and node.get("T_max") is None:
-        kwargs["T_max"] = max(1, (epochs - warmup) * units)
-    if cfg.name == "onecycle":
-        kwargs["total_steps"] = max(1, (epochs - warmup) * units)
-    if cfg.name == "plateau":
-        node.pop("mode", None)
-        kwargs["mode"] = cfg.get("mode", "min")
+    params = inspect.signature(component_class(cfg, "scheduler")).parameters
+    kwargs = {key: max(1, (epochs - warmup) * units) for key in ("T_max", "total_steps")
+              if key in params and node.get(key) is None}
     main = _instantiate(node, "scheduler")(optimizer, **kwargs)
     if not warmup:
         return main, interval
-    from torch.optim.lr_scheduler import LinearLR, SequentialLR
-
     ramp = LinearLR(optimizer, start_factor=float(cfg.warmup_start_factor), end_factor=1.0,
                     total_iters=warmup * units)
     return SequentialLR(optimizer, [ramp, main], milestones=[warmup * units]), interval
 
 
+def steps_on_metric(scheduler) -> bool:
+    """ReduceLROnPlateau's step() takes the monitored metric; the others take nothing."""
+    return isinstance(scheduler, ReduceLROnPlateau)
+
+
 class Loss:
     """Wraps a torch loss so every loss takes the model's logits and integer labels.
 
-    - cross_entropy, multi_margin: logits and class indices, as torch expects.
-    - nll: log_softmax of the logits first.
-    - bce_with_logits: one output unit; labels as float 0/1.
-    - mse, l1: softmax probabilities against one-hot targets.
+    What a loss needs is asked of the torch object:
+    - BCEWithLogitsLoss: one output unit; labels as float 0/1.
+    - NLLLoss: log_softmax of the logits first.
+    - MSELoss, L1Loss: softmax probabilities against one-hot targets.
+    - any other (CrossEntropyLoss, MultiMarginLoss): logits and class indices, as torch expects.
     """
 
     def __init__(self, cfg: DictConfig, num_classes: int):
-        self.name = cfg.name
         self.num_classes = num_classes
-        self.fn = _instantiate(_strip(cfg, LOSS_META), "loss")
-        self.out_features = 1 if self.name == "bce_with_logits" else num_classes
+        self.fn = _instantiate(class_node(cfg, "loss"), "loss")
+        self.binary = isinstance(self.fn, nn.BCEWithLogitsLoss)
+        self.out_features = 1 if self.binary else num_classes
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if self.name == "bce_with_logits":
+        if self.binary:
             return self.fn(logits.squeeze(1), y.to(logits.dtype))
-        if self.name == "nll":
+        if isinstance(self.fn, nn.NLLLoss):
             return self.fn(F.log_softmax(logits, dim=1), y)
-        if self.name in ("mse", "l1"):
+        if isinstance(self.fn, (nn.MSELoss, nn.L1Loss)):
             target = F.one_hot(y, self.num_classes).to(logits.dtype)
             return self.fn(logits.softmax(dim=1), target)
         return self.fn(logits, y)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.name == "bce_with_logits":
+        if self.binary:
             return (logits.squeeze(1) > 0).long()
         return logits.argmax(dim=1)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        if self.name == "bce_with_logits":
+        if self.binary:
             p = torch.sigmoid(logits.float())
             return torch.cat([1 - p, p], dim=1)
         return logits.float().softmax(dim=1)

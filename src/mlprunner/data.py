@@ -1,9 +1,10 @@
 """Datasets as tensors: every split that fits in memory is one float tensor on the device.
 
-`load_data(cfg.dataset, device)` returns a `Data` with the train and validation splits and a
-`load_test()` that reads the test set only when asked. Images are flattened, scaled to [0, 1]
-and normalised with the dataset's mean/std once, at load time, so a training step is just
-an index into a tensor.
+`load_data(cfg.dataset, device)` calls the loader that `dataset._target_` names (a function
+of this module marked with `@loader`) and returns a `Data` with the train and validation
+splits and a `load_test()` that reads the test set only when asked. Images are flattened,
+scaled to [0, 1] and normalised with the dataset's mean/std once, at load time, so a training
+step is just an index into a tensor.
 """
 
 from __future__ import annotations
@@ -19,8 +20,26 @@ import torch
 from omegaconf import DictConfig
 
 from .errors import ConfigError, DatasetError
+from .schema import resolve_loader
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
+
+
+@dataclass(frozen=True)
+class LoaderFacts:
+    """What validation may know of a dataset before reading it."""
+
+    num_classes: int | None  # None: known only from the files
+    images: bool             # flat images with a (C, H, W) shape (augmentation needs one)
+    preflight: Callable[[DictConfig], None] | None  # cheap checks before the run folder is made
+
+
+def loader(num_classes: int | None = None, images: bool = True, preflight=None):
+    """Mark `fn(dataset_cfg, device) -> Data` as a dataset loader a `dataset._target_` may name."""
+    def mark(fn):
+        fn.dataset_facts = LoaderFacts(num_classes, images, preflight)
+        return fn
+    return mark
 
 
 @dataclass
@@ -219,8 +238,40 @@ def read_idx_pair(folder: Path, train: bool):
     return x, y
 
 
-def _torchvision_mnist(cfg: DictConfig, device) -> Data:
-    name = MNIST_FOLDERS[cfg.name]
+# Files torchvision's MNIST/FashionMNIST need in <root>/<class>/raw/ when nothing is downloaded.
+_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def _mnist_files_present(kind: str):
+    def check(ds: DictConfig) -> None:
+        if ds.get("download", False):
+            return
+        sub = MNIST_FOLDERS[kind]
+        root = Path(str(ds.root)).expanduser()
+        folder = root / sub / "raw"
+        absent = [f for f in _MNIST_FILES if not (folder / f).is_file()]
+        if absent:
+            raise DatasetError(
+                f"{sub} not found: looked in {folder} (dataset.root={root}) and {absent[0]} "
+                f"is missing; dataset.download=false, so put the uncompressed *-ubyte files there, "
+                f"or set MLPRUN_DATA or dataset.root to a folder holding {sub}/raw/, "
+                f"or allow dataset.download=true with internet access")
+    return check
+
+
+@loader(num_classes=10, preflight=_mnist_files_present("mnist"))
+def load_mnist(cfg: DictConfig, device) -> Data:
+    return _torchvision_mnist(cfg, device, "mnist")
+
+
+@loader(num_classes=10, preflight=_mnist_files_present("fashion_mnist"))
+def load_fashion_mnist(cfg: DictConfig, device) -> Data:
+    return _torchvision_mnist(cfg, device, "fashion_mnist")
+
+
+def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
+    name = MNIST_FOLDERS[kind]
     root = Path(str(cfg.root)).expanduser()
 
     def read(train: bool):
@@ -231,7 +282,7 @@ def _torchvision_mnist(cfg: DictConfig, device) -> Data:
             return data.reshape(data.shape[0], -1), targets  # uint8: _finish scales after the split
         import torchvision
 
-        cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[cfg.name]
+        cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST}[kind]
         try:
             ds = cls(str(root), train=train, download=bool(cfg.download))
         except RuntimeError as exc:
@@ -265,14 +316,15 @@ def _torchvision_mnist(cfg: DictConfig, device) -> Data:
         return data.reshape(data.shape[0], -1), targets.long()
 
     x, y = read(train=True)
-    classes = list(MNIST_CLASSES[cfg.name])
+    classes = list(MNIST_CLASSES[kind])
     return _finish(cfg, x, y, 1, (1, 28, 28), classes, device, lambda: read(train=False),
                    {"name": cfg.name, "root": str(root)})
 
 
 # --------------------------------------------------------------------------- scikit-learn digits
 
-def _digits(cfg: DictConfig, device) -> Data:
+@loader(num_classes=10)
+def load_digits(cfg: DictConfig, device) -> Data:
     from sklearn.datasets import load_digits
 
     bunch = load_digits()
@@ -300,7 +352,8 @@ def make_xor(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Te
     return x, y
 
 
-def _xor(cfg: DictConfig, device) -> Data:
+@loader(num_classes=2, images=False)
+def load_xor(cfg: DictConfig, device) -> Data:
     g = torch.Generator().manual_seed(int(cfg.split_seed))
     x_tr, y_tr = make_xor(int(cfg.n_train), float(cfg.noise), g)
     x_va, y_va = make_xor(int(cfg.n_val), float(cfg.noise), g)
@@ -371,7 +424,16 @@ def read_image_csv(csv_path: Path, image_dir: Path) -> tuple[list[Path], list[in
     return paths, labels
 
 
-def _image_csv(cfg: DictConfig, device) -> Data:
+def _image_csv_readable(ds: DictConfig) -> None:
+    csv_path = Path(str(ds.csv)).expanduser()
+    image_dir = Path(str(ds.image_dir)).expanduser() if ds.get("image_dir") else csv_path.parent
+    if ds.get("image_dir") and not image_dir.is_dir():
+        raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
+    read_image_csv(csv_path, image_dir)
+
+
+@loader(preflight=_image_csv_readable)
+def load_image_csv(cfg: DictConfig, device) -> Data:
     csv_path = Path(str(cfg.csv)).expanduser()
     image_dir = Path(str(cfg.image_dir)).expanduser() if cfg.get("image_dir") else csv_path.parent
     paths, labels = read_image_csv(csv_path, image_dir)
@@ -423,7 +485,15 @@ def _image_folder_dataset(folder: Path):
     return _VisibleImageFolder(str(folder), is_valid_file=lambda p: p.lower().endswith(IMAGE_EXTENSIONS))
 
 
-def _image_folder(cfg: DictConfig, device) -> Data:
+def _image_folder_present(ds: DictConfig) -> None:
+    image_dir = Path(str(ds.image_dir)).expanduser()
+    if not image_dir.is_dir():
+        raise DatasetError(f"dataset.image_dir: folder not found: {image_dir} "
+                           "(expected one subfolder of images per class)")
+
+
+@loader(preflight=_image_folder_present)
+def load_image_folder(cfg: DictConfig, device) -> Data:
     image_dir = Path(str(cfg.image_dir)).expanduser()
     if not image_dir.is_dir():
         raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
@@ -479,29 +549,20 @@ def _image_folder(cfg: DictConfig, device) -> Data:
                 load_test=load_test_stream if load_test else None, info={**info, "streamed": True})
 
 
-LOADERS = {
-    "mnist": _torchvision_mnist,
-    "fashion_mnist": _torchvision_mnist,
-    "digits": _digits,
-    "xor": _xor,
-    "image_csv": _image_csv,
-    "image_folder": _image_folder,
-}
-
-
 def load_data(cfg: DictConfig, device, meanwhile: Callable[[], object] | None = None) -> Data:
-    """Build the dataset named by cfg.name (already validated) on `device`.
+    """Build the dataset whose loader cfg._target_ names (already validated) on `device`.
 
     `meanwhile`, if given, runs in this thread while the data loads in a helper thread: file
     reads and tensor operations release the GIL, so other start-up work overlaps them. An error
     of the loader is raised here, in the caller's thread."""
+    load = resolve_loader(cfg)
     if meanwhile is None:
-        return LOADERS[cfg.name](cfg, torch.device(device))
+        return load(cfg, torch.device(device))
     box: dict = {}
 
     def work():
         try:
-            box["data"] = LOADERS[cfg.name](cfg, torch.device(device))
+            box["data"] = load(cfg, torch.device(device))
         except BaseException as exc:  # handed to the caller's thread below
             box["error"] = exc
 

@@ -6,15 +6,10 @@ from collections.abc import Sequence
 
 from torch import nn
 
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    "leaky_relu": nn.LeakyReLU,
-    "elu": nn.ELU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-}
+from . import schema
+
+# the names are declared once, with the config schema; here they become torch.nn classes
+ACTIVATIONS = {name: getattr(nn, cls) for name, cls in schema.ACTIVATIONS.items()}
 
 
 class MLP(nn.Sequential):

@@ -26,6 +26,7 @@ from .data import Data, load_data
 from .errors import CheckpointError, ConfigError, DivergenceError, Interrupted, MlprunError
 from .models import count_parameters, summary_rows
 from .results import ResultsFile, print_summary, read_results
+from .schema import option_label
 from .train import StopFlag, Trainer
 
 log = logging.getLogger("mlprunner")
@@ -75,13 +76,14 @@ def hparams_of(cfg: DictConfig) -> dict:
         "dataset": "dataset.name", "model.hidden": "model.hidden", "model.activation": "model.activation",
         "model.dropout": "model.dropout", "model.batchnorm": "model.batchnorm",
         "optim": "optim._target_", "optim.lr": "optim.lr", "optim.weight_decay": "optim.weight_decay",
-        "optim.momentum": "optim.momentum", "scheduler": "scheduler.name", "loss": "loss.name",
+        "optim.momentum": "optim.momentum", "scheduler": "scheduler", "loss": "loss",
         "trainer.batch_size": "trainer.batch_size", "trainer.epochs": "trainer.epochs",
         "trainer.seed": "trainer.seed",
     }
     out = {}
     for name, key in keys.items():
-        value = OmegaConf.select(cfg, key)
+        # scheduler/loss: the option their _target_ comes from (no name key; scheduler=none has none)
+        value = option_label(cfg[name], name) if name in ("scheduler", "loss") else OmegaConf.select(cfg, key)
         if value is None:
             continue
         if not isinstance(value, (int, float, str, bool)):
@@ -215,7 +217,7 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         # importing it while the data loads takes ~0.1 s off the start-up (measured)
         warm = None if "torch._dynamo" in sys.modules else _import_torch_dynamo
         data = load_data(cfg.dataset, device, meanwhile=warm)
-        check_loss_fits(cfg.loss.name, data.num_classes)
+        check_loss_fits(cfg.loss, data.num_classes)
         loss = Loss(cfg.loss, data.num_classes)
         model = build_model(cfg, data, loss, device)
         optimizer = build_optimizer(cfg.optim, model, device)

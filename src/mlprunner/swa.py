@@ -10,44 +10,22 @@ checkpoint, so a resumed run averages exactly as an uninterrupted one.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
-from .errors import ConfigError
+from .config import swa_start_epoch
 from .models import has_batchnorm
-
-
-def start_epoch(value, epochs: int) -> int:
-    """`trainer.swa.start_epoch`: an epoch number (>= 1) or a fraction of trainer.epochs (< 1).
-
-    A fraction f means: the first floor(f * epochs) epochs train normally, SWA starts after them.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError("trainer.swa.start_epoch", value,
-                          f"an epoch number in [1, {epochs}] or a fraction in [0, 1)")
-    if value < 1:
-        return int(math.floor(value * epochs)) + 1
-    if value != int(value) or value > epochs:
-        raise ConfigError("trainer.swa.start_epoch", value,
-                          f"an epoch number in [1, {epochs}] (trainer.epochs) or a fraction in [0, 1)")
-    return int(value)
 
 
 class SWA:
     def __init__(self, cfg, model: torch.nn.Module, optimizer, epochs: int):
         self.model = model
         self.optimizer = optimizer
-        self.start = start_epoch(cfg.start_epoch, epochs)
+        # the values were checked by config.validate, before the run folder was made
+        self.start = swa_start_epoch(cfg.start_epoch, epochs)
         lr = cfg.get("lr")
-        if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
-            raise ConfigError("trainer.swa.lr", lr, "null (keep the optimizer's lr) or a number > 0")
         self.lr = None if lr is None else float(lr)
-        anneal = cfg.get("anneal_epochs", 0)
-        if isinstance(anneal, bool) or not isinstance(anneal, int) or anneal < 0:
-            raise ConfigError("trainer.swa.anneal_epochs", anneal, "an integer >= 0")
-        self.anneal_epochs = int(anneal)
+        self.anneal_epochs = int(cfg.get("anneal_epochs", 0))
         self.averaged = AveragedModel(model)
         self.scheduler: SWALR | None = None
 

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import CheckpointWriter, capture_rng, save_checkpoint
-from .components import Loss
+from .components import Loss, steps_on_metric
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
 from .errors import DivergenceError, Interrupted
@@ -373,7 +373,7 @@ class Trainer:
             raise DivergenceError(
                 f"loss became non-finite at epoch {epoch}, step {i - n + 1 + j} of {steps} "
                 f"(global step {self.state.step - n + 1 + j}); try a lower learning rate "
-                f"(optim.lr={self.cfg.optim.lr}) or set trainer.grad_clip")
+                f"(optim.lr={self.optimizer.defaults['lr']}) or set trainer.grad_clip")
         mean = float(losses.mean())
         if self.tb is not None:
             self.tb.step(self.state.step, {"Loss/train_step": mean,
@@ -419,7 +419,7 @@ class Trainer:
                 self.swa.end_epoch(epoch)  # add this epoch's weights to the average, SWALR step
             if not math.isfinite(train_m["loss"]):
                 raise DivergenceError(f"loss became non-finite during epoch {epoch}; "
-                                      f"try a lower learning rate (optim.lr={self.cfg.optim.lr})")
+                                      f"try a lower learning rate (optim.lr={self.optimizer.defaults['lr']})")
             t_val = time.perf_counter()
             val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
             lr = self.optimizer.param_groups[0]["lr"]
@@ -432,7 +432,7 @@ class Trainer:
             flat["lr"] = lr
             value = flat[self.monitor]
             if self.scheduler is not None and self.interval == "epoch" and not in_swa:
-                if self.cfg.scheduler.name == "plateau":
+                if steps_on_metric(self.scheduler):
                     self.scheduler.step(value)
                 else:
                     self.scheduler.step()
