@@ -10,6 +10,7 @@ import io
 import json
 import os
 import pickle
+import queue
 import random
 import re
 import tempfile
@@ -74,23 +75,35 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
+class Abandoned(Exception):
+    """A checkpoint write given up because the process is leaving at once (a second Ctrl-C)."""
+
+
+def save_checkpoint(path: Path, state: dict, abort: threading.Event | None = None) -> None:
+    """Write `state` to `path` atomically; when `abort` is set before the file is complete,
+    raise Abandoned and leave the old file as it was."""
     state = {"format": FORMAT, **state}
     delay = float(os.environ.get("MLPRUN_TEST_SLOW_CHECKPOINT") or 0)
 
     def write(fh):
         if not delay:
             torch.save(state, fh)
-            return
-        # Test hook (tests/test_resume.py): write half, pause, write the rest, so a test can
-        # observe the temp file and kill the process in the middle of a checkpoint write.
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        data = buf.getvalue()
-        fh.write(data[: len(data) // 2])
-        fh.flush()
-        time.sleep(delay)
-        fh.write(data[len(data) // 2:])
+        else:
+            # Test hook (tests/test_resume.py): write half, pause, write the rest, so a test can
+            # observe the temp file and kill the process in the middle of a checkpoint write.
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            data = buf.getvalue()
+            fh.write(data[: len(data) // 2])
+            fh.flush()
+            if abort is not None:
+                abort.wait(delay)
+            else:
+                time.sleep(delay)
+            if abort is None or not abort.is_set():
+                fh.write(data[len(data) // 2:])
+        if abort is not None and abort.is_set():
+            raise Abandoned(str(path))
 
     atomic_write_bytes(path, write)
 
@@ -107,42 +120,62 @@ def snapshot(obj):
     return obj
 
 
-class CheckpointWriter:
-    """Writes checkpoints in a background thread while training goes on.
+class BackgroundWriter:
+    """Writes a run's files (checkpoints, then results.json) in one background thread, in the
+    order they were submitted, while training goes on.
 
-    `save()` snapshots the state at once (so the files hold exactly this moment), then
-    serialises and fsyncs it in a thread; one write is in flight at a time, so `save()` first
-    waits for the previous one. A write that failed raises its error from the next `save()` or
-    `wait()`. Each file is still replaced atomically (atomic_write_bytes), and the thread is not
-    a daemon, so a normal exit finishes the write.
+    `save_checkpoint()` snapshots the state at once (so the files hold exactly this moment) and
+    queues its serialisation and fsync; it first waits for earlier writes, so at most one
+    checkpoint is in flight. `submit()` queues any other write to run after it -- results.json
+    goes this way, so it never claims an epoch whose last.pt is not on disk yet. A failed write
+    skips the ones queued after it and raises from the next `wait()` or `save_checkpoint()`.
+    Each file is still replaced atomically (atomic_write_bytes).
     """
 
     def __init__(self):
+        self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+        self._abort = threading.Event()
 
-    def save(self, paths, state: dict) -> None:
-        self.wait()
-        state = snapshot(state)
+    def submit(self, write) -> None:
+        if self._thread is None:
+            # a daemon, so a process that ends without wait() never hangs on it; the trainer
+            # waits at the end of fit() and on every error
+            self._thread = threading.Thread(target=self._work, name="mlprun-writer", daemon=True)
+            self._thread.start()
+        self._queue.put(write)
 
-        def work():
+    def _work(self) -> None:
+        while True:
+            write = self._queue.get()
             try:
-                for path in paths:
-                    save_checkpoint(path, state)
+                if self._error is None and not self._abort.is_set():
+                    write()
+            except Abandoned:
+                pass
             except BaseException as exc:  # handed to the training thread by wait()
                 self._error = exc
+            finally:
+                self._queue.task_done()
 
-        self._thread = threading.Thread(target=work, name="mlprun-checkpoint")
-        self._thread.start()
+    def save_checkpoint(self, paths, state: dict) -> None:
+        self.wait()
+        state = snapshot(state)
+        self.submit(lambda: [save_checkpoint(path, state, self._abort) for path in paths])
 
     def wait(self, raise_error: bool = True) -> None:
-        """Block until the write in flight is on disk; raise its error (when asked)."""
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        """Block until every queued write is on disk; raise the first error (when asked)."""
+        self._queue.join()
         error, self._error = self._error, None
         if error is not None and raise_error:
             raise error
+
+    def abandon(self) -> None:
+        """Give up the writes not yet on disk (their files stay as they were) and wait for the
+        thread to let go of them: for a process that must leave at once."""
+        self._abort.set()
+        self._queue.join()
 
 
 def _first_line(exc: BaseException) -> str:

@@ -276,15 +276,17 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
     startup_logged = []
 
     def on_epoch_end(tr: Trainer):
-        results.update(status="running", wall_s=elapsed(),
-                       **results.from_history(tr.state.history, tr.state.best_epoch))
+        fields = dict(status="running", wall_s=elapsed(),
+                      **results.from_history(list(tr.state.history), tr.state.best_epoch))
         if tr.first_step_at is not None and not startup_logged:
             from .profiling import process_start_time
 
             started = process_start_time()  # this process's start -> the end of its first step
             if started is not None:
-                results.update(startup_s=round(tr.first_step_at - started, 3))
+                fields["startup_s"] = round(tr.first_step_at - started, 3)
             startup_logged.append(True)
+        # after this epoch's checkpoints, so results.json never claims an epoch last.pt lacks
+        tr.after_checkpoint(lambda: results.update(**fields))
 
     trainer.on_epoch_end = on_epoch_end
     results.update(status="running", reason=None)

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import CheckpointWriter, capture_rng, save_checkpoint
+from .checkpoint import BackgroundWriter, capture_rng, save_checkpoint
 from .components import Loss, steps_on_metric
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
@@ -203,7 +203,9 @@ class Trainer:
         self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
         self.scaler = torch.amp.GradScaler(device.type) if precision == "fp16" and device.type == "cuda" else None
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.writer = CheckpointWriter()  # best.pt/last.pt are written while the next epoch trains
+        # best.pt/last.pt (and, through after_checkpoint, results.json) are written while the
+        # next epoch trains
+        self.writer = BackgroundWriter()
         self.swa = None  # stochastic weight averaging (trainer.swa), see swa.py
         if self.t.get("swa") is not None and self.t.swa.enabled:
             from .swa import SWA
@@ -268,6 +270,10 @@ class Trainer:
                                 stopped_early=still_stopped(es, self.t.early_stopping))
         if self.swa is not None and ckpt.get("swa") is not None:
             self.swa.load_state_dict(ckpt["swa"])
+
+    def after_checkpoint(self, write) -> None:
+        """Run `write()` in the background once the checkpoints saved so far are on disk."""
+        self.writer.submit(write)
 
     # ------------------------------------------------------------------ one epoch
     def _autocast(self):
@@ -398,8 +404,15 @@ class Trainer:
         with young_gc_only():
             try:
                 state = self._fit()
+            except KeyboardInterrupt:  # a second signal: leave at once, dropping the write in flight
+                self.writer.abandon()
+                raise
             except BaseException:
-                self.writer.wait(raise_error=False)  # the checkpoint in flight lands; this error wins
+                try:
+                    self.writer.wait(raise_error=False)  # the checkpoint in flight lands; this error wins
+                except KeyboardInterrupt:
+                    self.writer.abandon()
+                    raise
                 raise
             self.writer.wait()
             return state
@@ -454,7 +467,7 @@ class Trainer:
             if self.t.checkpoint.save_last:
                 paths.append(self.ckpt_dir / "last.pt")
             if paths:
-                self.writer.save(paths, self.checkpoint_state())
+                self.writer.save_checkpoint(paths, self.checkpoint_state())
             if self.progress:
                 self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
                 if s.stopped_early:
