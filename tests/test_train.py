@@ -236,7 +236,8 @@ def test_checkpoint_gives_identical_outputs_in_process(tmp_path):
     from mlprunner.components import Loss, build_optimizer, build_scheduler
     from mlprunner.config import register_resolvers, validate
     from mlprunner.data import load_data
-    from mlprunner.run import build_model, seed_everything
+    from mlprunner.device import seed_everything
+    from mlprunner.run import build_model
     from mlprunner.train import Trainer
 
     register_resolvers()

@@ -9,10 +9,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .errors import ConfigError
+from .data import MNIST_FOLDERS, read_image_csv
+from .device import resolve_device
+from .errors import ConfigError, DatasetError
 
 ACTIVATIONS = ("relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "silu")
 DATASETS = ("mnist", "fashion_mnist", "digits", "xor", "image_csv", "image_folder")
@@ -234,17 +237,9 @@ def preflight(cfg: DictConfig) -> None:
     The device must exist; dataset files that cannot be downloaded must be present; an image
     CSV must name existing files with integer labels. Failures are runtime errors (exit 1).
     """
-    from pathlib import Path
-
-    from .errors import DatasetError
-
-    from .run import resolve_device
-
     resolve_device(cfg.trainer.device)
     ds = cfg.dataset
     if ds.name in ("mnist", "fashion_mnist") and not ds.get("download", False):
-        from .data import MNIST_FOLDERS
-
         sub = MNIST_FOLDERS[ds.name]
         root = Path(str(ds.root)).expanduser()
         folder = root / sub / "raw"
@@ -256,8 +251,6 @@ def preflight(cfg: DictConfig) -> None:
                 f"or set MLPRUN_DATA or dataset.root to a folder holding {sub}/raw/, "
                 f"or allow dataset.download=true with internet access")
     elif ds.name == "image_csv":
-        from .data import read_image_csv
-
         csv_path = Path(str(ds.csv)).expanduser()
         image_dir = Path(str(ds.image_dir)).expanduser() if ds.get("image_dir") else csv_path.parent
         if ds.get("image_dir") and not image_dir.is_dir():

@@ -1,8 +1,5 @@
 """Errors that reach the user as one line, with the exit codes of the shared contract."""
 
-import contextlib
-import sys
-
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -60,17 +57,3 @@ class RunRefused(BaseException):
     def __init__(self, error: BaseException):
         super().__init__(str(error))
         self.error = error
-
-
-@contextlib.contextmanager
-def one_line_errors(prog: str):
-    """The body of a console tool (mlprun-eval, mlprun-predict): any exception leaves as one
-    error line on stderr with the contract's exit code (cli.report); SystemExit passes through."""
-    try:
-        yield
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        from .cli import report
-
-        sys.exit(report(exc, prog=prog))

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from . import sweep
+from .config import preflight, validate
 from .errors import ConfigError, RunRefused
+from .report import ReportError, build_report, collect
+from .results import read_results
+
+log = logging.getLogger("mlprunner")
 
 
 def job_config(config: DictConfig) -> DictConfig:
@@ -18,8 +26,6 @@ def job_config(config: DictConfig) -> DictConfig:
 def existing_run(folder: Path) -> str | None:
     """Describe the run already in `folder`, or None when a new run may start there."""
     if (folder / "results.json").is_file():
-        from .results import read_results
-
         status = (read_results(folder) or {}).get("status", "unknown")
         return f"a run ({status})"
     if (folder / "checkpoints").is_dir() or (folder / "tensorboard").is_dir():
@@ -42,8 +48,6 @@ class RunGuard(Callback):
 
     @staticmethod
     def _check(config: DictConfig) -> None:
-        from .config import preflight, validate
-
         job = job_config(config)
         validate(job)
         folder = Path(str(config.hydra.run.dir))
@@ -66,18 +70,10 @@ class SweepSummary(Callback):
         self.started = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        import time
-
         self.started = time.time()
         Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        import logging
-
-        from . import sweep
-        from .report import ReportError, build_report, collect
-
-        log = logging.getLogger("mlprunner")
         folder = Path(str(config.hydra.sweep.dir))
         try:
             jobs, keys = collect(folder)

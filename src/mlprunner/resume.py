@@ -16,7 +16,12 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from .checkpoint import check_config_targets, load_checkpoint
+from .config import validate
 from .errors import CheckpointError, ConfigError
+from .results import read_results
+from .run import _lock_run_dir, run
+from .train import still_stopped
 
 log = logging.getLogger("mlprunner")
 
@@ -145,11 +150,6 @@ def _setup_logging(run_dir: Path) -> None:
 
 def _restart(run_dir: Path, overrides: list[str]) -> int:
     """A run killed before its first checkpoint: start it again, in place, from its saved config."""
-    from .checkpoint import check_config_targets
-    from .config import validate
-    from .results import read_results
-    from .run import _lock_run_dir, run
-
     cfg_path = run_dir / ".hydra" / "config.yaml"
     try:
         cfg = OmegaConf.load(cfg_path)
@@ -184,8 +184,6 @@ def resume_main(args: list[str]) -> int:
     run_dir, ckpt_path = locate(arg)
     if ckpt_path is None:
         return _restart(run_dir, overrides)
-    from .checkpoint import check_config_targets, load_checkpoint
-
     ckpt = load_checkpoint(ckpt_path)
     check_resumable(ckpt, ckpt_path)
     check_config_targets(ckpt["config"], ckpt_path)
@@ -195,15 +193,10 @@ def resume_main(args: list[str]) -> int:
             f"<run dir>/checkpoints/<name>.pt; give the run folder instead"))
     cfg = apply_overrides(OmegaConf.create(ckpt["config"]), overrides)
     cfg.resume = None
-    from .config import validate
-    from .results import read_results
-
     validate(cfg)
     prior = read_results(run_dir) or {}
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
-    from .train import still_stopped
-
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
     stopped = still_stopped(ckpt.get("early_stopping") or {}, cfg.trainer.early_stopping)
     if prior.get("status") == "completed" and prior.get("epochs_completed") == done and (done >= epochs or stopped):
@@ -212,8 +205,6 @@ def resume_main(args: list[str]) -> int:
             else "raise trainer.epochs"
         print(f"mlprun: run {run_dir} already {why}; nothing to do ({hint} to train longer)", flush=True)
         return 0
-    from .run import _lock_run_dir, run
-
     _lock_run_dir(run_dir)  # refuse before writing anything if another process trains here
     _remove_stale_temps(run_dir)
     _setup_logging(run_dir)

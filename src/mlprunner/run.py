@@ -6,62 +6,39 @@ Each step is a plain function so tests can call any of them alone; `run()` chain
 from __future__ import annotations
 
 import logging
-import os
-import random
+import shlex
 import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .augment import build_augment
 from .checkpoint import load_checkpoint, restore_rng
 from .components import Loss, build_optimizer, build_scheduler
 from .config import check_loss_fits, validate
 from .data import Data, load_data
+from .device import resolve_device, seed_everything
 from .errors import CheckpointError, ConfigError, DivergenceError, Interrupted, MlprunError
+from .evaluate import evaluate_test
 from .models import count_parameters, summary_rows
+from .plots import learning_curves
+from .profiling import process_start_time
+from .progress import Progress
 from .results import ResultsFile, print_summary, read_results
+from .tblog import TensorBoardLogger
 from .train import StopFlag, Trainer
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: run folders are not locked
+    fcntl = None
+
 log = logging.getLogger("mlprunner")
-
-
-def resolve_device(name: str) -> torch.device:
-    name = str(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MlprunError(f"trainer.device={name}: CUDA is not available on this machine; "
-                              "allowed here: auto, cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise MlprunError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MlprunError("trainer.device=mps: MPS is not available on this machine; allowed here: auto, cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.are_deterministic_algorithms_enabled():
-        # only when needed: use_deterministic_algorithms imports torch._inductor (~1.5 s)
-        torch.use_deterministic_algorithms(False)
 
 
 def build_model(cfg: DictConfig, data: Data, loss: Loss, device: torch.device) -> torch.nn.Module:
@@ -131,8 +108,6 @@ class _Signals:
 
 
 def resume_command(run_dir: Path) -> str:
-    import shlex
-
     return f"mlprun resume={shlex.quote(str(Path(run_dir).resolve()))}"
 
 
@@ -156,9 +131,7 @@ def _lock_run_dir(run_dir: Path):
     The lock lasts until this process ends (the kernel drops it even on SIGKILL) or starts
     another run.
     """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
+    if fcntl is None:
         return None
     key = str(run_dir.resolve())
     if key in _LOCKS:  # this process holds it already (resume takes it before run() does)
@@ -221,8 +194,6 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         optimizer = build_optimizer(cfg.optim, model, device)
         scheduler, interval = build_scheduler(cfg.scheduler, optimizer, int(cfg.trainer.epochs),
                                               data.train.num_batches(int(cfg.trainer.batch_size)))
-        from .augment import build_augment
-
         augment = build_augment(cfg.dataset, data)  # None unless dataset.augment.enabled
     except ConfigError:
         raise
@@ -235,8 +206,6 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
     log.info(f"run directory: {run_dir}")
     log.info(f"data: {data.describe()}; device: {device}")
     log_model_summary(model, data)
-
-    from .progress import Progress
 
     progress = Progress(cfg.trainer.progress, int(cfg.trainer.epochs),
                         data.train.num_batches(int(cfg.trainer.batch_size)), int(cfg.trainer.batch_size))
@@ -258,8 +227,6 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
 
     tb = None
     if cfg.trainer.tensorboard.enabled:
-        from .tblog import TensorBoardLogger
-
         tb = TensorBoardLogger(run_dir / "tensorboard", resume_epoch=trainer.state.epoch,
                                resume_step=trainer.state.step,
                                histograms=bool(cfg.trainer.tensorboard.histograms))
@@ -277,8 +244,6 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         results.update(status="running", wall_s=elapsed(),
                        **results.from_history(tr.state.history, tr.state.best_epoch))
         if tr.first_step_at is not None and not startup_logged:
-            from .profiling import process_start_time
-
             started = process_start_time()  # this process's start -> the end of its first step
             if started is not None:
                 results.update(startup_s=round(tr.first_step_at - started, 3))
@@ -316,8 +281,6 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
     if trainer.swa_result is not None:
         results.data["swa"] = trainer.swa_result
     if cfg.get("eval") is not None and cfg.eval.test:
-        from .evaluate import evaluate_test
-
         try:
             results.data["test"] = evaluate_test(cfg, run_dir, trainer, tb)
         except MlprunError as exc:  # training is done and saved; only the test evaluation failed
@@ -333,8 +296,6 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
                    "hparam/test_error": (results.data.get("test") or {}).get("error")}
         tb.scalars({k: v for k, v in metrics.items() if v is not None}, state.epoch)
         tb.close()
-    from .plots import learning_curves
-
     learning_curves(state.history, run_dir / "learning_curves.png",
                     title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}")
     results.update(status="completed", reason=None, wall_s=elapsed())

@@ -15,7 +15,14 @@ import os
 import shutil
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .checkpoint import atomic_write_json
+from .errors import EXIT_INTERRUPTED
+from .messages import describe_exception
+from .results import read_results
+from .run import run
 
 log = logging.getLogger("mlprunner")
 
@@ -61,9 +68,6 @@ def best_val_error(results: dict | None):
 
 def _record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
     """Make sure results.json says failed with the reason (run() may not have written it)."""
-    from .checkpoint import atomic_write_json
-    from .results import read_results
-
     data = read_results(run_dir) or {"epochs_completed": 0, "best": None, "last": None,
                                      "overrides": list(overrides), "run_dir": str(run_dir.resolve())}
     data["status"] = "failed"
@@ -83,13 +87,6 @@ def _clear_attempt(run_dir: Path) -> None:
 
 def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
     """Run one job of a multirun; return its objective (best validation error) or None if it failed."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from .cli import describe_exception
-    from .errors import EXIT_INTERRUPTED
-    from .results import read_results
-    from .run import run
-
     run_dir = Path(run_dir)
     label = f"job {run_dir.name}"
     prior = read_results(run_dir)

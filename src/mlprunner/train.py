@@ -21,6 +21,8 @@ from .checkpoint import capture_rng, save_checkpoint
 from .components import Loss
 from .data import Data
 from .errors import DivergenceError, Interrupted
+from .profiling import make_profiler
+from .swa import SWA
 
 BETTER = {"min": lambda new, best, d: new < best - d, "max": lambda new, best, d: new > best + d}
 
@@ -157,8 +159,6 @@ class Trainer:
             self.monitor, self.mode = "train/loss", "min"
         self.train_metrics = Metrics(data.num_classes, device)
         self.val_metrics = Metrics(data.num_classes, device)
-        from .profiling import make_profiler
-
         self.profiler = make_profiler(bool(self.t.get("profile", False)), self.run_dir, device)
         self.first_step_at = None  # time.time() when the first training step of this process ended
         precision = self.t.precision
@@ -167,8 +167,6 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.swa = None  # stochastic weight averaging (trainer.swa), see swa.py
         if self.t.get("swa") is not None and self.t.swa.enabled:
-            from .swa import SWA
-
             self.swa = SWA(self.t.swa, model, optimizer, int(self.t.epochs))
         self.swa_result = None
 
