@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
+from .build import build_model
 from .checkpoint import check_config_targets, load_checkpoint
 from .components import Loss
 from .data import load_data
@@ -22,6 +22,7 @@ from .device import resolve_device
 from .errors import CheckpointError, ConfigError
 from .plots import confusion_figure, save_figure
 from .results import wilson_interval
+from .runs import checkpoint_file, locate_checkpoint, merge_overrides
 
 log = logging.getLogger("mlprunner")
 
@@ -110,7 +111,7 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
         which = "swa"  # the averaged model is what SWA produces
     elif which == "best" and data.val is None:
         which = "last"  # no validation set: best means last
-    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
+    path = checkpoint_file(run_dir, which)
     epoch = trainer.state.epoch
     if path.is_file():
         ckpt = load_checkpoint(path)
@@ -151,34 +152,6 @@ class Loaded:
         return self.ckpt.get("data") or {}
 
 
-def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | None, Path, str]:
-    """(run dir or None, checkpoint file, its name) for a run directory or a checkpoint file."""
-    path = Path(target).expanduser()
-    if path.is_dir():
-        ckdir = path / "checkpoints"
-        if not ckdir.is_dir():
-            raise ConfigError("run", target, message=(
-                f"{target}: not an mlprun run directory (no checkpoints/ folder); "
-                f"give a run directory or a .pt checkpoint"))
-        if which is None:
-            order = ["swa", "best", "last"]
-        else:
-            order = [which]
-        for name in order:
-            if (ckdir / f"{name}.pt").is_file():
-                return path, ckdir / f"{name}.pt", name
-        raise ConfigError("--checkpoint", which, message=(
-            f"{target}: no checkpoints/{which or 'best'}.pt in this run; "
-            f"present: {', '.join(sorted(p.stem for p in ckdir.glob('*.pt'))) or 'none'}"))
-    if path.is_file():
-        if which is not None:
-            raise ConfigError("--checkpoint", which, message=(
-                f"--checkpoint {which} applies to a run directory; {target} is already a checkpoint file"))
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-        return run_dir, path, path.stem
-    raise ConfigError("run", target, message=f"{target}: no such run directory or checkpoint file")
-
-
 # Keys that may be overridden on an existing run: where the data lives, not how it was prepared.
 EVAL_OVERRIDES = ("dataset.root", "dataset.download", "dataset.test_csv", "dataset.test_dir",
                   "dataset.csv", "dataset.image_dir")
@@ -195,14 +168,13 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
         if not eq or key not in EVAL_OVERRIDES:
             raise ConfigError(key, message=(f"{item}: cannot be overridden when evaluating a saved run; "
                                             f"allowed: {', '.join(k + '=...' for k in EVAL_OVERRIDES)}"))
-    if overrides:
-        cfg.merge_with(OmegaConf.from_dotlist(list(overrides)))
+    merge_overrides(cfg, overrides, strict=False)
     info = ckpt.get("data") or {}
     if "num_classes" not in info or "num_features" not in info:
         raise CheckpointError(f"{path} has no data block (num_features/num_classes); it predates mlprun-eval")
     dev = resolve_device(device)
     loss = Loss(cfg.loss, int(info["num_classes"]))
-    model = instantiate(cfg.model, in_features=int(info["num_features"]), out_features=loss.out_features)
+    model = build_model(cfg.model, int(info["num_features"]), loss, torch.device("cpu"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:

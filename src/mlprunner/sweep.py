@@ -23,6 +23,7 @@ from .errors import EXIT_INTERRUPTED
 from .messages import describe_exception
 from .results import read_results
 from .run import run
+from .runs import checkpoint_file
 
 log = logging.getLogger("mlprunner")
 
@@ -94,7 +95,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
     if status == "completed":
         log.info(f"{label} already completed (best val error {best_val_error(prior)}): skipped")
         return best_val_error(prior)
-    last = run_dir / "checkpoints" / "last.pt"
+    last = checkpoint_file(run_dir, "last")
     resume_from = None
     if status in ("interrupted", "running") and last.is_file():
         resume_from = last
