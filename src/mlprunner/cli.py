@@ -21,7 +21,7 @@ from omegaconf import DictConfig
 
 from .checkpoint import atomic_write_json
 from .config import register_resolvers
-from .errors import ConfigError
+from .errors import EXIT_OK, EXIT_RUNTIME, ConfigError, SweepFailed
 from .evaluate import (CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line,
                        write_figures)
 from .messages import one_line_errors, report
@@ -29,7 +29,7 @@ from .predict import find_images, predict, prepare
 from .report import ReportError, build_report
 from .resume import resume_main
 from .run import run
-from .sweep import run_sweep_job, sweep_exit_code
+from .sweep import run_sweep_job
 
 log = logging.getLogger("mlprunner")
 
@@ -64,9 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         hydra_app()
     except SystemExit:
         raise
+    except SweepFailed:  # SweepSummary has logged which jobs failed
+        sys.exit(EXIT_RUNTIME)
     except BaseException as exc:
         sys.exit(report(exc))
-    sys.exit(sweep_exit_code())
+    sys.exit(EXIT_OK)
 
 
 def eval_main(argv: list[str] | None = None) -> None:

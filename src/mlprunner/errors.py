@@ -57,3 +57,14 @@ class RunRefused(BaseException):
     def __init__(self, error: BaseException):
         super().__init__(str(error))
         self.error = error
+
+
+class SweepFailed(BaseException):
+    """Carries the failed jobs of a multirun from the callback that reads them back (at the end
+    of the sweep, in the parent process) out of Hydra to `mlprun`'s exit code 1. A
+    `BaseException` for the same reason as RunRefused: Hydra turns an `Exception` raised in a
+    callback into a warning."""
+
+    def __init__(self, failed: list[str]):
+        super().__init__(f"{len(failed)} job(s) failed")
+        self.failed = failed

@@ -4,8 +4,8 @@ Re-running the same sweep into the same folder skips jobs that completed, resume
 interrupted (from their last checkpoint) and retries jobs that failed (from scratch). A failing
 job is recorded in its results.json (status "failed" plus a one-line reason) and the other jobs
 go on. Jobs may run in other processes (joblib, submitit), so the outcome of the sweep is read
-back from the job folders by the parent process at the end (`hydra_callbacks.SweepSummary`),
-which stores it here for `mlprun`'s exit code.
+back from the job folders by the parent process at the end (`hydra_callbacks.SweepSummary`):
+a job failed in this invocation when its results.json was written during it and says failed.
 """
 
 from __future__ import annotations
@@ -26,10 +26,6 @@ from .run import run
 from .runs import checkpoint_file
 
 log = logging.getLogger("mlprunner")
-
-# Set in the parent process: by run_sweep_job for in-process launchers (basic) and by the
-# SweepSummary callback at the end of every multirun (all launchers).
-_failed_jobs: list[str] = []
 
 def cores() -> int:
     try:
@@ -122,18 +118,33 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
             raise
         log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
         _record_failure(run_dir, overrides, message)
-        _failed_jobs.append(str(run_dir))
         # None: Optuna marks the trial failed (not a value); other sweepers ignore it.
         return None
     return best_val_error(results)
 
 
-def record_outcome(failed_dirs: list[str]) -> None:
-    """Called in the parent process at the end of a multirun with the jobs that failed in it."""
-    for d in failed_dirs:
-        if d not in _failed_jobs:
-            _failed_jobs.append(d)
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
-def sweep_exit_code() -> int:
-    return 1 if _failed_jobs else 0
+def results_stamps(folder: Path) -> dict[str, tuple]:
+    """An identity of every results.json under `folder` as it is now. Every write of results.json
+    replaces the file (atomic rename), so one written later has another stamp."""
+    return {str(p.resolve()): _stamp(p) for p in Path(folder).glob("**/results.json")}
+
+
+def failed_since(jobs: list[dict], before: dict[str, tuple]) -> list[str]:
+    """The folders of `jobs` (report.collect's) that say failed in a results.json written after
+    `before` (results_stamps at the start of the sweep): the jobs that failed in this sweep, not
+    those an earlier sweep into the same folder left."""
+    failed = []
+    for job in jobs:
+        path = (job["dir"] / "results.json").resolve()
+        stamp = _stamp(path)
+        if job["status"] == "failed" and stamp is not None and stamp != before.get(str(path)):
+            failed.append(str(job["dir"].resolve()))
+    return failed
