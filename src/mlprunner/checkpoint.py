@@ -6,6 +6,7 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -152,8 +153,6 @@ TARGETS = {
 
 
 def _base(dotted: str):
-    import importlib
-
     module, _, name = dotted.rpartition(".")
     obj = importlib.import_module(module)
     for part in name.split("."):
@@ -168,8 +167,6 @@ def _target_ok(group: str, target) -> bool:
     allowed_module, base = TARGETS[group]
     if module != allowed_module or not name.isidentifier():
         return False
-    import importlib
-
     obj = getattr(importlib.import_module(module), name, None)
     bases = (_base(base),)
     if group == "scheduler":  # ReduceLROnPlateau is no LRScheduler subclass in older torch

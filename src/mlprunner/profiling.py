@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile, schedule
 
 from .checkpoint import atomic_write_json
 
@@ -125,8 +126,6 @@ class StepProfiler:
 
     # ---------------------------------------------------------------- torch.profiler trace
     def _start_trace(self) -> None:
-        from torch.profiler import ProfilerActivity, profile, schedule
-
         activities = [ProfilerActivity.CPU]
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)

@@ -14,6 +14,10 @@ import math
 import re
 from pathlib import Path
 
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
 from .checkpoint import atomic_write_text
 from .plots import _plt
 from .results import read_results
@@ -64,8 +68,6 @@ def _read_overrides(job_dir: Path) -> list[str]:
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    from omegaconf import OmegaConf
-
     try:
         return [str(o) for o in OmegaConf.load(path)]
     except Exception:
@@ -203,9 +205,6 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
 
 
 def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     table = Table(title=f"sweep {folder}: {len(jobs)} jobs ({counts(jobs)})")
     for h in HEADERS:
@@ -298,7 +297,7 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
         ax.plot([h["epoch"] for h in hist], [100 * h["val"]["error"] for h in hist],
                 marker="o" if len(hist) < 30 else None, ms=3, lw=1.4 if rank < max_legend else 0.8,
                 alpha=1.0 if rank < max_legend else 0.4, label=label)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib (see plots._plt)
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="validation error (%)",
@@ -331,8 +330,6 @@ def build_report(folder: Path, console=None, show: bool = True, plots: bool = Tr
     csv_path = write_csv(jobs, keys, folder / "summary.csv")
     md_path = write_markdown(folder, jobs, keys, folder / "summary.md", made)
     if show:
-        from rich.console import Console
-
         if console is None:
             console = Console()
             if not console.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
