@@ -86,7 +86,7 @@ class Job:
 
     def __init__(self, args):
         from mlprunner.data import load_data
-        from mlprunner.run import resolve_device
+        from mlprunner.device import resolve_device
 
         self.args = args
         self.device = resolve_device(args.device)

@@ -236,11 +236,11 @@ def _fill(value: str, ctx: dict) -> str:
 
 
 def _inprocess(args, env, monkeypatch, capsys):
-    from mlprunner import cli
+    from mlprunner import cli, messages
 
     monkeypatch.setattr(sys, "argv", ["mlprun"])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # main() sets it; restored after the test
-    monkeypatch.setattr(cli, "_USER_FULL_ERROR", None)
+    monkeypatch.setattr(messages, "_USER_FULL_ERROR", None)
     monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -233,10 +233,9 @@ def test_checkpoint_gives_identical_outputs_in_process(tmp_path):
     """Train in-process, then a fresh model loaded from last.pt/best.pt gives the same logits."""
     from hydra import compose, initialize_config_module
 
-    from mlprunner.components import Loss, build_optimizer, build_scheduler
+    from mlprunner.build import build
     from mlprunner.config import register_resolvers, validate
-    from mlprunner.data import load_data
-    from mlprunner.run import build_model, seed_everything
+    from mlprunner.device import seed_everything
     from mlprunner.train import Trainer
 
     register_resolvers()
@@ -248,12 +247,10 @@ def test_checkpoint_gives_identical_outputs_in_process(tmp_path):
     validate(cfg)
     device = torch.device("cpu")
     seed_everything(0, False)
-    data = load_data(cfg.dataset, device)
-    loss = Loss(cfg.loss, data.num_classes)
-    model = build_model(cfg, data, loss, device)
-    opt = build_optimizer(cfg.optim, model, device)
-    sched, interval = build_scheduler(cfg.scheduler, opt, 3, data.train.num_batches(100))
-    trainer = Trainer(cfg, tmp_path, data, model, loss, opt, sched, interval, device)
+    p = build(cfg, device)  # the run's own pieces (augment included; off here)
+    data, loss, model = p.data, p.loss, p.model
+    trainer = Trainer(cfg, tmp_path, data, model, loss, p.optimizer, p.scheduler, p.interval, device,
+                      augment=p.augment)
     state = trainer.fit()
     assert state.epoch == 3
     x = data.val.x

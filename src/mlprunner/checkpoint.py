@@ -6,6 +6,7 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -237,8 +238,6 @@ TARGETS = {
 
 
 def _base(dotted: str):
-    import importlib
-
     module, _, name = dotted.rpartition(".")
     obj = importlib.import_module(module)
     for part in name.split("."):
@@ -253,8 +252,6 @@ def _target_ok(group: str, target) -> bool:
     allowed_module, base = TARGETS[group]
     if module != allowed_module or not name.isidentifier():
         return False
-    import importlib
-
     obj = getattr(importlib.import_module(module), name, None)
     if base is None:
         return callable(obj) and hasattr(obj, "dataset_facts")

@@ -1,4 +1,5 @@
-"""`mlprun`: a thin @hydra.main around `run.run()`, plus one-line error reporting.
+"""The console tools, on top of everything else: `mlprun` (a thin @hydra.main around
+`run.run()`; `resume=` and multirun jobs), `mlprun-eval`, `mlprun-predict` and `mlprun-report`.
 
 Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or arguments,
 130 interrupted. Tracebacks only with MLPRUN_DEBUG=1 (or HYDRA_FULL_ERROR=1 set by the user).
@@ -6,212 +7,40 @@ Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or arguments,
 
 from __future__ import annotations
 
+import argparse
+import csv
 import logging
 import os
-import re
 import sys
-import traceback
 from pathlib import Path
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from .checkpoint import atomic_write_json
 from .config import register_resolvers
-from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused
-from .schema import GROUPS
+from .errors import EXIT_OK, EXIT_RUNTIME, ConfigError, SweepFailed
+from .evaluate import (CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line,
+                       write_figures)
+from .messages import one_line_errors, report
+from .predict import find_images, predict, prepare
+from .report import ReportError, build_report
+from .resume import resume_main
+from .run import run
+from .sweep import run_sweep_job
 
 log = logging.getLogger("mlprunner")
-_USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR")
-
-
-def debug_enabled() -> bool:
-    return os.environ.get("MLPRUN_DEBUG", "") not in ("", "0") or _USER_FULL_ERROR == "1"
-
-
-def _first_line(text: str) -> str:
-    for line in str(text).splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
-
-
-def _cli_args() -> list[str]:
-    return [a for a in sys.argv[1:] if not a.startswith("-")]
-
-
-def _composed_keys(hydra_keys: bool = False) -> list[str]:
-    """Every dotted key of the config the command line selects (its group choices only)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import DictConfig as _Dict
-
-    choices = []
-    for a in _cli_args():
-        key, eq, _ = a.partition("=")
-        if eq and "." not in key and key.lstrip("+~") in GROUPS:
-            choices.append(a)
-    register_resolvers()
-    cfg = None
-    for overrides in (choices, []):
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_module("mlprunner.configs", version_base="1.3"):
-                cfg = compose("config", overrides=overrides, return_hydra_config=hydra_keys)
-            break
-        except Exception:
-            continue
-        finally:
-            GlobalHydra.instance().clear()
-    if cfg is None:
-        return []
-    keys: list[str] = []
-
-    def walk(node, prefix):
-        for k in node.keys():
-            full = f"{prefix}{k}"
-            keys.append(full)
-            child = node._get_node(k)
-            if isinstance(child, _Dict):
-                walk(child, full + ".")
-
-    walk(cfg, "")
-    return keys
-
-
-def suggest_key(key: str) -> str:
-    """'; did you mean X?' (closest existing keys by difflib) or the keys beside `key`."""
-    import difflib
-
-    try:
-        keys = _composed_keys(hydra_keys=key.startswith("hydra."))
-    except Exception:  # a suggestion is a courtesy; never fail the error report itself
-        return ""
-    if not keys:
-        return ""
-    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.75)
-    if close:
-        return f"; did you mean {' or '.join(close)}?"
-    parent = key.rpartition(".")[0]
-    siblings = [k.rpartition(".")[2] for k in keys
-                if k.rpartition(".")[0] == parent and k.rpartition(".")[2][:1] != "_"]
-    if parent and siblings:
-        return f"; keys in {parent}: {', '.join(siblings)}"
-    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.5)
-    return f"; did you mean {' or '.join(close)}?" if close else ""
-
-
-def _bad_override() -> str | None:
-    """The first command-line override Hydra's grammar rejects."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parser = OverridesParser.create()
-    for a in _cli_args():
-        try:
-            parser.parse_override(a)
-        except Exception:
-            return a
-    return None
-
-
-def describe_exception(exc: BaseException) -> tuple[int, str]:
-    """Map any exception to (exit code, one-line message)."""
-    if isinstance(exc, RunRefused):
-        exc = exc.error
-    if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, "interrupted"
-    if isinstance(exc, MlprunError):
-        return exc.exit_code, _first_line(str(exc))
-    from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
-    from omegaconf.errors import OmegaConfBaseException
-
-    text = str(exc)
-    if isinstance(exc, MissingConfigException):
-        m = re.search(r"Could not find '([^']+)'", text)
-        lines = text.splitlines()
-        options = []
-        if any(ln.startswith("Available options") for ln in lines):
-            at = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
-            for ln in lines[at + 1:]:
-                if not ln.startswith("\t"):
-                    break
-                options.append(ln.strip())
-        if m and "/" in m.group(1):
-            group, _, option = m.group(1).rpartition("/")
-            group = group.strip("/")
-            msg = f"{group}={option}: no such option in config group '{group}'"
-            if options:
-                import difflib
-
-                close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
-                msg += f"; available: {', '.join(options)}" + (f" (did you mean {group}={close[0]}?)" if close else "")
-            return EXIT_CONFIG, msg
-        return EXIT_CONFIG, _first_line(text)
-    if isinstance(exc, OverrideParseException):
-        m = re.search(r"Error parsing override '([^']*)'", text)
-        what = m.group(1) if m else _bad_override()
-        detail = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Error parsing")
-                  and not ln.startswith("See https")]
-        reason = detail[0] if detail else "invalid syntax"
-        if what:
-            return EXIT_CONFIG, (f"cannot parse override '{what}': {reason}; overrides look like "
-                                 f"key=value, e.g. trainer.epochs=5 or model.hidden=[500,300]")
-        return EXIT_CONFIG, f"cannot parse the command line: {reason}"
-    if isinstance(exc, (ConfigCompositionException, HydraException, OmegaConfBaseException)):
-        m = re.search(r"Could not override '([^']+)'", text)
-        cause = exc.__cause__
-        if m:
-            key = m.group(1)
-            reason = _first_line(str(cause)) if cause else _first_line(text)
-            if "not in struct" in reason or "Key '" in reason:
-                if "." not in key:
-                    return EXIT_CONFIG, (f"{key}: no such config key or group{suggest_key(key)} "
-                                         f"(groups: {', '.join(GROUPS)})")
-                return EXIT_CONFIG, (f"{key}: no such config key{suggest_key(key)} (list the keys with "
-                                     f"`mlprun --cfg job`; add a new key with +{key}=...)")
-            return EXIT_CONFIG, f"{key}: {reason}"
-        m = re.search(r"Ambiguous value for argument '([^']+)'", text)
-        if m:
-            return EXIT_CONFIG, (f"ambiguous override '{m.group(1)}': to sweep over the values add "
-                                 f"--multirun (-m); for a list write key=[a,b]; for a string quote it")
-        m = re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
-        if m:
-            return EXIT_CONFIG, f"+{m.group(1)}: the key already exists; override it without '+'"
-        m = re.search(r"Could not delete from config\. '([^']+)' does not exist", text)
-        if m:
-            return EXIT_CONFIG, f"~{m.group(1)}: no such config key to delete{suggest_key(m.group(1))}"
-        msg = _first_line(text)
-        if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) not in msg:
-            msg += f": {_first_line(str(cause))}"
-        return EXIT_CONFIG, msg
-    name = type(exc).__name__
-    return EXIT_RUNTIME, f"unexpected {name}: {_first_line(text)} (run with MLPRUN_DEBUG=1 for the traceback)"
-
-
-def report(exc: BaseException, prog: str = "mlprun") -> int:
-    """Print the one-line error (and the traceback when asked); return the exit code."""
-    code, message = describe_exception(exc)
-    inner = exc.error if isinstance(exc, RunRefused) else exc
-    if debug_enabled() and not isinstance(inner, KeyboardInterrupt):
-        traceback.print_exception(type(inner), inner, inner.__traceback__, file=sys.stderr)
-    sys.stdout.flush()
-    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    return code
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mlprunner.configs", config_name="config")
 def hydra_app(cfg: DictConfig):
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
     if hc.mode == RunMode.MULTIRUN:
-        from .sweep import run_sweep_job
-
         return run_sweep_job(cfg, run_dir, overrides)
-    from .run import run
-
     try:
         results = run(cfg, run_dir, overrides=overrides)
     except BaseException as exc:  # single run: report in one line and exit with its code
@@ -231,17 +60,121 @@ def main(argv: list[str] | None = None) -> None:
     try:
         resume = [a for a in args if a.startswith("resume=") and a != "resume=null"]
         if resume:
-            from .resume import resume_main
-
             sys.exit(resume_main(args))
         hydra_app()
     except SystemExit:
         raise
+    except SweepFailed:  # SweepSummary has logged which jobs failed
+        sys.exit(EXIT_RUNTIME)
     except BaseException as exc:
         sys.exit(report(exc))
-    from .sweep import sweep_exit_code
+    sys.exit(EXIT_OK)
 
-    sys.exit(sweep_exit_code())
+
+def eval_main(argv: list[str] | None = None) -> None:
+    """`mlprun-eval <run dir | checkpoint> [--checkpoint best|last|swa] [dataset.root=...]`."""
+
+    parser = argparse.ArgumentParser(
+        prog="mlprun-eval",
+        description="Evaluate a trained mlprun run (or checkpoint) on its test set: error with a 95% "
+                    "Wilson confidence interval, loss, per-class error. results.json is never modified.")
+    parser.add_argument("target", help="a run directory or a checkpoint file (.pt)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help=f"where the data lives: {', '.join(EVAL_OVERRIDES)}")
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
+                        help="which checkpoint of a run directory (default: swa if present, else best, else last)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the test metrics to this JSON file")
+    parser.add_argument("--plot", type=Path, default=None, help="also write the confusion matrix to this PNG")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+    parser.add_argument("--batch-size", type=int, default=1000)
+    args = parser.parse_args(argv)
+    with one_line_errors("mlprun-eval"):  # one line, the contract's exit codes
+        loaded, m, split = evaluate_saved(args.target, args.checkpoint, args.overrides, args.device,
+                                          max(1, args.batch_size))
+        names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
+        print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
+        print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
+        worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e is not None), reverse=True)[:3]
+        print("per-class error: " + ", ".join(f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items()
+                                              if e is not None))
+        if worst:
+            print("hardest classes: " + ", ".join(f"{c} ({100 * e:.2f}%)" for e, c in worst))
+        if args.json is not None:
+            atomic_write_json(args.json, public_metrics(m))
+            print(f"wrote {args.json}")
+        if args.plot is not None:
+            write_figures(m, split.y, names, args.plot, title=f"{loaded.path.name}: {report_line(m)}")
+            print(f"wrote {args.plot}")
+    sys.exit(0)
+
+
+
+def predict_main(argv: list[str] | None = None) -> None:
+    """`mlprun-predict <run dir | checkpoint> <image files or folders> [--csv out.csv]`."""
+    parser = argparse.ArgumentParser(
+        prog="mlprun-predict",
+        description="Classify image files with a trained mlprun run: predicted class and top-k probabilities.")
+    parser.add_argument("target", help="a run directory or a checkpoint file (.pt)")
+    parser.add_argument("images", nargs="+", help="image files and/or folders of images")
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
+                        help="which checkpoint of a run directory (default: swa if present, else best, else last)")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the predictions to this CSV file")
+    parser.add_argument("--top", type=int, default=3, help="how many classes to list (default 3)")
+    parser.add_argument("--invert", action="store_true",
+                        help="invert intensities first (dark strokes on a light background -> MNIST style)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+    args = parser.parse_args(argv)
+    with one_line_errors("mlprun-predict"):  # one line, the contract's exit codes
+        loaded = load_run(args.target, args.checkpoint, device=args.device)
+        info = loaded.info
+        if not info.get("image_shape"):
+            raise ConfigError("target", args.target, message=(
+                f"{loaded.path}: the run's dataset ({loaded.cfg.dataset.name}) is not made of images; "
+                f"mlprun-predict needs a run trained on images"))
+        paths = find_images(args.images)
+        x = prepare(paths, info["image_shape"], info.get("mean"), info.get("std"), args.invert)
+        probs = predict(loaded, x)
+        names = list(info.get("class_names") or [str(i) for i in range(probs.shape[1])])
+        k = max(1, min(args.top, probs.shape[1]))
+        top_p, top_i = probs.topk(k, dim=1)
+        rows = []
+        width = max(len(str(p)) for p in paths)
+        for path, ps, idx in zip(paths, top_p.tolist(), top_i.tolist()):
+            label = names[idx[0]]
+            rows.append([str(path), label] + [v for i, p in zip(idx, ps) for v in (names[i], f"{p:.4f}")])
+            tops = ", ".join(f"{names[i]} {p:.3f}" for i, p in zip(idx, ps))
+            print(f"{str(path):<{width}}  {label:<12} top-{k}: {tops}")
+        if args.csv is not None:
+            header = ["path", "predicted"] + [h for j in range(1, k + 1) for h in (f"top{j}", f"p{j}")]
+            args.csv.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.csv, "w", newline="") as fh:
+                w = csv.writer(fh)
+                w.writerow(header)
+                w.writerows(rows)
+            print(f"wrote {args.csv} ({len(rows)} images)")
+    sys.exit(0)
+
+
+
+def report_main(argv: list[str] | None = None) -> None:
+    """`mlprun-report <folder> [--no-plots] [--quiet]`."""
+    parser = argparse.ArgumentParser(
+        prog="mlprun-report",
+        description="Rebuild summary.csv, summary.md and the plots of a sweep folder (or of a folder of runs).")
+    parser.add_argument("folder", help="a sweep folder (runs/multirun/<date>/<time>) or a folder of runs")
+    parser.add_argument("--no-plots", action="store_true", help="only the tables")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table")
+    args = parser.parse_args(argv)
+    try:
+        build_report(Path(args.folder), show=not args.quiet, plots=not args.no_plots)
+    except ReportError as exc:
+        print(f"mlprun-report: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        print(f"mlprun-report: error: {args.folder}: {exc.strerror or exc}", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(0)
+
 
 
 if __name__ == "__main__":

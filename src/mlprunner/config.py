@@ -12,6 +12,7 @@ import os
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf
 
+from .device import resolve_device
 from .errors import ConfigError
 from .schema import (LEGACY, REQUIRED_GROUPS, SCHEMA, check_value, component_class, option_label, options,
                      resolve_loader)
@@ -150,8 +151,6 @@ def preflight(cfg: DictConfig) -> None:
     that cannot be downloaded are present, an image CSV names existing files with integer
     labels). Failures are runtime errors (exit 1).
     """
-    from .run import resolve_device
-
     resolve_device(cfg.trainer.device)
     check = resolve_loader(cfg.dataset).dataset_facts.preflight
     if check is not None:

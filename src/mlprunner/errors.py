@@ -1,8 +1,5 @@
 """Errors that reach the user as one line, with the exit codes of the shared contract."""
 
-import contextlib
-import sys
-
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_CONFIG = 2
@@ -62,15 +59,12 @@ class RunRefused(BaseException):
         self.error = error
 
 
-@contextlib.contextmanager
-def one_line_errors(prog: str):
-    """The body of a console tool (mlprun-eval, mlprun-predict): any exception leaves as one
-    error line on stderr with the contract's exit code (cli.report); SystemExit passes through."""
-    try:
-        yield
-    except SystemExit:
-        raise
-    except BaseException as exc:
-        from .cli import report
+class SweepFailed(BaseException):
+    """Carries the failed jobs of a multirun from the callback that reads them back (at the end
+    of the sweep, in the parent process) out of Hydra to `mlprun`'s exit code 1. A
+    `BaseException` for the same reason as RunRefused: Hydra turns an `Exception` raised in a
+    callback into a warning."""
 
-        sys.exit(report(exc, prog=prog))
+    def __init__(self, failed: list[str]):
+        super().__init__(f"{len(failed)} job(s) failed")
+        self.failed = failed

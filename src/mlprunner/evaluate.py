@@ -7,17 +7,22 @@ data from the configuration and normalisation statistics saved in the checkpoint
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf, open_dict
 
-from .checkpoint import load_checkpoint
-from .errors import CheckpointError, ConfigError, one_line_errors
+from .build import build_model
+from .checkpoint import check_config_targets, load_checkpoint
+from .components import Loss
+from .data import load_data
+from .device import resolve_device
+from .errors import CheckpointError, ConfigError
+from .plots import confusion_figure, save_figure
 from .results import wilson_interval
+from .runs import checkpoint_file, locate_checkpoint, merge_overrides
 
 log = logging.getLogger("mlprunner")
 
@@ -76,8 +81,6 @@ def report_line(m: dict) -> str:
 def write_figures(m: dict, y: torch.Tensor, class_names, out_png: Path | None, tb=None, epoch: int = 0,
                   title: str = "") -> None:
     """confusion_matrix.png, and in TensorBoard the same figure plus one PR curve per class."""
-    from .plots import confusion_figure, save_figure
-
     fig = confusion_figure(m["confusion"], class_names, title=title or report_line(m))
     if out_png is not None:
         save_figure(fig, out_png, close=tb is None)
@@ -91,7 +94,7 @@ def write_figures(m: dict, y: torch.Tensor, class_names, out_png: Path | None, t
             tb.writer.flush()
 
 
-def _public(m: dict) -> dict:
+def public_metrics(m: dict) -> dict:
     return {k: v for k, v in m.items() if not k.startswith("_")}
 
 
@@ -108,7 +111,7 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
         which = "swa"  # the averaged model is what SWA produces
     elif which == "best" and data.val is None:
         which = "last"  # no validation set: best means last
-    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
+    path = checkpoint_file(run_dir, which)
     epoch = trainer.state.epoch
     if path.is_file():
         ckpt = load_checkpoint(path)
@@ -128,7 +131,7 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
                             f"error {100 * m['error']:.2f}%")
     except Exception as exc:  # a figure must never fail a finished run
         log.warning(f"could not write the confusion matrix figure: {exc}")
-    return _public(m)
+    return public_metrics(m)
 
 
 # --------------------------------------------------------------------------- existing runs
@@ -149,34 +152,6 @@ class Loaded:
         return self.ckpt.get("data") or {}
 
 
-def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | None, Path, str]:
-    """(run dir or None, checkpoint file, its name) for a run directory or a checkpoint file."""
-    path = Path(target).expanduser()
-    if path.is_dir():
-        ckdir = path / "checkpoints"
-        if not ckdir.is_dir():
-            raise ConfigError("run", target, message=(
-                f"{target}: not an mlprun run directory (no checkpoints/ folder); "
-                f"give a run directory or a .pt checkpoint"))
-        if which is None:
-            order = ["swa", "best", "last"]
-        else:
-            order = [which]
-        for name in order:
-            if (ckdir / f"{name}.pt").is_file():
-                return path, ckdir / f"{name}.pt", name
-        raise ConfigError("--checkpoint", which, message=(
-            f"{target}: no checkpoints/{which or 'best'}.pt in this run; "
-            f"present: {', '.join(sorted(p.stem for p in ckdir.glob('*.pt'))) or 'none'}"))
-    if path.is_file():
-        if which is not None:
-            raise ConfigError("--checkpoint", which, message=(
-                f"--checkpoint {which} applies to a run directory; {target} is already a checkpoint file"))
-        run_dir = path.parent.parent if path.parent.name == "checkpoints" else None
-        return run_dir, path, path.stem
-    raise ConfigError("run", target, message=f"{target}: no such run directory or checkpoint file")
-
-
 # Keys that may be overridden on an existing run: where the data lives, not how it was prepared.
 EVAL_OVERRIDES = ("dataset.root", "dataset.download", "dataset.test_csv", "dataset.test_dir",
                   "dataset.csv", "dataset.image_dir")
@@ -184,13 +159,6 @@ EVAL_OVERRIDES = ("dataset.root", "dataset.download", "dataset.test_csv", "datas
 
 def load_run(target: str, which: str | None = None, overrides=(), device: str = "auto") -> Loaded:
     """Rebuild the model of a run (or checkpoint) from its saved config and load the weights."""
-    from hydra.utils import instantiate
-    from omegaconf import OmegaConf
-
-    from .checkpoint import check_config_targets
-    from .components import Loss
-    from .run import resolve_device
-
     run_dir, path, name = locate_checkpoint(target, which)
     ckpt = load_checkpoint(path)
     check_config_targets(ckpt["config"], path)
@@ -200,14 +168,13 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
         if not eq or key not in EVAL_OVERRIDES:
             raise ConfigError(key, message=(f"{item}: cannot be overridden when evaluating a saved run; "
                                             f"allowed: {', '.join(k + '=...' for k in EVAL_OVERRIDES)}"))
-    if overrides:
-        cfg.merge_with(OmegaConf.from_dotlist(list(overrides)))
+    merge_overrides(cfg, overrides, strict=False)
     info = ckpt.get("data") or {}
     if "num_classes" not in info or "num_features" not in info:
         raise CheckpointError(f"{path} has no data block (num_features/num_classes); it predates mlprun-eval")
     dev = resolve_device(device)
     loss = Loss(cfg.loss, int(info["num_classes"]))
-    model = instantiate(cfg.model, in_features=int(info["num_features"]), out_features=loss.out_features)
+    model = build_model(cfg.model, int(info["num_features"]), loss, torch.device("cpu"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
@@ -218,10 +185,6 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
 
 def load_test_split(loaded: Loaded):
     """The run's test split, normalised with the statistics saved in the checkpoint."""
-    from omegaconf import open_dict
-
-    from .data import load_data
-
     cfg = loaded.cfg
     info = loaded.info
     with open_dict(cfg.dataset):
@@ -252,44 +215,7 @@ def evaluate_saved(target: str, which: str | None = None, overrides=(), device: 
     return loaded, m, split
 
 
-def main(argv: list[str] | None = None) -> None:
-    """`mlprun-eval <run dir | checkpoint> [--checkpoint best|last|swa] [dataset.root=...]`."""
+if __name__ == "__main__":  # python -m mlprunner.evaluate: the same as mlprun-eval
+    from .cli import eval_main
 
-    parser = argparse.ArgumentParser(
-        prog="mlprun-eval",
-        description="Evaluate a trained mlprun run (or checkpoint) on its test set: error with a 95% "
-                    "Wilson confidence interval, loss, per-class error. results.json is never modified.")
-    parser.add_argument("target", help="a run directory or a checkpoint file (.pt)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help=f"where the data lives: {', '.join(EVAL_OVERRIDES)}")
-    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
-                        help="which checkpoint of a run directory (default: swa if present, else best, else last)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the test metrics to this JSON file")
-    parser.add_argument("--plot", type=Path, default=None, help="also write the confusion matrix to this PNG")
-    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
-    parser.add_argument("--batch-size", type=int, default=1000)
-    args = parser.parse_args(argv)
-    with one_line_errors("mlprun-eval"):  # one line, the contract's exit codes
-        loaded, m, split = evaluate_saved(args.target, args.checkpoint, args.overrides, args.device,
-                                          max(1, args.batch_size))
-        names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
-        print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
-        print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
-        worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e is not None), reverse=True)[:3]
-        print("per-class error: " + ", ".join(f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items()
-                                              if e is not None))
-        if worst:
-            print("hardest classes: " + ", ".join(f"{c} ({100 * e:.2f}%)" for e, c in worst))
-        if args.json is not None:
-            from .checkpoint import atomic_write_json
-
-            atomic_write_json(args.json, _public(m))
-            print(f"wrote {args.json}")
-        if args.plot is not None:
-            write_figures(m, split.y, names, args.plot, title=f"{loaded.path.name}: {report_line(m)}")
-            print(f"wrote {args.plot}")
-    sys.exit(0)
-
-
-if __name__ == "__main__":
-    main()
+    eval_main()

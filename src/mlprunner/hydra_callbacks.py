@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .errors import ConfigError, RunRefused
+from .config import preflight, validate
+from .errors import ConfigError, RunRefused, SweepFailed
+from .report import ReportError, build_report, collect
+from .results import read_results
+from .sweep import failed_since, results_stamps
+
+log = logging.getLogger("mlprunner")
 
 
 def job_config(config: DictConfig) -> DictConfig:
@@ -18,8 +25,6 @@ def job_config(config: DictConfig) -> DictConfig:
 def existing_run(folder: Path) -> str | None:
     """Describe the run already in `folder`, or None when a new run may start there."""
     if (folder / "results.json").is_file():
-        from .results import read_results
-
         status = (read_results(folder) or {}).get("status", "unknown")
         return f"a run ({status})"
     if (folder / "checkpoints").is_dir() or (folder / "tensorboard").is_dir():
@@ -42,8 +47,6 @@ class RunGuard(Callback):
 
     @staticmethod
     def _check(config: DictConfig) -> None:
-        from .config import preflight, validate
-
         job = job_config(config)
         validate(job)
         folder = Path(str(config.hydra.run.dir))
@@ -58,43 +61,29 @@ class RunGuard(Callback):
 class SweepSummary(Callback):
     """In the parent process of a multirun: make the sweep folder first (Optuna keeps its sqlite
     study there), and at the end read every job's results.json back (jobs may have run in other
-    processes), write summary.csv/summary.md/plots, print the table, and tell `mlprun` which jobs
-    of this invocation failed so it exits non-zero."""
+    processes), write summary.csv/summary.md/plots, print the table, and tell `mlprun` (SweepFailed)
+    which jobs of this invocation failed so it exits non-zero."""
 
-    def __init__(self, slack_s: float = 2.0):
-        self.slack_s = slack_s
-        self.started = None
+    def __init__(self):
+        self.before: dict = {}  # results.json stamps when the sweep started (sweep.results_stamps)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        import time
-
-        self.started = time.time()
-        Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        folder = Path(str(config.hydra.sweep.dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        self.before = results_stamps(folder)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        import logging
-
-        from . import sweep
-        from .report import ReportError, build_report, collect
-
-        log = logging.getLogger("mlprunner")
         folder = Path(str(config.hydra.sweep.dir))
         try:
             jobs, keys = collect(folder)
         except ReportError as exc:
             log.warning(f"no sweep summary: {exc}")
             return
-        started = (self.started or 0.0) - self.slack_s
-        failed = []
-        for job in jobs:
-            results = job["dir"] / "results.json"
-            ran_now = results.is_file() and results.stat().st_mtime >= started
-            if ran_now and job["status"] == "failed":
-                failed.append(str(job["dir"].resolve()))
-        sweep.record_outcome(failed)
+        failed = failed_since(jobs, self.before)
         try:
             build_report(folder, collected=(jobs, keys))
         except Exception as exc:  # the table is a report: never lose the jobs' outcome over it
             log.error(f"could not write the sweep summary in {folder}: {type(exc).__name__}: {exc}")
         if failed:
             log.error(f"{len(failed)} job(s) failed in this sweep; see {folder / 'summary.md'}")
+            raise SweepFailed(failed)  # mlprun exits 1

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 
 def _plt():
+    # lazy: matplotlib takes ~0.5 s to import and is needed only once a figure is drawn
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,8 +58,6 @@ def save_figure(fig, path: Path, close: bool = True, dpi: int = 100) -> Path:
 
 def confusion_figure(confusion, class_names, title: str = ""):
     """A confusion matrix (rows: true class, columns: predicted) with counts, coloured by row share."""
-    import numpy as np
-
     plt = _plt()
     cm = np.asarray(confusion, dtype=np.int64)
     k = cm.shape[0]

@@ -12,10 +12,14 @@ When profiling is off the trainer uses `NullProfiler`, whose methods do nothing.
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
 import torch
+from torch.profiler import ProfilerActivity, profile, schedule
+
+from .checkpoint import atomic_write_json
 
 STEP_PHASES = ("data", "forward", "backward", "optimizer", "metrics", "logging")
 EPOCH_PHASES = ("validation", "epoch_end")
@@ -25,8 +29,6 @@ TRACE_FILE = "profile_trace.json"
 def process_start_time() -> float | None:
     """The Unix time this process started (Linux /proc), or None where that is unknown."""
     try:
-        import os
-
         fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
         start_ticks = int(fields[19])  # field 22 of stat(5), counted after the ')' of comm
         uptime = float(Path("/proc/uptime").read_text().split()[0])
@@ -124,8 +126,6 @@ class StepProfiler:
 
     # ---------------------------------------------------------------- torch.profiler trace
     def _start_trace(self) -> None:
-        from torch.profiler import ProfilerActivity, profile, schedule
-
         activities = [ProfilerActivity.CPU]
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
@@ -186,8 +186,6 @@ class StepProfiler:
         return "\n".join(lines) + "\n"
 
     def write(self) -> None:
-        from .checkpoint import atomic_write_json
-
         summary = self.summary()
         atomic_write_json(self.run_dir / "profile.json", summary)
         (self.run_dir / "profile.txt").write_text(self.table(summary))

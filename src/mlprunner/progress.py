@@ -6,6 +6,9 @@ import logging
 import sys
 import time
 
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+from rich.progress import Progress as RichProgress
+
 log = logging.getLogger("mlprunner")
 
 
@@ -38,9 +41,6 @@ class Progress:
         self._task = None
         self._t0 = time.perf_counter()
         if mode == "rich":
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress,
-                                       TextColumn, TimeRemainingColumn)
-
             self._live = RichProgress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
                 BarColumn(), MofNCompleteColumn(),

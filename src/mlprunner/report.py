@@ -8,15 +8,18 @@ rebuilds it for an existing sweep folder or a folder of single runs.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
 import re
-import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+from rich.console import Console
+from rich.table import Table
+
 from .checkpoint import atomic_write_text
+from .plots import _plt
 from .results import read_results
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
@@ -65,8 +68,6 @@ def _read_overrides(job_dir: Path) -> list[str]:
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.is_file():
         return []
-    from omegaconf import OmegaConf
-
     try:
         return [str(o) for o in OmegaConf.load(path)]
     except Exception:
@@ -204,9 +205,6 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
 
 
 def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     table = Table(title=f"sweep {folder}: {len(jobs)} jobs ({counts(jobs)})")
     for h in HEADERS:
@@ -249,8 +247,6 @@ def _save(fig, path: Path, plt) -> Path:
 def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
     """Best validation error of every job against one swept parameter (one point per job;
     categories get the mean as a bar, so the trend shows, not only the best)."""
-    from .plots import _plt
-
     points = [(j["params"].get(key), 100 * j["best_val_error"]) for j in jobs
               if j["best_val_error"] is not None and key in j["params"]]
     if not points:
@@ -290,8 +286,6 @@ def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
 
 def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int = 12) -> Path | None:
     """Every job's validation error per epoch on one figure (best jobs labelled)."""
-    from .plots import _plt
-
     with_curves = [j for j in jobs if any(h.get("val") for h in j["history"])]
     if not with_curves:
         return None
@@ -303,7 +297,7 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
         ax.plot([h["epoch"] for h in hist], [100 * h["val"]["error"] for h in hist],
                 marker="o" if len(hist) < 30 else None, ms=3, lw=1.4 if rank < max_legend else 0.8,
                 alpha=1.0 if rank < max_legend else 0.4, label=label)
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib (see plots._plt)
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(xlabel="epoch", ylabel="validation error (%)",
@@ -336,8 +330,6 @@ def build_report(folder: Path, console=None, show: bool = True, plots: bool = Tr
     csv_path = write_csv(jobs, keys, folder / "summary.csv")
     md_path = write_markdown(folder, jobs, keys, folder / "summary.md", made)
     if show:
-        from rich.console import Console
-
         if console is None:
             console = Console()
             if not console.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
@@ -348,24 +340,7 @@ def build_report(folder: Path, console=None, show: bool = True, plots: bool = Tr
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="mlprun-report",
-        description="Rebuild summary.csv, summary.md and the plots of a sweep folder (or of a folder of runs).")
-    parser.add_argument("folder", help="a sweep folder (runs/multirun/<date>/<time>) or a folder of runs")
-    parser.add_argument("--no-plots", action="store_true", help="only the tables")
-    parser.add_argument("--quiet", action="store_true", help="do not print the table")
-    args = parser.parse_args(argv)
-    try:
-        build_report(Path(args.folder), show=not args.quiet, plots=not args.no_plots)
-    except ReportError as exc:
-        print(f"mlprun-report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:
-        print(f"mlprun-report: error: {args.folder}: {exc.strerror or exc}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(0)
+if __name__ == "__main__":  # python -m mlprunner.report: the same as mlprun-report
+    from .cli import report_main
 
-
-if __name__ == "__main__":
-    main()
+    report_main()

@@ -6,6 +6,9 @@ import json
 import math
 from pathlib import Path
 
+from rich.console import Console
+from rich.table import Table
+
 from .checkpoint import atomic_write_json
 
 RESULTS = "results.json"
@@ -59,9 +62,6 @@ class ResultsFile:
 
 
 def print_summary(results: dict, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
     console = console or Console()
     table = Table(title=f"mlprun: {results.get('status')}", show_header=True)
     table.add_column("")

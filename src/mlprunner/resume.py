@@ -16,7 +16,14 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from .checkpoint import check_config_targets, load_checkpoint
+from .config import validate
 from .errors import CheckpointError, ConfigError
+from .record import lock_run_dir
+from .results import read_results
+from .run import run
+from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides
+from .train import still_stopped
 
 log = logging.getLogger("mlprunner")
 
@@ -34,43 +41,6 @@ def is_safe(key: str) -> bool:
 
 def allowed_text() -> str:
     return ", ".join(k.rstrip(".") + (".*" if k.endswith(".") else "") for k in SAFE_KEYS)
-
-
-def find_latest(runs_root: Path = Path("runs")) -> Path:
-    """The run under `runs_root` whose checkpoint (or, lacking one, results.json) is newest."""
-    candidates = []
-    if runs_root.is_dir():
-        candidates = list(runs_root.glob("**/checkpoints/last.pt"))
-        seen = {p.parent.parent for p in candidates}
-        candidates += [p for p in runs_root.glob("**/.hydra/config.yaml") if p.parent.parent not in seen]
-    if not candidates:
-        raise ConfigError("resume", "latest", message=(
-            f"resume=latest: no mlprun run under {runs_root.resolve()}"))
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent
-
-
-def locate(arg: str) -> tuple[Path | None, Path | None]:
-    """(run dir, checkpoint file or None when the run never wrote one) for a resume= argument."""
-    if arg in ("", "null", "None"):
-        raise ConfigError("resume", arg, message="resume= needs a run directory, a checkpoint file or 'latest'")
-    if arg == "latest":
-        run_dir = find_latest().resolve()
-    else:
-        path = Path(arg).expanduser()
-        if path.is_file():
-            path = path.resolve()
-            # None: not inside a run's checkpoints/ folder (refused once the file itself is checked)
-            return (path.parent.parent if path.parent.name == "checkpoints" else None), path
-        if not path.is_dir():
-            raise ConfigError("resume", arg, message=f"resume={arg}: no such run directory or checkpoint file")
-        run_dir = path.resolve()
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if ckpt.is_file():
-        return run_dir, ckpt
-    if (run_dir / ".hydra" / "config.yaml").is_file():
-        return run_dir, None  # killed before its first checkpoint: restart it in place
-    raise ConfigError("resume", arg, message=(
-        f"resume={arg}: {ckpt} not found; the folder is not an mlprun run with a checkpoint"))
 
 
 def parse_overrides(args: list[str]) -> list[str]:
@@ -93,17 +63,6 @@ def parse_overrides(args: list[str]) -> list[str]:
                 f"of a run already trained); allowed with resume=: {allowed_text()}"))
         out.append(a.lstrip("+"))
     return out
-
-
-def apply_overrides(cfg, overrides: list[str]):
-    OmegaConf.set_struct(cfg, True)  # a misspelt key is an error, not a silent new key
-    try:
-        cfg.merge_with(OmegaConf.from_dotlist(overrides))
-    except Exception as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise ConfigError("resume", message=f"cannot apply {' '.join(overrides)} to the saved config: {first}") from None
-    OmegaConf.set_struct(cfg, False)
-    return cfg
 
 
 def check_resumable(state: dict, path: Path) -> None:
@@ -145,17 +104,12 @@ def _setup_logging(run_dir: Path) -> None:
 
 def _restart(run_dir: Path, overrides: list[str]) -> int:
     """A run killed before its first checkpoint: start it again, in place, from its saved config."""
-    from .checkpoint import check_config_targets
-    from .config import validate
-    from .results import read_results
-    from .run import _lock_run_dir, run
-
-    cfg_path = run_dir / ".hydra" / "config.yaml"
+    cfg_path = run_dir / SAVED_CONFIG
     try:
         cfg = OmegaConf.load(cfg_path)
     except Exception as exc:
         raise CheckpointError(f"cannot read {cfg_path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    cfg = apply_overrides(cfg, overrides)
+    cfg = merge_overrides(cfg, overrides, strict=True)
     cfg.resume = None
     validate(cfg)
     check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path)
@@ -163,11 +117,11 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     trained = int(prior.get("epochs_completed") or 0)
     if prior.get("status") == "completed" or trained > 0:
         # e.g. trainer.checkpoint.save_last=false: never wipe a run that has trained epochs
-        best = run_dir / "checkpoints" / "best.pt"
+        best = checkpoint_file(run_dir, "best")
         hint = f"; resume from another checkpoint, e.g. resume={best}" if best.is_file() else ""
         raise CheckpointError(f"{run_dir} has {trained} trained epochs but no checkpoints/last.pt "
                               f"(trainer.checkpoint.save_last=false?){hint}")
-    _lock_run_dir(run_dir)
+    lock_run_dir(run_dir)
     # Nothing from the first attempt survived a checkpoint: its partial logs would only overlap.
     for sub in ("tensorboard", "checkpoints"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
@@ -181,11 +135,9 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
 def resume_main(args: list[str]) -> int:
     arg = [a for a in args if a.startswith("resume=")][-1].split("=", 1)[1]
     overrides = parse_overrides(args)
-    run_dir, ckpt_path = locate(arg)
+    run_dir, ckpt_path = locate_for_resume(arg)
     if ckpt_path is None:
         return _restart(run_dir, overrides)
-    from .checkpoint import check_config_targets, load_checkpoint
-
     ckpt = load_checkpoint(ckpt_path)
     check_resumable(ckpt, ckpt_path)
     check_config_targets(ckpt["config"], ckpt_path)
@@ -193,17 +145,12 @@ def resume_main(args: list[str]) -> int:
         raise ConfigError("resume", arg, message=(
             f"resume={arg}: a checkpoint is resumed in its run folder, so it must be "
             f"<run dir>/checkpoints/<name>.pt; give the run folder instead"))
-    cfg = apply_overrides(OmegaConf.create(ckpt["config"]), overrides)
+    cfg = merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True)
     cfg.resume = None
-    from .config import validate
-    from .results import read_results
-
     validate(cfg)
     prior = read_results(run_dir) or {}
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
-    from .train import still_stopped
-
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
     stopped = still_stopped(ckpt.get("early_stopping") or {}, cfg.trainer.early_stopping)
     if prior.get("status") == "completed" and prior.get("epochs_completed") == done and (done >= epochs or stopped):
@@ -212,9 +159,7 @@ def resume_main(args: list[str]) -> int:
             else "raise trainer.epochs"
         print(f"mlprun: run {run_dir} already {why}; nothing to do ({hint} to train longer)", flush=True)
         return 0
-    from .run import _lock_run_dir, run
-
-    _lock_run_dir(run_dir)  # refuse before writing anything if another process trains here
+    lock_run_dir(run_dir)  # refuse before writing anything if another process trains here
     _remove_stale_temps(run_dir)
     _setup_logging(run_dir)
     if done >= epochs or stopped:
@@ -222,5 +167,5 @@ def resume_main(args: list[str]) -> int:
               f"(results, plots) without training", flush=True)
     else:
         print(f"mlprun: resuming {run_dir} from {ckpt_path.name} after epoch {done} of {epochs}", flush=True)
-    run(cfg, run_dir, resume_from=ckpt_path, overrides=overrides)
+    run(cfg, run_dir, resume_from=ckpt_path, overrides=overrides, checkpoint=ckpt)
     return 0

@@ -1,73 +1,38 @@
-"""One run end to end: validate -> build the pieces -> Trainer.fit() -> results.
+"""One run end to end: validate -> build the pieces -> Trainer.fit() -> test -> report.
 
-Each step is a plain function so tests can call any of them alone; `run()` chains them.
+The run folder's lifecycle (results.json's status, the lock, wall time) is the RunRecord's
+(record.py); the pieces come from build.py. Each step is a plain function so tests can call any
+of them alone; `run()` chains them.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import random
 import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from .build import Pieces, build
 from .checkpoint import load_checkpoint, restore_rng
-from .components import Loss, build_optimizer, build_scheduler
-from .config import check_loss_fits, validate
-from .data import Data, load_data
-from .errors import CheckpointError, ConfigError, DivergenceError, Interrupted, MlprunError
+from .config import validate
+from .data import Data
+from .device import resolve_device, seed_everything
+from .errors import CheckpointError, MlprunError
+from .evaluate import evaluate_test
 from .models import count_parameters, summary_rows
-from .results import ResultsFile, print_summary, read_results
+from .plots import learning_curves
+from .progress import Progress
+from .record import RunRecord
+from .results import print_summary
+from .tblog import TensorBoardLogger
 from .schema import option_label
 from .train import StopFlag, Trainer
 
 log = logging.getLogger("mlprunner")
-
-
-def resolve_device(name: str) -> torch.device:
-    name = str(name)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise MlprunError(f"trainer.device={name}: CUDA is not available on this machine; "
-                              "allowed here: auto, cpu")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise MlprunError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) present")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MlprunError("trainer.device=mps: MPS is not available on this machine; allowed here: auto, cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cudnn.benchmark = False
-    elif torch.are_deterministic_algorithms_enabled():
-        # only when needed: use_deterministic_algorithms imports torch._inductor (~1.5 s)
-        torch.use_deterministic_algorithms(False)
-
-
-def build_model(cfg: DictConfig, data: Data, loss: Loss, device: torch.device) -> torch.nn.Module:
-    model = instantiate(cfg.model, in_features=data.num_features, out_features=loss.out_features)
-    return model.to(device)
 
 
 def hparams_of(cfg: DictConfig) -> dict:
@@ -132,216 +97,119 @@ class _Signals:
         self._old = {}
 
 
-def resume_command(run_dir: Path) -> str:
-    import shlex
-
-    return f"mlprun resume={shlex.quote(str(Path(run_dir).resolve()))}"
-
-
-def _saved_epoch(run_dir: Path):
-    """The epoch of the run's checkpoints/last.pt (what a resume continues from), or 0."""
-    path = Path(run_dir) / "checkpoints" / "last.pt"
-    if not path.is_file():
-        return 0
-    try:
-        return int(load_checkpoint(path)["epoch"])
-    except MlprunError:
-        return "?"
+def set_up_process(trainer_cfg: DictConfig) -> torch.device:
+    """The device, torch's thread count and every random generator's seed."""
+    device = resolve_device(trainer_cfg.device)
+    if trainer_cfg.get("threads"):
+        torch.set_num_threads(int(trainer_cfg.threads))
+    seed_everything(int(trainer_cfg.seed), bool(trainer_cfg.deterministic))
+    return device
 
 
-_LOCKS: dict = {}
-
-
-def _lock_run_dir(run_dir: Path):
-    """Hold an advisory lock on the run folder so a second process cannot train into it at once.
-
-    The lock lasts until this process ends (the kernel drops it even on SIGKILL) or starts
-    another run.
-    """
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
+def make_tensorboard(cfg: DictConfig, run_dir: Path, pieces: Pieces, device: torch.device,
+                     ckpt: dict | None) -> TensorBoardLogger | None:
+    """The run's TensorBoard logger (continuing after the checkpoint's epoch and step), or None."""
+    if not cfg.trainer.tensorboard.enabled:
         return None
-    key = str(run_dir.resolve())
-    if key in _LOCKS:  # this process holds it already (resume takes it before run() does)
-        return _LOCKS[key]
-    for other in list(_LOCKS):  # one run at a time per process: earlier runs here are over
-        _LOCKS.pop(other).close()
-    fh = open(run_dir / ".mlprun.lock", "w")
+    tb = TensorBoardLogger(run_dir / "tensorboard", resume_epoch=int(ckpt["epoch"]) if ckpt else 0,
+                           resume_step=int(ckpt["step"]) if ckpt else 0,
+                           histograms=bool(cfg.trainer.tensorboard.histograms))
+    if ckpt is None:  # written when the writers open, after the first training step
+        tb.when_open(lambda: tb.hparams(hparams_of(cfg), [
+            "hparam/best_val_error", "hparam/best_val_loss", "hparam/test_error", "hparam/last_train_error"]))
+        if cfg.trainer.tensorboard.graph:
+            data, model = pieces.data, pieces.model
+            example = data.train.x[:2] if hasattr(data.train, "x") else torch.zeros(2, data.num_features, device=device)
+            tb.when_open(lambda: tb.graph(model, example))
+    return tb
+
+
+def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
+    """Continue from a checkpoint: weights, optimizer, scheduler, counters and RNG state."""
     try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise MlprunError(f"{run_dir} is in use by another running mlprun process; "
-                          f"wait for it to finish or stop it first") from None
-    _LOCKS[key] = fh
-    return fh
+        trainer.load_state(ckpt)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model/optimizer "
+            f"(it is from a different model): "
+            f"{str(exc).splitlines()[0][:200]}") from None
+    restore_rng(ckpt["rng"])
+    log.info(f"resuming from {path} after epoch {trainer.state.epoch} (step {trainer.state.step})")
 
 
-def _import_torch_dynamo() -> None:
-    import torch._dynamo  # noqa: F401  (what the first torch.optim optimizer would import)
-
-
-def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=()) -> dict:
-    """Train (or continue) the run described by `cfg` in `run_dir`; return results.json's dict."""
-    validate(cfg)
-    run_dir = Path(run_dir)
-    t_start = time.perf_counter()
-    device = resolve_device(cfg.trainer.device)
-    if cfg.trainer.get("threads"):
-        torch.set_num_threads(int(cfg.trainer.threads))
-    seed_everything(int(cfg.trainer.seed), bool(cfg.trainer.deterministic))
-
-    ckpt = load_checkpoint(resume_from) if resume_from is not None else None
-    prior = read_results(run_dir) if ckpt is not None else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _lock_run_dir(run_dir)
-    results = ResultsFile(run_dir, {
-        "device": str(device), "n_params": None, "overrides": list(overrides),
-        "run_dir": str(run_dir.resolve()),
-    })
-    if prior:
-        results.data.update({k: v for k, v in prior.items() if k not in ("status", "reason", "run_dir")})
-        results.data["overrides"] = list(prior.get("overrides", []))
-    if ckpt is not None:
-        results.data["resumed"] = list((prior or {}).get("resumed", [])) + [
-            {"from_epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "overrides": list(overrides),
-             "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
-    wall_before = float(results.data.get("wall_s") or 0.0)  # earlier processes of this run
-
-    def elapsed() -> float:
-        return wall_before + time.perf_counter() - t_start
-
-    try:
-        # torch.optim imports torch._dynamo when the first optimizer is built (1.1-1.3 s here);
-        # importing it while the data loads takes ~0.1 s off the start-up (measured)
-        warm = None if "torch._dynamo" in sys.modules else _import_torch_dynamo
-        data = load_data(cfg.dataset, device, meanwhile=warm)
-        check_loss_fits(cfg.loss, data.num_classes)
-        loss = Loss(cfg.loss, data.num_classes)
-        model = build_model(cfg, data, loss, device)
-        optimizer = build_optimizer(cfg.optim, model, device)
-        scheduler, interval = build_scheduler(cfg.scheduler, optimizer, int(cfg.trainer.epochs),
-                                              data.train.num_batches(int(cfg.trainer.batch_size)))
-        from .augment import build_augment
-
-        augment = build_augment(cfg.dataset, data)  # None unless dataset.augment.enabled
-    except ConfigError:
-        raise
-    except MlprunError as exc:
-        results.update(status="failed", reason=str(exc))
-        raise
-    results.data["n_params"] = count_parameters(model)
-    results.data["dataset"] = {"name": cfg.dataset.name, "n_train": len(data.train),
-                               "n_val": len(data.val) if data.val is not None else 0}
-    log.info(f"run directory: {run_dir}")
-    log.info(f"data: {data.describe()}; device: {device}")
-    log_model_summary(model, data)
-
-    from .progress import Progress
-
-    progress = Progress(cfg.trainer.progress, int(cfg.trainer.epochs),
-                        data.train.num_batches(int(cfg.trainer.batch_size)), int(cfg.trainer.batch_size))
-    stop = StopFlag()
-    trainer = Trainer(cfg, run_dir, data, model, loss, optimizer, scheduler, interval, device,
-                      progress=progress, stop=stop, augment=augment)
-    if augment is not None:
-        log.info(f"augmentation: {augment} on each training batch")
-    if ckpt is not None:
-        try:
-            trainer.load_state(ckpt)
-        except (RuntimeError, ValueError, KeyError) as exc:
-            raise CheckpointError(
-                f"checkpoint {resume_from} does not fit this model/optimizer "
-                f"(it is from a different model): "
-                f"{str(exc).splitlines()[0][:200]}") from None
-        restore_rng(ckpt["rng"])
-        log.info(f"resuming from {resume_from} after epoch {trainer.state.epoch} (step {trainer.state.step})")
-
-    tb = None
-    if cfg.trainer.tensorboard.enabled:
-        from .tblog import TensorBoardLogger
-
-        tb = TensorBoardLogger(run_dir / "tensorboard", resume_epoch=trainer.state.epoch,
-                               resume_step=trainer.state.step,
-                               histograms=bool(cfg.trainer.tensorboard.histograms))
-        if ckpt is None:  # written when the writers open, after the first training step
-            tb.when_open(lambda: tb.hparams(hparams_of(cfg), [
-                "hparam/best_val_error", "hparam/best_val_loss", "hparam/test_error", "hparam/last_train_error"]))
-            if cfg.trainer.tensorboard.graph:
-                example = data.train.x[:2] if hasattr(data.train, "x") else torch.zeros(2, data.num_features, device=device)
-                tb.when_open(lambda: tb.graph(model, example))
-        trainer.tb = tb
-
-    startup_logged = []
-
-    def on_epoch_end(tr: Trainer):
-        fields = dict(status="running", wall_s=elapsed(),
-                      **results.from_history(list(tr.state.history), tr.state.best_epoch))
-        if tr.first_step_at is not None and not startup_logged:
-            from .profiling import process_start_time
-
-            started = process_start_time()  # this process's start -> the end of its first step
-            if started is not None:
-                fields["startup_s"] = round(tr.first_step_at - started, 3)
-            startup_logged.append(True)
-        # after this epoch's checkpoints, so results.json never claims an epoch last.pt lacks
-        tr.after_checkpoint(lambda: results.update(**fields))
-
-    trainer.on_epoch_end = on_epoch_end
-    results.update(status="running", reason=None)
+def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
+    """Trainer.fit() with SIGINT/SIGTERM setting `stop` (the trainer's): stop after this step."""
     signals = _Signals(stop).install()
     try:
-        state = trainer.fit()
-    except Interrupted as exc:
-        results.update(status="interrupted", reason=str(exc),
-                       wall_s=elapsed())
-        raise Interrupted(f"{exc}; last checkpoint after epoch {_saved_epoch(run_dir)}; "
-                          f"continue with: {resume_command(run_dir)}") from None
-    except KeyboardInterrupt:
-        results.update(status="interrupted", reason="interrupted at once by a second signal",
-                       wall_s=elapsed())
-        raise Interrupted(f"interrupted at once by a second signal; last checkpoint after epoch "
-                          f"{_saved_epoch(run_dir)}; continue with: {resume_command(run_dir)}") from None
-    except DivergenceError as exc:
-        results.update(status="failed", reason=str(exc), wall_s=elapsed())
-        raise
-    except Exception as exc:
-        results.update(status="failed", reason=f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
-                       wall_s=elapsed())
-        raise
+        return trainer.fit()
     finally:
         signals.restore()
         progress.close()
 
-    final = results.from_history(state.history, state.best_epoch)
-    results.data.update(final)
-    results.data["stopped_early"] = state.stopped_early
-    if trainer.swa_result is not None:
-        results.data["swa"] = trainer.swa_result
-    if cfg.get("eval") is not None and cfg.eval.test:
-        from .evaluate import evaluate_test
 
-        try:
-            results.data["test"] = evaluate_test(cfg, run_dir, trainer, tb)
-        except MlprunError as exc:  # training is done and saved; only the test evaluation failed
-            results.update(status="failed", reason=f"test evaluation: {exc}",
-                           wall_s=elapsed())
-            if tb is not None:
-                tb.close()
-            raise
-    if tb is not None:
-        best_val = (final.get("best") or {}).get("val") or {}
-        metrics = {"hparam/best_val_error": best_val.get("error"), "hparam/best_val_loss": best_val.get("loss"),
-                   "hparam/last_train_error": (final.get("last") or {}).get("train", {}).get("error"),
-                   "hparam/test_error": (results.data.get("test") or {}).get("error")}
-        tb.scalars({k: v for k, v in metrics.items() if v is not None}, state.epoch)
-        tb.close()
-    from .plots import learning_curves
+def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, tb: TensorBoardLogger | None) -> dict:
+    try:
+        return evaluate_test(cfg, run_dir, trainer, tb)
+    except MlprunError:
+        if tb is not None:
+            tb.close()
+        raise
 
-    learning_curves(state.history, run_dir / "learning_curves.png",
-                    title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}")
-    results.update(status="completed", reason=None, wall_s=elapsed())
+
+def close_tensorboard(tb: TensorBoardLogger, results: dict, epoch: int) -> None:
+    """The HParams metrics of the finished run, then the writers are closed."""
+    best_val = (results.get("best") or {}).get("val") or {}
+    metrics = {"hparam/best_val_error": best_val.get("error"), "hparam/best_val_loss": best_val.get("loss"),
+               "hparam/last_train_error": (results.get("last") or {}).get("train", {}).get("error"),
+               "hparam/test_error": (results.get("test") or {}).get("error")}
+    tb.scalars({k: v for k, v in metrics.items() if v is not None}, epoch)
+    tb.close()
+
+
+def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=(),
+        checkpoint: dict | None = None) -> dict:
+    """Train (or continue) the run described by `cfg` in `run_dir`; return results.json's dict.
+
+    resume_from: the checkpoint to continue from; `checkpoint`, its contents when the caller has
+    read it already.
+    """
+    validate(cfg)
+    started = time.perf_counter()
+    run_dir = Path(run_dir)
+    device = set_up_process(cfg.trainer)
+    ckpt = checkpoint if checkpoint is not None or resume_from is None else load_checkpoint(resume_from)
+    with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started) as record:
+        with record.building():
+            pieces = build(cfg, device)
+        data, model = pieces.data, pieces.model
+        record.describe(count_parameters(model), {
+            "name": cfg.dataset.name, "n_train": len(data.train), "n_val": len(data.val) if data.val is not None else 0})
+        log.info(f"run directory: {run_dir}")
+        log.info(f"data: {data.describe()}; device: {device}")
+        log_model_summary(model, data)
+
+        batch_size = int(cfg.trainer.batch_size)
+        progress = Progress(cfg.trainer.progress, int(cfg.trainer.epochs), data.train.num_batches(batch_size), batch_size)
+        stop = StopFlag()
+        tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt)
+        trainer = Trainer(cfg, run_dir, data, model, pieces.loss, pieces.optimizer, pieces.scheduler,
+                          pieces.interval, device, tb=tb, progress=progress, stop=stop,
+                          augment=pieces.augment, on_epoch_end=record.epoch_done)
+        if pieces.augment is not None:
+            log.info(f"augmentation: {pieces.augment} on each training batch")
+        if ckpt is not None:
+            restore(trainer, ckpt, resume_from)
+
+        with record.training():
+            state = fit(trainer, stop, progress)
+        record.trained(state, trainer.swa_result)
+        if cfg.get("eval") is not None and cfg.eval.test:
+            with record.testing():
+                record.data["test"] = test(cfg, run_dir, trainer, tb)
+        if tb is not None:
+            close_tensorboard(tb, record.data, state.epoch)
+        learning_curves(state.history, run_dir / "learning_curves.png",
+                        title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}")
     if cfg.trainer.progress != "none":
-        print_summary(results.data)
-    return results.data
+        print_summary(record.data)
+    return record.data

@@ -4,8 +4,8 @@ Re-running the same sweep into the same folder skips jobs that completed, resume
 interrupted (from their last checkpoint) and retries jobs that failed (from scratch). A failing
 job is recorded in its results.json (status "failed" plus a one-line reason) and the other jobs
 go on. Jobs may run in other processes (joblib, submitit), so the outcome of the sweep is read
-back from the job folders by the parent process at the end (`hydra_callbacks.SweepSummary`),
-which stores it here for `mlprun`'s exit code.
+back from the job folders by the parent process at the end (`hydra_callbacks.SweepSummary`):
+a job failed in this invocation when its results.json was written during it and says failed.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ import os
 import shutil
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-log = logging.getLogger("mlprunner")
+from .checkpoint import atomic_write_json
+from .errors import EXIT_INTERRUPTED
+from .messages import describe_exception
+from .results import read_results
+from .run import run
+from .runs import checkpoint_file
 
-# Set in the parent process: by run_sweep_job for in-process launchers (basic) and by the
-# SweepSummary callback at the end of every multirun (all launchers).
-_failed_jobs: list[str] = []
+log = logging.getLogger("mlprunner")
 
 def cores() -> int:
     try:
@@ -61,9 +65,6 @@ def best_val_error(results: dict | None):
 
 def _record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
     """Make sure results.json says failed with the reason (run() may not have written it)."""
-    from .checkpoint import atomic_write_json
-    from .results import read_results
-
     data = read_results(run_dir) or {"epochs_completed": 0, "best": None, "last": None,
                                      "overrides": list(overrides), "run_dir": str(run_dir.resolve())}
     data["status"] = "failed"
@@ -83,13 +84,6 @@ def _clear_attempt(run_dir: Path) -> None:
 
 def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
     """Run one job of a multirun; return its objective (best validation error) or None if it failed."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from .cli import describe_exception
-    from .errors import EXIT_INTERRUPTED
-    from .results import read_results
-    from .run import run
-
     run_dir = Path(run_dir)
     label = f"job {run_dir.name}"
     prior = read_results(run_dir)
@@ -97,7 +91,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
     if status == "completed":
         log.info(f"{label} already completed (best val error {best_val_error(prior)}): skipped")
         return best_val_error(prior)
-    last = run_dir / "checkpoints" / "last.pt"
+    last = checkpoint_file(run_dir, "last")
     resume_from = None
     if status in ("interrupted", "running") and last.is_file():
         resume_from = last
@@ -124,18 +118,33 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
             raise
         log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
         _record_failure(run_dir, overrides, message)
-        _failed_jobs.append(str(run_dir))
         # None: Optuna marks the trial failed (not a value); other sweepers ignore it.
         return None
     return best_val_error(results)
 
 
-def record_outcome(failed_dirs: list[str]) -> None:
-    """Called in the parent process at the end of a multirun with the jobs that failed in it."""
-    for d in failed_dirs:
-        if d not in _failed_jobs:
-            _failed_jobs.append(d)
+def _stamp(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size)
 
 
-def sweep_exit_code() -> int:
-    return 1 if _failed_jobs else 0
+def results_stamps(folder: Path) -> dict[str, tuple]:
+    """An identity of every results.json under `folder` as it is now. Every write of results.json
+    replaces the file (atomic rename), so one written later has another stamp."""
+    return {str(p.resolve()): _stamp(p) for p in Path(folder).glob("**/results.json")}
+
+
+def failed_since(jobs: list[dict], before: dict[str, tuple]) -> list[str]:
+    """The folders of `jobs` (report.collect's) that say failed in a results.json written after
+    `before` (results_stamps at the start of the sweep): the jobs that failed in this sweep, not
+    those an earlier sweep into the same folder left."""
+    failed = []
+    for job in jobs:
+        path = (job["dir"] / "results.json").resolve()
+        stamp = _stamp(path)
+        if job["status"] == "failed" and stamp is not None and stamp != before.get(str(path)):
+            failed.append(str(job["dir"].resolve()))
+    return failed

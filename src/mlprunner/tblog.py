@@ -14,6 +14,7 @@ cheaper than `add_histogram`'s NumPy binning after a copy to the host (docs/perf
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import torch
@@ -40,6 +41,7 @@ class TensorBoardLogger:
 
     def _open(self):
         if self._writers is None:
+            # lazy: tensorboard and protobuf load when the first scalar is due, after the first step
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops anything an interrupted process logged after its last checkpoint.
@@ -68,8 +70,6 @@ class TensorBoardLogger:
             write()
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
-        import warnings
-
         try:
             was_training = model.training
             model.eval()
@@ -82,12 +82,14 @@ class TensorBoardLogger:
 
     def hparams(self, hparams: dict, metric_tags: list[str]) -> None:
         """Write the HParams plugin's session into this run's own event file."""
-        from torch.utils.tensorboard.summary import hparams as hp_summary
+        from torch.utils.tensorboard.summary import hparams as hp_summary  # lazy: tensorboard, as above
 
         exp, ssi, sei = hp_summary(hparams, {tag: 0.0 for tag in metric_tags})
-        fw = self.writer._get_file_writer()
+        # SummaryWriter.add_hparams would write into a new sub-folder (a second run in TensorBoard's
+        # list); the writer's FileWriter (`file_writer`, what add_hparams itself writes through)
+        # puts the session into this run's own event file.
         for s in (exp, ssi, sei):
-            fw.add_summary(s)
+            self.writer.file_writer.add_summary(s)
 
     def epoch(self, epoch: int, metrics: dict, model: torch.nn.Module | None = None) -> None:
         for key, tag in EPOCH_TAGS.items():

@@ -23,6 +23,8 @@ from .components import Loss, steps_on_metric
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
 from .errors import DivergenceError, Interrupted
+from .profiling import make_profiler
+from .swa import SWA
 
 log = logging.getLogger("mlprunner")
 
@@ -195,8 +197,6 @@ class Trainer:
             self.monitor, self.mode = "train/loss", "min"
         self.train_metrics = Metrics(data.num_classes, device)
         self.val_metrics = Metrics(data.num_classes, device)
-        from .profiling import make_profiler
-
         self.profiler = make_profiler(bool(self.t.get("profile", False)), self.run_dir, device)
         self.first_step_at = None  # time.time() when the first training step of this process ended
         precision = self.t.precision
@@ -208,8 +208,6 @@ class Trainer:
         self.writer = BackgroundWriter()
         self.swa = None  # stochastic weight averaging (trainer.swa), see swa.py
         if self.t.get("swa") is not None and self.t.swa.enabled:
-            from .swa import SWA
-
             self.swa = SWA(self.t.swa, model, optimizer, int(self.t.epochs))
         self.swa_result = None
         self.graph_reason = fallback_reason(

@@ -1,0 +1,204 @@
+"""What reaches the user when something goes wrong: one line on stderr and the exit code.
+
+Every entry point (mlprun, mlprun-eval, mlprun-predict, a sweep job) turns an exception into
+`(exit code, one-line message)` here; Hydra's and OmegaConf's errors get a message naming the
+key and what is allowed. Tracebacks only with MLPRUN_DEBUG=1 (or HYDRA_FULL_ERROR=1 set by the
+user before `mlprun` sets it for itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import os
+import re
+import sys
+import traceback
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from .config import register_resolvers
+from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused
+from .schema import GROUPS
+
+_USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR")
+
+
+def debug_enabled() -> bool:
+    return os.environ.get("MLPRUN_DEBUG", "") not in ("", "0") or _USER_FULL_ERROR == "1"
+
+
+def _first_line(text: str) -> str:
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+
+
+def _cli_args() -> list[str]:
+    return [a for a in sys.argv[1:] if not a.startswith("-")]
+
+
+def _composed_keys(hydra_keys: bool = False) -> list[str]:
+    """Every dotted key of the config the command line selects (its group choices only)."""
+    choices = []
+    for a in _cli_args():
+        key, eq, _ = a.partition("=")
+        if eq and "." not in key and key.lstrip("+~") in GROUPS:
+            choices.append(a)
+    register_resolvers()
+    cfg = None
+    for overrides in (choices, []):
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_module("mlprunner.configs", version_base="1.3"):
+                cfg = compose("config", overrides=overrides, return_hydra_config=hydra_keys)
+            break
+        except Exception:
+            continue
+        finally:
+            GlobalHydra.instance().clear()
+    if cfg is None:
+        return []
+    keys: list[str] = []
+
+    def walk(node, prefix):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            child = node._get_node(k)
+            if isinstance(child, DictConfig):
+                walk(child, full + ".")
+
+    walk(cfg, "")
+    return keys
+
+
+def suggest_key(key: str) -> str:
+    """'; did you mean X?' (closest existing keys by difflib) or the keys beside `key`."""
+    try:
+        keys = _composed_keys(hydra_keys=key.startswith("hydra."))
+    except Exception:  # a suggestion is a courtesy; never fail the error report itself
+        return ""
+    if not keys:
+        return ""
+    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.75)
+    if close:
+        return f"; did you mean {' or '.join(close)}?"
+    parent = key.rpartition(".")[0]
+    siblings = [k.rpartition(".")[2] for k in keys
+                if k.rpartition(".")[0] == parent and k.rpartition(".")[2][:1] != "_"]
+    if parent and siblings:
+        return f"; keys in {parent}: {', '.join(siblings)}"
+    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.5)
+    return f"; did you mean {' or '.join(close)}?" if close else ""
+
+
+def _bad_override() -> str | None:
+    """The first command-line override Hydra's grammar rejects."""
+    parser = OverridesParser.create()
+    for a in _cli_args():
+        try:
+            parser.parse_override(a)
+        except Exception:
+            return a
+    return None
+
+
+def describe_exception(exc: BaseException) -> tuple[int, str]:
+    """Map any exception to (exit code, one-line message)."""
+    if isinstance(exc, RunRefused):
+        exc = exc.error
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, MlprunError):
+        return exc.exit_code, _first_line(str(exc))
+    text = str(exc)
+    if isinstance(exc, MissingConfigException):
+        m = re.search(r"Could not find '([^']+)'", text)
+        lines = text.splitlines()
+        options = []
+        if any(ln.startswith("Available options") for ln in lines):
+            at = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
+            for ln in lines[at + 1:]:
+                if not ln.startswith("\t"):
+                    break
+                options.append(ln.strip())
+        if m and "/" in m.group(1):
+            group, _, option = m.group(1).rpartition("/")
+            group = group.strip("/")
+            msg = f"{group}={option}: no such option in config group '{group}'"
+            if options:
+                close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+                msg += f"; available: {', '.join(options)}" + (f" (did you mean {group}={close[0]}?)" if close else "")
+            return EXIT_CONFIG, msg
+        return EXIT_CONFIG, _first_line(text)
+    if isinstance(exc, OverrideParseException):
+        m = re.search(r"Error parsing override '([^']*)'", text)
+        what = m.group(1) if m else _bad_override()
+        detail = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Error parsing")
+                  and not ln.startswith("See https")]
+        reason = detail[0] if detail else "invalid syntax"
+        if what:
+            return EXIT_CONFIG, (f"cannot parse override '{what}': {reason}; overrides look like "
+                                 f"key=value, e.g. trainer.epochs=5 or model.hidden=[500,300]")
+        return EXIT_CONFIG, f"cannot parse the command line: {reason}"
+    if isinstance(exc, (ConfigCompositionException, HydraException, OmegaConfBaseException)):
+        m = re.search(r"Could not override '([^']+)'", text)
+        cause = exc.__cause__
+        if m:
+            key = m.group(1)
+            reason = _first_line(str(cause)) if cause else _first_line(text)
+            if "not in struct" in reason or "Key '" in reason:
+                if "." not in key:
+                    return EXIT_CONFIG, (f"{key}: no such config key or group{suggest_key(key)} "
+                                         f"(groups: {', '.join(GROUPS)})")
+                return EXIT_CONFIG, (f"{key}: no such config key{suggest_key(key)} (list the keys with "
+                                     f"`mlprun --cfg job`; add a new key with +{key}=...)")
+            return EXIT_CONFIG, f"{key}: {reason}"
+        m = re.search(r"Ambiguous value for argument '([^']+)'", text)
+        if m:
+            return EXIT_CONFIG, (f"ambiguous override '{m.group(1)}': to sweep over the values add "
+                                 f"--multirun (-m); for a list write key=[a,b]; for a string quote it")
+        m = re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
+        if m:
+            return EXIT_CONFIG, f"+{m.group(1)}: the key already exists; override it without '+'"
+        m = re.search(r"Could not delete from config\. '([^']+)' does not exist", text)
+        if m:
+            return EXIT_CONFIG, f"~{m.group(1)}: no such config key to delete{suggest_key(m.group(1))}"
+        msg = _first_line(text)
+        if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) not in msg:
+            msg += f": {_first_line(str(cause))}"
+        return EXIT_CONFIG, msg
+    name = type(exc).__name__
+    return EXIT_RUNTIME, f"unexpected {name}: {_first_line(text)} (run with MLPRUN_DEBUG=1 for the traceback)"
+
+
+def report(exc: BaseException, prog: str = "mlprun") -> int:
+    """Print the one-line error (and the traceback when asked); return the exit code."""
+    code, message = describe_exception(exc)
+    inner = exc.error if isinstance(exc, RunRefused) else exc
+    if debug_enabled() and not isinstance(inner, KeyboardInterrupt):
+        traceback.print_exception(type(inner), inner, inner.__traceback__, file=sys.stderr)
+    sys.stdout.flush()
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    return code
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str):
+    """The body of a console tool (mlprun-eval, mlprun-predict): any exception leaves as one
+    error line on stderr with the contract's exit code (report); SystemExit passes through."""
+    try:
+        yield
+    except SystemExit:
+        raise
+    except BaseException as exc:
+        sys.exit(report(exc, prog=prog))

@@ -1,0 +1,191 @@
+"""The run record: one object owns the run folder's lifecycle and its results.json.
+
+    with RunRecord(run_dir, device, overrides, resumed_from=ckpt) as record:
+        with record.building(): ...     # a data/checkpoint failure -> failed
+        with record.training(): ...     # running -> interrupted / failed
+        with record.testing(): ...      # a test-set failure -> failed
+    # leaving the block normally -> completed
+
+Entering makes the folder, takes its lock and carries an earlier process's results forward
+(on resume); each phase turns the exceptions it knows into the status and reason it records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shlex
+import time
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .errors import ConfigError, DivergenceError, Interrupted, MlprunError
+from .profiling import process_start_time
+from .results import ResultsFile, read_results
+from .runs import checkpoint_file
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: run folders are not locked
+    fcntl = None
+
+_LOCKS: dict = {}
+
+
+def lock_run_dir(run_dir: Path):
+    """Hold an advisory lock on the run folder so a second process cannot train into it at once.
+
+    The lock lasts until this process ends (the kernel drops it even on SIGKILL) or starts
+    another run.
+    """
+    if fcntl is None:
+        return None
+    key = str(run_dir.resolve())
+    if key in _LOCKS:  # this process holds it already (resume takes it before run() does)
+        return _LOCKS[key]
+    for other in list(_LOCKS):  # one run at a time per process: earlier runs here are over
+        _LOCKS.pop(other).close()
+    fh = open(run_dir / ".mlprun.lock", "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise MlprunError(f"{run_dir} is in use by another running mlprun process; "
+                          f"wait for it to finish or stop it first") from None
+    _LOCKS[key] = fh
+    return fh
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"mlprun resume={shlex.quote(str(Path(run_dir).resolve()))}"
+
+
+def saved_epoch(run_dir: Path):
+    """The epoch of the run's checkpoints/last.pt (what a resume continues from), or 0."""
+    path = checkpoint_file(run_dir, "last")
+    if not path.is_file():
+        return 0
+    try:
+        return int(load_checkpoint(path)["epoch"])
+    except MlprunError:
+        return "?"
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else ""
+
+
+class RunRecord:
+    """results.json of one run (in `data`), kept current from start to completion."""
+
+    def __init__(self, run_dir: Path, device, overrides=(), resumed_from: dict | None = None,
+                 started: float | None = None):
+        self.run_dir = Path(run_dir)
+        self.device = device
+        self.overrides = list(overrides)
+        self.resumed_from = resumed_from  # the checkpoint a resumed run continues from
+        self.started = time.perf_counter() if started is None else started
+        self.results: ResultsFile | None = None
+        self._startup_logged = False
+
+    @property
+    def data(self) -> dict:
+        return self.results.data
+
+    def __enter__(self) -> RunRecord:
+        ckpt = self.resumed_from
+        prior = read_results(self.run_dir) if ckpt is not None else None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        lock_run_dir(self.run_dir)
+        self.results = ResultsFile(self.run_dir, {
+            "device": str(self.device), "n_params": None, "overrides": self.overrides,
+            "run_dir": str(self.run_dir.resolve()),
+        })
+        if prior:
+            self.data.update({k: v for k, v in prior.items() if k not in ("status", "reason", "run_dir")})
+            self.data["overrides"] = list(prior.get("overrides", []))
+        if ckpt is not None:
+            self.data["resumed"] = list((prior or {}).get("resumed", [])) + [
+                {"from_epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "overrides": list(self.overrides),
+                 "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+        self.wall_before = float(self.data.get("wall_s") or 0.0)  # earlier processes of this run
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is None:
+            self.results.update(status="completed", reason=None, wall_s=self.elapsed())
+        return False  # a failure was recorded by the phase it happened in
+
+    def elapsed(self) -> float:
+        """Wall time of the run so far, earlier processes of a resumed run included."""
+        return self.wall_before + time.perf_counter() - self.started
+
+    # ------------------------------------------------------------------ phases
+    @contextlib.contextmanager
+    def building(self):
+        """Building the pieces: a runtime failure (data, checkpoint) is recorded as failed; an
+        invalid config is only reported."""
+        try:
+            yield
+        except ConfigError:
+            raise
+        except MlprunError as exc:
+            self.results.update(status="failed", reason=str(exc))
+            raise
+
+    @contextlib.contextmanager
+    def training(self):
+        """Trainer.fit(): status running; a signal leaves it interrupted (with the command that
+        continues it), a divergence or crash failed."""
+        self.results.update(status="running", reason=None)
+        try:
+            yield
+        except Interrupted as exc:
+            self.results.update(status="interrupted", reason=str(exc), wall_s=self.elapsed())
+            raise Interrupted(f"{exc}; last checkpoint after epoch {saved_epoch(self.run_dir)}; "
+                              f"continue with: {resume_command(self.run_dir)}") from None
+        except KeyboardInterrupt:
+            self.results.update(status="interrupted", reason="interrupted at once by a second signal",
+                                wall_s=self.elapsed())
+            raise Interrupted(f"interrupted at once by a second signal; last checkpoint after epoch "
+                              f"{saved_epoch(self.run_dir)}; continue with: {resume_command(self.run_dir)}") from None
+        except DivergenceError as exc:
+            self.results.update(status="failed", reason=str(exc), wall_s=self.elapsed())
+            raise
+        except Exception as exc:
+            self.results.update(status="failed", reason=f"{type(exc).__name__}: {_first_line(exc)}",
+                                wall_s=self.elapsed())
+            raise
+
+    @contextlib.contextmanager
+    def testing(self):
+        """The test-set evaluation after training: training is done and saved, so a failure
+        here is recorded as a failed test evaluation."""
+        try:
+            yield
+        except MlprunError as exc:
+            self.results.update(status="failed", reason=f"test evaluation: {exc}", wall_s=self.elapsed())
+            raise
+
+    # ------------------------------------------------------------------ contents
+    def describe(self, n_params: int, dataset: dict) -> None:
+        self.data["n_params"] = n_params
+        self.data["dataset"] = dataset
+
+    def epoch_done(self, trainer) -> None:
+        """Trainer's on_epoch_end: the history so far, and the start-up time once per process."""
+        fields = dict(status="running", wall_s=self.elapsed(),
+                      **self.results.from_history(list(trainer.state.history), trainer.state.best_epoch))
+        if trainer.first_step_at is not None and not self._startup_logged:
+            started = process_start_time()  # this process's start -> the end of its first step
+            if started is not None:
+                fields["startup_s"] = round(trainer.first_step_at - started, 3)
+            self._startup_logged = True
+        # after this epoch's checkpoints, so results.json never claims an epoch last.pt lacks
+        trainer.after_checkpoint(lambda: self.results.update(**fields))
+
+    def trained(self, state, swa_result: dict | None) -> None:
+        """What fit() returned: final best/last blocks, early stopping, the SWA model's result."""
+        self.data.update(self.results.from_history(state.history, state.best_epoch))
+        self.data["stopped_early"] = state.stopped_early
+        if swa_result is not None:
+            self.data["swa"] = swa_result

@@ -1,0 +1,106 @@
+"""Saved runs: where a run keeps its checkpoints, how `resume=`, `mlprun-eval` and
+`mlprun-predict` find a run and its checkpoint, and how overrides merge into a saved config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from .errors import ConfigError
+
+CHECKPOINT_DIR = "checkpoints"
+SAVED_CONFIG = Path(".hydra") / "config.yaml"  # written by Hydra when a run starts
+
+
+def checkpoint_file(run_dir: Path, name: str = "last") -> Path:
+    """<run dir>/checkpoints/<name>.pt (name: last, best or swa)."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
+
+
+def run_dir_of(checkpoint: Path) -> Path | None:
+    """The run folder of a checkpoint file, or None when it is not in a run's checkpoints/."""
+    return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else None
+
+
+def find_latest(runs_root: Path = Path("runs")) -> Path:
+    """The run under `runs_root` whose checkpoint (or, lacking one, results.json) is newest."""
+    candidates = []
+    if runs_root.is_dir():
+        candidates = list(runs_root.glob(f"**/{CHECKPOINT_DIR}/last.pt"))
+        seen = {p.parent.parent for p in candidates}
+        candidates += [p for p in runs_root.glob(f"**/{SAVED_CONFIG}") if p.parent.parent not in seen]
+    if not candidates:
+        raise ConfigError("resume", "latest", message=(
+            f"resume=latest: no mlprun run under {runs_root.resolve()}"))
+    return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent
+
+
+def locate_for_resume(arg: str) -> tuple[Path | None, Path | None]:
+    """(run dir, checkpoint file or None when the run never wrote one) for a resume= argument."""
+    if arg in ("", "null", "None"):
+        raise ConfigError("resume", arg, message="resume= needs a run directory, a checkpoint file or 'latest'")
+    if arg == "latest":
+        run_dir = find_latest().resolve()
+    else:
+        path = Path(arg).expanduser()
+        if path.is_file():
+            path = path.resolve()
+            # None: not inside a run's checkpoints/ folder (refused once the file itself is checked)
+            return run_dir_of(path), path
+        if not path.is_dir():
+            raise ConfigError("resume", arg, message=f"resume={arg}: no such run directory or checkpoint file")
+        run_dir = path.resolve()
+    ckpt = checkpoint_file(run_dir, "last")
+    if ckpt.is_file():
+        return run_dir, ckpt
+    if (run_dir / SAVED_CONFIG).is_file():
+        return run_dir, None  # killed before its first checkpoint: restart it in place
+    raise ConfigError("resume", arg, message=(
+        f"resume={arg}: {ckpt} not found; the folder is not an mlprun run with a checkpoint"))
+
+
+def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | None, Path, str]:
+    """(run dir or None, checkpoint file, its name) for a run directory or a checkpoint file
+    (mlprun-eval, mlprun-predict). A run directory's default is swa, else best, else last."""
+    path = Path(target).expanduser()
+    if path.is_dir():
+        ckdir = path / CHECKPOINT_DIR
+        if not ckdir.is_dir():
+            raise ConfigError("run", target, message=(
+                f"{target}: not an mlprun run directory (no checkpoints/ folder); "
+                f"give a run directory or a .pt checkpoint"))
+        for name in ["swa", "best", "last"] if which is None else [which]:
+            if checkpoint_file(path, name).is_file():
+                return path, checkpoint_file(path, name), name
+        raise ConfigError("--checkpoint", which, message=(
+            f"{target}: no checkpoints/{which or 'best'}.pt in this run; "
+            f"present: {', '.join(sorted(p.stem for p in ckdir.glob('*.pt'))) or 'none'}"))
+    if path.is_file():
+        if which is not None:
+            raise ConfigError("--checkpoint", which, message=(
+                f"--checkpoint {which} applies to a run directory; {target} is already a checkpoint file"))
+        return run_dir_of(path), path, path.stem
+    raise ConfigError("run", target, message=f"{target}: no such run directory or checkpoint file")
+
+
+def merge_overrides(cfg, overrides, *, strict: bool):
+    """Merge already-allowed key=value overrides into a saved run's config, in place.
+
+    strict (resume=): every key must exist in the saved config (a misspelt key is an error,
+    not a silent new key) and a failure is one ConfigError line; otherwise keys may be added
+    (a data path the saved dataset config did not name) and OmegaConf's own error propagates.
+    """
+    overrides = list(overrides)
+    if not strict:
+        if overrides:
+            cfg.merge_with(OmegaConf.from_dotlist(overrides))
+        return cfg
+    OmegaConf.set_struct(cfg, True)
+    try:
+        cfg.merge_with(OmegaConf.from_dotlist(overrides))
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise ConfigError("resume", message=f"cannot apply {' '.join(overrides)} to the saved config: {first}") from None
+    OmegaConf.set_struct(cfg, False)
+    return cfg
