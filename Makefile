@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv run lint format test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,17 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/mlprun dataset=digits model=mlp_500_300 optim=adam trainer.epochs=20
 
-# The whole suite, slow tests included (what CI runs).
-test: $(STAMP)
+# ruff: lint and formatting (configured in pyproject.toml); `make format` rewrites the files.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests scripts
+	$(VENV)/bin/ruff format --check src tests scripts
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format src tests scripts
+	$(VENV)/bin/ruff check --fix src tests scripts
+
+# Lint, then the whole suite, slow tests included (what CI runs).
+test: lint
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

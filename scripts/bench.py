@@ -44,11 +44,16 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-WAYS = {"a": "seed-style DataLoader loop", "b": "bare in-memory tensor loop", "c": "mlprun Trainer",
-        "g": "mlprun Trainer, CUDA graph"}
+WAYS = {
+    "a": "seed-style DataLoader loop",
+    "b": "bare in-memory tensor loop",
+    "c": "mlprun Trainer",
+    "g": "mlprun Trainer, CUDA graph",
+}
 
 
 # ----------------------------------------------------------------------------- shared pieces
+
 
 def compose_cfg(args, epochs: int, subset: int | None, extra=()):
     from hydra import compose, initialize_config_module
@@ -57,9 +62,16 @@ def compose_cfg(args, epochs: int, subset: int | None, extra=()):
 
     register_resolvers()
     # the seed's job exactly: no dropout (the mlp presets default to 0.2), same as loops (a) and (b)
-    overrides = [f"dataset={args.dataset}", "model=mlp_500_300", "model.dropout=0", "optim=adam",
-                 f"trainer.epochs={epochs}", f"trainer.batch_size={args.batch_size}",
-                 f"trainer.device={args.device}", "trainer.progress=none"]
+    overrides = [
+        f"dataset={args.dataset}",
+        "model=mlp_500_300",
+        "model.dropout=0",
+        "optim=adam",
+        f"trainer.epochs={epochs}",
+        f"trainer.batch_size={args.batch_size}",
+        f"trainer.device={args.device}",
+        "trainer.progress=none",
+    ]
     if args.data:
         overrides.append(f"dataset.root={args.data}")
     if args.threads:
@@ -72,8 +84,13 @@ def compose_cfg(args, epochs: int, subset: int | None, extra=()):
 
 def make_model(num_features: int, device) -> torch.nn.Module:
     return torch.nn.Sequential(
-        torch.nn.Flatten(), torch.nn.Linear(num_features, 500), torch.nn.ReLU(),
-        torch.nn.Linear(500, 300), torch.nn.ReLU(), torch.nn.Linear(300, 10)).to(device)
+        torch.nn.Flatten(),
+        torch.nn.Linear(num_features, 500),
+        torch.nn.ReLU(),
+        torch.nn.Linear(500, 300),
+        torch.nn.ReLU(),
+        torch.nn.Linear(300, 10),
+    ).to(device)
 
 
 def sync(device) -> None:
@@ -105,15 +122,18 @@ class Job:
             if self.args.dataset == "mnist":
                 from torchvision.datasets import MNIST
 
-                full = MNIST(str(Path(self.args.data or os.environ.get("MLPRUN_DATA", "./data"))),
-                             train=True, download=False, transform=ToTensor())
+                full = MNIST(
+                    str(Path(self.args.data or os.environ.get("MLPRUN_DATA", "./data"))),
+                    train=True,
+                    download=False,
+                    transform=ToTensor(),
+                )
             else:
                 full = _DigitsImages(ToTensor())
             n = self.n_train + self.n_val
             if n < len(full):
                 full = Subset(full, range(n))
-            self._seed_sets = random_split(full, [self.n_train, self.n_val],
-                                           generator=torch.Generator().manual_seed(0))
+            self._seed_sets = random_split(full, [self.n_train, self.n_val], generator=torch.Generator().manual_seed(0))
         return self._seed_sets
 
 
@@ -137,6 +157,7 @@ class _DigitsImages(torch.utils.data.Dataset):
 
 
 # ----------------------------------------------------------------------------- (a) seed style
+
 
 def run_seed(job: Job, epochs: int) -> list[float]:
     """The loop of the seed's MNIST script (003, mlp_exp.py), plus its error() on the
@@ -176,6 +197,7 @@ def run_seed(job: Job, epochs: int) -> list[float]:
 
 # ----------------------------------------------------------------------------- (b) bare loop
 
+
 def run_bare(job: Job, epochs: int) -> list[float]:
     device, bs = job.device, job.args.batch_size
     x, y = job.data.train.x, job.data.train.y
@@ -191,7 +213,7 @@ def run_bare(job: Job, epochs: int) -> list[float]:
         model.train()
         perm = torch.randperm(n, device=device)
         for i in range(0, n, bs):
-            idx = perm[i:i + bs]
+            idx = perm[i : i + bs]
             loss = loss_fn(model(x[idx]), y[idx])
             opt.zero_grad()
             loss.backward()
@@ -200,15 +222,16 @@ def run_bare(job: Job, epochs: int) -> list[float]:
         with torch.no_grad():
             total, correct = 0.0, 0
             for i in range(0, xv.shape[0], 1000):
-                out = model(xv[i:i + 1000])
-                total += loss_fn(out, yv[i:i + 1000]) * out.shape[0]
-                correct += (out.argmax(1) == yv[i:i + 1000]).sum()
+                out = model(xv[i : i + 1000])
+                total += loss_fn(out, yv[i : i + 1000]) * out.shape[0]
+                correct += (out.argmax(1) == yv[i : i + 1000]).sum()
             float(total), int(correct)  # one host read per epoch
         times.append(time.perf_counter() - t0)
     return times
 
 
 # ----------------------------------------------------------------------------- (c) mlprun
+
 
 def run_mlprun(job: Job, epochs: int, subset: int | None = None, graph: bool = False) -> list[float]:
     """mlprunner.run.run() on a temporary run dir; the epoch clock starts at each train_epoch()."""
@@ -263,12 +286,20 @@ def speed_probe_ms(device, n: int = 100) -> float:
 
 # ----------------------------------------------------------------------------- fresh process
 
+
 def measure_process(args) -> dict:
     """`python -m mlprunner` for one epoch: start-up to the first step, peak RSS, exit code."""
     with tempfile.TemporaryDirectory(prefix="mlprun-bench-proc-") as tmp:
         run_dir = Path(tmp) / "run"
-        overrides = [f"dataset={args.dataset}", "model.dropout=0", "trainer.epochs=1", f"trainer.batch_size={args.batch_size}",
-                     f"trainer.device={args.device}", "trainer.progress=plain", f"hydra.run.dir={run_dir}"]
+        overrides = [
+            f"dataset={args.dataset}",
+            "model.dropout=0",
+            "trainer.epochs=1",
+            f"trainer.batch_size={args.batch_size}",
+            f"trainer.device={args.device}",
+            "trainer.progress=plain",
+            f"hydra.run.dir={run_dir}",
+        ]
         if args.data:
             overrides.append(f"dataset.root={args.data}")
         if args.subset:
@@ -279,14 +310,18 @@ def measure_process(args) -> dict:
         log = Path(tmp) / "out.log"
         with open(log, "w") as fh:
             t0 = time.time()
-            proc = subprocess.Popen([sys.executable, "-m", "mlprunner", *overrides], cwd=tmp,
-                                    stdout=fh, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mlprunner", *overrides], cwd=tmp, stdout=fh, stderr=subprocess.STDOUT
+            )
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.time() - t0
         proc.returncode = os.waitstatus_to_exitcode(status)
-        out = {"command": "python -m mlprunner " + " ".join(o for o in overrides if "hydra.run.dir" not in o),
-               "exit_code": proc.returncode, "wall_s": round(wall, 3),
-               "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}  # Linux: KiB
+        out = {
+            "command": "python -m mlprunner " + " ".join(o for o in overrides if "hydra.run.dir" not in o),
+            "exit_code": proc.returncode,
+            "wall_s": round(wall, 3),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        }  # Linux: KiB
         results = run_dir / "results.json"
         if results.is_file():
             out["startup_s"] = json.loads(results.read_text()).get("startup_s")
@@ -319,24 +354,35 @@ print(time.time() - process_start_time())
 
 # ----------------------------------------------------------------------------- main
 
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--epochs", type=int, default=5, help="epochs per repetition (default 5)")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each way, alternating (default 3)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--subset", type=int, default=None, help="use only N images of the training file")
-    p.add_argument("--dataset", choices=["mnist", "digits"], default="mnist",
-                   help="mnist (needs MLPRUN_DATA or --data) or digits (bundled, offline)")
+    p.add_argument(
+        "--dataset",
+        choices=["mnist", "digits"],
+        default="mnist",
+        help="mnist (needs MLPRUN_DATA or --data) or digits (bundled, offline)",
+    )
     p.add_argument("--data", default=None, help="dataset root (default: $MLPRUN_DATA)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads for every way (default: torch's own, = cores)")
-    p.add_argument("--ways", default=None,
-                   help="which of a, b, c, g to run (default abc, and g too on a CUDA device)")
-    p.add_argument("--c-override", action="append", default=[], metavar="KEY=VALUE",
-                   help="an extra mlprun override for (c) and the fresh process, e.g. "
-                        "trainer.precision=bf16 (repeatable; default: none, mlprun's defaults)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch intra-op threads for every way (default: torch's own, = cores)"
+    )
+    p.add_argument("--ways", default=None, help="which of a, b, c, g to run (default abc, and g too on a CUDA device)")
+    p.add_argument(
+        "--c-override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra mlprun override for (c) and the fresh process, e.g. "
+        "trainer.precision=bf16 (repeatable; default: none, mlprun's defaults)",
+    )
     p.add_argument("--no-process", action="store_true", help="skip the fresh-process start-up/memory run")
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -353,9 +399,12 @@ def main(argv=None) -> int:
         process = measure_process(args)
 
     job = Job(args)
-    print(f"bench: {args.dataset} {job.n_train} train / {job.n_val} val, batch {args.batch_size}, "
-          f"784-500-300-10 Adam, {args.epochs} epochs x {args.reps} reps on {job.device} "
-          f"({torch.get_num_threads()} threads)", flush=True)
+    print(
+        f"bench: {args.dataset} {job.n_train} train / {job.n_val} val, batch {args.batch_size}, "
+        f"784-500-300-10 Adam, {args.epochs} epochs x {args.reps} reps on {job.device} "
+        f"({torch.get_num_threads()} threads)",
+        flush=True,
+    )
     warm_subset = min(job.n_train + job.n_val, 2000)
     for w in ways:  # untimed warm-up: imports, allocator, first-call costs
         if w in "cg":
@@ -367,42 +416,61 @@ def main(argv=None) -> int:
     epochs_raw: dict[str, list[list[float]]] = {w: [] for w in ways}
     probes: dict[str, list[float]] = {w: [] for w in ways}
     for r in range(args.reps):
-        order = ways[r % len(ways):] + ways[:r % len(ways)]  # rotate who goes first
+        order = ways[r % len(ways) :] + ways[: r % len(ways)]  # rotate who goes first
         for w in order:
             probes[w].append(round(speed_probe_ms(job.device), 4))
             times = RUNNERS[w](job, args.epochs)
             epochs_raw[w].append([round(t, 4) for t in times])
             per_rep[w].append(sum(times) / len(times))
-            print(f"  rep {r + 1} {w} ({WAYS[w]}): {per_rep[w][-1]:.3f} s/epoch "
-                  f"(matmul probe before it: {probes[w][-1]:.3f} ms)", flush=True)
+            print(
+                f"  rep {r + 1} {w} ({WAYS[w]}): {per_rep[w][-1]:.3f} s/epoch "
+                f"(matmul probe before it: {probes[w][-1]:.3f} ms)",
+                flush=True,
+            )
 
     summary = {}
     for w in ways:
         s = statistics.median(per_rep[w])
-        summary[w] = {"name": WAYS[w], "s_per_epoch": round(s, 6),
-                      "samples_per_s": round(job.n_train / s, 1),
-                      "reps_s_per_epoch": [round(t, 4) for t in per_rep[w]], "epochs_s": epochs_raw[w],
-                      "probe_ms": probes[w]}
+        summary[w] = {
+            "name": WAYS[w],
+            "s_per_epoch": round(s, 6),
+            "samples_per_s": round(job.n_train / s, 1),
+            "reps_s_per_epoch": [round(t, 4) for t in per_rep[w]],
+            "epochs_s": epochs_raw[w],
+            "probe_ms": probes[w],
+        }
     ratios, paired = {}, {}
     for num, den in (("c", "b"), ("a", "c"), ("c", "g")):
         if num in summary and den in summary:
             ratios[f"{num}/{den}"] = round(summary[num]["s_per_epoch"] / summary[den]["s_per_epoch"], 3)
             # the same ratio within each repetition (its ways ran back to back), then the median:
             # steadier than the ratio of medians when the machine's speed drifts between reps
-            paired[f"{num}/{den}"] = round(statistics.median(
-                x / y for x, y in zip(per_rep[num], per_rep[den])), 3)
+            paired[f"{num}/{den}"] = round(statistics.median(x / y for x, y in zip(per_rep[num], per_rep[den])), 3)
     result = {
-        "job": {"dataset": args.dataset, "n_train": job.n_train, "n_val": job.n_val,
-                "batch_size": args.batch_size, "model": "784-500-300-10 relu" if job.num_features == 784
-                else f"{job.num_features}-500-300-10 relu", "optimizer": "Adam lr 1e-3",
-                "epochs": args.epochs, "reps": args.reps, "subset": args.subset,
-                "c_overrides": list(args.c_override)},
+        "job": {
+            "dataset": args.dataset,
+            "n_train": job.n_train,
+            "n_val": job.n_val,
+            "batch_size": args.batch_size,
+            "model": "784-500-300-10 relu" if job.num_features == 784 else f"{job.num_features}-500-300-10 relu",
+            "optimizer": "Adam lr 1e-3",
+            "epochs": args.epochs,
+            "reps": args.reps,
+            "subset": args.subset,
+            "c_overrides": list(args.c_override),
+        },
         "device": str(job.device),
-        "device_name": torch.cuda.get_device_name(job.device) if job.device.type == "cuda" else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+        "device_name": torch.cuda.get_device_name(job.device)
+        if job.device.type == "cuda"
+        else platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "torch": torch.__version__,
-        "ways": summary, "ratios": ratios, "ratios_paired": paired, "process": process,
+        "ways": summary,
+        "ratios": ratios,
+        "ratios_paired": paired,
+        "process": process,
     }
     if job.device.type == "cuda":
         result["cuda_samples_per_s"] = {w: summary[w]["samples_per_s"] for w in ways}
@@ -414,9 +482,11 @@ def main(argv=None) -> int:
     for k, v in ratios.items():
         print(f"{k} = {v:.2f} (ratio of the medians; median of the per-repetition ratios {paired[k]:.2f})")
     if process:
-        print(f"mlprun process: start to first step {process.get('startup_s')} s "
-              f"(torch + one Adam step alone: {process.get('floor_startup_s')} s), "
-              f"peak RSS {process['peak_rss_mb']} MB, exit {process['exit_code']}")
+        print(
+            f"mlprun process: start to first step {process.get('startup_s')} s "
+            f"(torch + one Adam step alone: {process.get('floor_startup_s')} s), "
+            f"peak RSS {process['peak_rss_mb']} MB, exit {process['exit_code']}"
+        )
     print(f"load average during the run: {result['load_average']}")
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

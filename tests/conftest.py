@@ -30,18 +30,27 @@ def mnist_root() -> Path | None:
 requires_mnist = pytest.mark.skipif(mnist_root() is None, reason="MLPRUN_DATA does not hold MNIST")
 
 
-def run_mlprun(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600,
-               check: bool = False) -> subprocess.CompletedProcess:
+def run_mlprun(
+    *args: str, cwd: Path, env: dict | None = None, timeout: float = 600, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run `python -m mlprunner ARGS` in `cwd`; returns the CompletedProcess (text output)."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("MLPRUN_DEBUG", None)
     if env and "MLPRUN_DEBUG" in env:
         full_env["MLPRUN_DEBUG"] = env["MLPRUN_DEBUG"]
-    proc = subprocess.run([sys.executable, "-m", "mlprunner", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"mlprun {' '.join(args)} exited {proc.returncode}\n"
-                             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"mlprun {' '.join(args)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 

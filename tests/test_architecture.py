@@ -33,14 +33,16 @@ def _is_main_block(node: ast.AST) -> bool:
         return False
     sides = [node.test.left, *node.test.comparators]
     return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and any(
-        isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)
+        isinstance(s, ast.Constant) and s.value == "__main__" for s in sides
+    )
 
 
 def _is_type_checking_block(node: ast.AST) -> bool:
     test = getattr(node, "test", None)
     return isinstance(node, ast.If) and (
         (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING")
-        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"))
+        or (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+    )
 
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]):
@@ -73,8 +75,9 @@ def imports_of(name: str, path: Path, modules: dict[str, Path]):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 for target in targets(child):
                     yield target, child.lineno, top_level
-            inner = top_level and not isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                         ast.Lambda, ast.ClassDef))
+            inner = top_level and not isinstance(
+                child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef)
+            )
             yield from visit(child, inner)
 
     yield from visit(ast.parse(path.read_text(), filename=str(path)), True)
@@ -146,16 +149,22 @@ def test_graph_is_read():
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles among mlprunner modules:\n" + "\n".join(
-        " -> ".join(c[:-1]) + "  " + c[-1] for c in found)
+        " -> ".join(c[:-1]) + "  " + c[-1] for c in found
+    )
 
 
 def test_no_function_local_imports_of_mlprunner_modules():
     modules = all_modules()
-    local = [f"{path.relative_to(SRC.parents[1])}:{line}: imports {target}"
-             for name, path in modules.items()
-             for target, line, top_level in imports_of(name, path, modules) if not top_level]
-    assert not local, ("imports of mlprunner modules inside functions or classes (move them to "
-                       "the top of the file):\n" + "\n".join(local))
+    local = [
+        f"{path.relative_to(SRC.parents[1])}:{line}: imports {target}"
+        for name, path in modules.items()
+        for target, line, top_level in imports_of(name, path, modules)
+        if not top_level
+    ]
+    assert not local, (
+        "imports of mlprunner modules inside functions or classes (move them to "
+        "the top of the file):\n" + "\n".join(local)
+    )
 
 
 def test_entry_points_sit_on_top():

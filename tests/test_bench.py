@@ -30,16 +30,29 @@ def run_in_process(run_dir: Path, *overrides: str) -> dict:
 
     register_resolvers()
     with initialize_config_module("mlprunner.configs", version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=digits", "model=mlp_100", "trainer.progress=none",
-                                           "trainer.tensorboard.graph=false", "trainer.threads=1",
-                                           *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                "dataset=digits",
+                "model=mlp_100",
+                "trainer.progress=none",
+                "trainer.tensorboard.graph=false",
+                "trainer.threads=1",
+                *overrides,
+            ],
+        )
     return run(cfg, run_dir)
 
 
 def run_bench(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), *args, "--out", str(out)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), *args, "--out", str(out)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, f"bench.py exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert "c/b =" in proc.stdout and "a/c =" in proc.stdout
     return json.loads(out.read_text())
@@ -66,8 +79,19 @@ def check_bench_json(result: dict, n_train: int, device: str = "cpu", ways: str 
 
 def test_bench_smoke_digits(tmp_path):
     """One short epoch of each way on the bundled digits, plus the fresh-process measurement."""
-    result = run_bench(tmp_path, "--dataset", "digits", "--epochs", "1", "--reps", "1", "--threads", "1",
-                       "--c-override", "trainer.log_every_n_steps=7")
+    result = run_bench(
+        tmp_path,
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--c-override",
+        "trainer.log_every_n_steps=7",
+    )
     check_bench_json(result, n_train=1294)
     assert result["job"]["c_overrides"] == ["trainer.log_every_n_steps=7"]
     assert "trainer.log_every_n_steps=7" in result["process"]["command"]
@@ -79,15 +103,34 @@ def test_bench_smoke_digits(tmp_path):
 
 @requires_mnist
 def test_bench_smoke_mnist_subset(tmp_path):
-    result = run_bench(tmp_path, "--dataset", "mnist", "--subset", "1000", "--epochs", "1", "--reps", "1",
-                       "--threads", "1", "--no-process", "--data", str(mnist_root()))
+    result = run_bench(
+        tmp_path,
+        "--dataset",
+        "mnist",
+        "--subset",
+        "1000",
+        "--epochs",
+        "1",
+        "--reps",
+        "1",
+        "--threads",
+        "1",
+        "--no-process",
+        "--data",
+        str(mnist_root()),
+    )
     check_bench_json(result, n_train=900)
     assert result["process"] is None
 
 
 def test_bench_rejects_bad_options(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "bench.py"), "--ways", "xyz"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "bench.py"), "--ways", "xyz"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2 and "--ways" in proc.stderr
 
 
@@ -189,12 +232,29 @@ def test_uint8_images_split_then_scaled_bit_for_bit():
     labels = torch.randint(0, 10, (500,), generator=g)
     test = torch.randint(0, 256, (50, 784), dtype=torch.uint8, generator=g)
     for normalize in (True, False):
-        cfg = OmegaConf.create({"val_fraction": 0.1, "split_seed": 7, "subset": None,
-                                "normalize": normalize, "mean": [0.1307], "std": [0.3081]})
+        cfg = OmegaConf.create(
+            {
+                "val_fraction": 0.1,
+                "split_seed": 7,
+                "subset": None,
+                "normalize": normalize,
+                "mean": [0.1307],
+                "std": [0.3081],
+            }
+        )
         names = [str(i) for i in range(10)]
         raw = _finish(cfg, pixels, labels, 1, (1, 28, 28), names, "cpu", lambda: (test, labels[:50]), {})
-        ref = _finish(cfg, pixels.float().div_(255.0), labels, 1, (1, 28, 28), names, "cpu",
-                      lambda: (test.float().div_(255.0), labels[:50]), {})
+        ref = _finish(
+            cfg,
+            pixels.float().div_(255.0),
+            labels,
+            1,
+            (1, 28, 28),
+            names,
+            "cpu",
+            lambda: (test.float().div_(255.0), labels[:50]),
+            {},
+        )
         for a, b in ((raw.train, ref.train), (raw.val, ref.val), (raw.load_test(), ref.load_test())):
             assert a.x.dtype == torch.float32 and torch.equal(a.x, b.x) and torch.equal(a.y, b.y)
         assert (len(raw.train), len(raw.val)) == (450, 50)
@@ -214,8 +274,9 @@ def test_load_data_overlaps_other_work_and_raises_its_errors(tmp_path):
     register_resolvers()
     with initialize_config_module("mlprunner.configs", version_base="1.3"):
         digits = compose("config", overrides=["dataset=digits"]).dataset
-        missing = compose("config", overrides=["dataset=mnist", f"dataset.root={tmp_path}",
-                                               "dataset.download=false"]).dataset
+        missing = compose(
+            "config", overrides=["dataset=mnist", f"dataset.root={tmp_path}", "dataset.download=false"]
+        ).dataset
     ran_in = []
     direct = load_data(digits, "cpu")
     overlapped = load_data(digits, "cpu", meanwhile=lambda: ran_in.append(threading.current_thread()))
@@ -268,8 +329,9 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
-                    reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(
+    shutil.which("c++") is None and shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler"
+)
 def test_compile_on_cpu(tmp_path):
     results = run_in_process(tmp_path / "run", "trainer.epochs=1", "trainer.compile=true")
     assert results["status"] == "completed"
@@ -280,8 +342,9 @@ def test_compile_on_cpu(tmp_path):
 
 @requires_cuda
 def test_cuda_bf16_run(tmp_path):
-    results = run_in_process(tmp_path / "run", "trainer.epochs=2", "trainer.device=cuda",
-                             "trainer.precision=bf16", "trainer.profile=true")
+    results = run_in_process(
+        tmp_path / "run", "trainer.epochs=2", "trainer.device=cuda", "trainer.precision=bf16", "trainer.profile=true"
+    )
     assert results["status"] == "completed" and results["device"].startswith("cuda")
     prof = read_json(tmp_path / "run" / "profile.json")
     assert prof["synchronising_timers"] is True
@@ -289,8 +352,9 @@ def test_cuda_bf16_run(tmp_path):
 
 @requires_cuda
 def test_bench_cuda(tmp_path):
-    result = run_bench(tmp_path, "--dataset", "digits", "--epochs", "1", "--reps", "1", "--device", "cuda",
-                       "--no-process")
+    result = run_bench(
+        tmp_path, "--dataset", "digits", "--epochs", "1", "--reps", "1", "--device", "cuda", "--no-process"
+    )
     check_bench_json(result, n_train=1294, device="cuda", ways="abcg")
     assert set(result["cuda_samples_per_s"]) == {"a", "b", "c", "g"}
     assert result["ratios"]["c/g"] > 0

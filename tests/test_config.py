@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from hydra import compose, initialize_config_module
@@ -30,18 +29,28 @@ IMAGE_KEYS = {"image_csv": ["dataset.csv=/tmp/x/labels.csv"], "image_folder": ["
 def compose_cfg():
     register_resolvers()
     with initialize_config_module("mlprunner.configs", version_base="1.3"):
+
         def _compose(*overrides: str):
             return compose(config_name="config", overrides=list(overrides))
+
         yield _compose
 
 
 def test_every_group_has_the_required_options():
     assert set(options("dataset")) >= {"mnist", "fashion_mnist", "digits", "xor", "image_csv", "image_folder"}
     assert set(options("model")) >= {"mlp_500_300", "mlp_800", "mlp_300_100", "mlp_100", "linear"}
-    assert set(options("optim")) >= {"sgd", "sgd_momentum", "adam", "adamw", "adagrad", "adadelta",
-                                     "rmsprop", "nadam", "radam"}
-    assert set(options("scheduler")) >= {"none", "step", "multistep", "exponential", "cosine",
-                                         "plateau", "onecycle"}
+    assert set(options("optim")) >= {
+        "sgd",
+        "sgd_momentum",
+        "adam",
+        "adamw",
+        "adagrad",
+        "adadelta",
+        "rmsprop",
+        "nadam",
+        "radam",
+    }
+    assert set(options("scheduler")) >= {"none", "step", "multistep", "exponential", "cosine", "plateau", "onecycle"}
     assert set(options("loss")) >= {"cross_entropy", "nll", "bce_with_logits", "mse", "l1", "multi_margin"}
     assert set(options("experiment")) >= {"mnist_seed", "xor_seed"}
 
@@ -101,12 +110,14 @@ def test_image_datasets_need_their_path(compose_cfg, name):
 def test_model_option(compose_cfg, name):
     cfg = compose_cfg(f"model={name}", "dataset=digits")
     validate(cfg)
-    expected = {"mlp_500_300": [500, 300], "mlp_800": [800], "mlp_300_100": [300, 100],
-                "mlp_100": [100], "linear": []}
+    expected = {"mlp_500_300": [500, 300], "mlp_800": [800], "mlp_300_100": [300, 100], "mlp_100": [100], "linear": []}
     if name in expected:
         assert list(cfg.model.hidden) == expected[name]
-    model = MLP(in_features=64, out_features=10, **{k: v for k, v in OmegaConf.to_container(cfg.model).items()
-                                                    if k != "_target_"})
+    model = MLP(
+        in_features=64,
+        out_features=10,
+        **{k: v for k, v in OmegaConf.to_container(cfg.model).items() if k != "_target_"},
+    )
     linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert [m.out_features for m in linears] == list(cfg.model.hidden) + [10]
     widths = [64, *cfg.model.hidden, 10]
@@ -116,8 +127,9 @@ def test_model_option(compose_cfg, name):
 
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid", "leaky_relu", "elu", "gelu", "silu"])
 def test_model_activation_dropout_batchnorm(compose_cfg, activation):
-    cfg = compose_cfg("model=mlp_100", f"model.activation={activation}", "model.dropout=0.2",
-                      "model.batchnorm=true", "dataset=digits")
+    cfg = compose_cfg(
+        "model=mlp_100", f"model.activation={activation}", "model.dropout=0.2", "model.batchnorm=true", "dataset=digits"
+    )
     validate(cfg)
     from hydra.utils import instantiate
 
@@ -195,7 +207,7 @@ def test_scheduler_warmup(compose_cfg, name):
     if name != "onecycle":
         assert lrs[0] == pytest.approx(start)
         # linear ramp up during the warm-up
-        assert all(b > a for a, b in zip(lrs[: 2 * units], lrs[1: 2 * units + 1]))
+        assert all(b > a for a, b in zip(lrs[: 2 * units], lrs[1 : 2 * units + 1]))
         assert lrs[2 * units] == pytest.approx(0.1)
     # every lr used by a training epoch/step is positive (cosine reaches eta_min=0 only after the last)
     assert all(lr > 0 for lr in lrs[:-1]) and lrs[-1] >= 0
@@ -286,14 +298,17 @@ def test_overrides_land(compose_cfg):
     assert cfg.trainer.epochs == 5
 
 
-@pytest.mark.parametrize("override,key", [
-    ("optim.lr=-1", "optim.lr"),
-    ("trainer.epochs=0", "trainer.epochs"),
-    ("model.activation=swish", "model.activation"),
-    ("model.hidden=[0]", "model.hidden"),
-    ("dataset.val_fraction=1.5", "dataset.val_fraction"),
-    ("trainer.device=tpu", "trainer.device"),
-])
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("optim.lr=-1", "optim.lr"),
+        ("trainer.epochs=0", "trainer.epochs"),
+        ("model.activation=swish", "model.activation"),
+        ("model.hidden=[0]", "model.hidden"),
+        ("dataset.val_fraction=1.5", "dataset.val_fraction"),
+        ("trainer.device=tpu", "trainer.device"),
+    ],
+)
 def test_invalid_values_name_their_key(compose_cfg, override, key):
     cfg = compose_cfg("dataset=digits", override)
     with pytest.raises(ConfigError) as err:
@@ -302,6 +317,7 @@ def test_invalid_values_name_their_key(compose_cfg, override, key):
 
 
 # ------------------------------------------------------------------------------- the CLI
+
 
 def test_cli_help(tmp_path):
     proc = run_mlprun("--help", cwd=tmp_path)
@@ -312,8 +328,9 @@ def test_cli_help(tmp_path):
 
 
 def test_cli_cfg_job(tmp_path):
-    proc = run_mlprun("--cfg", "job", "dataset=digits", "optim.lr=3e-4", "model.hidden=[800]",
-                      "trainer.epochs=5", cwd=tmp_path)
+    proc = run_mlprun(
+        "--cfg", "job", "dataset=digits", "optim.lr=3e-4", "model.hidden=[800]", "trainer.epochs=5", cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     cfg = OmegaConf.create(proc.stdout)
     assert cfg.dataset.name == "digits"

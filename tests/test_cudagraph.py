@@ -19,10 +19,9 @@ import pytest
 import torch
 
 from conftest import read_json, run_mlprun
-from test_bench import run_in_process
-
 from mlprunner.cudagraph import checkpoint_optimizer_state, fallback_reason, supports_capture
 from mlprunner.train import Metrics
+from test_bench import run_in_process
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -30,8 +29,16 @@ CUDA = torch.device("cuda")
 
 def _reason(**changes):
     model = torch.nn.Linear(4, 2)
-    kwargs = dict(train_split=type("S", (), {"x": None})(), optimizer=torch.optim.Adam(model.parameters()),
-                  scaler=None, step_scheduler=False, augment=None, swa=None, compiled=False, profile=False)
+    kwargs = dict(
+        train_split=type("S", (), {"x": None})(),
+        optimizer=torch.optim.Adam(model.parameters()),
+        scaler=None,
+        step_scheduler=False,
+        augment=None,
+        swa=None,
+        compiled=False,
+        profile=False,
+    )
     kwargs.update(changes)
     setting = kwargs.pop("setting", "auto")
     device = kwargs.pop("device", CUDA)
@@ -61,8 +68,15 @@ def test_fallback_reasons_name_what_prevents_the_graph():
 
 def test_which_optimizers_can_be_captured():
     params = list(torch.nn.Linear(4, 2).parameters())
-    for cls in (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.NAdam,
-                torch.optim.RAdam, torch.optim.RMSprop, torch.optim.Adadelta):
+    for cls in (
+        torch.optim.Adam,
+        torch.optim.AdamW,
+        torch.optim.SGD,
+        torch.optim.NAdam,
+        torch.optim.RAdam,
+        torch.optim.RMSprop,
+        torch.optim.Adadelta,
+    ):
         assert supports_capture(cls(params, lr=0.1)), cls
     assert not supports_capture(torch.optim.Adagrad(params))
 
@@ -92,17 +106,31 @@ def test_checkpointed_optimizer_state_is_not_capturable():
 def test_cuda_graph_true_on_cpu_says_why_it_is_off(workdir):
     if torch.cuda.is_available():
         pytest.skip("CUDA is present here")
-    proc = run_mlprun("dataset=digits", "model=mlp_100", "trainer.epochs=1", "trainer.cuda_graph=true",
-                      "trainer.progress=plain", "trainer.tensorboard.enabled=false", cwd=workdir)
+    proc = run_mlprun(
+        "dataset=digits",
+        "model=mlp_100",
+        "trainer.epochs=1",
+        "trainer.cuda_graph=true",
+        "trainer.progress=plain",
+        "trainer.tensorboard.enabled=false",
+        cwd=workdir,
+    )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert "CUDA graph off: needs a CUDA device (this run is on cpu); training steps run eagerly" in out
-    quiet = run_mlprun("dataset=digits", "model=mlp_100", "trainer.epochs=1", "trainer.progress=plain",
-                       "trainer.tensorboard.enabled=false", cwd=workdir)
+    quiet = run_mlprun(
+        "dataset=digits",
+        "model=mlp_100",
+        "trainer.epochs=1",
+        "trainer.progress=plain",
+        "trainer.tensorboard.enabled=false",
+        cwd=workdir,
+    )
     assert quiet.returncode == 0 and "CUDA graph" not in quiet.stdout + quiet.stderr  # auto on CPU
 
 
 # ----------------------------------------------------------------------------- on a CUDA device
+
 
 def _report(name: str, value) -> None:
     folder = os.environ.get("MLPRUN_TEST_REPORT_DIR")
@@ -135,8 +163,14 @@ def _graph_vs_eager(tmp_path: Path, caplog, name: str, *overrides: str) -> float
     assert "capture failed" not in caplog.text, caplog.text
     assert eager["status"] == graphed["status"] == "completed"
     worst = _max_history_diff(eager, graphed)
-    _report(name, {"max_abs_metric_diff": worst, "overrides": list(overrides),
-                   "best_val_error": [eager["best"]["val"]["error"], graphed["best"]["val"]["error"]]})
+    _report(
+        name,
+        {
+            "max_abs_metric_diff": worst,
+            "overrides": list(overrides),
+            "best_val_error": [eager["best"]["val"]["error"], graphed["best"]["val"]["error"]],
+        },
+    )
     return worst
 
 
@@ -150,30 +184,45 @@ def test_graph_matches_eager_default_job(tmp_path, caplog):
 @requires_cuda
 def test_graph_matches_eager_with_clip_batchnorm_bf16_and_epoch_scheduler(tmp_path, caplog):
     # StepLR halves the lr after every epoch, so the graphs are captured again each epoch
-    worst = _graph_vs_eager(tmp_path, caplog, "clip_bn_bf16_steplr", "trainer.epochs=5", "trainer.grad_clip=0.5",
-                            "model.batchnorm=true", "trainer.precision=bf16", "scheduler=step",
-                            "scheduler.step_size=1", "scheduler.gamma=0.5", "trainer.batch_size=64")
+    worst = _graph_vs_eager(
+        tmp_path,
+        caplog,
+        "clip_bn_bf16_steplr",
+        "trainer.epochs=5",
+        "trainer.grad_clip=0.5",
+        "model.batchnorm=true",
+        "trainer.precision=bf16",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        "scheduler.gamma=0.5",
+        "trainer.batch_size=64",
+    )
     assert worst <= 1e-3
 
 
 @requires_cuda
 def test_graph_with_sgd_momentum_and_plateau(tmp_path, caplog):
-    worst = _graph_vs_eager(tmp_path, caplog, "sgd_plateau", "trainer.epochs=5", "optim=sgd_momentum",
-                            "scheduler=plateau")
+    worst = _graph_vs_eager(
+        tmp_path, caplog, "sgd_plateau", "trainer.epochs=5", "optim=sgd_momentum", "scheduler=plateau"
+    )
     assert worst <= 1e-5
 
 
 @requires_cuda
-@pytest.mark.parametrize("overrides, reason", [
-    (["trainer.precision=fp16"], "GradScaler"),
-    (["scheduler=onecycle", "scheduler.max_lr=0.01"], "scheduler.interval=step"),
-    (["optim=adagrad"], "Adagrad cannot run its step inside a graph"),
-    (["trainer.profile=true"], "trainer.profile=true"),
-])
+@pytest.mark.parametrize(
+    "overrides, reason",
+    [
+        (["trainer.precision=fp16"], "GradScaler"),
+        (["scheduler=onecycle", "scheduler.max_lr=0.01"], "scheduler.interval=step"),
+        (["optim=adagrad"], "Adagrad cannot run its step inside a graph"),
+        (["trainer.profile=true"], "trainer.profile=true"),
+    ],
+)
 def test_fallbacks_are_logged_on_cuda(tmp_path, caplog, overrides, reason):
     caplog.set_level(logging.INFO, logger="mlprunner")
-    results = run_in_process(tmp_path / "run", "trainer.device=cuda", "trainer.epochs=1",
-                             "trainer.tensorboard.enabled=false", *overrides)
+    results = run_in_process(
+        tmp_path / "run", "trainer.device=cuda", "trainer.epochs=1", "trainer.tensorboard.enabled=false", *overrides
+    )
     assert results["status"] == "completed"
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("CUDA graph off:")]
     assert len(lines) == 1 and reason in lines[0], caplog.text
@@ -181,15 +230,27 @@ def test_fallbacks_are_logged_on_cuda(tmp_path, caplog, overrides, reason):
 
 @requires_cuda
 def test_sigkill_then_resume_with_graphs_equals_the_uninterrupted_run(tmp_path):
-    args = ["dataset=digits", "model=mlp_500_300", "trainer.device=cuda", "trainer.cuda_graph=true",
-            "trainer.epochs=8", "trainer.progress=plain", "trainer.tensorboard.enabled=false"]
+    args = [
+        "dataset=digits",
+        "model=mlp_500_300",
+        "trainer.device=cuda",
+        "trainer.cuda_graph=true",
+        "trainer.epochs=8",
+        "trainer.progress=plain",
+        "trainer.tensorboard.enabled=false",
+    ]
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
     ref = run_mlprun(*args, f"hydra.run.dir={ref_dir}", cwd=tmp_path, check=True)
     assert "CUDA graph: each training step is captured" in ref.stdout + ref.stderr
     # slow checkpoint writes pace the run so the kill lands in the middle of it
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPRUN_TEST_SLOW_CHECKPOINT": "0.4"}
-    p = subprocess.Popen([sys.executable, "-m", "mlprunner", *args, f"hydra.run.dir={run_dir}"],
-                         cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args, f"hydra.run.dir={run_dir}"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     last = run_dir / "checkpoints" / "last.pt"
     deadline = time.time() + 120
     killed_after = None
@@ -212,6 +273,8 @@ def test_sigkill_then_resume_with_graphs_equals_the_uninterrupted_run(tmp_path):
     ref_w = torch.load(ref_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     res_w = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
     weight_diff = max(float((ref_w[k].float() - res_w[k].float()).abs().max()) for k in ref_w)
-    _report("sigkill_resume", {"killed_after_epoch": killed_after, "max_abs_metric_diff": worst,
-                               "max_abs_weight_diff": weight_diff})
+    _report(
+        "sigkill_resume",
+        {"killed_after_epoch": killed_after, "max_abs_metric_diff": worst, "max_abs_weight_diff": weight_diff},
+    )
     assert worst == 0.0 and weight_diff == 0.0

@@ -56,10 +56,10 @@ def bad(tmp_path_factory, completed_run) -> dict:
     (ckpts / "corrupt.pt").write_bytes(os.urandom(4096))
     data = last.read_bytes()
     (ckpts / "truncated.pt").write_bytes(data[: len(data) // 2])
-    torch.save({"weights": torch.zeros(3)}, ckpts / "foreign.pt")          # not an mlprun checkpoint
-    torch.save({"model": torch.nn.Linear(2, 2)}, ckpts / "pickled.pt")      # a pickled module object
-    other = base / "other_model"                                            # an mlprun checkpoint whose
-    (other / "checkpoints").mkdir(parents=True)                            # weights do not fit its config
+    torch.save({"weights": torch.zeros(3)}, ckpts / "foreign.pt")  # not an mlprun checkpoint
+    torch.save({"model": torch.nn.Linear(2, 2)}, ckpts / "pickled.pt")  # a pickled module object
+    other = base / "other_model"  # an mlprun checkpoint whose
+    (other / "checkpoints").mkdir(parents=True)  # weights do not fit its config
     state = torch.load(last, weights_only=True)
     state["config"]["model"]["hidden"] = [7]
     torch.save(state, other / "checkpoints" / "last.pt")
@@ -105,10 +105,12 @@ def bad(tmp_path_factory, completed_run) -> dict:
 # --------------------------------------------------------------------------- the cases
 
 no_cuda = pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present here")
-no_mps = pytest.mark.skipif(bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(),
-                            reason="MPS is present here")
-needs_mnist = pytest.mark.skipif(not (MNIST_RAW / "train-labels-idx1-ubyte").is_file(),
-                                 reason="MLPRUN_DATA does not hold MNIST")
+no_mps = pytest.mark.skipif(
+    bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available(), reason="MPS is present here"
+)
+needs_mnist = pytest.mark.skipif(
+    not (MNIST_RAW / "train-labels-idx1-ubyte").is_file(), reason="MLPRUN_DATA does not hold MNIST"
+)
 
 
 def case(id_, args, code, names, how="inproc", env=None, marks=(), prog="mlprun"):
@@ -127,10 +129,18 @@ BIN = Path(sys.executable).parent
 CASES = [
     # ---- overrides Hydra rejects: unknown keys, groups, options, syntax
     case("unknown-key", ["trainer.epoch=5"], 2, ["trainer.epoch", "did you mean trainer.epochs"]),
-    case("unknown-key-typo-nested", ["trainer.early_stoping.patience=3"], 2,
-         ["trainer.early_stoping.patience", "trainer.early_stopping.patience"]),
-    case("key-absent-in-chosen-group", ["optim=adam", "optim.momentum=0.9"], 2,
-         ["optim.momentum", "lr, weight_decay, betas, eps"]),
+    case(
+        "unknown-key-typo-nested",
+        ["trainer.early_stoping.patience=3"],
+        2,
+        ["trainer.early_stoping.patience", "trainer.early_stopping.patience"],
+    ),
+    case(
+        "key-absent-in-chosen-group",
+        ["optim=adam", "optim.momentum=0.9"],
+        2,
+        ["optim.momentum", "lr, weight_decay, betas, eps"],
+    ),
     case("unknown-group", ["optimizer=adam"], 2, ["optimizer", "did you mean optim"]),
     case("unknown-group-option", ["optim=adamm"], 2, ["optim=adamm", "available: ", "sgd_momentum"]),
     case("unknown-experiment", ["+experiment=nope"], 2, ["experiment=nope", "xor_seed"]),
@@ -139,8 +149,12 @@ CASES = [
     case("append-existing", ["+trainer.epochs=3"], 2, ["+trainer.epochs", "without '+'"]),
     case("delete-absent", ["~trainer.nothing"], 2, ["trainer.nothing"]),
     case("ambiguous-list", ["optim.lr=0.1,0.01"], 2, ["optim.lr=0.1,0.01", "--multirun"]),
-    case("unresolvable-interpolation", ["trainer.epochs=${{oc.env:MLPRUN_NO_SUCH_VAR}}"], 2,
-         ["trainer.epochs", "MLPRUN_NO_SUCH_VAR"]),
+    case(
+        "unresolvable-interpolation",
+        ["trainer.epochs=${{oc.env:MLPRUN_NO_SUCH_VAR}}"],
+        2,
+        ["trainer.epochs", "MLPRUN_NO_SUCH_VAR"],
+    ),
     # ---- types and ranges
     case("lr-negative", ["optim.lr=-1"], 2, ["optim.lr=-1", "(0, inf]"]),
     case("lr-not-a-number", ["optim.lr=fast"], 2, ["optim.lr='fast'", "a number"]),
@@ -158,44 +172,102 @@ CASES = [
     # ---- choices
     case("activation", ["model.activation=swish"], 2, ["model.activation='swish'", "relu, tanh"]),
     case("device-unknown", ["trainer.device=tpu"], 2, ["trainer.device", "tpu", "cuda:N"]),
-    case("bce-on-10-classes", ["dataset=digits", "loss=bce_with_logits"], 2,
-         ["loss=bce_with_logits", "dataset=digits", "10 classes"]),
+    case(
+        "bce-on-10-classes",
+        ["dataset=digits", "loss=bce_with_logits"],
+        2,
+        ["loss=bce_with_logits", "dataset=digits", "10 classes"],
+    ),
     case("bce-on-mnist", ["dataset=mnist", "loss=bce_with_logits"], 2, ["loss=bce_with_logits", "dataset=mnist"]),
-    case("early-stopping-without-val", ["dataset=digits", "dataset.val_fraction=0",
-                                        "trainer.early_stopping.enabled=true"], 2,
-         ["trainer.early_stopping.enabled", "dataset.val_fraction=0"]),
+    case(
+        "early-stopping-without-val",
+        ["dataset=digits", "dataset.val_fraction=0", "trainer.early_stopping.enabled=true"],
+        2,
+        ["trainer.early_stopping.enabled", "dataset.val_fraction=0"],
+    ),
     case("csv-required", ["dataset=image_csv"], 2, ["dataset.csv", "required"]),
     # ---- the run folder
-    case("reuse-completed-run-dir", ["dataset=xor", "hydra.run.dir={done}"], 2,
-         ["hydra.run.dir={done}", "resume={done}"]),
+    case(
+        "reuse-completed-run-dir", ["dataset=xor", "hydra.run.dir={done}"], 2, ["hydra.run.dir={done}", "resume={done}"]
+    ),
     # ---- environment: devices and dataset files (subprocess, the real entry point)
-    case("cuda-absent", [*TINY, "trainer.device=cuda"], 1, ["trainer.device=cuda", "not available"],
-         how="subprocess", marks=no_cuda),
-    case("mps-absent", [*TINY, "trainer.device=mps"], 1, ["trainer.device=mps", "not available"],
-         marks=no_mps),
-    case("mnist-missing-no-download", ["dataset=mnist", "dataset.root={empty}", "dataset.download=false"], 1,
-         ["{empty}/MNIST/raw", "dataset.root", "MLPRUN_DATA"], how="subprocess"),
-    case("fashion-missing-no-download", ["dataset=fashion_mnist", "dataset.root={empty}",
-                                         "dataset.download=false"], 1, ["{empty}/FashionMNIST/raw"]),
-    case("env-MLPRUN_DATA-empty", ["dataset=mnist", "dataset.download=false"], 1,
-         ["{empty}/MNIST/raw"], env={"MLPRUN_DATA": "{empty}"}),
-    case("mnist-truncated", ["dataset=mnist", "dataset.root={mnist_truncated}", "dataset.download=false",
-                             "trainer.epochs=1", *QUICK], 1,
-         ["{mnist_truncated}/MNIST/raw", "truncated"], how="subprocess", marks=needs_mnist),
-    case("mnist-malformed-labels", ["dataset=mnist", "dataset.root={mnist_malformed}", "dataset.download=false",
-                                    "trainer.epochs=1", *QUICK], 1,
-         ["{mnist_malformed}/MNIST/raw", "malformed"], how="subprocess", marks=needs_mnist),
-    case("csv-not-found", ["dataset=image_csv", "dataset.csv={empty}/labels.csv"], 1,
-         ["dataset.csv", "{empty}/labels.csv"]),
-    case("csv-names-missing-image", ["dataset=image_csv", "dataset.csv={imgs}/missing.csv"], 1,
-         ["{imgs}/missing.csv:4", "{imgs}/not_there.png"], how="subprocess"),
-    case("csv-non-integer-label", ["dataset=image_csv", "dataset.csv={imgs}/badlabel.csv"], 1,
-         ["{imgs}/badlabel.csv:2", "'cat'", "not an integer"]),
-    case("csv-undecodable-image", ["dataset=image_csv", "dataset.csv={imgs}/undecodable.csv",
-                                   "trainer.epochs=1", *QUICK], 1,
-         ["{imgs}/broken.png", "cannot be decoded"], how="subprocess"),
-    case("image-folder-missing", ["dataset=image_folder", "dataset.image_dir={empty}/nope"], 1,
-         ["dataset.image_dir", "{empty}/nope"]),
+    case(
+        "cuda-absent",
+        [*TINY, "trainer.device=cuda"],
+        1,
+        ["trainer.device=cuda", "not available"],
+        how="subprocess",
+        marks=no_cuda,
+    ),
+    case("mps-absent", [*TINY, "trainer.device=mps"], 1, ["trainer.device=mps", "not available"], marks=no_mps),
+    case(
+        "mnist-missing-no-download",
+        ["dataset=mnist", "dataset.root={empty}", "dataset.download=false"],
+        1,
+        ["{empty}/MNIST/raw", "dataset.root", "MLPRUN_DATA"],
+        how="subprocess",
+    ),
+    case(
+        "fashion-missing-no-download",
+        ["dataset=fashion_mnist", "dataset.root={empty}", "dataset.download=false"],
+        1,
+        ["{empty}/FashionMNIST/raw"],
+    ),
+    case(
+        "env-MLPRUN_DATA-empty",
+        ["dataset=mnist", "dataset.download=false"],
+        1,
+        ["{empty}/MNIST/raw"],
+        env={"MLPRUN_DATA": "{empty}"},
+    ),
+    case(
+        "mnist-truncated",
+        ["dataset=mnist", "dataset.root={mnist_truncated}", "dataset.download=false", "trainer.epochs=1", *QUICK],
+        1,
+        ["{mnist_truncated}/MNIST/raw", "truncated"],
+        how="subprocess",
+        marks=needs_mnist,
+    ),
+    case(
+        "mnist-malformed-labels",
+        ["dataset=mnist", "dataset.root={mnist_malformed}", "dataset.download=false", "trainer.epochs=1", *QUICK],
+        1,
+        ["{mnist_malformed}/MNIST/raw", "malformed"],
+        how="subprocess",
+        marks=needs_mnist,
+    ),
+    case(
+        "csv-not-found",
+        ["dataset=image_csv", "dataset.csv={empty}/labels.csv"],
+        1,
+        ["dataset.csv", "{empty}/labels.csv"],
+    ),
+    case(
+        "csv-names-missing-image",
+        ["dataset=image_csv", "dataset.csv={imgs}/missing.csv"],
+        1,
+        ["{imgs}/missing.csv:4", "{imgs}/not_there.png"],
+        how="subprocess",
+    ),
+    case(
+        "csv-non-integer-label",
+        ["dataset=image_csv", "dataset.csv={imgs}/badlabel.csv"],
+        1,
+        ["{imgs}/badlabel.csv:2", "'cat'", "not an integer"],
+    ),
+    case(
+        "csv-undecodable-image",
+        ["dataset=image_csv", "dataset.csv={imgs}/undecodable.csv", "trainer.epochs=1", *QUICK],
+        1,
+        ["{imgs}/broken.png", "cannot be decoded"],
+        how="subprocess",
+    ),
+    case(
+        "image-folder-missing",
+        ["dataset=image_folder", "dataset.image_dir={empty}/nope"],
+        1,
+        ["dataset.image_dir", "{empty}/nope"],
+    ),
     # ---- checkpoints given to resume=
     case("resume-missing", ["resume={empty}/gone.pt"], 2, ["resume={empty}/gone.pt"], how="subprocess"),
     case("resume-run-without-checkpoint", ["resume={no_ckpt}"], 2, ["{no_ckpt}"]),
@@ -203,27 +275,34 @@ CASES = [
     case("resume-truncated", ["resume={truncated}"], 1, ["{truncated}"]),
     case("resume-foreign", ["resume={foreign}"], 1, ["{foreign}", "not an mlprun checkpoint"]),
     case("resume-pickled-code", ["resume={pickled}"], 1, ["{pickled}", "refusing"]),
-    case("resume-other-model", ["resume={other_model}"], 1, ["{other_model}", "does not fit"],
-         how="subprocess"),
-    case("resume-unsafe-override", ["resume={done}", "model.hidden=[8]"], 2,
-         ["model.hidden", "cannot change when resuming"]),
+    case("resume-other-model", ["resume={other_model}"], 1, ["{other_model}", "does not fit"], how="subprocess"),
+    case(
+        "resume-unsafe-override",
+        ["resume={done}", "model.hidden=[8]"],
+        2,
+        ["model.hidden", "cannot change when resuming"],
+    ),
     # ---- the other entry points
     case("eval-missing-target", ["{empty}/no_run"], 2, ["{empty}/no_run"], prog="mlprun-eval"),
     case("eval-not-a-run", ["{empty}"], 2, ["{empty}", "not an mlprun run"], prog="mlprun-eval"),
     case("eval-corrupt-checkpoint", ["{corrupt}"], 1, ["{corrupt}", "corrupt"], prog="mlprun-eval"),
-    case("eval-foreign-checkpoint", ["{foreign}"], 1, ["{foreign}", "not an mlprun checkpoint"],
-         prog="mlprun-eval"),
-    case("eval-other-model", ["{other_model}"], 1, ["{other_model}/checkpoints/last.pt", "do not fit"],
-         prog="mlprun-eval"),
-    case("eval-bad-override", ["{done}", "model.hidden=[3]"], 2, ["model.hidden=[3]", "allowed"],
-         prog="mlprun-eval"),
-    case("eval-absent-checkpoint-kind", ["{done}", "--checkpoint", "swa"], 2, ["swa", "present: "],
-         prog="mlprun-eval"),
-    case("predict-non-image-run", ["{done}", "{imgs}/0.png"], 2, ["{done}", "not made of images"],
-         prog="mlprun-predict"),
+    case("eval-foreign-checkpoint", ["{foreign}"], 1, ["{foreign}", "not an mlprun checkpoint"], prog="mlprun-eval"),
+    case(
+        "eval-other-model",
+        ["{other_model}"],
+        1,
+        ["{other_model}/checkpoints/last.pt", "do not fit"],
+        prog="mlprun-eval",
+    ),
+    case("eval-bad-override", ["{done}", "model.hidden=[3]"], 2, ["model.hidden=[3]", "allowed"], prog="mlprun-eval"),
+    case("eval-absent-checkpoint-kind", ["{done}", "--checkpoint", "swa"], 2, ["swa", "present: "], prog="mlprun-eval"),
+    case(
+        "predict-non-image-run", ["{done}", "{imgs}/0.png"], 2, ["{done}", "not made of images"], prog="mlprun-predict"
+    ),
     case("predict-corrupt-checkpoint", ["{corrupt}", "{imgs}/0.png"], 1, ["{corrupt}"], prog="mlprun-predict"),
-    case("report-missing-folder", ["{empty}/no_sweep"], 2, ["{empty}/no_sweep", "no such folder"],
-         prog="mlprun-report"),
+    case(
+        "report-missing-folder", ["{empty}/no_sweep"], 2, ["{empty}/no_sweep", "no such folder"], prog="mlprun-report"
+    ),
     case("report-folder-without-runs", ["{empty}"], 2, ["{empty}", "no runs found"], prog="mlprun-report"),
 ]
 
@@ -272,8 +351,9 @@ def test_bad_input(bad, completed_run, prog, args, code, names, how, env, workdi
     if prog != "mlprun":
         full_env = {**os.environ, **env}
         full_env.pop("MLPRUN_DEBUG", None)
-        proc = subprocess.run([str(BIN / prog), *args], cwd=workdir, env=full_env, capture_output=True,
-                              text=True, timeout=300)
+        proc = subprocess.run(
+            [str(BIN / prog), *args], cwd=workdir, env=full_env, capture_output=True, text=True, timeout=300
+        )
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     elif how == "subprocess":
         proc = run_mlprun(*args, cwd=workdir, env=env, timeout=300)
@@ -305,15 +385,19 @@ def test_enough_distinct_bad_inputs():
 
 
 def _tree_hashes(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_refused_start_leaves_completed_run_byte_for_byte_unchanged(tmp_path, completed_run):
     run_dir = completed_run
     before = _tree_hashes(run_dir)
-    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "results.json", "checkpoints/last.pt",
-            "mlprun.log"} <= set(before)
+    assert {".hydra/config.yaml", ".hydra/overrides.yaml", "results.json", "checkpoints/last.pt", "mlprun.log"} <= set(
+        before
+    )
     # Same and different settings, both refused before Hydra writes anything.
     for extra in ([], ["optim.lr=0.5", "trainer.epochs=2"]):
         proc = run_mlprun(*TINY, *extra, f"hydra.run.dir={run_dir}", cwd=tmp_path)
@@ -334,10 +418,17 @@ def test_two_runs_started_together_get_distinct_folders(workdir):
     """Default run folders: two processes started at once in one cwd never share a folder."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLPRUN_DEBUG", None)
-    procs = [subprocess.Popen([sys.executable, "-m", "mlprunner", *TINY, "trainer.progress=none",
-                               "trainer.tensorboard.enabled=false"],
-                              cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlprunner", *TINY, "trainer.progress=none", "trainer.tensorboard.enabled=false"],
+            cwd=workdir,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     runs = sorted(p.parent for p in (workdir / "runs").rglob("results.json"))
@@ -368,9 +459,19 @@ def test_traceback_only_with_mlprun_debug(workdir, debug):
 def test_divergence_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(workdir):
     """Epoch 1 trains normally; the scheduler then multiplies lr by 1e10 and a later epoch diverges."""
     run_dir = workdir / "div"
-    proc = run_mlprun("dataset=digits", "model=mlp", "model.hidden=[64]", "optim=sgd", "optim.lr=0.1",
-                      "scheduler=exponential", "scheduler.gamma=1e10", "trainer.epochs=5", *QUICK,
-                      f"hydra.run.dir={run_dir}", cwd=workdir)
+    proc = run_mlprun(
+        "dataset=digits",
+        "model=mlp",
+        "model.hidden=[64]",
+        "optim=sgd",
+        "optim.lr=0.1",
+        "scheduler=exponential",
+        "scheduler.gamma=1e10",
+        "trainer.epochs=5",
+        *QUICK,
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+    )
     both = proc.stdout + proc.stderr
     assert proc.returncode == 1, both[-3000:]
     assert "Traceback" not in both

@@ -15,12 +15,29 @@ import torch
 
 from conftest import QUICK, read_json, requires_mnist, run_mlprun
 
-MNIST_QUICK = [*QUICK, "dataset=mnist", "dataset.subset=3000", "trainer.epochs=2", "model.hidden=[64]",
-               "trainer.threads=1", "trainer.tensorboard.histograms=false"]
+MNIST_QUICK = [
+    *QUICK,
+    "dataset=mnist",
+    "dataset.subset=3000",
+    "trainer.epochs=2",
+    "model.hidden=[64]",
+    "trainer.threads=1",
+    "trainer.tensorboard.histograms=false",
+]
 
 
-NAMES = ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six", "7 - seven",
-         "8 - eight", "9 - nine"]  # torchvision's MNIST class names
+NAMES = [
+    "0 - zero",
+    "1 - one",
+    "2 - two",
+    "3 - three",
+    "4 - four",
+    "5 - five",
+    "6 - six",
+    "7 - seven",
+    "8 - eight",
+    "9 - nine",
+]  # torchvision's MNIST class names
 
 
 def wilson_by_bisection(errors: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -51,8 +68,14 @@ def wilson_by_bisection(errors: int, n: int, z: float = 1.959963984540054) -> tu
 def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLPRUN_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", f"mlprunner.{tool}", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", f"mlprunner.{tool}", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def assert_png(path: Path) -> None:
@@ -73,8 +96,9 @@ def mnist_run(tmp_path_factory):
         pytest.skip("MLPRUN_DATA not set")
     cwd = tmp_path_factory.mktemp("mnist_eval")
     run_dir = cwd / "run"
-    proc = run_mlprun(*MNIST_QUICK, "dataset.val_fraction=0", "eval.test=true", f"hydra.run.dir={run_dir}",
-                      cwd=cwd, check=True)
+    proc = run_mlprun(
+        *MNIST_QUICK, "dataset.val_fraction=0", "eval.test=true", f"hydra.run.dir={run_dir}", cwd=cwd, check=True
+    )
     return run_dir, proc
 
 
@@ -107,7 +131,7 @@ def test_test_metrics_and_wilson_interval(mnist_run):
     for c, name in enumerate(NAMES):
         assert per[name] == pytest.approx(1 - cm[c, c].item() / cm[c].sum().item())
     # the console line
-    line = (f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n=10000)")
+    line = f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n=10000)"
     assert line in proc.stdout
     assert re.search(r"test error \d+\.\d\d% \(95% CI \d+\.\d\d-\d+\.\d\d%, n=10000\)", proc.stdout)
 
@@ -178,8 +202,12 @@ def test_mlprun_eval_reports_the_same_and_leaves_results_alone(mnist_run, tmp_pa
     assert proc.returncode == 0 and "n=10000" in proc.stdout
 
     # bad arguments: one line, exit 2; a file that is no checkpoint: one line, exit 1
-    for args, code in ([[str(tmp_path / "missing")], 2], [[str(tmp_path)], 2],
-                       [[str(run_dir), "dataset.mean=[0]"], 2], [[str(run_dir / "results.json")], 1]):
+    for args, code in (
+        [[str(tmp_path / "missing")], 2],
+        [[str(tmp_path)], 2],
+        [[str(run_dir), "dataset.mean=[0]"], 2],
+        [[str(run_dir / "results.json")], 1],
+    ):
         proc = run_tool("evaluate", *args, cwd=tmp_path)
         assert proc.returncode == code, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
@@ -228,9 +256,17 @@ def test_predict_labels_test_pngs_like_the_evaluation(mnist_run, tmp_path):
 
 # --------------------------------------------------------------------------- SWA (digits)
 
-SWA = [*QUICK, "dataset=digits", "model.hidden=[64]", "trainer.threads=1", "trainer.swa.enabled=true",
-       "trainer.swa.start_epoch=3", "trainer.swa.lr=0.0005", "trainer.swa.anneal_epochs=2",
-       "eval.test=true"]
+SWA = [
+    *QUICK,
+    "dataset=digits",
+    "model.hidden=[64]",
+    "trainer.threads=1",
+    "trainer.swa.enabled=true",
+    "trainer.swa.start_epoch=3",
+    "trainer.swa.lr=0.0005",
+    "trainer.swa.anneal_epochs=2",
+    "eval.test=true",
+]
 
 
 def _load(path: Path) -> dict:
@@ -269,14 +305,16 @@ def test_swa_updates_batchnorm_statistics(workdir):
     from mlprunner.data import load_data
     from mlprunner.models import MLP
 
-    proc = run_mlprun(*SWA, "model.batchnorm=true", "trainer.epochs=4", "eval.test=false",
-                      "hydra.run.dir=bn", cwd=workdir)
+    proc = run_mlprun(
+        *SWA, "model.batchnorm=true", "trainer.epochs=4", "eval.test=false", "hydra.run.dir=bn", cwd=workdir
+    )
     assert proc.returncode == 0, proc.stderr
     swa = _load(workdir / "bn" / "checkpoints" / "swa.pt")
     cfg = OmegaConf.create(swa["config"])
     data = load_data(cfg.dataset, "cpu")
-    model = MLP(data.num_features, data.num_classes, hidden=list(cfg.model.hidden), batchnorm=True,
-                dropout=cfg.model.dropout)
+    model = MLP(
+        data.num_features, data.num_classes, hidden=list(cfg.model.hidden), batchnorm=True, dropout=cfg.model.dropout
+    )
     model.load_state_dict(swa["model"])
     # recompute the statistics of the averaged weights independently: one cumulative pass
     bn = model[1]
@@ -285,7 +323,7 @@ def test_swa_updates_batchnorm_statistics(workdir):
     model.train()
     with torch.no_grad():
         for i in range(0, len(data.train), 1000):
-            model(data.train.x[i:i + 1000])
+            model(data.train.x[i : i + 1000])
     assert torch.allclose(bn.running_mean, swa["model"]["1.running_mean"], atol=1e-5)
     assert torch.allclose(bn.running_var, swa["model"]["1.running_var"], rtol=1e-4, atol=1e-5)
 
@@ -297,6 +335,7 @@ def test_swa_start_epoch_is_validated(workdir):
 
 
 # --------------------------------------------------------------------------- augmentation
+
 
 def test_random_affine_unit():
     from mlprunner.augment import RandomAffine
@@ -320,8 +359,16 @@ def test_random_affine_unit():
     assert torch.allclose(out[:, :, -1], torch.full((32, 8), -2.0), atol=1e-5)
 
 
-AUG = [*QUICK, "dataset=digits", "model.hidden=[64]", "trainer.threads=1", "dataset.augment.enabled=true",
-       "dataset.augment.max_shift=1", "dataset.augment.max_rotate=10", "dataset.augment.max_scale=0.1"]
+AUG = [
+    *QUICK,
+    "dataset=digits",
+    "model.hidden=[64]",
+    "trainer.threads=1",
+    "dataset.augment.enabled=true",
+    "dataset.augment.max_shift=1",
+    "dataset.augment.max_rotate=10",
+    "dataset.augment.max_scale=0.1",
+]
 
 
 @pytest.mark.slow
@@ -329,8 +376,15 @@ def test_augmented_training_is_exact_across_resume(workdir):
     a = run_mlprun(*AUG, "trainer.epochs=4", "hydra.run.dir=a", cwd=workdir)
     assert a.returncode == 0, a.stderr
     assert "augmentation: RandomAffine" in a.stdout
-    plain = run_mlprun(*QUICK, "dataset=digits", "model.hidden=[64]", "trainer.threads=1", "trainer.epochs=4",
-                       "hydra.run.dir=p", cwd=workdir)
+    plain = run_mlprun(
+        *QUICK,
+        "dataset=digits",
+        "model.hidden=[64]",
+        "trainer.threads=1",
+        "trainer.epochs=4",
+        "hydra.run.dir=p",
+        cwd=workdir,
+    )
     assert plain.returncode == 0
     hist_a = read_json(workdir / "a" / "results.json")["history"]
     hist_p = read_json(workdir / "p" / "results.json")["history"]

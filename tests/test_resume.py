@@ -26,14 +26,27 @@ from conftest import QUICK, read_json, run_mlprun, scalars
 from mlprunner.checkpoint import load_checkpoint
 
 EPOCHS = 8
-JOB = ["dataset=digits", "model=mlp", "model.hidden=[32]", "model.dropout=0.1", "scheduler=cosine",
-       "trainer.batch_size=16", "trainer.log_every_n_steps=10", f"trainer.epochs={EPOCHS}",
-       "trainer.deterministic=true", "trainer.threads=1", "trainer.device=cpu",
-       "trainer.early_stopping.enabled=true", "trainer.early_stopping.patience=100", *QUICK]
+JOB = [
+    "dataset=digits",
+    "model=mlp",
+    "model.hidden=[32]",
+    "model.dropout=0.1",
+    "scheduler=cosine",
+    "trainer.batch_size=16",
+    "trainer.log_every_n_steps=10",
+    f"trainer.epochs={EPOCHS}",
+    "trainer.deterministic=true",
+    "trainer.threads=1",
+    "trainer.device=cpu",
+    "trainer.early_stopping.enabled=true",
+    "trainer.early_stopping.patience=100",
+    *QUICK,
+]
 SLOW = "MLPRUN_TEST_SLOW_CHECKPOINT"
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 class Proc:
     """A background `python -m mlprunner ...` with its output in files (no pipe can fill up)."""
@@ -46,8 +59,9 @@ class Proc:
         if not (env or {}).get(SLOW):
             full_env.pop(SLOW, None)
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.p = subprocess.Popen([sys.executable, "-m", "mlprunner", *args], cwd=cwd, env=full_env,
-                                      stdout=out, stderr=err)
+            self.p = subprocess.Popen(
+                [sys.executable, "-m", "mlprunner", *args], cwd=cwd, env=full_env, stdout=out, stderr=err
+            )
 
     def wait(self, timeout: float = 300) -> int:
         return self.p.wait(timeout)
@@ -184,6 +198,7 @@ def reference(tmp_path_factory):
 
 # --------------------------------------------------------------------------- SIGKILL
 
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_path):
     seed = int(os.environ.get("MLPRUN_TEST_SEED") or time.time_ns() % 10**9)
@@ -207,7 +222,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_p
         before, stale = mtime(last), set(temps(run_dir))  # an earlier kill may have left a temp file
         p = Proc([f"resume={run_dir}"], cwd=tmp_path, env={SLOW: "1.5"} if mode == "in-write" else None)
         if mode == "in-write":
-            if not wait_for(lambda: mtime(last) == before and set(temps(run_dir)) - stale, p):
+            if not wait_for(lambda b=before, st=stale: mtime(last) == b and set(temps(run_dir)) - st, p):
                 story.append(f"trial {trial} exited before writing (rc {p.wait()})")
                 break
             snapshot = last.read_bytes()
@@ -217,13 +232,13 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_p
             assert last.read_bytes() == snapshot, "last.pt changed although the write was killed"
             load_checkpoint(last)  # still a complete, loadable checkpoint
         else:
-            if not wait_for(lambda: mtime(last) != before, p):  # this attempt's first checkpoint
+            if not wait_for(lambda b=before: mtime(last) != b, p):  # this attempt's first checkpoint
                 story.append(f"trial {trial} exited before writing (rc {p.wait()})")
                 break
             # the kill lands anywhere in the next 1.5 epochs (a step, validation, a write), as
             # measured by this attempt's own pace, so a faster or slower machine changes nothing
             first = mtime(last)
-            wait_for(lambda: mtime(last) != first, p)
+            wait_for(lambda f=first: mtime(last) != f, p)
             epoch_s = max((mtime(last) - first) / 1e9, 0.01)
             delay = rng.uniform(0.0, 1.5 * epoch_s)
             time.sleep(delay)
@@ -254,6 +269,7 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise_exact(reference, tmp_p
 
 
 # --------------------------------------------------------------------------- SIGTERM / Ctrl-C
+
 
 def test_sigterm_then_double_ctrl_c_then_resume_is_exact(reference, tmp_path):
     run_dir = tmp_path / "run"
@@ -299,6 +315,7 @@ def test_sigterm_then_double_ctrl_c_then_resume_is_exact(reference, tmp_path):
 
 # --------------------------------------------------------------------------- completed runs
 
+
 def test_resume_completed_run_is_a_no_op_unless_epochs_raised(reference, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "done"
     shutil.copytree(reference.done(), run_dir)
@@ -314,8 +331,9 @@ def test_resume_completed_run_is_a_no_op_unless_epochs_raised(reference, tmp_pat
     assert "Traceback" not in more.stderr
     res = read_json(run_dir / "results.json")
     assert res["status"] == "completed" and res["epochs_completed"] == EPOCHS + 2
-    assert res["resumed"] == [{**res["resumed"][0], "from_epoch": EPOCHS,
-                               "overrides": [f"trainer.epochs={EPOCHS + 2}"]}]
+    assert res["resumed"] == [
+        {**res["resumed"][0], "from_epoch": EPOCHS, "overrides": [f"trainer.epochs={EPOCHS + 2}"]}
+    ]
     ref = read_json(reference.done() / "results.json")
     assert without_times(res["history"][:EPOCHS]) == without_times(ref["history"])
     assert load_checkpoint(last)["epoch"] == EPOCHS + 2
@@ -325,6 +343,7 @@ def test_resume_completed_run_is_a_no_op_unless_epochs_raised(reference, tmp_pat
 
 
 # --------------------------------------------------------------------------- refusals (in-process)
+
 
 def cli(args, capsys, monkeypatch) -> tuple[int, str, str]:
     """Call mlprun's entry point in this process (only for commands that refuse before training)."""
@@ -387,8 +406,18 @@ def _write_case(kind: str, path: Path, ref_last: Path, marker: Path) -> None:
         raise ValueError(kind)
 
 
-BAD = ["truncated", "corrupted", "empty", "text", "tensor", "foreign-dict", "pickle-os-system",
-       "torch-save-os-system", "config-target-os-system", "config-model-target"]
+BAD = [
+    "truncated",
+    "corrupted",
+    "empty",
+    "text",
+    "tensor",
+    "foreign-dict",
+    "pickle-os-system",
+    "torch-save-os-system",
+    "config-target-os-system",
+    "config-model-target",
+]
 
 
 @pytest.mark.parametrize("kind", BAD)
@@ -414,18 +443,30 @@ def test_bad_checkpoint_is_refused_in_one_line(kind, reference, tmp_path, capsys
 def test_malicious_checkpoint_payload_never_runs_in_a_real_process(reference, tmp_path):
     marker = tmp_path / "PWNED"
     run_dir = _fake_run(tmp_path)
-    _write_case("torch-save-os-system", run_dir / "checkpoints" / "last.pt",
-                reference.done() / "checkpoints" / "last.pt", marker)
+    _write_case(
+        "torch-save-os-system",
+        run_dir / "checkpoints" / "last.pt",
+        reference.done() / "checkpoints" / "last.pt",
+        marker,
+    )
     proc = run_mlprun(f"resume={run_dir}", cwd=tmp_path)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "refusing to load" in proc.stderr and "posix.system" in proc.stderr
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("override", [
-    "model.hidden=[64]", "dataset.name=xor", "optim=sgd", "optim._target_=torch.optim.SGD",
-    "optim.lr=0.1", "trainer.batch_size=32", "~trainer.epochs",
-])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.hidden=[64]",
+        "dataset.name=xor",
+        "optim=sgd",
+        "optim._target_=torch.optim.SGD",
+        "optim.lr=0.1",
+        "trainer.batch_size=32",
+        "~trainer.epochs",
+    ],
+)
 def test_unsafe_override_is_refused(override, reference, capsys, monkeypatch):
     run_dir = reference.done()
     key = override.lstrip("~").partition("=")[0]

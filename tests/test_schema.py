@@ -28,8 +28,10 @@ REQUIRED = {"image_csv": ["dataset.csv=/tmp/x/labels.csv"], "image_folder": ["da
 def compose_cfg():
     register_resolvers()
     with initialize_config_module("mlprunner.configs", version_base="1.3"):
+
         def _compose(*overrides: str):
             return compose(config_name="config", overrides=list(overrides))
+
         yield _compose
 
 
@@ -101,8 +103,9 @@ def test_allowed_lists_come_from_the_schema(compose_cfg):
     assert list(ACTIVATIONS) == list(schema.ACTIVATIONS)
 
 
-@pytest.mark.parametrize("value, ok", [("auto", True), (True, True), (False, True), ("maybe", False),
-                                       (1, False), ("true", False)])
+@pytest.mark.parametrize(
+    "value, ok", [("auto", True), (True, True), (False, True), ("maybe", False), (1, False), ("true", False)]
+)
 def test_trainer_cuda_graph(compose_cfg, value, ok):
     cfg = compose_cfg("dataset=digits")
     OmegaConf.set_struct(cfg, False)
@@ -114,23 +117,32 @@ def test_trainer_cuda_graph(compose_cfg, value, ok):
             validate(cfg)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("scheduler.pct_start=1.5", "scheduler.pct_start"),
-    ("scheduler.anneal_strategy=cubic", "scheduler.anneal_strategy"),
-    ("scheduler.interval=batch", "scheduler.interval"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("scheduler.pct_start=1.5", "scheduler.pct_start"),
+        ("scheduler.anneal_strategy=cubic", "scheduler.anneal_strategy"),
+        ("scheduler.interval=batch", "scheduler.interval"),
+    ],
+)
 def test_scheduler_class_arguments_are_checked(compose_cfg, override, key):
     with pytest.raises(ConfigError, match=key):
         validate(compose_cfg("dataset=digits", "scheduler=onecycle", override))
 
 
-@pytest.mark.parametrize("override, message", [
-    ("dataset._target_=mlprunner.data.load_nothing", "dataset._target_='mlprunner.data.load_nothing' is invalid; "
-                                                     "allowed: a dataset loader: mlprunner.data.load_digits"),
-    ("dataset._target_=os.system", "dataset._target_='os.system' is invalid"),
-    ("loss._target_=torch.nn.NoSuchLoss", "loss._target_='torch.nn.NoSuchLoss': "),
-    ("optim._target_=torch.optim.Adamm", "optim._target_='torch.optim.Adamm': "),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (
+            "dataset._target_=mlprunner.data.load_nothing",
+            "dataset._target_='mlprunner.data.load_nothing' is invalid; "
+            "allowed: a dataset loader: mlprunner.data.load_digits",
+        ),
+        ("dataset._target_=os.system", "dataset._target_='os.system' is invalid"),
+        ("loss._target_=torch.nn.NoSuchLoss", "loss._target_='torch.nn.NoSuchLoss': "),
+        ("optim._target_=torch.optim.Adamm", "optim._target_='torch.optim.Adamm': "),
+    ],
+)
 def test_bad_targets_are_one_line_config_errors(compose_cfg, override, message):
     with pytest.raises(ConfigError) as err:
         validate(compose_cfg("dataset=digits", override))
@@ -155,8 +167,7 @@ BAD = [
     (["trainer.swa.enabled=true", "trainer.epochs=4", "trainer.swa.start_epoch=9"], "trainer.swa.start_epoch"),
     (["trainer.swa.start_epoch=-0.5"], "trainer.swa.start_epoch"),
     (["trainer.swa.enabled=maybe"], "trainer.swa.enabled"),
-    (["dataset=digits", "dataset.augment.enabled=true", "dataset.augment.max_scale=1.5"],
-     "dataset.augment.max_scale"),
+    (["dataset=digits", "dataset.augment.enabled=true", "dataset.augment.max_scale=1.5"], "dataset.augment.max_scale"),
     (["dataset=digits", "dataset.augment.max_shift=-2"], "dataset.augment.max_shift"),
     (["dataset=digits", "dataset.augment.max_rotate=fast"], "dataset.augment.max_rotate"),
     (["dataset=xor", "+dataset.augment.enabled=true"], "dataset.augment.enabled"),
@@ -175,10 +186,15 @@ def test_bad_swa_and_augment_values_are_refused_before_a_run_folder(tmp_path, ar
 
 # --------------------------------------------------------------------------- configs saved before
 
+
 def old_style(config: dict, scheduler: str, loss: str) -> dict:
     """A config as mlprun saved it before `_target_` was the only name of a component."""
-    config = {**config, "scheduler": {"name": scheduler, **config["scheduler"]},
-              "loss": {"name": loss, **config["loss"]}, "dataset": dict(config["dataset"])}
+    config = {
+        **config,
+        "scheduler": {"name": scheduler, **config["scheduler"]},
+        "loss": {"name": loss, **config["loss"]},
+        "dataset": dict(config["dataset"]),
+    }
     del config["dataset"]["_target_"]
     return config
 
@@ -206,8 +222,16 @@ def test_run_saved_before_resumes_and_evaluates(tmp_path):
     from mlprunner.evaluate import evaluate_saved
 
     run_dir = tmp_path / "old"
-    tiny = ["dataset=xor", "model=mlp", "model.hidden=[4]", "loss=bce_with_logits", "scheduler=step",
-            "scheduler.step_size=1", *QUICK, "trainer.tensorboard.enabled=false"]
+    tiny = [
+        "dataset=xor",
+        "model=mlp",
+        "model.hidden=[4]",
+        "loss=bce_with_logits",
+        "scheduler=step",
+        "scheduler.step_size=1",
+        *QUICK,
+        "trainer.tensorboard.enabled=false",
+    ]
     run_mlprun(*tiny, "trainer.epochs=2", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
     # rewrite what the run saved into the form of a run made before this change
     for name in ("last.pt", "best.pt"):

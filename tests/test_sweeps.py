@@ -18,8 +18,17 @@ from omegaconf import OmegaConf
 from conftest import QUICK, read_json, run_mlprun
 
 # Tiny XOR runs: 2 epochs of 500 points.
-TINY = ["dataset=xor", "dataset.n_train=500", "dataset.n_val=200", "model=mlp", "model.hidden=[8]",
-        "trainer.epochs=2", "trainer.batch_size=50", "trainer.tensorboard.histograms=false", *QUICK]
+TINY = [
+    "dataset=xor",
+    "dataset.n_train=500",
+    "dataset.n_val=200",
+    "model=mlp",
+    "model.hidden=[8]",
+    "trainer.epochs=2",
+    "trainer.batch_size=50",
+    "trainer.tensorboard.histograms=false",
+    *QUICK,
+]
 GRID = ["optim=sgd,adam", "model.activation=relu,tanh"]
 
 
@@ -68,38 +77,53 @@ def hparams_session_groups(log_dir: Path) -> dict[str, dict]:
     mux = pem.EventMultiplexer()
     mux.AddRunsFromDirectory(str(log_dir))
     mux.Reload()
-    tb = base_plugin.TBContext(logdir=str(log_dir), multiplexer=mux,
-                               data_provider=MultiplexerDataProvider(mux, str(log_dir)))
-    request = api_pb2.ListSessionGroupsRequest(start_index=0, slice_size=1000, allowed_statuses=[
-        api_pb2.STATUS_UNKNOWN, api_pb2.STATUS_SUCCESS, api_pb2.STATUS_FAILURE, api_pb2.STATUS_RUNNING])
-    response = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "",
-                                           request).run()
+    tb = base_plugin.TBContext(
+        logdir=str(log_dir), multiplexer=mux, data_provider=MultiplexerDataProvider(mux, str(log_dir))
+    )
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0,
+        slice_size=1000,
+        allowed_statuses=[
+            api_pb2.STATUS_UNKNOWN,
+            api_pb2.STATUS_SUCCESS,
+            api_pb2.STATUS_FAILURE,
+            api_pb2.STATUS_RUNNING,
+        ],
+    )
+    response = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "", request).run()
     return {g.name: {m.name.tag: m.value for m in g.metric_values} for g in response.session_groups}
 
 
 def mtimes(sweep: Path) -> dict[str, int]:
-    return {str(p): p.stat().st_mtime_ns for p in sweep.rglob("*")
-            if p.is_file() and ("checkpoints" in p.parts or "tensorboard" in p.parts or p.name == "results.json")}
+    return {
+        str(p): p.stat().st_mtime_ns
+        for p in sweep.rglob("*")
+        if p.is_file() and ("checkpoints" in p.parts or "tensorboard" in p.parts or p.name == "results.json")
+    }
 
 
 # ------------------------------------------------------------------------ fast checks
 
+
 def test_threads_split_between_parallel_jobs():
     from mlprunner.sweep import launcher_threads
 
-    joblib = OmegaConf.create({"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher",
-                               "n_jobs": 4})
+    joblib = OmegaConf.create(
+        {"_target_": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher", "n_jobs": 4}
+    )
     assert launcher_threads(joblib, n_cores=16) == 4
     assert launcher_threads(joblib, n_cores=2) == 1
     joblib.n_jobs = -1  # joblib's "one per core"
     assert launcher_threads(joblib, n_cores=8) == 1
     joblib.n_jobs = -2  # all cores but one
     assert launcher_threads(joblib, n_cores=9) == 1
-    slurm = OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
-                              "cpus_per_task": 6})
+    slurm = OmegaConf.create(
+        {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 6}
+    )
     assert launcher_threads(slurm, n_cores=64) == 6
-    local = OmegaConf.create({"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher",
-                              "cpus_per_task": None})
+    local = OmegaConf.create(
+        {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": None}
+    )
     assert launcher_threads(local, n_cores=8) == 1
     basic = OmegaConf.create({"_target_": "hydra._internal.core_plugins.basic_launcher.BasicLauncher"})
     assert launcher_threads(basic, n_cores=8) is None
@@ -107,8 +131,7 @@ def test_threads_split_between_parallel_jobs():
 
 def test_report_bad_folder_is_one_line_exit_2(tmp_path):
     for target in (tmp_path / "missing", tmp_path):  # no such folder; a folder without runs
-        proc = subprocess.run([sys.executable, "-m", "mlprunner.report", str(target)],
-                              capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "mlprunner.report", str(target)], capture_output=True, text=True)
         assert proc.returncode == 2
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("mlprun-report: error: ")
         assert "Traceback" not in proc.stderr
@@ -120,8 +143,15 @@ def test_sweep_configs_compose(workdir):
     sweeper = OmegaConf.create(proc.stdout).hydra.sweeper
     assert sweeper.params["optim"] == "sgd,adadelta,adagrad,adam"
     assert sweeper.params["model.activation"] == "relu,sigmoid,tanh"
-    proc = run_mlprun("experiment=mnist_exercise2_optuna", "hydra/launcher=slurm",
-                      "hydra.launcher.partition=gpu", "--cfg", "hydra", cwd=workdir, check=True)
+    proc = run_mlprun(
+        "experiment=mnist_exercise2_optuna",
+        "hydra/launcher=slurm",
+        "hydra.launcher.partition=gpu",
+        "--cfg",
+        "hydra",
+        cwd=workdir,
+        check=True,
+    )
     hydra = OmegaConf.create(proc.stdout).hydra
     assert hydra.sweeper._target_.endswith("OptunaSweeper") and hydra.sweeper.direction == "minimize"
     assert hydra.sweeper.storage.startswith("sqlite:///") and hydra.sweeper.max_failure_rate == 1.0
@@ -131,6 +161,7 @@ def test_sweep_configs_compose(workdir):
 
 
 # ------------------------------------------------------------------------ real sweeps
+
 
 @pytest.mark.slow
 def test_grid_basic_summary_rerun_and_report(workdir):
@@ -144,8 +175,13 @@ def test_grid_basic_summary_rerun_and_report(workdir):
         assert (d / "checkpoints" / "last.pt").is_file() and (d / "checkpoints" / "best.pt").is_file()
         assert list((d / "tensorboard").glob("events.out.tfevents.*"))
         # the folder is named by the job's overrides (sorted), not by its position
-        assert d.name == ",".join(sorted(o for o in res["overrides"] if not o.startswith("trainer.progress")
-                                         and not o.startswith("trainer.tensorboard.")))
+        assert d.name == ",".join(
+            sorted(
+                o
+                for o in res["overrides"]
+                if not o.startswith("trainer.progress") and not o.startswith("trainer.tensorboard.")
+            )
+        )
     check_summary_against_jobs(sweep)
     for png in ("val_error_vs_optim.png", "val_error_vs_model.activation.png", "val_curves.png"):
         assert (sweep / png).stat().st_size > 5000
@@ -156,12 +192,14 @@ def test_grid_basic_summary_rerun_and_report(workdir):
     by_job = {name.split("/")[0]: m for name, m in groups.items()}
     for d in dirs:
         assert by_job[d.name]["hparam/best_val_error"] == pytest.approx(
-            read_json(d / "results.json")["best"]["val"]["error"], abs=1e-6)
+            read_json(d / "results.json")["best"]["val"]["error"], abs=1e-6
+        )
 
     # The same sweep again, values in another order: nothing is trained again.
     before = mtimes(sweep)
-    proc = run_mlprun("-m", "model.activation=tanh,relu", "optim=adam,sgd", *TINY,
-                      f"hydra.sweep.dir={sweep}", cwd=workdir, check=True)
+    proc = run_mlprun(
+        "-m", "model.activation=tanh,relu", "optim=adam,sgd", *TINY, f"hydra.sweep.dir={sweep}", cwd=workdir, check=True
+    )
     assert proc.stdout.count("already completed") == 4
     assert mtimes(sweep) == before
     assert job_dirs(sweep) == dirs
@@ -179,9 +217,17 @@ def test_grid_basic_summary_rerun_and_report(workdir):
 def test_grid_joblib_with_failing_jobs(workdir):
     """4 jobs in 2 worker processes; lr=1e38 diverges: recorded failed, the others finish, exit 1."""
     sweep = workdir / "sweep"
-    proc = run_mlprun("-m", "optim=sgd", "optim.lr=0.5,1e38", "trainer.seed=0,1", *TINY,
-                      f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                      cwd=workdir)
+    proc = run_mlprun(
+        "-m",
+        "optim=sgd",
+        "optim.lr=0.5,1e38",
+        "trainer.seed=0,1",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        cwd=workdir,
+    )
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     dirs = job_dirs(sweep)
     assert len(dirs) == 4
@@ -216,8 +262,7 @@ def test_grid_basic_bad_value_in_one_combination(workdir):
 @pytest.mark.slow
 def test_grid_submitit_local(workdir):
     sweep = workdir / "sweep"
-    run_mlprun("-m", *GRID, *TINY, f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local",
-               cwd=workdir, check=True)
+    run_mlprun("-m", *GRID, *TINY, f"hydra.sweep.dir={sweep}", "hydra/launcher=submitit_local", cwd=workdir, check=True)
     assert (sweep / ".submitit").is_dir()  # the jobs ran as submitit processes
     dirs = job_dirs(sweep)
     assert len(dirs) == 4
@@ -228,14 +273,23 @@ def test_grid_submitit_local(workdir):
 @pytest.mark.slow
 def test_optuna_study_persists_and_continues(workdir):
     sweep = workdir / "sweep"
-    args = ["-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=3", "optim=sgd",
-            "optim.lr=tag(log,interval(0.01,1.0))", "model.activation=relu,tanh", *TINY,
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "hydra/sweeper=mlprun_optuna",
+        "hydra.sweeper.n_trials=3",
+        "optim=sgd",
+        "optim.lr=tag(log,interval(0.01,1.0))",
+        "model.activation=relu,tanh",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+    ]
 
     def trials():
         with sqlite3.connect(sweep / "optuna.db") as db:
-            return db.execute("select t.state, v.value from trials t left join trial_values v "
-                              "on t.trial_id = v.trial_id order by t.number").fetchall()
+            return db.execute(
+                "select t.state, v.value from trials t left join trial_values v "
+                "on t.trial_id = v.trial_id order by t.number"
+            ).fetchall()
 
     run_mlprun(*args, cwd=workdir, check=True)
     first = trials()
@@ -255,9 +309,17 @@ def test_optuna_study_persists_and_continues(workdir):
 @pytest.mark.slow
 def test_optuna_failing_trial_does_not_stop_the_study(workdir):
     sweep = workdir / "sweep"
-    proc = run_mlprun("-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=3", "optim=sgd",
-                      "optim.lr=tag(log,interval(1e37,1e38))", *TINY, f"hydra.sweep.dir={sweep}",
-                      "hydra.sweeper.sampler.seed=0", cwd=workdir)
+    proc = run_mlprun(
+        "-m",
+        "hydra/sweeper=mlprun_optuna",
+        "hydra.sweeper.n_trials=3",
+        "optim=sgd",
+        "optim.lr=tag(log,interval(1e37,1e38))",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweeper.sampler.seed=0",
+        cwd=workdir,
+    )
     assert proc.returncode == 1
     with sqlite3.connect(sweep / "optuna.db") as db:
         states = [s for (s,) in db.execute("select state from trials order by number")]
@@ -269,12 +331,25 @@ def test_optuna_failing_trial_does_not_stop_the_study(workdir):
 def test_interrupted_job_resumes_on_rerun(workdir):
     """Ctrl-C during a sweep job marks it interrupted; the same command resumes it from its checkpoint."""
     sweep = workdir / "sweep"
-    args = ["-m", "optim=sgd", "model.activation=relu", *TINY, "trainer.epochs=12", "dataset.n_train=1000",
-            f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "optim=sgd",
+        "model.activation=relu",
+        *TINY,
+        "trainer.epochs=12",
+        "dataset.n_train=1000",
+        f"hydra.sweep.dir={sweep}",
+    ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLPRUN_DEBUG", None)
-    proc = subprocess.Popen([sys.executable, "-m", "mlprunner", *args], cwd=workdir, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and proc.poll() is None:

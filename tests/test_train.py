@@ -41,9 +41,17 @@ def run_in_process(run_dir: Path, *overrides: str, dataset: str = "dataset=digit
 
     register_resolvers()
     with initialize_config_module("mlprunner.configs", version_base="1.3"):
-        cfg = compose("config", overrides=[dataset, "model=mlp_100", "trainer.progress=none",
-                                           "trainer.tensorboard.graph=false", "trainer.threads=1",
-                                           *overrides])
+        cfg = compose(
+            "config",
+            overrides=[
+                dataset,
+                "model=mlp_100",
+                "trainer.progress=none",
+                "trainer.tensorboard.graph=false",
+                "trainer.threads=1",
+                *overrides,
+            ],
+        )
     return run(cfg, run_dir)
 
 
@@ -102,8 +110,9 @@ def check_run(run_dir: Path, epochs: int, val: bool = True, cli: bool = True) ->
     hp = hparams(run_dir / "tensorboard")
     cfg = OmegaConf.create(load_ckpt(run_dir / "checkpoints" / "last.pt")["config"])
     if cli:
-        assert OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True) == \
-            OmegaConf.to_container(cfg)
+        assert OmegaConf.to_container(
+            OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True
+        ) == OmegaConf.to_container(cfg)
     assert hp["dataset"] == cfg.dataset.name
     assert hp["optim.lr"] == pytest.approx(cfg.optim.lr)
 
@@ -167,6 +176,7 @@ def hparams(log_dir: Path) -> dict:
 
 # ------------------------------------------------------------------------------- datasets
 
+
 def test_xor_reaches_full_accuracy(workdir):
     run_dir = train(workdir, "xor", "dataset=xor", "trainer.epochs=3")
     res = check_run(run_dir, 3)
@@ -176,8 +186,7 @@ def test_xor_reaches_full_accuracy(workdir):
 
 def test_xor_seed_experiment_bce(tmp_path):
     """Seed 001: 2-4-1 tanh, SGD 0.1, BCE-with-logits, batch 128, 100 epochs."""
-    res = run_in_process(tmp_path, "model=mlp", "trainer.tensorboard.histograms=false",
-                         dataset="experiment=xor_seed")
+    res = run_in_process(tmp_path, "model=mlp", "trainer.tensorboard.histograms=false", dataset="experiment=xor_seed")
     check_run(tmp_path, 100, cli=False)
     assert res["n_params"] == 2 * 4 + 4 + 4 + 1  # one output unit for BCE
     assert res["best"]["val"]["accuracy"] == 1.0
@@ -190,8 +199,7 @@ def test_digits_and_checkpoint_reload(workdir):
     from mlprunner.components import Loss
     from mlprunner.data import load_data
 
-    run_dir = train(workdir, "digits", "dataset=digits", "model=mlp_100", "trainer.epochs=4",
-                    "trainer.batch_size=64")
+    run_dir = train(workdir, "digits", "dataset=digits", "model=mlp_100", "trainer.epochs=4", "trainer.batch_size=64")
     res = check_run(run_dir, 4)
     assert res["dataset"]["name"] == "digits"
     assert res["dataset"]["n_val"] == 144 and res["dataset"]["n_train"] == 1294
@@ -220,8 +228,7 @@ def test_tensorboard_graph_written_after_first_step(tmp_path):
     epoch-level event file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_in_process(tmp_path, "trainer.epochs=1", "trainer.tensorboard.graph=true",
-                   "trainer.log_every_n_steps=1000")
+    run_in_process(tmp_path, "trainer.epochs=1", "trainer.tensorboard.graph=true", "trainer.log_every_n_steps=1000")
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
     nodes = {n.op for n in acc.Graph().node}
@@ -240,17 +247,25 @@ def test_checkpoint_gives_identical_outputs_in_process(tmp_path):
 
     register_resolvers()
     with initialize_config_module("mlprunner.configs", version_base="1.3"):
-        cfg = compose("config", overrides=["dataset=digits", "model=mlp_300_100", "model.dropout=0.2",
-                                           "model.batchnorm=true", "trainer.epochs=3",
-                                           "trainer.early_stopping.monitor=val/loss",
-                                           "scheduler=step", "scheduler.step_size=1"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "dataset=digits",
+                "model=mlp_300_100",
+                "model.dropout=0.2",
+                "model.batchnorm=true",
+                "trainer.epochs=3",
+                "trainer.early_stopping.monitor=val/loss",
+                "scheduler=step",
+                "scheduler.step_size=1",
+            ],
+        )
     validate(cfg)
     device = torch.device("cpu")
     seed_everything(0, False)
     p = build(cfg, device)  # the run's own pieces (augment included; off here)
     data, loss, model = p.data, p.loss, p.model
-    trainer = Trainer(cfg, tmp_path, data, model, loss, p.optimizer, p.scheduler, p.interval, device,
-                      augment=p.augment)
+    trainer = Trainer(cfg, tmp_path, data, model, loss, p.optimizer, p.scheduler, p.interval, device, augment=p.augment)
     state = trainer.fit()
     assert state.epoch == 3
     x = data.val.x
@@ -328,8 +343,13 @@ def write_images(root: Path, per_class: int = 30) -> list[tuple[str, int]]:
     return rows
 
 
-IMAGE_RUN = ["dataset.image_size=[12,12]", "dataset.val_fraction=0.3", "model=mlp_100",
-             "trainer.epochs=8", "trainer.batch_size=16"]
+IMAGE_RUN = [
+    "dataset.image_size=[12,12]",
+    "dataset.val_fraction=0.3",
+    "model=mlp_100",
+    "trainer.epochs=8",
+    "trainer.batch_size=16",
+]
 
 
 def test_image_csv(workdir):
@@ -339,8 +359,14 @@ def test_image_csv(workdir):
         writer = csv.writer(fh)
         writer.writerow(["file", "label"])  # a header row is allowed
         writer.writerows((f"images/{rel}", label) for rel, label in rows)
-    run_dir = train(workdir, "csv", "dataset=image_csv", f"dataset.csv={folder / 'labels.csv'}",
-                    "dataset.class_names=[h,v,d]", *IMAGE_RUN)
+    run_dir = train(
+        workdir,
+        "csv",
+        "dataset=image_csv",
+        f"dataset.csv={folder / 'labels.csv'}",
+        "dataset.class_names=[h,v,d]",
+        *IMAGE_RUN,
+    )
     res = check_run(run_dir, 8)
     assert res["dataset"] == {"name": "image_csv", "n_train": 63, "n_val": 27}
     assert res["n_params"] == 144 * 100 + 100 + 100 * 3 + 3
@@ -357,9 +383,15 @@ def test_image_csv_with_image_dir(tmp_path):
     (tmp_path / "meta").mkdir()
     with open(tmp_path / "meta" / "train.csv", "w", newline="") as fh:
         csv.writer(fh).writerows(rows)
-    res = run_in_process(tmp_path / "run", f"dataset.csv={tmp_path / 'meta' / 'train.csv'}",
-                         f"dataset.image_dir={images}", "dataset.image_size=[12,12]", "model=linear",
-                         "trainer.epochs=1", dataset="dataset=image_csv")
+    res = run_in_process(
+        tmp_path / "run",
+        f"dataset.csv={tmp_path / 'meta' / 'train.csv'}",
+        f"dataset.image_dir={images}",
+        "dataset.image_size=[12,12]",
+        "model=linear",
+        "trainer.epochs=1",
+        dataset="dataset=image_csv",
+    )
     check_run(tmp_path / "run", 1, cli=False)
     assert res["dataset"]["n_train"] + res["dataset"]["n_val"] == 18
 
@@ -368,8 +400,9 @@ def test_image_folder(workdir):
     write_images(workdir / "folder")
     (workdir / "folder" / ".cache").mkdir()  # hidden folders are not classes
     # the run directory inside the image folder: its .hydra/ must not become a class either
-    run_dir = train(workdir, "folder/.run", "dataset=image_folder", f"dataset.image_dir={workdir / 'folder'}",
-                    *IMAGE_RUN)
+    run_dir = train(
+        workdir, "folder/.run", "dataset=image_folder", f"dataset.image_dir={workdir / 'folder'}", *IMAGE_RUN
+    )
     res = check_run(run_dir, 8)
     assert res["dataset"] == {"name": "image_folder", "n_train": 63, "n_val": 27}
     assert res["best"]["val"]["accuracy"] >= 0.8
@@ -380,8 +413,14 @@ def test_image_folder(workdir):
 def test_image_folder_streamed(tmp_path):
     """Larger than dataset.in_memory_max_mb: read through a DataLoader, same results contract."""
     write_images(tmp_path / "folder")
-    res = run_in_process(tmp_path / "run", f"dataset.image_dir={tmp_path / 'folder'}", *IMAGE_RUN,
-                         "dataset.in_memory_max_mb=0", "dataset.num_workers=0", dataset="dataset=image_folder")
+    res = run_in_process(
+        tmp_path / "run",
+        f"dataset.image_dir={tmp_path / 'folder'}",
+        *IMAGE_RUN,
+        "dataset.in_memory_max_mb=0",
+        "dataset.num_workers=0",
+        dataset="dataset=image_folder",
+    )
     check_run(tmp_path / "run", 8, cli=False)
     assert res["dataset"] == {"name": "image_folder", "n_train": 63, "n_val": 27}
     assert res["best"]["val"]["accuracy"] >= 0.8
@@ -389,10 +428,16 @@ def test_image_folder_streamed(tmp_path):
 
 # ------------------------------------------------------------------------------- trainer options
 
+
 def test_early_stopping_stops_early(tmp_path):
     run_dir = tmp_path
-    run_in_process(run_dir, "trainer.epochs=10", "trainer.early_stopping.enabled=true",
-                   "trainer.early_stopping.patience=0", "trainer.early_stopping.min_delta=1.0")
+    run_in_process(
+        run_dir,
+        "trainer.epochs=10",
+        "trainer.early_stopping.enabled=true",
+        "trainer.early_stopping.patience=0",
+        "trainer.early_stopping.min_delta=1.0",
+    )
     res = read_json(run_dir / "results.json")
     assert res["status"] == "completed"
     assert res["stopped_early"] is True
@@ -405,9 +450,15 @@ def test_early_stopping_stops_early(tmp_path):
 
 def test_early_stopping_patience_on_accuracy(tmp_path):
     """monitor val/accuracy is maximised; with min_delta huge nothing improves after epoch 1."""
-    run_in_process(tmp_path, "trainer.epochs=6", "trainer.early_stopping.enabled=true",
-                   "trainer.early_stopping.patience=2", "trainer.early_stopping.monitor=val/accuracy",
-                   "trainer.early_stopping.min_delta=1.0", dataset="dataset=xor")
+    run_in_process(
+        tmp_path,
+        "trainer.epochs=6",
+        "trainer.early_stopping.enabled=true",
+        "trainer.early_stopping.patience=2",
+        "trainer.early_stopping.monitor=val/accuracy",
+        "trainer.early_stopping.min_delta=1.0",
+        dataset="dataset=xor",
+    )
     res = read_json(tmp_path / "results.json")
     assert res["epochs_completed"] == 4 and res["stopped_early"] is True and res["best"]["epoch"] == 1
 
@@ -440,8 +491,9 @@ def test_bce_on_ten_classes_fails_cleanly(workdir):
 
 @pytest.mark.parametrize("name", ["step", "cosine", "onecycle", "exponential"])
 def test_schedulers_with_warmup(tmp_path, name):
-    res = run_in_process(tmp_path, f"scheduler={name}", "scheduler.warmup_epochs=1", "trainer.epochs=2",
-                         "optim=sgd_momentum")
+    res = run_in_process(
+        tmp_path, f"scheduler={name}", "scheduler.warmup_epochs=1", "trainer.epochs=2", "optim=sgd_momentum"
+    )
     check_run(tmp_path, 2, cli=False)
     lrs = [e["lr"] for e in res["history"]]
     tb = scalars(tmp_path / "tensorboard")
@@ -456,8 +508,14 @@ def test_schedulers_with_warmup(tmp_path, name):
 
 
 def test_plateau_scheduler(tmp_path):
-    res = run_in_process(tmp_path, "scheduler=plateau", "scheduler.patience=0", "scheduler.threshold=10",
-                         "+scheduler.threshold_mode=abs", "trainer.epochs=4")
+    res = run_in_process(
+        tmp_path,
+        "scheduler=plateau",
+        "scheduler.patience=0",
+        "scheduler.threshold=10",
+        "+scheduler.threshold_mode=abs",
+        "trainer.epochs=4",
+    )
     lrs = [e["lr"] for e in res["history"]]
     # threshold 10 (abs): after the first epoch nothing counts as an improvement, so the lr drops
     # after every later epoch (each record holds the lr the epoch trained with)

@@ -18,8 +18,9 @@ import torch.nn.functional as F
 class RandomAffine:
     """Callable augment hook for `Trainer(augment=...)`: flat normalised batch in, same shape out."""
 
-    def __init__(self, image_shape, max_shift: float = 2.0, max_rotate: float = 0.0,
-                 max_scale: float = 0.0, mean=None, std=None):
+    def __init__(
+        self, image_shape, max_shift: float = 2.0, max_rotate: float = 0.0, max_scale: float = 0.0, mean=None, std=None
+    ):
         self.c, self.h, self.w = (int(v) for v in image_shape)
         self.max_shift = float(max_shift)
         self.max_rotate = math.radians(float(max_rotate))
@@ -60,8 +61,10 @@ class RandomAffine:
         return out.add_(fill).reshape(b, -1)
 
     def __repr__(self) -> str:
-        return (f"RandomAffine(shift<={self.max_shift:g}px, rotate<={math.degrees(self.max_rotate):g}deg, "
-                f"scale<={self.max_scale:g})")
+        return (
+            f"RandomAffine(shift<={self.max_shift:g}px, rotate<={math.degrees(self.max_rotate):g}deg, "
+            f"scale<={self.max_scale:g})"
+        )
 
 
 def build_augment(dataset_cfg, data) -> RandomAffine | None:
@@ -71,5 +74,11 @@ def build_augment(dataset_cfg, data) -> RandomAffine | None:
     aug = dataset_cfg.get("augment") if hasattr(dataset_cfg, "get") else None
     if aug is None or not aug.get("enabled", False):
         return None
-    return RandomAffine(data.image_shape, aug.get("max_shift", 0.0), aug.get("max_rotate", 0.0),
-                        aug.get("max_scale", 0.0), data.mean, data.std)
+    return RandomAffine(
+        data.image_shape,
+        aug.get("max_shift", 0.0),
+        aug.get("max_rotate", 0.0),
+        aug.get("max_scale", 0.0),
+        data.mean,
+        data.std,
+    )

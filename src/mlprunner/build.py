@@ -26,8 +26,8 @@ class Pieces:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: object | None  # a torch LR scheduler, or None
-    interval: str             # when the scheduler steps: "epoch" or "step"
-    augment: object | None    # a batch transform (dataset.augment), or None
+    interval: str  # when the scheduler steps: "epoch" or "step"
+    augment: object | None  # a batch transform (dataset.augment), or None
 
 
 def build_model(model_cfg: DictConfig, num_features: int, loss: Loss, device: torch.device) -> torch.nn.Module:
@@ -50,7 +50,8 @@ def build(cfg: DictConfig, device: torch.device) -> Pieces:
     loss = Loss(cfg.loss, data.num_classes)
     model = build_model(cfg.model, data.num_features, loss, device)
     optimizer = build_optimizer(cfg.optim, model, device)
-    scheduler, interval = build_scheduler(cfg.scheduler, optimizer, int(cfg.trainer.epochs),
-                                          data.train.num_batches(int(cfg.trainer.batch_size)))
+    scheduler, interval = build_scheduler(
+        cfg.scheduler, optimizer, int(cfg.trainer.epochs), data.train.num_batches(int(cfg.trainer.batch_size))
+    )
     augment = build_augment(cfg.dataset, data)  # None unless dataset.augment.enabled
     return Pieces(data, loss, model, optimizer, scheduler, interval, augment)

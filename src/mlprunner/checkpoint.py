@@ -43,7 +43,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 _UMASK = os.umask(0o022)  # read the process umask (at import, before any threads) ...
-os.umask(_UMASK)          # ... and put it back
+os.umask(_UMASK)  # ... and put it back
 
 
 def atomic_write_bytes(path: Path, write) -> None:
@@ -102,7 +102,7 @@ def save_checkpoint(path: Path, state: dict, abort: threading.Event | None = Non
             else:
                 time.sleep(delay)
             if abort is None or not abort.is_set():
-                fh.write(data[len(data) // 2:])
+                fh.write(data[len(data) // 2 :])
         if abort is not None and abort.is_set():
             raise Abandoned(str(path))
 
@@ -207,7 +207,8 @@ def load_checkpoint(path: Path | str) -> dict:
         if m:
             raise CheckpointError(
                 f"refusing to load {path}: it asks to import {m.group(1)} when unpickled, which could "
-                f"run code (mlprun loads only weights_only checkpoints: tensors and plain values)") from None
+                f"run code (mlprun loads only weights_only checkpoints: tensors and plain values)"
+            ) from None
         m = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
         detail = m.group(1).strip()[:120] if m else _first_line(exc)
         raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({detail})") from None
@@ -217,8 +218,9 @@ def load_checkpoint(path: Path | str) -> dict:
             detail = "the file ends too early" if path.stat().st_size else "the file is empty"
         elif len(detail) < 12:  # e.g. KeyError: 105 from a text file's first byte
             detail = f"unreadable content: {type(exc).__name__} {detail}"
-        raise CheckpointError(f"checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint "
-                              f"({detail})") from None
+        raise CheckpointError(
+            f"checkpoint {path} is truncated, corrupt or not a PyTorch checkpoint ({detail})"
+        ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or any(k not in state for k in REQUIRED_KEYS):
         what = "a dict without mlprun's format marker" if isinstance(state, dict) else f"a {type(state).__name__}"
         raise CheckpointError(f"{path} is not an mlprun checkpoint (it holds {what})")
@@ -275,7 +277,8 @@ def check_config_targets(config, path: Path | str) -> None:
                             f"refusing to resume from {path}: its config sets {here}={value!r}, which mlprun "
                             f"does not instantiate from a checkpoint (allowed: mlprunner.models.*, "
                             f"torch.optim.*, torch.optim.lr_scheduler.*, torch.nn losses, "
-                            f"mlprunner.data loaders)")
+                            f"mlprunner.data loaders)"
+                        )
                 else:
                     walk(value, here)
         elif isinstance(node, list):
@@ -289,15 +292,20 @@ def check_config_targets(config, path: Path | str) -> None:
 
 # --------------------------------------------------------------------------- RNG state
 
+
 def capture_rng() -> dict:
     np_state = np.random.get_state()
     py_state = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
-        "python": {"version": py_state[0], "state": list(py_state[1]),
-                   "gauss": py_state[2]},
+        "numpy": {
+            "name": str(np_state[0]),
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()

@@ -22,8 +22,7 @@ from omegaconf import DictConfig
 from .checkpoint import atomic_write_json
 from .config import register_resolvers
 from .errors import EXIT_OK, EXIT_RUNTIME, ConfigError, SweepFailed
-from .evaluate import (CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line,
-                       write_figures)
+from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line, write_figures
 from .messages import one_line_errors, report
 from .predict import find_images, predict, prepare
 from .report import ReportError, build_report
@@ -77,26 +76,35 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="mlprun-eval",
         description="Evaluate a trained mlprun run (or checkpoint) on its test set: error with a 95% "
-                    "Wilson confidence interval, loss, per-class error. results.json is never modified.")
+        "Wilson confidence interval, loss, per-class error. results.json is never modified.",
+    )
     parser.add_argument("target", help="a run directory or a checkpoint file (.pt)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help=f"where the data lives: {', '.join(EVAL_OVERRIDES)}")
-    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
-                        help="which checkpoint of a run directory (default: swa if present, else best, else last)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help=f"where the data lives: {', '.join(EVAL_OVERRIDES)}"
+    )
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default=None,
+        help="which checkpoint of a run directory (default: swa if present, else best, else last)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the test metrics to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="also write the confusion matrix to this PNG")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", type=int, default=1000)
     args = parser.parse_args(argv)
     with one_line_errors("mlprun-eval"):  # one line, the contract's exit codes
-        loaded, m, split = evaluate_saved(args.target, args.checkpoint, args.overrides, args.device,
-                                          max(1, args.batch_size))
+        loaded, m, split = evaluate_saved(
+            args.target, args.checkpoint, args.overrides, args.device, max(1, args.batch_size)
+        )
         names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
         print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
         print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
         worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e is not None), reverse=True)[:3]
-        print("per-class error: " + ", ".join(f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items()
-                                              if e is not None))
+        print(
+            "per-class error: "
+            + ", ".join(f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items() if e is not None)
+        )
         if worst:
             print("hardest classes: " + ", ".join(f"{c} ({100 * e:.2f}%)" for e, c in worst))
         if args.json is not None:
@@ -108,29 +116,41 @@ def eval_main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-
 def predict_main(argv: list[str] | None = None) -> None:
     """`mlprun-predict <run dir | checkpoint> <image files or folders> [--csv out.csv]`."""
     parser = argparse.ArgumentParser(
         prog="mlprun-predict",
-        description="Classify image files with a trained mlprun run: predicted class and top-k probabilities.")
+        description="Classify image files with a trained mlprun run: predicted class and top-k probabilities.",
+    )
     parser.add_argument("target", help="a run directory or a checkpoint file (.pt)")
     parser.add_argument("images", nargs="+", help="image files and/or folders of images")
-    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default=None,
-                        help="which checkpoint of a run directory (default: swa if present, else best, else last)")
+    parser.add_argument(
+        "--checkpoint",
+        choices=CHECKPOINTS,
+        default=None,
+        help="which checkpoint of a run directory (default: swa if present, else best, else last)",
+    )
     parser.add_argument("--csv", type=Path, default=None, help="also write the predictions to this CSV file")
     parser.add_argument("--top", type=int, default=3, help="how many classes to list (default 3)")
-    parser.add_argument("--invert", action="store_true",
-                        help="invert intensities first (dark strokes on a light background -> MNIST style)")
+    parser.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert intensities first (dark strokes on a light background -> MNIST style)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
     args = parser.parse_args(argv)
     with one_line_errors("mlprun-predict"):  # one line, the contract's exit codes
         loaded = load_run(args.target, args.checkpoint, device=args.device)
         info = loaded.info
         if not info.get("image_shape"):
-            raise ConfigError("target", args.target, message=(
-                f"{loaded.path}: the run's dataset ({loaded.cfg.dataset.name}) is not made of images; "
-                f"mlprun-predict needs a run trained on images"))
+            raise ConfigError(
+                "target",
+                args.target,
+                message=(
+                    f"{loaded.path}: the run's dataset ({loaded.cfg.dataset.name}) is not made of images; "
+                    f"mlprun-predict needs a run trained on images"
+                ),
+            )
         paths = find_images(args.images)
         x = prepare(paths, info["image_shape"], info.get("mean"), info.get("std"), args.invert)
         probs = predict(loaded, x)
@@ -155,12 +175,12 @@ def predict_main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
-
 def report_main(argv: list[str] | None = None) -> None:
     """`mlprun-report <folder> [--no-plots] [--quiet]`."""
     parser = argparse.ArgumentParser(
         prog="mlprun-report",
-        description="Rebuild summary.csv, summary.md and the plots of a sweep folder (or of a folder of runs).")
+        description="Rebuild summary.csv, summary.md and the plots of a sweep folder (or of a folder of runs).",
+    )
     parser.add_argument("folder", help="a sweep folder (runs/multirun/<date>/<time>) or a folder of runs")
     parser.add_argument("--no-plots", action="store_true", help="only the tables")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
@@ -174,7 +194,6 @@ def report_main(argv: list[str] | None = None) -> None:
         print(f"mlprun-report: error: {args.folder}: {exc.strerror or exc}", file=sys.stderr)
         sys.exit(1)
     sys.exit(0)
-
 
 
 if __name__ == "__main__":

@@ -82,13 +82,15 @@ def build_scheduler(cfg: DictConfig, optimizer, epochs: int, steps_per_epoch: in
     node = class_node(cfg, "scheduler")
     units = steps_per_epoch if interval == "step" else 1
     params = inspect.signature(component_class(cfg, "scheduler")).parameters
-    kwargs = {key: max(1, (epochs - warmup) * units) for key in ("T_max", "total_steps")
-              if key in params and node.get(key) is None}
+    kwargs = {
+        key: max(1, (epochs - warmup) * units)
+        for key in ("T_max", "total_steps")
+        if key in params and node.get(key) is None
+    }
     main = _instantiate(node, "scheduler")(optimizer, **kwargs)
     if not warmup:
         return main, interval
-    ramp = LinearLR(optimizer, start_factor=float(cfg.warmup_start_factor), end_factor=1.0,
-                    total_iters=warmup * units)
+    ramp = LinearLR(optimizer, start_factor=float(cfg.warmup_start_factor), end_factor=1.0, total_iters=warmup * units)
     return SequentialLR(optimizer, [ramp, main], milestones=[warmup * units]), interval
 
 

@@ -14,8 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .device import resolve_device
 from .errors import ConfigError
-from .schema import (LEGACY, REQUIRED_GROUPS, SCHEMA, check_value, component_class, option_label, options,
-                     resolve_loader)
+from .schema import LEGACY, REQUIRED_GROUPS, SCHEMA, check_value, component_class, option_label, options, resolve_loader
 
 
 def register_resolvers() -> None:
@@ -48,9 +47,14 @@ def validate(cfg: DictConfig) -> None:
         key = missing[0]
         group = key.partition(".")[0]
         example = f"{key}=path/to/..." if SCHEMA.get(key, LEGACY).path else f"{key}=<value>"
-        raise ConfigError(key, "???", message=(
-            f"{key} is required for {group}={option_label(cfg[group], group)}; "
-            f"give it on the command line, e.g. {example}"))
+        raise ConfigError(
+            key,
+            "???",
+            message=(
+                f"{key} is required for {group}={option_label(cfg[group], group)}; "
+                f"give it on the command line, e.g. {example}"
+            ),
+        )
 
     # groups of keys first: `trainer.early_stopping=5` is reported as such, not by its keys
     for key, spec in SCHEMA.items():
@@ -70,8 +74,9 @@ def validate(cfg: DictConfig) -> None:
     if ds.get("n_val") == 0 and trainer.early_stopping.enabled:
         raise ConfigError("trainer.early_stopping.enabled", True, "false when dataset.n_val=0")
     if ds.get("val_fraction") == 0 and trainer.early_stopping.enabled:
-        raise ConfigError("trainer.early_stopping.enabled", True,
-                          "false when dataset.val_fraction=0 (there is no validation set)")
+        raise ConfigError(
+            "trainer.early_stopping.enabled", True, "false when dataset.val_fraction=0 (there is no validation set)"
+        )
     swa = trainer.get("swa")
     if swa is not None and swa.get("enabled"):
         swa_start_epoch(swa.start_epoch, int(trainer.epochs))
@@ -82,15 +87,21 @@ def validate(cfg: DictConfig) -> None:
         if cfg[group].get("_target_") is not None:
             component_class(cfg[group], group)
     if warmup and sched.get("_target_") is not None and issubclass(component_class(sched, "scheduler"), _plateau()):
-        raise ConfigError("scheduler.warmup_epochs", warmup,
-                          "0 with scheduler=plateau (warm-up cannot be chained with ReduceLROnPlateau)")
+        raise ConfigError(
+            "scheduler.warmup_epochs",
+            warmup,
+            "0 with scheduler=plateau (warm-up cannot be chained with ReduceLROnPlateau)",
+        )
     facts = resolve_loader(ds).dataset_facts
     if facts.num_classes is not None:
         check_loss_fits(cfg.loss, facts.num_classes, option_label(ds, "dataset"))
     if not facts.images and OmegaConf.select(ds, "augment.enabled", default=False):
-        raise ConfigError("dataset.augment.enabled", True,
-                          message=f"dataset.augment.enabled=true needs an image dataset; "
-                                  f"dataset={option_label(ds, 'dataset')} has no image shape (allowed: false)")
+        raise ConfigError(
+            "dataset.augment.enabled",
+            True,
+            message=f"dataset.augment.enabled=true needs an image dataset; "
+            f"dataset={option_label(ds, 'dataset')} has no image shape (allowed: false)",
+        )
 
 
 def _missing_keys(cfg: DictConfig) -> list[str]:
@@ -121,11 +132,19 @@ def check_loss_fits(loss_cfg: DictConfig, num_classes: int, dataset: str | None 
     binary = torch.nn.BCEWithLogitsLoss
     if num_classes != 2 and issubclass(component_class(loss_cfg, "loss"), binary):
         which = f"dataset={dataset}" if dataset else "the dataset"
-        others = [name for name, opt in options("loss").items() if opt.get("_target_")
-                  and not issubclass(get_class(opt["_target_"]), binary)]
-        raise ConfigError("loss", option_label(loss_cfg, "loss"), message=(
-            f"loss={option_label(loss_cfg, 'loss')} needs a binary task but {which} has {num_classes} classes; "
-            f"allowed for it: {', '.join(others)}"))
+        others = [
+            name
+            for name, opt in options("loss").items()
+            if opt.get("_target_") and not issubclass(get_class(opt["_target_"]), binary)
+        ]
+        raise ConfigError(
+            "loss",
+            option_label(loss_cfg, "loss"),
+            message=(
+                f"loss={option_label(loss_cfg, 'loss')} needs a binary task but {which} has {num_classes} classes; "
+                f"allowed for it: {', '.join(others)}"
+            ),
+        )
 
 
 def swa_start_epoch(value, epochs: int) -> int:
@@ -134,13 +153,15 @@ def swa_start_epoch(value, epochs: int) -> int:
     A fraction f means: the first floor(f * epochs) epochs train normally, SWA starts after them.
     """
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ConfigError("trainer.swa.start_epoch", value,
-                          f"an epoch number in [1, {epochs}] or a fraction in [0, 1)")
+        raise ConfigError("trainer.swa.start_epoch", value, f"an epoch number in [1, {epochs}] or a fraction in [0, 1)")
     if value < 1:
         return int(math.floor(value * epochs)) + 1
     if value != int(value) or value > epochs:
-        raise ConfigError("trainer.swa.start_epoch", value,
-                          f"an epoch number in [1, {epochs}] (trainer.epochs) or a fraction in [0, 1)")
+        raise ConfigError(
+            "trainer.swa.start_epoch",
+            value,
+            f"an epoch number in [1, {epochs}] (trainer.epochs) or a fraction in [0, 1)",
+        )
     return int(value)
 
 

@@ -41,8 +41,19 @@ def supports_capture(optimizer: torch.optim.Optimizer) -> bool:
     return "capturable" in optimizer.defaults or type(optimizer) is torch.optim.SGD
 
 
-def fallback_reason(setting, device: torch.device, *, train_split, optimizer, scaler,
-                    step_scheduler: bool, augment, swa, compiled: bool, profile: bool) -> str | None:
+def fallback_reason(
+    setting,
+    device: torch.device,
+    *,
+    train_split,
+    optimizer,
+    scaler,
+    step_scheduler: bool,
+    augment,
+    swa,
+    compiled: bool,
+    profile: bool,
+) -> str | None:
     """None when the step can be graphed, else why not (one line for the log)."""
     if setting is False or setting == "false":
         return "trainer.cuda_graph=false"
@@ -95,8 +106,9 @@ def checkpoint_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 class GraphedSteps:
     """Runs the training steps of an epoch through captured graphs, one per batch size."""
 
-    def __init__(self, model, loss_fn, optimizer, metrics, split, grad_clip, autocast_dtype,
-                 device: torch.device, log=None):
+    def __init__(
+        self, model, loss_fn, optimizer, metrics, split, grad_clip, autocast_dtype, device: torch.device, log=None
+    ):
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -189,8 +201,10 @@ class GraphedSteps:
                 loss = self._body(n)
         except RuntimeError as exc:
             if self.log is not None:
-                self.log.warning(f"CUDA graph capture failed for batches of {n} "
-                                 f"({str(exc).splitlines()[0][:160]}); training them eagerly")
+                self.log.warning(
+                    f"CUDA graph capture failed for batches of {n} "
+                    f"({str(exc).splitlines()[0][:160]}); training them eagerly"
+                )
             torch.cuda.synchronize(self.device)
             self.optimizer.zero_grad(set_to_none=True)
             return None

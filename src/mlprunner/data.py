@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import math
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import torch
 from omegaconf import DictConfig
@@ -30,15 +30,17 @@ class LoaderFacts:
     """What validation may know of a dataset before reading it."""
 
     num_classes: int | None  # None: known only from the files
-    images: bool             # flat images with a (C, H, W) shape (augmentation needs one)
+    images: bool  # flat images with a (C, H, W) shape (augmentation needs one)
     preflight: Callable[[DictConfig], None] | None  # cheap checks before the run folder is made
 
 
 def loader(num_classes: int | None = None, images: bool = True, preflight=None):
     """Mark `fn(dataset_cfg, device) -> Data` as a dataset loader a `dataset._target_` may name."""
+
     def mark(fn):
         fn.dataset_facts = LoaderFacts(num_classes, images, preflight)
         return fn
+
     return mark
 
 
@@ -52,18 +54,20 @@ class Split:
     def __len__(self) -> int:
         return self.y.shape[0]
 
-    def to(self, device) -> "Split":
+    def to(self, device) -> Split:
         return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, batch_size: int, order: torch.Tensor | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x, y) batches by indexing; `order` is a permutation on the same device."""
         n = len(self)
         if order is None:
             for start in range(0, n, batch_size):
-                yield self.x[start:start + batch_size], self.y[start:start + batch_size]
+                yield self.x[start : start + batch_size], self.y[start : start + batch_size]
         else:
             for start in range(0, n, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
     def num_batches(self, batch_size: int) -> int:
@@ -90,9 +94,13 @@ class StreamSplit:
         from torch.utils.data import DataLoader
 
         sampler = None if order is None else order.cpu().tolist()
-        loader = DataLoader(self.dataset, batch_size=batch_size, sampler=sampler,
-                            num_workers=self.num_workers,
-                            pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            self.dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+        )
         for xb, yb in loader:
             xb = xb.to(self.device, non_blocking=True).flatten(1).float().div_(255.0)
             yield _normalize(xb, self.mean, self.std), yb.to(self.device, non_blocking=True)
@@ -113,8 +121,10 @@ class Data:
 
     def describe(self) -> str:
         n_val = len(self.val) if self.val is not None else 0
-        return (f"{self.info.get('name', '?')}: {len(self.train)} train / {n_val} val, "
-                f"{self.num_features} features, {self.num_classes} classes")
+        return (
+            f"{self.info.get('name', '?')}: {len(self.train)} train / {n_val} val, "
+            f"{self.num_features} features, {self.num_classes} classes"
+        )
 
 
 def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
@@ -148,9 +158,12 @@ def _split_indices(n: int, val_fraction: float, seed: int, subset: int | None):
     if val_fraction > 0 and n_val == 0:
         n_val = 1
     if len(perm) - n_val < 1:
-        raise ConfigError("dataset.val_fraction", val_fraction,
-                          message=f"dataset.val_fraction={val_fraction} leaves no training images "
-                                  f"out of {len(perm)}; allowed: a fraction that keeps at least one")
+        raise ConfigError(
+            "dataset.val_fraction",
+            val_fraction,
+            message=f"dataset.val_fraction={val_fraction} leaves no training images "
+            f"out of {len(perm)}; allowed: a fraction that keeps at least one",
+        )
     return perm[n_val:], perm[:n_val]
 
 
@@ -159,8 +172,17 @@ def _unit_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x
 
 
-def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels: int,
-            image_shape, class_names, device, load_test_raw, info) -> Data:
+def _finish(
+    cfg: DictConfig,
+    x_all: torch.Tensor,
+    y_all: torch.Tensor,
+    channels: int,
+    image_shape,
+    class_names,
+    device,
+    load_test_raw,
+    info,
+) -> Data:
     """Split official-train tensors (flat; uint8 pixels or float in [0,1]), normalise, move to
     the device. uint8 images are split first and converted after, so the whole file is never
     copied as float (less memory traffic and a lower loading peak; docs/performance.md)."""
@@ -174,8 +196,7 @@ def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels:
         else:
             mean, std = _channel_stats(x_train, channels)
         if len(mean) != channels:
-            raise ConfigError("dataset.mean", list(mean),
-                              f"a list of {channels} value(s), one per image channel")
+            raise ConfigError("dataset.mean", list(mean), f"a list of {channels} value(s), one per image channel")
         # in place: indexing with train_idx/val_idx made fresh copies (no extra 4 bytes/pixel)
         x_train = _normalize(x_train, mean, std)
         x_val = _normalize(x_val, mean, std)
@@ -186,10 +207,16 @@ def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels:
 
     val = Split(x_val, y_val).to(device) if len(y_val) else None
     return Data(
-        train=Split(x_train.contiguous(), y_train).to(device), val=val,
-        num_features=x_all.shape[1], num_classes=len(class_names), class_names=list(class_names),
-        image_shape=image_shape, mean=mean, std=std,
-        load_test=load_test if load_test_raw is not None else None, info=info,
+        train=Split(x_train.contiguous(), y_train).to(device),
+        val=val,
+        num_features=x_all.shape[1],
+        num_classes=len(class_names),
+        class_names=list(class_names),
+        image_shape=image_shape,
+        mean=mean,
+        std=std,
+        load_test=load_test if load_test_raw is not None else None,
+        info=info,
     )
 
 
@@ -198,10 +225,30 @@ def _finish(cfg: DictConfig, x_all: torch.Tensor, y_all: torch.Tensor, channels:
 # torchvision's folder name for each MNIST-family dataset: <root>/<folder>/raw/*-ubyte
 MNIST_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 MNIST_CLASSES = {  # the class names torchvision's MNIST/FashionMNIST carry
-    "mnist": ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
-              "7 - seven", "8 - eight", "9 - nine"],
-    "fashion_mnist": ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
-                      "Sneaker", "Bag", "Ankle boot"],
+    "mnist": [
+        "0 - zero",
+        "1 - one",
+        "2 - two",
+        "3 - three",
+        "4 - four",
+        "5 - five",
+        "6 - six",
+        "7 - seven",
+        "8 - eight",
+        "9 - nine",
+    ],
+    "fashion_mnist": [
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
+    ],
 }
 
 
@@ -228,10 +275,14 @@ def read_idx_pair(folder: Path, train: bool):
         return None
     if len(xb) < 16 or len(yb) < 8:
         return None
-    magic_x, n, rows, cols = (int.from_bytes(xb[i:i + 4], "big") for i in range(0, 16, 4))
-    magic_y, m = (int.from_bytes(yb[i:i + 4], "big") for i in range(0, 8, 4))
-    if (magic_x, magic_y, rows, cols) != (2051, 2049, 28, 28) or n != m \
-            or len(xb) != 16 + n * rows * cols or len(yb) != 8 + n:
+    magic_x, n, rows, cols = (int.from_bytes(xb[i : i + 4], "big") for i in range(0, 16, 4))
+    magic_y, m = (int.from_bytes(yb[i : i + 4], "big") for i in range(0, 8, 4))
+    if (
+        (magic_x, magic_y, rows, cols) != (2051, 2049, 28, 28)
+        or n != m
+        or len(xb) != 16 + n * rows * cols
+        or len(yb) != 8 + n
+    ):
         return None
     x = torch.frombuffer(xb, dtype=torch.uint8, offset=16).view(n, rows, cols)
     y = torch.frombuffer(yb, dtype=torch.uint8, offset=8).long()
@@ -239,8 +290,12 @@ def read_idx_pair(folder: Path, train: bool):
 
 
 # Files torchvision's MNIST/FashionMNIST need in <root>/<class>/raw/ when nothing is downloaded.
-_MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _mnist_files_present(kind: str):
@@ -256,7 +311,9 @@ def _mnist_files_present(kind: str):
                 f"{sub} not found: looked in {folder} (dataset.root={root}) and {absent[0]} "
                 f"is missing; dataset.download=false, so put the uncompressed *-ubyte files there, "
                 f"or set MLPRUN_DATA or dataset.root to a folder holding {sub}/raw/, "
-                f"or allow dataset.download=true with internet access")
+                f"or allow dataset.download=true with internet access"
+            )
+
     return check
 
 
@@ -297,10 +354,13 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
                 raise DatasetError(
                     f"{cls.__name__} not found in {folder} (dataset.root={root}) and the download "
                     f"failed (no internet?): put the *-ubyte files there, or set MLPRUN_DATA or "
-                    f"dataset.root to a folder holding {cls.__name__}/raw/") from None
-            raise DatasetError(f"{cls.__name__} files in {folder} are truncated or malformed "
-                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
-                               f"delete them and download again, or set dataset.root") from None
+                    f"dataset.root to a folder holding {cls.__name__}/raw/"
+                ) from None
+            raise DatasetError(
+                f"{cls.__name__} files in {folder} are truncated or malformed "
+                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                f"delete them and download again, or set dataset.root"
+            ) from None
         except (OSError, ValueError, AssertionError, IndexError) as exc:
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and "ubyte" not in msg:
@@ -311,17 +371,21 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
             ) from None
         data, targets = ds.data, ds.targets
         if data.ndim != 3 or data.shape[0] != targets.shape[0] or data.shape[1:] != (28, 28):
-            raise DatasetError(f"{cls.__name__} files in {folder} are malformed: "
-                               f"images {tuple(data.shape)}, labels {tuple(targets.shape)}")
+            raise DatasetError(
+                f"{cls.__name__} files in {folder} are malformed: "
+                f"images {tuple(data.shape)}, labels {tuple(targets.shape)}"
+            )
         return data.reshape(data.shape[0], -1), targets.long()
 
     x, y = read(train=True)
     classes = list(MNIST_CLASSES[kind])
-    return _finish(cfg, x, y, 1, (1, 28, 28), classes, device, lambda: read(train=False),
-                   {"name": cfg.name, "root": str(root)})
+    return _finish(
+        cfg, x, y, 1, (1, 28, 28), classes, device, lambda: read(train=False), {"name": cfg.name, "root": str(root)}
+    )
 
 
 # --------------------------------------------------------------------------- scikit-learn digits
+
 
 @loader(num_classes=10)
 def load_digits(cfg: DictConfig, device) -> Data:
@@ -338,11 +402,13 @@ def load_digits(cfg: DictConfig, device) -> Data:
     def load_test():
         return x[test_idx].clone(), y[test_idx].clone()
 
-    return _finish(cfg, x[rest], y[rest], 1, (1, 8, 8), [str(i) for i in range(10)], device,
-                   load_test, {"name": "digits"})
+    return _finish(
+        cfg, x[rest], y[rest], 1, (1, 8, 8), [str(i) for i in range(10)], device, load_test, {"name": "digits"}
+    )
 
 
 # --------------------------------------------------------------------------- seed 001's XOR
+
 
 def make_xor(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Points in {0,1}^2 plus Gaussian noise; label 1 when exactly one coordinate is 1."""
@@ -361,12 +427,17 @@ def load_xor(cfg: DictConfig, device) -> Data:
     return Data(
         train=Split(x_tr, y_tr).to(device),
         val=Split(x_va, y_va).to(device) if len(y_va) else None,
-        num_features=2, num_classes=2, class_names=["0", "1"], image_shape=None,
-        load_test=lambda: Split(x_te, y_te).to(device), info={"name": "xor"},
+        num_features=2,
+        num_classes=2,
+        class_names=["0", "1"],
+        image_shape=None,
+        load_test=lambda: Split(x_te, y_te).to(device),
+        info={"name": "xor"},
     )
 
 
 # --------------------------------------------------------------------------- image files
+
 
 def load_image(path: Path, image_size, grayscale: bool) -> torch.Tensor:
     """Decode one image file to a uint8 (C, H, W) tensor resized to image_size (H, W)."""
@@ -443,7 +514,9 @@ def load_image_csv(cfg: DictConfig, device) -> Data:
     num_classes = int(y.max()) + 1
     names = list(cfg.class_names) if cfg.get("class_names") else [str(i) for i in range(num_classes)]
     if len(names) < num_classes:
-        raise ConfigError("dataset.class_names", names, f"at least {num_classes} names (labels go up to {num_classes - 1})")
+        raise ConfigError(
+            "dataset.class_names", names, f"at least {num_classes} names (labels go up to {num_classes - 1})"
+        )
     channels = 1 if gray else 3
     load_test = None
     if cfg.get("test_csv"):
@@ -453,8 +526,17 @@ def load_image_csv(cfg: DictConfig, device) -> Data:
             tp, tl = read_image_csv(test_csv, image_dir if cfg.get("image_dir") else test_csv.parent)
             return _stack_images(tp, size, gray), torch.tensor(tl, dtype=torch.long)
 
-    return _finish(cfg, x, y, channels, (channels, size[0], size[1]), names, device, load_test,
-                   {"name": "image_csv", "csv": str(csv_path)})
+    return _finish(
+        cfg,
+        x,
+        y,
+        channels,
+        (channels, size[0], size[1]),
+        names,
+        device,
+        load_test,
+        {"name": "image_csv", "csv": str(csv_path)},
+    )
 
 
 class _FolderImages(torch.utils.data.Dataset):
@@ -488,8 +570,9 @@ def _image_folder_dataset(folder: Path):
 def _image_folder_present(ds: DictConfig) -> None:
     image_dir = Path(str(ds.image_dir)).expanduser()
     if not image_dir.is_dir():
-        raise DatasetError(f"dataset.image_dir: folder not found: {image_dir} "
-                           "(expected one subfolder of images per class)")
+        raise DatasetError(
+            f"dataset.image_dir: folder not found: {image_dir} (expected one subfolder of images per class)"
+        )
 
 
 @loader(preflight=_image_folder_present)
@@ -517,10 +600,12 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
         except (FileNotFoundError, RuntimeError) as exc:
             raise DatasetError(f"dataset.test_dir={test_dir}: {str(exc).splitlines()[0]}") from None
         if list(test.classes) != names:
-            raise DatasetError(f"dataset.test_dir={test_dir}: classes {test.classes} differ from the "
-                               f"training folder's {names}")
-        return _stack_images([Path(p) for p, _ in test.samples], size, gray), \
-            torch.tensor([t for _, t in test.samples], dtype=torch.long)
+            raise DatasetError(
+                f"dataset.test_dir={test_dir}: classes {test.classes} differ from the training folder's {names}"
+            )
+        return _stack_images([Path(p) for p, _ in test.samples], size, gray), torch.tensor(
+            [t for _, t in test.samples], dtype=torch.long
+        )
 
     load_test = load_test_raw if cfg.get("test_dir") else None
     if est_mb <= float(cfg.in_memory_max_mb):
@@ -537,16 +622,28 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
         mean = std = None
     workers = int(cfg.get("num_workers", 2))
     train = StreamSplit(_FolderImages([samples[i] for i in train_idx], size, gray), device, mean, std, workers)
-    val = StreamSplit(_FolderImages([samples[i] for i in val_idx], size, gray), device, mean, std, workers) \
-        if len(val_idx) else None
+    val = (
+        StreamSplit(_FolderImages([samples[i] for i in val_idx], size, gray), device, mean, std, workers)
+        if len(val_idx)
+        else None
+    )
 
     def load_test_stream():
         x, y = load_test_raw()
         return Split(_normalize(x, mean, std), y).to(device)
 
-    return Data(train=train, val=val, num_features=channels * size[0] * size[1], num_classes=len(names),
-                class_names=names, image_shape=(channels, size[0], size[1]), mean=mean, std=std,
-                load_test=load_test_stream if load_test else None, info={**info, "streamed": True})
+    return Data(
+        train=train,
+        val=val,
+        num_features=channels * size[0] * size[1],
+        num_classes=len(names),
+        class_names=names,
+        image_shape=(channels, size[0], size[1]),
+        mean=mean,
+        std=std,
+        load_test=load_test_stream if load_test else None,
+        info={**info, "streamed": True},
+    )
 
 
 def load_data(cfg: DictConfig, device, meanwhile: Callable[[], object] | None = None) -> Data:

@@ -21,8 +21,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MlprunError(f"trainer.device={name}: CUDA is not available on this machine; "
-                              "allowed here: auto, cpu")
+            raise MlprunError(f"trainer.device={name}: CUDA is not available on this machine; allowed here: auto, cpu")
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
             raise MlprunError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) present")

@@ -31,6 +31,7 @@ CHECKPOINTS = ("best", "last", "swa")
 
 # --------------------------------------------------------------------------- metrics
 
+
 @torch.no_grad()
 def predict_split(model, loss, split, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor, float]:
     """(predicted class (N,), class probabilities (N, K), mean loss) of `model` on `split`, on the CPU."""
@@ -51,15 +52,22 @@ def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: i
     y = y.cpu()
     n = int(y.shape[0])
     errors = int((pred != y).sum())
-    confusion = torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).view(num_classes, num_classes)
+    confusion = torch.bincount(y * num_classes + pred, minlength=num_classes * num_classes).view(
+        num_classes, num_classes
+    )
     per_class = confusion.sum(1)
     names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
-    per_class_error = {names[c]: (1 - int(confusion[c, c]) / int(per_class[c]) if per_class[c] else None)
-                       for c in range(num_classes)}
+    per_class_error = {
+        names[c]: (1 - int(confusion[c, c]) / int(per_class[c]) if per_class[c] else None) for c in range(num_classes)
+    }
     lo, hi = wilson_interval(errors, n)
     return {
-        "error": errors / n if n else None, "accuracy": 1 - errors / n if n else None, "n": n,
-        "errors": errors, "ci95": [lo, hi], "per_class_error": per_class_error,
+        "error": errors / n if n else None,
+        "accuracy": 1 - errors / n if n else None,
+        "n": n,
+        "errors": errors,
+        "ci95": [lo, hi],
+        "per_class_error": per_class_error,
         "confusion": confusion.tolist(),
     }
 
@@ -78,8 +86,9 @@ def report_line(m: dict) -> str:
     return f"test error {100 * m['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={m['n']})"
 
 
-def write_figures(m: dict, y: torch.Tensor, class_names, out_png: Path | None, tb=None, epoch: int = 0,
-                  title: str = "") -> None:
+def write_figures(
+    m: dict, y: torch.Tensor, class_names, out_png: Path | None, tb=None, epoch: int = 0, title: str = ""
+) -> None:
     """confusion_matrix.png, and in TensorBoard the same figure plus one PR curve per class."""
     fig = confusion_figure(m["confusion"], class_names, title=title or report_line(m))
     if out_png is not None:
@@ -100,12 +109,17 @@ def public_metrics(m: dict) -> dict:
 
 # --------------------------------------------------------------------------- after training
 
+
 def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
     """Score the best (or last, or the SWA-averaged) model of a finished run on the test set."""
     data = trainer.data
     if data.load_test is None:
-        raise ConfigError("eval.test", True, message=f"eval.test=true but dataset={cfg.dataset.name} "
-                                                   "has no test set configured; allowed: eval.test=false")
+        raise ConfigError(
+            "eval.test",
+            True,
+            message=f"eval.test=true but dataset={cfg.dataset.name} "
+            "has no test set configured; allowed: eval.test=false",
+        )
     which = cfg.eval.checkpoint
     if getattr(trainer, "swa_result", None):
         which = "swa"  # the averaged model is what SWA produces
@@ -118,17 +132,24 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
         trainer.model.load_state_dict(ckpt["model"])
         epoch = int(ckpt["epoch"])
     split = data.load_test()
-    m = test_metrics(trainer.model, trainer.loss, split, data.num_classes,
-                     int(cfg.trainer.eval_batch_size), data.class_names)
+    m = test_metrics(
+        trainer.model, trainer.loss, split, data.num_classes, int(cfg.trainer.eval_batch_size), data.class_names
+    )
     m["epoch"] = epoch
     m["checkpoint"] = which
     log.info(f"{report_line(m)} [{which} checkpoint, epoch {epoch}]")
     if tb is not None:
         tb.scalars({"Error/test": m["error"], "Accuracy/test": m["accuracy"], "Loss/test": m["loss"]}, epoch)
     try:
-        write_figures(m, split.y, data.class_names, Path(run_dir) / "confusion_matrix.png", tb, epoch,
-                      title=f"{cfg.dataset.name} test, {which} checkpoint (epoch {epoch}): "
-                            f"error {100 * m['error']:.2f}%")
+        write_figures(
+            m,
+            split.y,
+            data.class_names,
+            Path(run_dir) / "confusion_matrix.png",
+            tb,
+            epoch,
+            title=f"{cfg.dataset.name} test, {which} checkpoint (epoch {epoch}): error {100 * m['error']:.2f}%",
+        )
     except Exception as exc:  # a figure must never fail a finished run
         log.warning(f"could not write the confusion matrix figure: {exc}")
     return public_metrics(m)
@@ -136,13 +157,14 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
 
 # --------------------------------------------------------------------------- existing runs
 
+
 @dataclass
 class Loaded:
     run_dir: Path | None
     path: Path
     which: str
     ckpt: dict
-    cfg: object          # DictConfig
+    cfg: object  # DictConfig
     model: torch.nn.Module
     loss: object
     device: torch.device
@@ -153,8 +175,14 @@ class Loaded:
 
 
 # Keys that may be overridden on an existing run: where the data lives, not how it was prepared.
-EVAL_OVERRIDES = ("dataset.root", "dataset.download", "dataset.test_csv", "dataset.test_dir",
-                  "dataset.csv", "dataset.image_dir")
+EVAL_OVERRIDES = (
+    "dataset.root",
+    "dataset.download",
+    "dataset.test_csv",
+    "dataset.test_dir",
+    "dataset.csv",
+    "dataset.image_dir",
+)
 
 
 def load_run(target: str, which: str | None = None, overrides=(), device: str = "auto") -> Loaded:
@@ -166,8 +194,13 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
     for item in overrides:
         key, eq, _ = item.partition("=")
         if not eq or key not in EVAL_OVERRIDES:
-            raise ConfigError(key, message=(f"{item}: cannot be overridden when evaluating a saved run; "
-                                            f"allowed: {', '.join(k + '=...' for k in EVAL_OVERRIDES)}"))
+            raise ConfigError(
+                key,
+                message=(
+                    f"{item}: cannot be overridden when evaluating a saved run; "
+                    f"allowed: {', '.join(k + '=...' for k in EVAL_OVERRIDES)}"
+                ),
+            )
     merge_overrides(cfg, overrides, strict=False)
     info = ckpt.get("data") or {}
     if "num_classes" not in info or "num_features" not in info:
@@ -178,8 +211,9 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"{path}: weights do not fit the model in its config: "
-                              f"{str(exc).splitlines()[0][:200]}") from None
+        raise CheckpointError(
+            f"{path}: weights do not fit the model in its config: {str(exc).splitlines()[0][:200]}"
+        ) from None
     return Loaded(run_dir, path, name, ckpt, cfg, model.to(dev).eval(), loss, dev)
 
 
@@ -197,14 +231,20 @@ def load_test_split(loaded: Loaded):
             cfg.dataset.augment.enabled = False
     data = load_data(cfg.dataset, loaded.device)
     if data.load_test is None:
-        raise ConfigError("dataset", cfg.dataset.name, message=(
-            f"dataset={cfg.dataset.name} of this run has no test set configured "
-            f"(image datasets: give dataset.test_csv=... or dataset.test_dir=...)"))
+        raise ConfigError(
+            "dataset",
+            cfg.dataset.name,
+            message=(
+                f"dataset={cfg.dataset.name} of this run has no test set configured "
+                f"(image datasets: give dataset.test_csv=... or dataset.test_dir=...)"
+            ),
+        )
     return data, data.load_test()
 
 
-def evaluate_saved(target: str, which: str | None = None, overrides=(), device: str = "auto",
-                   batch_size: int = 1000) -> tuple[Loaded, dict, object]:
+def evaluate_saved(
+    target: str, which: str | None = None, overrides=(), device: str = "auto", batch_size: int = 1000
+) -> tuple[Loaded, dict, object]:
     loaded = load_run(target, which, overrides, device)
     data, split = load_test_split(loaded)
     names = loaded.info.get("class_names") or data.class_names

@@ -52,9 +52,14 @@ class RunGuard(Callback):
         folder = Path(str(config.hydra.run.dir))
         held = existing_run(folder)
         if held:
-            raise ConfigError("hydra.run.dir", str(folder), message=(
-                f"hydra.run.dir={folder} already holds {held}; nothing was changed. "
-                f"Continue it with: mlprun resume={folder} (or choose another hydra.run.dir)"))
+            raise ConfigError(
+                "hydra.run.dir",
+                str(folder),
+                message=(
+                    f"hydra.run.dir={folder} already holds {held}; nothing was changed. "
+                    f"Continue it with: mlprun resume={folder} (or choose another hydra.run.dir)"
+                ),
+            )
         preflight(job)
 
 

@@ -40,8 +40,6 @@ def _first_line(text: str) -> str:
     return ""
 
 
-
-
 def _cli_args() -> list[str]:
     return [a for a in sys.argv[1:] if not a.startswith("-")]
 
@@ -93,8 +91,9 @@ def suggest_key(key: str) -> str:
     if close:
         return f"; did you mean {' or '.join(close)}?"
     parent = key.rpartition(".")[0]
-    siblings = [k.rpartition(".")[2] for k in keys
-                if k.rpartition(".")[0] == parent and k.rpartition(".")[2][:1] != "_"]
+    siblings = [
+        k.rpartition(".")[2] for k in keys if k.rpartition(".")[0] == parent and k.rpartition(".")[2][:1] != "_"
+    ]
     if parent and siblings:
         return f"; keys in {parent}: {', '.join(siblings)}"
     close = difflib.get_close_matches(key, keys, n=2, cutoff=0.5)
@@ -127,7 +126,7 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         options = []
         if any(ln.startswith("Available options") for ln in lines):
             at = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
-            for ln in lines[at + 1:]:
+            for ln in lines[at + 1 :]:
                 if not ln.startswith("\t"):
                     break
                 options.append(ln.strip())
@@ -143,12 +142,17 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, OverrideParseException):
         m = re.search(r"Error parsing override '([^']*)'", text)
         what = m.group(1) if m else _bad_override()
-        detail = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Error parsing")
-                  and not ln.startswith("See https")]
+        detail = [
+            ln.strip()
+            for ln in text.splitlines()
+            if ln.strip() and not ln.startswith("Error parsing") and not ln.startswith("See https")
+        ]
         reason = detail[0] if detail else "invalid syntax"
         if what:
-            return EXIT_CONFIG, (f"cannot parse override '{what}': {reason}; overrides look like "
-                                 f"key=value, e.g. trainer.epochs=5 or model.hidden=[500,300]")
+            return EXIT_CONFIG, (
+                f"cannot parse override '{what}': {reason}; overrides look like "
+                f"key=value, e.g. trainer.epochs=5 or model.hidden=[500,300]"
+            )
         return EXIT_CONFIG, f"cannot parse the command line: {reason}"
     if isinstance(exc, (ConfigCompositionException, HydraException, OmegaConfBaseException)):
         m = re.search(r"Could not override '([^']+)'", text)
@@ -158,15 +162,20 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             reason = _first_line(str(cause)) if cause else _first_line(text)
             if "not in struct" in reason or "Key '" in reason:
                 if "." not in key:
-                    return EXIT_CONFIG, (f"{key}: no such config key or group{suggest_key(key)} "
-                                         f"(groups: {', '.join(GROUPS)})")
-                return EXIT_CONFIG, (f"{key}: no such config key{suggest_key(key)} (list the keys with "
-                                     f"`mlprun --cfg job`; add a new key with +{key}=...)")
+                    return EXIT_CONFIG, (
+                        f"{key}: no such config key or group{suggest_key(key)} (groups: {', '.join(GROUPS)})"
+                    )
+                return EXIT_CONFIG, (
+                    f"{key}: no such config key{suggest_key(key)} (list the keys with "
+                    f"`mlprun --cfg job`; add a new key with +{key}=...)"
+                )
             return EXIT_CONFIG, f"{key}: {reason}"
         m = re.search(r"Ambiguous value for argument '([^']+)'", text)
         if m:
-            return EXIT_CONFIG, (f"ambiguous override '{m.group(1)}': to sweep over the values add "
-                                 f"--multirun (-m); for a list write key=[a,b]; for a string quote it")
+            return EXIT_CONFIG, (
+                f"ambiguous override '{m.group(1)}': to sweep over the values add "
+                f"--multirun (-m); for a list write key=[a,b]; for a string quote it"
+            )
         m = re.search(r"Could not append to config\. An item is already at '([^']+)'", text)
         if m:
             return EXIT_CONFIG, f"+{m.group(1)}: the key already exists; override it without '+'"

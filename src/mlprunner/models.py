@@ -15,9 +15,16 @@ ACTIVATIONS = {name: getattr(nn, cls) for name, cls in schema.ACTIVATIONS.items(
 class MLP(nn.Sequential):
     """in_features -> hidden[0] -> ... -> hidden[-1] -> out_features; `hidden=[]` is linear."""
 
-    def __init__(self, in_features: int, out_features: int, hidden: Sequence[int] = (500, 300),
-                 activation: str = "relu", dropout: float = 0.0, input_dropout: float = 0.0,
-                 batchnorm: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        hidden: Sequence[int] = (500, 300),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        input_dropout: float = 0.0,
+        batchnorm: bool = False,
+    ):
         layers: list[nn.Module] = []
         if input_dropout > 0:
             layers.append(nn.Dropout(input_dropout))
@@ -52,4 +59,3 @@ def summary_rows(model: nn.Module) -> list[tuple[str, str, int]]:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-

@@ -67,16 +67,27 @@ def confusion_figure(confusion, class_names, title: str = ""):
     fig, ax = plt.subplots(figsize=(size + 1, size))
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    ax.set_xticks(range(k), labels=names, rotation=45 if max(map(len, names)) > 2 else 0, ha="right"
-                  if max(map(len, names)) > 2 else "center")
+    ax.set_xticks(
+        range(k),
+        labels=names,
+        rotation=45 if max(map(len, names)) > 2 else 0,
+        ha="right" if max(map(len, names)) > 2 else "center",
+    )
     ax.set_yticks(range(k), labels=names)
     ax.set(xlabel="predicted class", ylabel="true class")
     if k <= 20:
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(cm[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()

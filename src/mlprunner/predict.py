@@ -24,8 +24,9 @@ def find_images(items: list[str]) -> list[Path]:
         if p.is_dir():
             found = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
             if not found:
-                raise ConfigError("images", item, message=(
-                    f"{item}: folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})"))
+                raise ConfigError(
+                    "images", item, message=(f"{item}: folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+                )
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -47,8 +48,9 @@ def prepare(paths: list[Path], image_shape, mean, std, invert: bool = False) -> 
 def predict(loaded, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Class probabilities (N, K) of the loaded model for prepared inputs."""
     model = loaded.model.eval()
-    out = [loaded.loss.probs(model(x[i:i + batch_size].to(loaded.device))).cpu()
-           for i in range(0, len(x), batch_size)]
+    out = [
+        loaded.loss.probs(model(x[i : i + batch_size].to(loaded.device))).cpu() for i in range(0, len(x), batch_size)
+    ]
     return torch.cat(out) if out else torch.zeros(0, len(loaded.info.get("class_names") or []))
 
 

@@ -62,8 +62,9 @@ class NullProfiler:
 
 
 class StepProfiler:
-    def __init__(self, run_dir: Path, device: torch.device, trace_steps: int = 5,
-                 trace_wait: int = 3, trace_warmup: int = 2):
+    def __init__(
+        self, run_dir: Path, device: torch.device, trace_steps: int = 5, trace_wait: int = 3, trace_warmup: int = 2
+    ):
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
         self.enabled = True
@@ -76,7 +77,7 @@ class StepProfiler:
         self._trace_left = trace_wait + trace_warmup + trace_steps
         self._trace_schedule = (trace_wait, trace_warmup, trace_steps)
         self._trace_done = False
-        self._range = None   # the open record_function range of the current phase (trace only)
+        self._range = None  # the open record_function range of the current phase (trace only)
         self._phase_i = 0
 
     # ---------------------------------------------------------------- timing
@@ -135,9 +136,12 @@ class StepProfiler:
         def ready(prof):
             prof.export_chrome_trace(str(path))
 
-        self._trace = profile(activities=activities, record_shapes=False,
-                              schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-                              on_trace_ready=ready)
+        self._trace = profile(
+            activities=activities,
+            record_shapes=False,
+            schedule=schedule(wait=wait, warmup=warmup, active=active, repeat=1),
+            on_trace_ready=ready,
+        )
         self._trace.__enter__()
 
     def _stop_trace(self) -> None:
@@ -163,21 +167,30 @@ class StepProfiler:
         for name, sec in self.totals.items():
             per = STEP_PHASES if name in STEP_PHASES else EPOCH_PHASES
             count = self.steps if per is STEP_PHASES else self.epochs
-            phases[name] = {"total_s": round(sec, 6), "share": round(sec / total, 4),
-                            "per": "step" if per is STEP_PHASES else "epoch",
-                            "mean_ms": round(1000 * sec / count, 4) if count else None}
+            phases[name] = {
+                "total_s": round(sec, 6),
+                "share": round(sec / total, 4),
+                "per": "step" if per is STEP_PHASES else "epoch",
+                "mean_ms": round(1000 * sec / count, 4) if count else None,
+            }
         trace = self.run_dir / TRACE_FILE
-        return {"device": str(self.device), "steps": self.steps, "epochs": self.epochs,
-                "total_s": round(total, 6), "phases": phases,
-                "synchronising_timers": self.device.type in ("cuda", "mps"),
-                "trace": TRACE_FILE if trace.is_file() else None}
+        return {
+            "device": str(self.device),
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "total_s": round(total, 6),
+            "phases": phases,
+            "synchronising_timers": self.device.type in ("cuda", "mps"),
+            "trace": TRACE_FILE if trace.is_file() else None,
+        }
 
     def table(self, summary: dict | None = None) -> str:
         s = summary or self.summary()
-        lines = [f"mlprun profile: {s['steps']} steps, {s['epochs']} epochs on {s['device']} "
-                 f"(timed: {s['total_s']:.3f} s)",
-                 f"{'phase':<12} {'total s':>10} {'share':>7} {'mean ms':>10}  per",
-                 "-" * 48]
+        lines = [
+            f"mlprun profile: {s['steps']} steps, {s['epochs']} epochs on {s['device']} (timed: {s['total_s']:.3f} s)",
+            f"{'phase':<12} {'total s':>10} {'share':>7} {'mean ms':>10}  per",
+            "-" * 48,
+        ]
         for name, p in s["phases"].items():
             mean = f"{p['mean_ms']:.3f}" if p["mean_ms"] is not None else "-"
             lines.append(f"{name:<12} {p['total_s']:>10.3f} {100 * p['share']:>6.1f}% {mean:>10}  {p['per']}")

@@ -17,8 +17,7 @@ def fmt_pct(x) -> str:
 
 
 def epoch_line(epoch: int, epochs: int, m: dict, seconds: float, samples_per_s: float) -> str:
-    parts = [f"epoch {epoch}/{epochs}",
-             f"train loss {m['train/loss']:.4f} err {fmt_pct(m['train/error'])}"]
+    parts = [f"epoch {epoch}/{epochs}", f"train loss {m['train/loss']:.4f} err {fmt_pct(m['train/error'])}"]
     if m.get("val/loss") is not None:
         parts.append(f"val loss {m['val/loss']:.4f} err {fmt_pct(m['val/error'])}")
     parts.append(f"lr {m['lr']:.2e}")
@@ -43,9 +42,12 @@ class Progress:
         if mode == "rich":
             self._live = RichProgress(
                 TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                BarColumn(), MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]} samples/s"),
-                TimeRemainingColumn(), transient=False,
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[speed]} samples/s"),
+                TimeRemainingColumn(),
+                transient=False,
             )
             self._live.start()
 
@@ -54,14 +56,19 @@ class Progress:
         if self._live is not None:
             if self._task is not None:
                 self._live.remove_task(self._task)
-            self._task = self._live.add_task("train", total=self.steps, epoch=epoch, epochs=self.epochs,
-                                             loss="-", speed="-")
+            self._task = self._live.add_task(
+                "train", total=self.steps, epoch=epoch, epochs=self.epochs, loss="-", speed="-"
+            )
 
     def update(self, step_in_epoch: int, loss: float) -> None:
         if self._live is not None and self._task is not None:
             dt = max(time.perf_counter() - self._t0, 1e-9)
-            self._live.update(self._task, completed=step_in_epoch, loss=f"{loss:.4f}",
-                              speed=f"{step_in_epoch * self.batch_size / dt:,.0f}")
+            self._live.update(
+                self._task,
+                completed=step_in_epoch,
+                loss=f"{loss:.4f}",
+                speed=f"{step_in_epoch * self.batch_size / dt:,.0f}",
+            )
 
     def end_epoch(self, epoch: int, metrics: dict, seconds: float, samples: int) -> None:
         line = epoch_line(epoch, self.epochs, metrics, seconds, samples / max(seconds, 1e-9))

@@ -49,8 +49,9 @@ def lock_run_dir(run_dir: Path):
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
-        raise MlprunError(f"{run_dir} is in use by another running mlprun process; "
-                          f"wait for it to finish or stop it first") from None
+        raise MlprunError(
+            f"{run_dir} is in use by another running mlprun process; wait for it to finish or stop it first"
+        ) from None
     _LOCKS[key] = fh
     return fh
 
@@ -77,8 +78,9 @@ def _first_line(exc: BaseException) -> str:
 class RunRecord:
     """results.json of one run (in `data`), kept current from start to completion."""
 
-    def __init__(self, run_dir: Path, device, overrides=(), resumed_from: dict | None = None,
-                 started: float | None = None):
+    def __init__(
+        self, run_dir: Path, device, overrides=(), resumed_from: dict | None = None, started: float | None = None
+    ):
         self.run_dir = Path(run_dir)
         self.device = device
         self.overrides = list(overrides)
@@ -96,17 +98,27 @@ class RunRecord:
         prior = read_results(self.run_dir) if ckpt is not None else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(self.run_dir)
-        self.results = ResultsFile(self.run_dir, {
-            "device": str(self.device), "n_params": None, "overrides": self.overrides,
-            "run_dir": str(self.run_dir.resolve()),
-        })
+        self.results = ResultsFile(
+            self.run_dir,
+            {
+                "device": str(self.device),
+                "n_params": None,
+                "overrides": self.overrides,
+                "run_dir": str(self.run_dir.resolve()),
+            },
+        )
         if prior:
             self.data.update({k: v for k, v in prior.items() if k not in ("status", "reason", "run_dir")})
             self.data["overrides"] = list(prior.get("overrides", []))
         if ckpt is not None:
             self.data["resumed"] = list((prior or {}).get("resumed", [])) + [
-                {"from_epoch": int(ckpt["epoch"]), "step": int(ckpt["step"]), "overrides": list(self.overrides),
-                 "at": time.strftime("%Y-%m-%dT%H:%M:%S")}]
+                {
+                    "from_epoch": int(ckpt["epoch"]),
+                    "step": int(ckpt["step"]),
+                    "overrides": list(self.overrides),
+                    "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                }
+            ]
         self.wall_before = float(self.data.get("wall_s") or 0.0)  # earlier processes of this run
         return self
 
@@ -141,19 +153,25 @@ class RunRecord:
             yield
         except Interrupted as exc:
             self.results.update(status="interrupted", reason=str(exc), wall_s=self.elapsed())
-            raise Interrupted(f"{exc}; last checkpoint after epoch {saved_epoch(self.run_dir)}; "
-                              f"continue with: {resume_command(self.run_dir)}") from None
+            raise Interrupted(
+                f"{exc}; last checkpoint after epoch {saved_epoch(self.run_dir)}; "
+                f"continue with: {resume_command(self.run_dir)}"
+            ) from None
         except KeyboardInterrupt:
-            self.results.update(status="interrupted", reason="interrupted at once by a second signal",
-                                wall_s=self.elapsed())
-            raise Interrupted(f"interrupted at once by a second signal; last checkpoint after epoch "
-                              f"{saved_epoch(self.run_dir)}; continue with: {resume_command(self.run_dir)}") from None
+            self.results.update(
+                status="interrupted", reason="interrupted at once by a second signal", wall_s=self.elapsed()
+            )
+            raise Interrupted(
+                f"interrupted at once by a second signal; last checkpoint after epoch "
+                f"{saved_epoch(self.run_dir)}; continue with: {resume_command(self.run_dir)}"
+            ) from None
         except DivergenceError as exc:
             self.results.update(status="failed", reason=str(exc), wall_s=self.elapsed())
             raise
         except Exception as exc:
-            self.results.update(status="failed", reason=f"{type(exc).__name__}: {_first_line(exc)}",
-                                wall_s=self.elapsed())
+            self.results.update(
+                status="failed", reason=f"{type(exc).__name__}: {_first_line(exc)}", wall_s=self.elapsed()
+            )
             raise
 
     @contextlib.contextmanager
@@ -173,8 +191,11 @@ class RunRecord:
 
     def epoch_done(self, trainer) -> None:
         """Trainer's on_epoch_end: the history so far, and the start-up time once per process."""
-        fields = dict(status="running", wall_s=self.elapsed(),
-                      **self.results.from_history(list(trainer.state.history), trainer.state.best_epoch))
+        fields = dict(
+            status="running",
+            wall_s=self.elapsed(),
+            **self.results.from_history(list(trainer.state.history), trainer.state.best_epoch),
+        )
         if trainer.first_step_at is not None and not self._startup_logged:
             started = process_start_time()  # this process's start -> the end of its first step
             if started is not None:

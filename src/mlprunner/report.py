@@ -23,8 +23,18 @@ from .plots import _plt
 from .results import read_results
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
-COLUMNS = ["job", "overrides", "status", "reason", "best_val_error", "best_epoch",
-           "final_train_error", "epochs", "wall_s", "test_error"]
+COLUMNS = [
+    "job",
+    "overrides",
+    "status",
+    "reason",
+    "best_val_error",
+    "best_epoch",
+    "final_train_error",
+    "epochs",
+    "wall_s",
+    "test_error",
+]
 
 
 class ReportError(Exception):
@@ -32,6 +42,7 @@ class ReportError(Exception):
 
 
 # ---------------------------------------------------------------- collecting the jobs
+
 
 def find_jobs(folder: Path, max_depth: int = 4) -> list[Path]:
     """Run folders at or below `folder`: those holding results.json or .hydra/overrides.yaml."""
@@ -135,6 +146,7 @@ def collect(folder: Path) -> tuple[list[dict], list[str]]:
 
 # ---------------------------------------------------------------- the table
 
+
 def _label(job: dict, keys: list[str]) -> str:
     if keys:
         return " ".join(f"{k}={job['params'][k]}" for k in keys if k in job["params"])
@@ -168,14 +180,22 @@ def write_csv(jobs: list[dict], keys: list[str], path: Path) -> Path:
 def table_rows(jobs: list[dict], keys: list[str]) -> list[list[str]]:
     rows = []
     for i, job in enumerate(jobs, 1):
-        rows.append([str(i), _label(job, keys) or job["job"], job["status"], _pct(job["best_val_error"]),
-                     _num(job["best_epoch"]), _pct(job["final_train_error"]), _num(job["epochs"]),
-                     _num(job["wall_s"], "{:.1f}")])
+        rows.append(
+            [
+                str(i),
+                _label(job, keys) or job["job"],
+                job["status"],
+                _pct(job["best_val_error"]),
+                _num(job["best_epoch"]),
+                _pct(job["final_train_error"]),
+                _num(job["epochs"]),
+                _num(job["wall_s"], "{:.1f}"),
+            ]
+        )
     return rows
 
 
-HEADERS = ["#", "overrides", "status", "best val err %", "best epoch", "final train err %",
-           "epochs", "wall s"]
+HEADERS = ["#", "overrides", "status", "best val err %", "best epoch", "final train err %", "epochs", "wall s"]
 
 
 def counts(jobs: list[dict]) -> str:
@@ -186,11 +206,15 @@ def counts(jobs: list[dict]) -> str:
 
 
 def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, plots: list[Path]) -> Path:
-    lines = [f"# Sweep summary: {folder}", "",
-             f"{len(jobs)} jobs ({counts(jobs)}); sorted by best validation error."
-             + (f" Swept: {', '.join(f'`{k}`' for k in keys)}." if keys else ""), "",
-             "| " + " | ".join(HEADERS) + " |", "|" + "|".join("---:" if h not in ("overrides", "status") else "---"
-                                                             for h in HEADERS) + "|"]
+    lines = [
+        f"# Sweep summary: {folder}",
+        "",
+        f"{len(jobs)} jobs ({counts(jobs)}); sorted by best validation error."
+        + (f" Swept: {', '.join(f'`{k}`' for k in keys)}." if keys else ""),
+        "",
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join("---:" if h not in ("overrides", "status") else "---" for h in HEADERS) + "|",
+    ]
     for row in table_rows(jobs, keys):
         row[1] = f"`{row[1]}`"
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
@@ -208,19 +232,24 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
     console = console or Console()
     table = Table(title=f"sweep {folder}: {len(jobs)} jobs ({counts(jobs)})")
     for h in HEADERS:
-        table.add_column(h, justify="left" if h in ("overrides", "status") else "right",
-                         overflow="fold" if h == "overrides" else "ellipsis")
+        table.add_column(
+            h,
+            justify="left" if h in ("overrides", "status") else "right",
+            overflow="fold" if h == "overrides" else "ellipsis",
+        )
     for job, row in zip(jobs, table_rows(jobs, keys)):
         style = None if job["status"] == "completed" else "red"
         table.add_row(*row, style=style)
     console.print(table)
     for job in jobs:
         if job["status"] != "completed":
-            console.print(f"[red]{job['job']}[/red] {job['status']}: {job['reason'] or 'no reason recorded'}",
-                          highlight=False)
+            console.print(
+                f"[red]{job['job']}[/red] {job['status']}: {job['reason'] or 'no reason recorded'}", highlight=False
+            )
 
 
 # ---------------------------------------------------------------- plots
+
 
 def _as_number(value: str):
     if value.lower() in ("true", "false", "nan", "inf", "-inf", "null", "none"):
@@ -247,8 +276,11 @@ def _save(fig, path: Path, plt) -> Path:
 def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
     """Best validation error of every job against one swept parameter (one point per job;
     categories get the mean as a bar, so the trend shows, not only the best)."""
-    points = [(j["params"].get(key), 100 * j["best_val_error"]) for j in jobs
-              if j["best_val_error"] is not None and key in j["params"]]
+    points = [
+        (j["params"].get(key), 100 * j["best_val_error"])
+        for j in jobs
+        if j["best_val_error"] is not None and key in j["params"]
+    ]
     if not points:
         return None
     plt = _plt()
@@ -272,14 +304,23 @@ def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
             xs = [pos[c] + (0.12 * (i - (n - 1) / 2) / max(1, n - 1) * 2 if n > 1 else 0) for i in range(n)]
             ax.scatter(xs, per[c], alpha=0.75, color="tab:blue", zorder=3)
             mean = sum(per[c]) / n
-            ax.hlines(mean, pos[c] - 0.3, pos[c] + 0.3, color="tab:orange", lw=2, zorder=2,
-                      label="mean" if c == cats[0] else None)
+            ax.hlines(
+                mean,
+                pos[c] - 0.3,
+                pos[c] + 0.3,
+                color="tab:orange",
+                lw=2,
+                zorder=2,
+                label="mean" if c == cats[0] else None,
+            )
         ax.set_xticks(range(len(cats)))
-        ax.set_xticklabels(cats, rotation=30 if max(len(c) for c in cats) > 8 else 0, ha="right"
-                           if max(len(c) for c in cats) > 8 else "center")
+        ax.set_xticklabels(
+            cats,
+            rotation=30 if max(len(c) for c in cats) > 8 else 0,
+            ha="right" if max(len(c) for c in cats) > 8 else "center",
+        )
         ax.legend(loc="best")
-    ax.set(xlabel=key, ylabel="best validation error (%)",
-           title=f"validation error vs {key} ({len(points)} jobs)")
+    ax.set(xlabel=key, ylabel="best validation error (%)", title=f"validation error vs {key} ({len(points)} jobs)")
     ax.grid(alpha=0.3)
     return _save(fig, path, plt)
 
@@ -294,15 +335,24 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
     for rank, job in enumerate(with_curves):
         hist = [h for h in job["history"] if h.get("val")]
         label = (_label(job, keys) or job["job"]) if rank < max_legend else None
-        ax.plot([h["epoch"] for h in hist], [100 * h["val"]["error"] for h in hist],
-                marker="o" if len(hist) < 30 else None, ms=3, lw=1.4 if rank < max_legend else 0.8,
-                alpha=1.0 if rank < max_legend else 0.4, label=label)
+        ax.plot(
+            [h["epoch"] for h in hist],
+            [100 * h["val"]["error"] for h in hist],
+            marker="o" if len(hist) < 30 else None,
+            ms=3,
+            lw=1.4 if rank < max_legend else 0.8,
+            alpha=1.0 if rank < max_legend else 0.4,
+            label=label,
+        )
     from matplotlib.ticker import MaxNLocator  # lazy: matplotlib (see plots._plt)
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="epoch", ylabel="validation error (%)",
-           title=f"validation error per epoch, {len(with_curves)} jobs"
-                 + (f" (legend: best {max_legend})" if len(with_curves) > max_legend else ""))
+    ax.set(
+        xlabel="epoch",
+        ylabel="validation error (%)",
+        title=f"validation error per epoch, {len(with_curves)} jobs"
+        + (f" (legend: best {max_legend})" if len(with_curves) > max_legend else ""),
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     return _save(fig, path, plt)
@@ -310,8 +360,14 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
 
 # ---------------------------------------------------------------- entry points
 
-def build_report(folder: Path, console=None, show: bool = True, plots: bool = True,
-                 collected: tuple[list[dict], list[str]] | None = None) -> dict:
+
+def build_report(
+    folder: Path,
+    console=None,
+    show: bool = True,
+    plots: bool = True,
+    collected: tuple[list[dict], list[str]] | None = None,
+) -> dict:
     """Write summary.csv, summary.md and the plots into `folder`; print the table if `show`.
 
     `collected`: the (jobs, keys) `collect(folder)` already returned, to read the jobs once.
@@ -335,8 +391,11 @@ def build_report(folder: Path, console=None, show: bool = True, plots: bool = Tr
             if not console.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
                 console = Console(width=140)
         print_table(folder, jobs, keys, console)
-        console.print(f"summary: {csv_path}, {md_path}; plots: {', '.join(p.name for p in made) or 'none'}; "
-                      f"HParams: tensorboard --logdir {folder}", highlight=False)
+        console.print(
+            f"summary: {csv_path}, {md_path}; plots: {', '.join(p.name for p in made) or 'none'}; "
+            f"HParams: tensorboard --logdir {folder}",
+            highlight=False,
+        )
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}
 
 

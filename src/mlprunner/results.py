@@ -40,8 +40,7 @@ class ResultsFile:
 
     def __init__(self, run_dir: Path, base: dict):
         self.path = Path(run_dir) / RESULTS
-        self.data = {"status": "running", "reason": None, "epochs_completed": 0,
-                     "best": None, "last": None, **base}
+        self.data = {"status": "running", "reason": None, "epochs_completed": 0, "best": None, "last": None, **base}
 
     def update(self, **fields) -> None:
         self.data.update(fields)
@@ -72,8 +71,9 @@ def print_summary(results: dict, console=None) -> None:
 
     def row(label, epoch, m):
         if m:
-            table.add_row(label, str(epoch), f"{m['loss']:.4f}", f"{100 * m['error']:.2f}%",
-                          f"{100 * m['accuracy']:.2f}%")
+            table.add_row(
+                label, str(epoch), f"{m['loss']:.4f}", f"{100 * m['error']:.2f}%", f"{100 * m['accuracy']:.2f}%"
+            )
 
     last, best = results.get("last") or {}, results.get("best") or {}
     row("train (last)", last.get("epoch"), last.get("train"))

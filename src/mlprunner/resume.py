@@ -29,9 +29,19 @@ log = logging.getLogger("mlprunner")
 
 # Keys (or key prefixes ending in '.') that may change when a run is continued.
 SAFE_KEYS = (
-    "trainer.epochs", "trainer.early_stopping.", "trainer.log_every_n_steps", "trainer.progress",
-    "trainer.tensorboard.", "trainer.checkpoint.", "trainer.threads", "trainer.profile",
-    "trainer.eval_batch_size", "trainer.device", "eval.", "dataset.root", "dataset.download",
+    "trainer.epochs",
+    "trainer.early_stopping.",
+    "trainer.log_every_n_steps",
+    "trainer.progress",
+    "trainer.tensorboard.",
+    "trainer.checkpoint.",
+    "trainer.threads",
+    "trainer.profile",
+    "trainer.eval_batch_size",
+    "trainer.device",
+    "eval.",
+    "dataset.root",
+    "dataset.download",
 )
 
 
@@ -49,18 +59,24 @@ def parse_overrides(args: list[str]) -> list[str]:
         if a.startswith("resume="):
             continue
         if a.startswith("-"):
-            raise ConfigError(a, message=f"{a}: flags cannot be combined with resume= "
-                                         "(resume continues one run; see mlprun --help)")
+            raise ConfigError(
+                a, message=f"{a}: flags cannot be combined with resume= (resume continues one run; see mlprun --help)"
+            )
         if a.startswith("~"):
-            raise ConfigError(a, message=f"{a}: keys cannot be deleted when resuming; allowed with resume=: "
-                                         f"{allowed_text()}")
+            raise ConfigError(
+                a, message=f"{a}: keys cannot be deleted when resuming; allowed with resume=: {allowed_text()}"
+            )
         key, eq, _ = a.lstrip("+").partition("=")
         if not eq:
             raise ConfigError(a, message=f"cannot parse override '{a}': expected key=value")
         if not is_safe(key):
-            raise ConfigError(key, message=(
-                f"{key} cannot change when resuming (it would change the model, data or optimizer "
-                f"of a run already trained); allowed with resume=: {allowed_text()}"))
+            raise ConfigError(
+                key,
+                message=(
+                    f"{key} cannot change when resuming (it would change the model, data or optimizer "
+                    f"of a run already trained); allowed with resume=: {allowed_text()}"
+                ),
+            )
         out.append(a.lstrip("+"))
     return out
 
@@ -68,13 +84,22 @@ def parse_overrides(args: list[str]) -> list[str]:
 def check_resumable(state: dict, path: Path) -> None:
     """The keys resume needs, with the right types (a forged or foreign dict fails here, in one line)."""
     problems = []
-    for key, kind in (("epoch", int), ("step", int), ("model", dict), ("optimizer", dict),
-                      ("rng", dict), ("config", dict)):
+    for key, kind in (
+        ("epoch", int),
+        ("step", int),
+        ("model", dict),
+        ("optimizer", dict),
+        ("rng", dict),
+        ("config", dict),
+    ):
         if not isinstance(state.get(key), kind) or isinstance(state.get(key), bool):
             problems.append(key)
     rng = state.get("rng") if isinstance(state.get("rng"), dict) else {}
-    if not (isinstance(rng.get("torch"), torch.Tensor) and isinstance(rng.get("numpy"), dict)
-            and isinstance(rng.get("python"), dict)):
+    if not (
+        isinstance(rng.get("torch"), torch.Tensor)
+        and isinstance(rng.get("numpy"), dict)
+        and isinstance(rng.get("python"), dict)
+    ):
         problems.append("rng")
     if problems:
         raise CheckpointError(f"{path} cannot be resumed: missing or malformed {', '.join(sorted(set(problems)))}")
@@ -119,15 +144,16 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
         # e.g. trainer.checkpoint.save_last=false: never wipe a run that has trained epochs
         best = checkpoint_file(run_dir, "best")
         hint = f"; resume from another checkpoint, e.g. resume={best}" if best.is_file() else ""
-        raise CheckpointError(f"{run_dir} has {trained} trained epochs but no checkpoints/last.pt "
-                              f"(trainer.checkpoint.save_last=false?){hint}")
+        raise CheckpointError(
+            f"{run_dir} has {trained} trained epochs but no checkpoints/last.pt "
+            f"(trainer.checkpoint.save_last=false?){hint}"
+        )
     lock_run_dir(run_dir)
     # Nothing from the first attempt survived a checkpoint: its partial logs would only overlap.
     for sub in ("tensorboard", "checkpoints"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     _setup_logging(run_dir)
-    print(f"mlprun: {run_dir} stopped before its first checkpoint; restarting it from epoch 1 in place",
-          flush=True)
+    print(f"mlprun: {run_dir} stopped before its first checkpoint; restarting it from epoch 1 in place", flush=True)
     run(cfg, run_dir, overrides=list(prior.get("overrides", [])) + overrides)
     return 0
 
@@ -142,9 +168,14 @@ def resume_main(args: list[str]) -> int:
     check_resumable(ckpt, ckpt_path)
     check_config_targets(ckpt["config"], ckpt_path)
     if run_dir is None:
-        raise ConfigError("resume", arg, message=(
-            f"resume={arg}: a checkpoint is resumed in its run folder, so it must be "
-            f"<run dir>/checkpoints/<name>.pt; give the run folder instead"))
+        raise ConfigError(
+            "resume",
+            arg,
+            message=(
+                f"resume={arg}: a checkpoint is resumed in its run folder, so it must be "
+                f"<run dir>/checkpoints/<name>.pt; give the run folder instead"
+            ),
+        )
     cfg = merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True)
     cfg.resume = None
     validate(cfg)
@@ -154,17 +185,27 @@ def resume_main(args: list[str]) -> int:
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
     stopped = still_stopped(ckpt.get("early_stopping") or {}, cfg.trainer.early_stopping)
     if prior.get("status") == "completed" and prior.get("epochs_completed") == done and (done >= epochs or stopped):
-        why = f"stopped early after epoch {done}" if stopped and done < epochs else f"completed all {done} epoch{'s' * (done != 1)}"
-        hint = "raise trainer.early_stopping.patience or disable it" if stopped and done < epochs \
+        why = (
+            f"stopped early after epoch {done}"
+            if stopped and done < epochs
+            else f"completed all {done} epoch{'s' * (done != 1)}"
+        )
+        hint = (
+            "raise trainer.early_stopping.patience or disable it"
+            if stopped and done < epochs
             else "raise trainer.epochs"
+        )
         print(f"mlprun: run {run_dir} already {why}; nothing to do ({hint} to train longer)", flush=True)
         return 0
     lock_run_dir(run_dir)  # refuse before writing anything if another process trains here
     _remove_stale_temps(run_dir)
     _setup_logging(run_dir)
     if done >= epochs or stopped:
-        print(f"mlprun: {run_dir} has all {done} epochs in {ckpt_path.name}; finishing the run "
-              f"(results, plots) without training", flush=True)
+        print(
+            f"mlprun: {run_dir} has all {done} epochs in {ckpt_path.name}; finishing the run "
+            f"(results, plots) without training",
+            flush=True,
+        )
     else:
         print(f"mlprun: resuming {run_dir} from {ckpt_path.name} after epoch {done} of {epochs}", flush=True)
     run(cfg, run_dir, resume_from=ckpt_path, overrides=overrides, checkpoint=ckpt)

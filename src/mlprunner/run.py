@@ -28,8 +28,8 @@ from .plots import learning_curves
 from .progress import Progress
 from .record import RunRecord
 from .results import print_summary
-from .tblog import TensorBoardLogger
 from .schema import option_label
+from .tblog import TensorBoardLogger
 from .train import StopFlag, Trainer
 
 log = logging.getLogger("mlprunner")
@@ -38,11 +38,19 @@ log = logging.getLogger("mlprunner")
 def hparams_of(cfg: DictConfig) -> dict:
     """A flat dict of the hyper-parameters that define the run (for TensorBoard's HParams)."""
     keys = {
-        "dataset": "dataset.name", "model.hidden": "model.hidden", "model.activation": "model.activation",
-        "model.dropout": "model.dropout", "model.batchnorm": "model.batchnorm",
-        "optim": "optim._target_", "optim.lr": "optim.lr", "optim.weight_decay": "optim.weight_decay",
-        "optim.momentum": "optim.momentum", "scheduler": "scheduler", "loss": "loss",
-        "trainer.batch_size": "trainer.batch_size", "trainer.epochs": "trainer.epochs",
+        "dataset": "dataset.name",
+        "model.hidden": "model.hidden",
+        "model.activation": "model.activation",
+        "model.dropout": "model.dropout",
+        "model.batchnorm": "model.batchnorm",
+        "optim": "optim._target_",
+        "optim.lr": "optim.lr",
+        "optim.weight_decay": "optim.weight_decay",
+        "optim.momentum": "optim.momentum",
+        "scheduler": "scheduler",
+        "loss": "loss",
+        "trainer.batch_size": "trainer.batch_size",
+        "trainer.epochs": "trainer.epochs",
         "trainer.seed": "trainer.seed",
     }
     out = {}
@@ -88,8 +96,7 @@ class _Signals:
             raise KeyboardInterrupt
         self.stop.requested = True
         self.stop.signal_name = signal.Signals(signum).name
-        log.warning(f"{self.stop.signal_name} received: stopping after this step "
-                    f"(press Ctrl-C again to quit at once)")
+        log.warning(f"{self.stop.signal_name} received: stopping after this step (press Ctrl-C again to quit at once)")
 
     def restore(self):
         for sig, handler in self._old.items():
@@ -106,17 +113,25 @@ def set_up_process(trainer_cfg: DictConfig) -> torch.device:
     return device
 
 
-def make_tensorboard(cfg: DictConfig, run_dir: Path, pieces: Pieces, device: torch.device,
-                     ckpt: dict | None) -> TensorBoardLogger | None:
+def make_tensorboard(
+    cfg: DictConfig, run_dir: Path, pieces: Pieces, device: torch.device, ckpt: dict | None
+) -> TensorBoardLogger | None:
     """The run's TensorBoard logger (continuing after the checkpoint's epoch and step), or None."""
     if not cfg.trainer.tensorboard.enabled:
         return None
-    tb = TensorBoardLogger(run_dir / "tensorboard", resume_epoch=int(ckpt["epoch"]) if ckpt else 0,
-                           resume_step=int(ckpt["step"]) if ckpt else 0,
-                           histograms=bool(cfg.trainer.tensorboard.histograms))
+    tb = TensorBoardLogger(
+        run_dir / "tensorboard",
+        resume_epoch=int(ckpt["epoch"]) if ckpt else 0,
+        resume_step=int(ckpt["step"]) if ckpt else 0,
+        histograms=bool(cfg.trainer.tensorboard.histograms),
+    )
     if ckpt is None:  # written when the writers open, after the first training step
-        tb.when_open(lambda: tb.hparams(hparams_of(cfg), [
-            "hparam/best_val_error", "hparam/best_val_loss", "hparam/test_error", "hparam/last_train_error"]))
+        tb.when_open(
+            lambda: tb.hparams(
+                hparams_of(cfg),
+                ["hparam/best_val_error", "hparam/best_val_loss", "hparam/test_error", "hparam/last_train_error"],
+            )
+        )
         if cfg.trainer.tensorboard.graph:
             data, model = pieces.data, pieces.model
             example = data.train.x[:2] if hasattr(data.train, "x") else torch.zeros(2, data.num_features, device=device)
@@ -132,7 +147,8 @@ def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model/optimizer "
             f"(it is from a different model): "
-            f"{str(exc).splitlines()[0][:200]}") from None
+            f"{str(exc).splitlines()[0][:200]}"
+        ) from None
     restore_rng(ckpt["rng"])
     log.info(f"resuming from {path} after epoch {trainer.state.epoch} (step {trainer.state.step})")
 
@@ -159,15 +175,19 @@ def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, tb: TensorBoardLogger
 def close_tensorboard(tb: TensorBoardLogger, results: dict, epoch: int) -> None:
     """The HParams metrics of the finished run, then the writers are closed."""
     best_val = (results.get("best") or {}).get("val") or {}
-    metrics = {"hparam/best_val_error": best_val.get("error"), "hparam/best_val_loss": best_val.get("loss"),
-               "hparam/last_train_error": (results.get("last") or {}).get("train", {}).get("error"),
-               "hparam/test_error": (results.get("test") or {}).get("error")}
+    metrics = {
+        "hparam/best_val_error": best_val.get("error"),
+        "hparam/best_val_loss": best_val.get("loss"),
+        "hparam/last_train_error": (results.get("last") or {}).get("train", {}).get("error"),
+        "hparam/test_error": (results.get("test") or {}).get("error"),
+    }
     tb.scalars({k: v for k, v in metrics.items() if v is not None}, epoch)
     tb.close()
 
 
-def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=(),
-        checkpoint: dict | None = None) -> dict:
+def run(
+    cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=(), checkpoint: dict | None = None
+) -> dict:
     """Train (or continue) the run described by `cfg` in `run_dir`; return results.json's dict.
 
     resume_from: the checkpoint to continue from; `checkpoint`, its contents when the caller has
@@ -182,19 +202,40 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
         with record.building():
             pieces = build(cfg, device)
         data, model = pieces.data, pieces.model
-        record.describe(count_parameters(model), {
-            "name": cfg.dataset.name, "n_train": len(data.train), "n_val": len(data.val) if data.val is not None else 0})
+        record.describe(
+            count_parameters(model),
+            {
+                "name": cfg.dataset.name,
+                "n_train": len(data.train),
+                "n_val": len(data.val) if data.val is not None else 0,
+            },
+        )
         log.info(f"run directory: {run_dir}")
         log.info(f"data: {data.describe()}; device: {device}")
         log_model_summary(model, data)
 
         batch_size = int(cfg.trainer.batch_size)
-        progress = Progress(cfg.trainer.progress, int(cfg.trainer.epochs), data.train.num_batches(batch_size), batch_size)
+        progress = Progress(
+            cfg.trainer.progress, int(cfg.trainer.epochs), data.train.num_batches(batch_size), batch_size
+        )
         stop = StopFlag()
         tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt)
-        trainer = Trainer(cfg, run_dir, data, model, pieces.loss, pieces.optimizer, pieces.scheduler,
-                          pieces.interval, device, tb=tb, progress=progress, stop=stop,
-                          augment=pieces.augment, on_epoch_end=record.epoch_done)
+        trainer = Trainer(
+            cfg,
+            run_dir,
+            data,
+            model,
+            pieces.loss,
+            pieces.optimizer,
+            pieces.scheduler,
+            pieces.interval,
+            device,
+            tb=tb,
+            progress=progress,
+            stop=stop,
+            augment=pieces.augment,
+            on_epoch_end=record.epoch_done,
+        )
         if pieces.augment is not None:
             log.info(f"augmentation: {pieces.augment} on each training batch")
         if ckpt is not None:
@@ -208,8 +249,11 @@ def run(cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrid
                 record.data["test"] = test(cfg, run_dir, trainer, tb)
         if tb is not None:
             close_tensorboard(tb, record.data, state.epoch)
-        learning_curves(state.history, run_dir / "learning_curves.png",
-                        title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}")
+        learning_curves(
+            state.history,
+            run_dir / "learning_curves.png",
+            title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}",
+        )
     if cfg.trainer.progress != "none":
         print_summary(record.data)
     return record.data

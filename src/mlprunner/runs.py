@@ -31,8 +31,7 @@ def find_latest(runs_root: Path = Path("runs")) -> Path:
         seen = {p.parent.parent for p in candidates}
         candidates += [p for p in runs_root.glob(f"**/{SAVED_CONFIG}") if p.parent.parent not in seen]
     if not candidates:
-        raise ConfigError("resume", "latest", message=(
-            f"resume=latest: no mlprun run under {runs_root.resolve()}"))
+        raise ConfigError("resume", "latest", message=(f"resume=latest: no mlprun run under {runs_root.resolve()}"))
     return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent
 
 
@@ -56,8 +55,9 @@ def locate_for_resume(arg: str) -> tuple[Path | None, Path | None]:
         return run_dir, ckpt
     if (run_dir / SAVED_CONFIG).is_file():
         return run_dir, None  # killed before its first checkpoint: restart it in place
-    raise ConfigError("resume", arg, message=(
-        f"resume={arg}: {ckpt} not found; the folder is not an mlprun run with a checkpoint"))
+    raise ConfigError(
+        "resume", arg, message=(f"resume={arg}: {ckpt} not found; the folder is not an mlprun run with a checkpoint")
+    )
 
 
 def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | None, Path, str]:
@@ -67,19 +67,32 @@ def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | Non
     if path.is_dir():
         ckdir = path / CHECKPOINT_DIR
         if not ckdir.is_dir():
-            raise ConfigError("run", target, message=(
-                f"{target}: not an mlprun run directory (no checkpoints/ folder); "
-                f"give a run directory or a .pt checkpoint"))
+            raise ConfigError(
+                "run",
+                target,
+                message=(
+                    f"{target}: not an mlprun run directory (no checkpoints/ folder); "
+                    f"give a run directory or a .pt checkpoint"
+                ),
+            )
         for name in ["swa", "best", "last"] if which is None else [which]:
             if checkpoint_file(path, name).is_file():
                 return path, checkpoint_file(path, name), name
-        raise ConfigError("--checkpoint", which, message=(
-            f"{target}: no checkpoints/{which or 'best'}.pt in this run; "
-            f"present: {', '.join(sorted(p.stem for p in ckdir.glob('*.pt'))) or 'none'}"))
+        raise ConfigError(
+            "--checkpoint",
+            which,
+            message=(
+                f"{target}: no checkpoints/{which or 'best'}.pt in this run; "
+                f"present: {', '.join(sorted(p.stem for p in ckdir.glob('*.pt'))) or 'none'}"
+            ),
+        )
     if path.is_file():
         if which is not None:
-            raise ConfigError("--checkpoint", which, message=(
-                f"--checkpoint {which} applies to a run directory; {target} is already a checkpoint file"))
+            raise ConfigError(
+                "--checkpoint",
+                which,
+                message=(f"--checkpoint {which} applies to a run directory; {target} is already a checkpoint file"),
+            )
         return run_dir_of(path), path, path.stem
     raise ConfigError("run", target, message=f"{target}: no such run directory or checkpoint file")
 
@@ -101,6 +114,8 @@ def merge_overrides(cfg, overrides, *, strict: bool):
         cfg.merge_with(OmegaConf.from_dotlist(overrides))
     except Exception as exc:
         first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-        raise ConfigError("resume", message=f"cannot apply {' '.join(overrides)} to the saved config: {first}") from None
+        raise ConfigError(
+            "resume", message=f"cannot apply {' '.join(overrides)} to the saved config: {first}"
+        ) from None
     OmegaConf.set_struct(cfg, False)
     return cfg

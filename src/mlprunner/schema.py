@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 
 from hydra.utils import get_class, get_method
@@ -43,6 +43,7 @@ MONITORS = ("val/error", "val/loss", "val/accuracy", "val/f1")
 
 # --------------------------------------------------------------------------- kinds of keys
 
+
 def _plain(value):
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value)
@@ -64,8 +65,11 @@ def _range_text(low, high, low_inc, high_inc) -> str:
 
 
 def _word(value) -> str:
-    return {True: "true", False: "false", None: "null"}.get(value, str(value)) \
-        if isinstance(value, (bool, type(None))) else str(value)
+    return (
+        {True: "true", False: "false", None: "null"}.get(value, str(value))
+        if isinstance(value, (bool, type(None)))
+        else str(value)
+    )
 
 
 @dataclass(frozen=True)
@@ -75,9 +79,9 @@ class Spec:
     test: Callable[[object], bool]
     allowed: str
     nullable: bool = False
-    own: bool = False        # a key of mlprun inside a component group, not a class argument
-    path: bool = False       # a file or folder name (its `???` asks for a path)
-    mapping: bool = False    # a node of keys, checked before the keys in it
+    own: bool = False  # a key of mlprun inside a component group, not a class argument
+    path: bool = False  # a file or folder name (its `???` asks for a path)
+    mapping: bool = False  # a node of keys, checked before the keys in it
     extra: Callable[[object], str | None] | None = None  # a second check with its own text
 
     def check(self, value) -> str | None:
@@ -121,20 +125,25 @@ def text(allowed="a string", *, nullable=False) -> Spec:
 
 def path(*, nullable=False) -> Spec:
     # Hydra parses dataset.root=2024 as an int: a folder name all the same
-    return Spec(lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) != "",
-                "a file or folder path", nullable=nullable, path=True)
+    return Spec(
+        lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) != "",
+        "a file or folder path",
+        nullable=nullable,
+        path=True,
+    )
 
 
 def mapping(key: str) -> Spec:
-    return Spec(lambda v: isinstance(v, (DictConfig, dict)), f"a group of keys ({key}.<key>=...), not a single value",
-                mapping=True)
+    return Spec(
+        lambda v: isinstance(v, (DictConfig, dict)),
+        f"a group of keys ({key}.<key>=...), not a single value",
+        mapping=True,
+    )
 
 
-def listing(item: Callable[[object], bool], allowed: str, *, nullable=False, length=None,
-            extra=None) -> Spec:
+def listing(item: Callable[[object], bool], allowed: str, *, nullable=False, length=None, extra=None) -> Spec:
     def test(v):
-        return (isinstance(v, (ListConfig, list)) and (length is None or len(v) == length)
-                and all(item(x) for x in v))
+        return isinstance(v, (ListConfig, list)) and (length is None or len(v) == length) and all(item(x) for x in v)
 
     return Spec(test, allowed, nullable=nullable, extra=extra)
 
@@ -161,8 +170,11 @@ def _device(v) -> bool:
 
 
 def _non_empty_numbers(v) -> bool:
-    return isinstance(v, (ListConfig, list)) and len(v) > 0 and all(
-        isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    return (
+        isinstance(v, (ListConfig, list))
+        and len(v) > 0
+        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+    )
 
 
 _channels = Spec(_non_empty_numbers, "null or a list of numbers, one per channel", nullable=True)
@@ -188,14 +200,16 @@ SCHEMA: dict[str, Spec] = {
     "dataset.n_val": integer(0),
     "dataset.n_test": integer(1),
     "dataset.noise": number(0.0),
-    "dataset.image_size": listing(lambda x: _is_int(x) and x >= 1, "two positive integers (height, width), "
-                                  "e.g. [28,28]", length=2),
+    "dataset.image_size": listing(
+        lambda x: _is_int(x) and x >= 1, "two positive integers (height, width), e.g. [28,28]", length=2
+    ),
     "dataset.grayscale": boolean(),
     "dataset.normalize": boolean(),
     "dataset.mean": _channels,
     "dataset.std": Spec(_channels.test, _channels.allowed, nullable=True, extra=_positive),
-    "dataset.class_names": listing(lambda x: isinstance(x, (str, int)) and not isinstance(x, bool),
-                                   "null or a list of class names", nullable=True),
+    "dataset.class_names": listing(
+        lambda x: isinstance(x, (str, int)) and not isinstance(x, bool), "null or a list of class names", nullable=True
+    ),
     "dataset.in_memory_max_mb": number(0.0),
     "dataset.num_workers": integer(0),
     "dataset.augment": mapping("dataset.augment"),
@@ -205,8 +219,9 @@ SCHEMA: dict[str, Spec] = {
     "dataset.augment.max_scale": number(0.0, 1.0, True, False),
     # ---- model
     "model._target_": target(),
-    "model.hidden": listing(lambda x: _is_int(x) and x >= 1, "a list of positive integers, e.g. [500,300] or []",
-                            extra=_hidden_widths),
+    "model.hidden": listing(
+        lambda x: _is_int(x) and x >= 1, "a list of positive integers, e.g. [500,300] or []", extra=_hidden_widths
+    ),
     "model.activation": choice(*ACTIVATIONS),
     "model.dropout": number(0.0, 1.0, True, False),
     "model.input_dropout": number(0.0, 1.0, True, False),
@@ -218,8 +233,9 @@ SCHEMA: dict[str, Spec] = {
     "optim.weight_decay": number(0.0),
     "optim.momentum": number(0.0, 1.0, True, False),
     "optim.nesterov": boolean(),
-    "optim.betas": listing(lambda x: _is_number(x) and 0 <= x < 1, "two numbers in [0, 1), e.g. [0.9,0.999]",
-                           nullable=True, length=2),
+    "optim.betas": listing(
+        lambda x: _is_number(x) and 0 <= x < 1, "two numbers in [0, 1), e.g. [0.9,0.999]", nullable=True, length=2
+    ),
     "optim.eps": number(0.0, INF, False, True),
     "optim.rho": number(0.0, 1.0),
     "optim.alpha": number(0.0, 1.0),
@@ -280,8 +296,9 @@ SCHEMA: dict[str, Spec] = {
     "trainer.swa.enabled": boolean(),
     # whole epoch numbers up to trainer.epochs are checked with the other keys (config.validate)
     "trainer.swa.start_epoch": number(0.0, allowed="an epoch number in [1, trainer.epochs] or a fraction in [0, 1)"),
-    "trainer.swa.lr": number(0.0, INF, False, True, nullable=True,
-                             allowed="null (keep the optimizer's lr) or a number > 0"),
+    "trainer.swa.lr": number(
+        0.0, INF, False, True, nullable=True, allowed="null (keep the optimizer's lr) or a number > 0"
+    ),
     "trainer.swa.anneal_epochs": integer(0, allowed="an integer >= 0"),
     # ---- eval
     "eval.test": boolean(),
@@ -310,11 +327,12 @@ def check_value(cfg: DictConfig, key: str, spec: Spec) -> None:
 
 # --------------------------------------------------------------------------- the configs folder
 
+
 def _configs():
     return resources.files("mlprunner.configs")
 
 
-@lru_cache(maxsize=None)
+@cache
 def _defaults() -> tuple[tuple[str, bool], ...]:
     """(group, optional) for each config group in configs/config.yaml's defaults list."""
     primary = OmegaConf.create(_configs().joinpath("config.yaml").read_text())
@@ -335,7 +353,7 @@ GROUPS: tuple[str, ...] = tuple(g for g, _ in _defaults())
 REQUIRED_GROUPS: tuple[str, ...] = tuple(g for g, optional in _defaults() if not optional)
 
 
-@lru_cache(maxsize=None)
+@cache
 def options(group: str) -> dict[str, dict]:
     """{option name: its YAML as a dict, unresolved} for each configs/<group>/*.yaml."""
     folder = _configs().joinpath(group)
@@ -379,8 +397,9 @@ def resolve_loader(ds):
         fn = None
     if getattr(fn, "dataset_facts", None) is None:
         known = sorted({str(o.get("_target_")) for o in options("dataset").values() if o.get("_target_")})
-        raise ConfigError("dataset._target_", tgt if tgt is not None else ds.get("name"),
-                          f"a dataset loader: {', '.join(known)}")
+        raise ConfigError(
+            "dataset._target_", tgt if tgt is not None else ds.get("name"), f"a dataset loader: {', '.join(known)}"
+        )
     return fn
 
 
@@ -390,5 +409,8 @@ def component_class(node: DictConfig, group: str) -> type:
         return get_class(str(node._target_))
     except Exception as exc:  # not importable, or not a class
         cause = exc.__cause__ or exc
-        raise ConfigError(f"{group}._target_", node.get("_target_"),
-                          message=f"{group}._target_={node.get('_target_')!r}: {str(cause).splitlines()[0]}") from None
+        raise ConfigError(
+            f"{group}._target_",
+            node.get("_target_"),
+            message=f"{group}._target_={node.get('_target_')!r}: {str(cause).splitlines()[0]}",
+        ) from None

@@ -65,8 +65,12 @@ class SWA:
         sched = None
         if self.scheduler is not None:
             sched = {"step_count": int(self.scheduler._step_count), "last_epoch": int(self.scheduler.last_epoch)}
-        return {"model": self.averaged.state_dict(), "start_epoch": self.start, "scheduler": sched,
-                "n_averaged": self.n_averaged}
+        return {
+            "model": self.averaged.state_dict(),
+            "start_epoch": self.start,
+            "scheduler": sched,
+            "n_averaged": self.n_averaged,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.averaged.load_state_dict(state["model"])

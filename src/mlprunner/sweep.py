@@ -27,6 +27,7 @@ from .runs import checkpoint_file
 
 log = logging.getLogger("mlprunner")
 
+
 def cores() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -65,8 +66,13 @@ def best_val_error(results: dict | None):
 
 def _record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
     """Make sure results.json says failed with the reason (run() may not have written it)."""
-    data = read_results(run_dir) or {"epochs_completed": 0, "best": None, "last": None,
-                                     "overrides": list(overrides), "run_dir": str(run_dir.resolve())}
+    data = read_results(run_dir) or {
+        "epochs_completed": 0,
+        "best": None,
+        "last": None,
+        "overrides": list(overrides),
+        "run_dir": str(run_dir.resolve()),
+    }
     data["status"] = "failed"
     data["reason"] = message
     data.setdefault("overrides", list(overrides))

@@ -20,10 +20,14 @@ from pathlib import Path
 import torch
 
 EPOCH_TAGS = {
-    "train/loss": "Loss/train", "val/loss": "Loss/val",
-    "train/error": "Error/train", "val/error": "Error/val",
-    "train/accuracy": "Accuracy/train", "val/accuracy": "Accuracy/val",
-    "train/f1": "F1/train", "val/f1": "F1/val",
+    "train/loss": "Loss/train",
+    "val/loss": "Loss/val",
+    "train/error": "Error/train",
+    "val/error": "Error/val",
+    "train/accuracy": "Accuracy/train",
+    "val/accuracy": "Accuracy/val",
+    "train/f1": "F1/train",
+    "val/f1": "F1/val",
     "lr": "LR",
 }
 
@@ -31,8 +35,7 @@ EPOCH_TAGS = {
 class TensorBoardLogger:
     HISTOGRAM_BINS = 64
 
-    def __init__(self, log_dir: Path, resume_epoch: int = 0, resume_step: int = 0,
-                 histograms: bool = True):
+    def __init__(self, log_dir: Path, resume_epoch: int = 0, resume_step: int = 0, histograms: bool = True):
         self.log_dir = Path(log_dir)
         self.resume_epoch, self.resume_step = resume_epoch, resume_step
         self.histograms = histograms
@@ -47,8 +50,10 @@ class TensorBoardLogger:
             # purge_step drops anything an interrupted process logged after its last checkpoint.
             self._writers = (
                 SummaryWriter(str(self.log_dir), purge_step=self.resume_epoch + 1 if self.resume_epoch else None),
-                SummaryWriter(str(self.log_dir / "steps"),
-                              purge_step=self.resume_step + 1 if self.resume_step else None))
+                SummaryWriter(
+                    str(self.log_dir / "steps"), purge_step=self.resume_step + 1 if self.resume_step else None
+                ),
+            )
             queued, self._on_open = self._on_open, []
             for write in queued:
                 write()
@@ -121,9 +126,17 @@ class TensorBoardLogger:
             limits[0], limits[-1] = lo, hi
         else:  # all values equal: one bucket around them, as numpy's histogram makes
             counts, limits = [0.0, float(v.numel())], [lo - 0.5, hi + 0.5]
-        self.writer.add_histogram_raw(tag, min=lo, max=hi, num=v.numel(), sum=float(v.sum()),
-                                      sum_squares=float(v.dot(v)), bucket_limits=limits,
-                                      bucket_counts=counts, global_step=step)
+        self.writer.add_histogram_raw(
+            tag,
+            min=lo,
+            max=hi,
+            num=v.numel(),
+            sum=float(v.sum()),
+            sum_squares=float(v.dot(v)),
+            bucket_limits=limits,
+            bucket_counts=counts,
+            global_step=step,
+        )
 
     def step(self, step: int, scalars: dict) -> None:
         for tag, value in scalars.items():

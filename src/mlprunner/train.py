@@ -93,8 +93,9 @@ class Metrics:
         """As update(), but the host-side sample count is left to the caller (a replayed graph
         runs no Python): call `add_count(n)` once per step."""
         if self._dense is None:
-            self._dense = torch.zeros(self.num_classes, self.num_classes, dtype=torch.float64,
-                                      device=self.confusion.device)
+            self._dense = torch.zeros(
+                self.num_classes, self.num_classes, dtype=torch.float64, device=self.confusion.device
+            )
         self.loss_sum.add_(loss.detach(), alpha=y.shape[0])
         true = (y.unsqueeze(1) == self._classes).float()
         pred = (preds.unsqueeze(1) == self._classes).float()
@@ -109,8 +110,7 @@ class Metrics:
         if self._dense is not None:
             cm = cm + self._dense.round().long()
         acc, f1 = accuracy_f1(cm.cpu())
-        out = {"loss": float(self.loss_sum) / max(self.count, 1), "accuracy": acc,
-               "error": 1.0 - acc, "f1": f1}
+        out = {"loss": float(self.loss_sum) / max(self.count, 1), "accuracy": acc, "error": 1.0 - acc, "f1": f1}
         self.reset()
         return out
 
@@ -132,11 +132,11 @@ class StopFlag:
 
 @dataclass
 class TrainState:
-    epoch: int = 0                 # completed epochs
-    step: int = 0                  # optimizer steps so far
+    epoch: int = 0  # completed epochs
+    step: int = 0  # optimizer steps so far
     best_value: float | None = None
     best_epoch: int | None = None
-    bad_epochs: int = 0            # early-stopping counter
+    bad_epochs: int = 0  # early-stopping counter
     history: list = field(default_factory=list)
     stopped_early: bool = False
 
@@ -144,8 +144,11 @@ class TrainState:
 def still_stopped(saved: dict, es_cfg) -> bool:
     """Whether a saved early stop still holds under the current config (resume may raise the
     patience or disable early stopping)."""
-    return (bool(saved.get("stopped", False)) and bool(es_cfg.enabled)
-            and int(saved.get("bad_epochs", 0)) > int(es_cfg.patience))
+    return (
+        bool(saved.get("stopped", False))
+        and bool(es_cfg.enabled)
+        and int(saved.get("bad_epochs", 0)) > int(es_cfg.patience)
+    )
 
 
 @contextlib.contextmanager
@@ -168,10 +171,23 @@ def young_gc_only():
 
 
 class Trainer:
-    def __init__(self, cfg: DictConfig, run_dir: Path, data: Data, model: torch.nn.Module,
-                 loss: Loss, optimizer, scheduler, interval: str, device: torch.device,
-                 tb=None, progress=None, stop: StopFlag | None = None, augment=None,
-                 on_epoch_end=None):
+    def __init__(
+        self,
+        cfg: DictConfig,
+        run_dir: Path,
+        data: Data,
+        model: torch.nn.Module,
+        loss: Loss,
+        optimizer,
+        scheduler,
+        interval: str,
+        device: torch.device,
+        tb=None,
+        progress=None,
+        stop: StopFlag | None = None,
+        augment=None,
+        on_epoch_end=None,
+    ):
         self.cfg = cfg
         self.t = cfg.trainer
         self.run_dir = Path(run_dir)
@@ -211,9 +227,17 @@ class Trainer:
             self.swa = SWA(self.t.swa, model, optimizer, int(self.t.epochs))
         self.swa_result = None
         self.graph_reason = fallback_reason(
-            self.t.get("cuda_graph", "auto"), device, train_split=data.train, optimizer=optimizer,
-            scaler=self.scaler, step_scheduler=scheduler is not None and interval == "step",
-            augment=augment, swa=self.swa, compiled=bool(self.t.compile), profile=bool(self.t.get("profile")))
+            self.t.get("cuda_graph", "auto"),
+            device,
+            train_split=data.train,
+            optimizer=optimizer,
+            scaler=self.scaler,
+            step_scheduler=scheduler is not None and interval == "step",
+            augment=augment,
+            swa=self.swa,
+            compiled=bool(self.t.compile),
+            profile=bool(self.t.get("profile")),
+        )
         self.graphed = None  # GraphedSteps, made at the first epoch (after a resume's load_state)
 
     def _announce_graph(self) -> None:
@@ -221,11 +245,18 @@ class Trainer:
         when asked for explicitly)."""
         setting = self.t.get("cuda_graph", "auto")
         if self.graph_reason is None:
-            self.graphed = GraphedSteps(self.step_model, self.loss, self.optimizer, self.train_metrics,
-                                        self.data.train, self.t.grad_clip, self.autocast_dtype,
-                                        self.device, log=log)
-            log.info("CUDA graph: each training step is captured once and replayed per batch "
-                     "(trainer.cuda_graph)")
+            self.graphed = GraphedSteps(
+                self.step_model,
+                self.loss,
+                self.optimizer,
+                self.train_metrics,
+                self.data.train,
+                self.t.grad_clip,
+                self.autocast_dtype,
+                self.device,
+                log=log,
+            )
+            log.info("CUDA graph: each training step is captured once and replayed per batch (trainer.cuda_graph)")
         elif setting is True or (setting == "auto" and self.device.type == "cuda"):
             log.info(f"CUDA graph off: {self.graph_reason}; training steps run eagerly")
 
@@ -246,10 +277,14 @@ class Trainer:
             "best": {"value": s.best_value, "epoch": s.best_epoch, "monitor": self.monitor, "mode": self.mode},
             "early_stopping": {"bad_epochs": s.bad_epochs, "stopped": s.stopped_early},
             "swa": self.swa.state_dict() if self.swa is not None else None,
-            "data": {"num_features": self.data.num_features, "num_classes": self.data.num_classes,
-                     "class_names": self.data.class_names,
-                     "image_shape": list(self.data.image_shape) if self.data.image_shape else None,
-                     "mean": self.data.mean, "std": self.data.std},
+            "data": {
+                "num_features": self.data.num_features,
+                "num_classes": self.data.num_classes,
+                "class_names": self.data.class_names,
+                "image_shape": list(self.data.image_shape) if self.data.image_shape else None,
+                "mean": self.data.mean,
+                "std": self.data.std,
+            },
         }
 
     def load_state(self, ckpt: dict) -> None:
@@ -262,10 +297,15 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         best = ckpt.get("best") or {}
         es = ckpt.get("early_stopping") or {}
-        self.state = TrainState(epoch=int(ckpt["epoch"]), step=int(ckpt["step"]),
-                                best_value=best.get("value"), best_epoch=best.get("epoch"),
-                                bad_epochs=int(es.get("bad_epochs", 0)), history=list(ckpt.get("history", [])),
-                                stopped_early=still_stopped(es, self.t.early_stopping))
+        self.state = TrainState(
+            epoch=int(ckpt["epoch"]),
+            step=int(ckpt["step"]),
+            best_value=best.get("value"),
+            best_epoch=best.get("epoch"),
+            bad_epochs=int(es.get("bad_epochs", 0)),
+            history=list(ckpt.get("history", [])),
+            stopped_early=still_stopped(es, self.t.early_stopping),
+        )
         if self.swa is not None and ckpt.get("swa") is not None:
             self.swa.load_state_dict(ckpt["swa"])
 
@@ -377,11 +417,11 @@ class Trainer:
             raise DivergenceError(
                 f"loss became non-finite at epoch {epoch}, step {i - n + 1 + j} of {steps} "
                 f"(global step {self.state.step - n + 1 + j}); try a lower learning rate "
-                f"(optim.lr={self.optimizer.defaults['lr']}) or set trainer.grad_clip")
+                f"(optim.lr={self.optimizer.defaults['lr']}) or set trainer.grad_clip"
+            )
         mean = float(losses.mean())
         if self.tb is not None:
-            self.tb.step(self.state.step, {"Loss/train_step": mean,
-                                           "LR/step": self.optimizer.param_groups[0]["lr"]})
+            self.tb.step(self.state.step, {"Loss/train_step": mean, "LR/step": self.optimizer.param_groups[0]["lr"]})
         if self.progress:
             self.progress.update(i, mean)
 
@@ -429,8 +469,10 @@ class Trainer:
             if in_swa:
                 self.swa.end_epoch(epoch)  # add this epoch's weights to the average, SWALR step
             if not math.isfinite(train_m["loss"]):
-                raise DivergenceError(f"loss became non-finite during epoch {epoch}; "
-                                      f"try a lower learning rate (optim.lr={self.optimizer.defaults['lr']})")
+                raise DivergenceError(
+                    f"loss became non-finite during epoch {epoch}; "
+                    f"try a lower learning rate (optim.lr={self.optimizer.defaults['lr']})"
+                )
             t_val = time.perf_counter()
             val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
             lr = self.optimizer.param_groups[0]["lr"]
@@ -448,7 +490,11 @@ class Trainer:
                 else:
                     self.scheduler.step()
             # without a validation set there is nothing to select on: best is the last epoch
-            improved = self.data.val is None or s.best_value is None or BETTER[self.mode](value, s.best_value, float(es.min_delta))
+            improved = (
+                self.data.val is None
+                or s.best_value is None
+                or BETTER[self.mode](value, s.best_value, float(es.min_delta))
+            )
             s.epoch = epoch
             s.history.append(record)
             if improved:
@@ -469,8 +515,10 @@ class Trainer:
             if self.progress:
                 self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
                 if s.stopped_early:
-                    self.progress.message(f"early stopping: {self.monitor} has not improved for "
-                                          f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})")
+                    self.progress.message(
+                        f"early stopping: {self.monitor} has not improved for "
+                        f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})"
+                    )
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self)
             gc.collect(1)  # this epoch's cyclic garbage from the epoch-end bookkeeping (see young_gc_only)
@@ -495,5 +543,9 @@ class Trainer:
         state["model"] = swa.averaged_state()
         state["swa_final"] = {"start_epoch": swa.start, "n_averaged": swa.n_averaged}
         save_checkpoint(self.ckpt_dir / "swa.pt", state)
-        return {"start_epoch": swa.start, "n_averaged": swa.n_averaged, "val": val,
-                "checkpoint": str(self.ckpt_dir / "swa.pt")}
+        return {
+            "start_epoch": swa.start,
+            "n_averaged": swa.n_averaged,
+            "val": val,
+            "checkpoint": str(self.ckpt_dir / "swa.pt"),
+        }
