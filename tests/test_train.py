@@ -222,10 +222,10 @@ def test_digits_and_checkpoint_reload(workdir):
         assert ckpt["metrics"]["val"]["accuracy"] == pytest.approx(block["accuracy"])
 
 
-def test_tensorboard_graph_written_after_first_step(tmp_path):
+def test_tensorboard_graph_and_hparams_in_the_runs_event_file(tmp_path):
     """The writers open after the first step (here at the epoch's last step, the first step
-    scalars due); the graph and the HParams session queued before them land in the run's own
-    epoch-level event file."""
+    scalars due) with the HParams session queued before them; the graph is traced when the run
+    ends. Both land in the run's own epoch-level event file."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     run_in_process(tmp_path, "trainer.epochs=1", "trainer.tensorboard.graph=true", "trainer.log_every_n_steps=1000")
