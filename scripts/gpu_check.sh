@@ -25,6 +25,10 @@ step pytest
 MLPRUN_TEST_REPORT_DIR="$OUT" timeout "${PYTEST_TIMEOUT:-240}" $PY -m pytest -q -rs -p no:cacheprovider \
     tests/test_cudagraph.py tests/test_bench.py -k "cuda or graph" >"$OUT/pytest.txt" 2>&1
 step "pytest rc=$?"
+# the CPU suite's exact-resume tests, here on CUDA (trainer.device=auto) with graphs on (auto)
+timeout "${RESUME_TIMEOUT:-200}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_resume.py \
+    -k "sigkill or sigterm" >"$OUT/pytest_resume.txt" 2>&1
+step "pytest resume rc=$?"
 
 step bench
 timeout "${BENCH_TIMEOUT:-200}" $PY scripts/bench.py --device cuda --epochs 3 --reps 2 --out "$OUT/bench.json" \
@@ -33,10 +37,13 @@ step "bench rc=$?"
 
 step first-epochs
 # the default MNIST job, 3 epochs, graph on (auto): per-epoch seconds and start-up, from results.json
-for mode in auto false; do
-    timeout 120 $PY -m mlprunner trainer.epochs=3 trainer.progress=plain "trainer.cuda_graph=$mode" \
-        "hydra.run.dir=$OUT/run-$mode" >"$OUT/run-$mode.txt" 2>&1
-    step "run cuda_graph=$mode rc=$?"
+for variant in "auto" "false" "auto trainer.tensorboard.enabled=false"; do
+    set -- $variant
+    name="run-$(echo "$variant" | tr ' =.' '___')"
+    timeout 120 $PY -m mlprunner trainer.epochs=3 trainer.progress=plain "trainer.cuda_graph=$1" "${@:2}" \
+        "hydra.run.dir=$OUT/$name" >"$OUT/$name.txt" 2>&1
+    step "$name rc=$?"
+    cp "$OUT/$name/results.json" "$OUT/$name.json" 2>/dev/null
+    rm -rf "${OUT:?}/$name"
 done
-find "$OUT" -name "*.pt" -delete -o -name "events.out.tfevents*" -delete
 step done
