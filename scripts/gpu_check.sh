@@ -25,10 +25,6 @@ step pytest
 MLPRUN_TEST_REPORT_DIR="$OUT" timeout "${PYTEST_TIMEOUT:-240}" $PY -m pytest -q -rs -p no:cacheprovider \
     tests/test_cudagraph.py tests/test_bench.py -k "cuda or graph" >"$OUT/pytest.txt" 2>&1
 step "pytest rc=$?"
-# the CPU suite's exact-resume tests, here on CUDA (trainer.device=auto) with graphs on (auto)
-timeout "${RESUME_TIMEOUT:-200}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_resume.py \
-    -k "sigkill or sigterm" >"$OUT/pytest_resume.txt" 2>&1
-step "pytest resume rc=$?"
 
 step bench
 timeout "${BENCH_TIMEOUT:-200}" $PY scripts/bench.py --device cuda --epochs 3 --reps 2 --out "$OUT/bench.json" \
