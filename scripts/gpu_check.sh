@@ -31,6 +31,33 @@ timeout "${BENCH_TIMEOUT:-200}" $PY scripts/bench.py --device cuda --epochs 3 --
     >"$OUT/bench.txt" 2>&1
 step "bench rc=$?"
 
+step first-step-costs
+# what a process pays once before its steps are fast: CUDA context, cuBLAS handle, the first fused
+# Adam step (kernel loading), a second step, and one graph capture of a step
+$PY - >"$OUT/first_costs.json" 2>&1 <<'PYEOF'
+import json, time
+t = [time.perf_counter()]
+import torch
+t.append(time.perf_counter())
+dev = torch.device("cuda")
+torch.zeros(1, device=dev); torch.cuda.synchronize(); t.append(time.perf_counter())
+x = torch.randn(100, 784, device=dev); w = torch.randn(500, 784, device=dev)
+(x @ w.t()).sum().item(); t.append(time.perf_counter())
+m = torch.nn.Sequential(torch.nn.Linear(784, 500), torch.nn.ReLU(), torch.nn.Linear(500, 10)).to(dev)
+opt = torch.optim.Adam(m.parameters(), fused=True)
+def step():
+    torch.nn.functional.cross_entropy(m(x), torch.zeros(100, dtype=torch.long, device=dev)).backward()
+    opt.step()
+step(); torch.cuda.synchronize(); t.append(time.perf_counter())
+step(); torch.cuda.synchronize(); t.append(time.perf_counter())
+for g in opt.param_groups: g["capturable"] = True
+opt.zero_grad(set_to_none=True); g = torch.cuda.CUDAGraph()
+with torch.cuda.graph(g): step()
+g.replay(); torch.cuda.synchronize(); t.append(time.perf_counter())
+names = ["import_torch", "cuda_context", "cublas_first_matmul", "first_fused_adam_step", "second_step", "capture_and_replay"]
+print(json.dumps({n: round(b - a, 4) for n, a, b in zip(names, t, t[1:])}))
+PYEOF
+
 step first-epochs
 # the default MNIST job, 3 epochs, graph on (auto): per-epoch seconds and start-up, from results.json
 for variant in "auto" "false" "auto trainer.tensorboard.enabled=false"; do

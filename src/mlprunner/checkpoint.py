@@ -110,10 +110,12 @@ def save_checkpoint(path: Path, state: dict, abort: threading.Event | None = Non
 
 
 def snapshot(obj):
-    """A copy of a checkpoint state whose tensors (cloned on their own device) and containers
-    later training steps cannot change."""
+    """A copy of a checkpoint state, tensors on the CPU, that later training steps cannot change.
+
+    On the CPU, not the tensors' device: the writer thread must make no CUDA call, since one
+    made while the training thread captures a CUDA graph invalidates the capture."""
     if torch.is_tensor(obj):
-        return obj.detach().clone()
+        return obj.detach().to("cpu", copy=True)
     if isinstance(obj, dict):
         return {k: snapshot(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -125,8 +127,8 @@ class BackgroundWriter:
     """Writes a run's files (checkpoints, then results.json) in one background thread, in the
     order they were submitted, while training goes on.
 
-    `save_checkpoint()` snapshots the state at once (so the files hold exactly this moment) and
-    queues its serialisation and fsync; it first waits for earlier writes, so at most one
+    `save_checkpoint()` snapshots the state to the CPU at once (so the files hold exactly this
+    moment) and queues its serialisation and fsync; it first waits for earlier writes, so at most one
     checkpoint is in flight. `submit()` queues any other write to run after it -- results.json
     goes this way, so it never claims an epoch whose last.pt is not on disk yet. A failed write
     skips the ones queued after it and raises from the next `wait()` or `save_checkpoint()`.

@@ -22,7 +22,8 @@ How it stays equal to the eager loop:
   each replay, so no zero_grad runs inside the graph.
 
 What cannot be captured falls back to the eager loop, with one log line saying why
-(`fallback_reason`).
+(`fallback_reason`). A capture that fails anyway ends the run with an error naming the
+setting to turn off: torch's CUDA generator cannot be trusted after a failed capture.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ import contextlib
 import warnings
 
 import torch
+
+from .errors import MlprunError
 
 WARMUP_STEPS = 2  # eager steps of each batch size before it is captured
 
@@ -106,9 +109,7 @@ def checkpoint_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
 class GraphedSteps:
     """Runs the training steps of an epoch through captured graphs, one per batch size."""
 
-    def __init__(
-        self, model, loss_fn, optimizer, metrics, split, grad_clip, autocast_dtype, device: torch.device, log=None
-    ):
+    def __init__(self, model, loss_fn, optimizer, metrics, split, grad_clip, autocast_dtype, device: torch.device):
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -117,7 +118,6 @@ class GraphedSteps:
         self.grad_clip = float(grad_clip) if grad_clip else None
         self.autocast_dtype = autocast_dtype
         self.device = device
-        self.log = log
         self.params = [p for p in model.parameters() if p.requires_grad]
         n = self.y.shape[0]
         self.order = torch.zeros(n, dtype=torch.long, device=device)  # this epoch's permutation
@@ -168,9 +168,6 @@ class GraphedSteps:
                 loss = self._eager(n)
             else:
                 entry = self._capture(n)
-                if entry is None:  # capture failed: this batch size stays eager
-                    self.eager_steps[n] = -(1 << 62)
-                    loss = self._eager(n)
         if entry is not None:
             graph, loss_out = entry
             graph.replay()
@@ -200,14 +197,11 @@ class GraphedSteps:
             with torch.cuda.graph(graph):
                 loss = self._body(n)
         except RuntimeError as exc:
-            if self.log is not None:
-                self.log.warning(
-                    f"CUDA graph capture failed for batches of {n} "
-                    f"({str(exc).splitlines()[0][:160]}); training them eagerly"
-                )
-            torch.cuda.synchronize(self.device)
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
+            # no eager fallback here: a failed capture can leave torch's CUDA generator mid-capture
+            raise MlprunError(
+                f"CUDA graph capture failed for batches of {n} ({str(exc).splitlines()[0][:160]}); "
+                "the last checkpoint is intact: resume with trainer.cuda_graph=false"
+            ) from None
         self.captures += 1
         self.graphs[n] = (graph, loss)
         return self.graphs[n]

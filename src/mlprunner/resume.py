@@ -39,6 +39,7 @@ SAFE_KEYS = (
     "trainer.profile",
     "trainer.eval_batch_size",
     "trainer.device",
+    "trainer.cuda_graph",
     "eval.",
     "dataset.root",
     "dataset.download",

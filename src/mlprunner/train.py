@@ -254,7 +254,6 @@ class Trainer:
                 self.t.grad_clip,
                 self.autocast_dtype,
                 self.device,
-                log=log,
             )
             log.info("CUDA graph: each training step is captured once and replayed per batch (trainer.cuda_graph)")
         elif setting is True or (setting == "auto" and self.device.type == "cuda"):
