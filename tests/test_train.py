@@ -265,7 +265,19 @@ def test_checkpoint_gives_identical_outputs_in_process(tmp_path):
     seed_everything(0, False)
     p = build(cfg, device)  # the run's own pieces (augment included; off here)
     data, loss, model = p.data, p.loss, p.model
-    trainer = Trainer(cfg, tmp_path, data, model, loss, p.optimizer, p.scheduler, p.interval, device, augment=p.augment)
+    trainer = Trainer(
+        cfg.trainer,
+        tmp_path,
+        data,
+        model,
+        loss,
+        p.optimizer,
+        p.scheduler,
+        p.interval,
+        device,
+        augment=p.augment,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
     state = trainer.fit()
     assert state.epoch == 3
     x = data.val.x

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -19,6 +18,7 @@ from omegaconf import OmegaConf
 from .checkpoint import check_config_targets, load_checkpoint
 from .config import validate
 from .errors import CheckpointError, ConfigError
+from .logsetup import configure_logging
 from .record import lock_run_dir
 from .results import read_results
 from .run import run
@@ -115,19 +115,6 @@ def _remove_stale_temps(run_dir: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def _setup_logging(run_dir: Path) -> None:
-    if log.handlers:
-        return
-    console = logging.StreamHandler(sys.stdout)
-    console.setFormatter(logging.Formatter("%(message)s"))
-    fileh = logging.FileHandler(run_dir / "mlprun.log", mode="a", delay=True)
-    fileh.setFormatter(logging.Formatter("[%(asctime)s][%(levelname)s] %(message)s"))
-    log.addHandler(console)
-    log.addHandler(fileh)
-    log.setLevel(logging.INFO)
-    log.propagate = False
-
-
 def _restart(run_dir: Path, overrides: list[str]) -> int:
     """A run killed before its first checkpoint: start it again, in place, from its saved config."""
     cfg_path = run_dir / SAVED_CONFIG
@@ -153,7 +140,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     # Nothing from the first attempt survived a checkpoint: its partial logs would only overlap.
     for sub in ("tensorboard", "checkpoints"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
-    _setup_logging(run_dir)
+    configure_logging(run_dir)
     print(f"mlprun: {run_dir} stopped before its first checkpoint; restarting it from epoch 1 in place", flush=True)
     run(cfg, run_dir, overrides=list(prior.get("overrides", [])) + overrides)
     return 0
@@ -200,7 +187,7 @@ def resume_main(args: list[str]) -> int:
         return 0
     lock_run_dir(run_dir)  # refuse before writing anything if another process trains here
     _remove_stale_temps(run_dir)
-    _setup_logging(run_dir)
+    configure_logging(run_dir)
     if done >= epochs or stopped:
         print(
             f"mlprun: {run_dir} has all {done} epochs in {ckpt_path.name}; finishing the run "

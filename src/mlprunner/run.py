@@ -225,7 +225,7 @@ def run(
         stop = StopFlag()
         tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt)
         trainer = Trainer(
-            cfg,
+            cfg.trainer,
             run_dir,
             data,
             model,
@@ -239,6 +239,7 @@ def run(
             stop=stop,
             augment=pieces.augment,
             on_epoch_end=record.epoch_done,
+            config=OmegaConf.to_container(cfg, resolve=True),
         )
         if pieces.augment is not None:
             log.info(f"augmentation: {pieces.augment} on each training batch")

@@ -16,6 +16,8 @@ from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 from .config import swa_start_epoch
 from .models import has_batchnorm
 
+PLAIN = (int, float, str, bool, list, type(None))
+
 
 class SWA:
     def __init__(self, cfg, model: torch.nn.Module, optimizer, epochs: int):
@@ -64,7 +66,9 @@ class SWA:
     def state_dict(self) -> dict:
         sched = None
         if self.scheduler is not None:
-            sched = {"step_count": int(self.scheduler._step_count), "last_epoch": int(self.scheduler.last_epoch)}
+            # plain values only: some torch versions keep SWALR's annealing function in its
+            # state_dict(), which a weights_only load refuses (the new scheduler rebuilds it)
+            sched = {k: v for k, v in self.scheduler.state_dict().items() if isinstance(v, PLAIN)}
         return {
             "model": self.averaged.state_dict(),
             "start_epoch": self.start,
@@ -78,5 +82,7 @@ class SWA:
             self.start = int(state["start_epoch"])
         if state.get("scheduler") is not None:
             self.scheduler = self._make_scheduler()
-            self.scheduler._step_count = int(state["scheduler"]["step_count"])
-            self.scheduler.last_epoch = int(state["scheduler"]["last_epoch"])
+            saved = dict(state["scheduler"])
+            if "step_count" in saved:  # checkpoints written before the state_dict() form
+                saved = {"_step_count": saved["step_count"], "last_epoch": saved["last_epoch"]}
+            self.scheduler.load_state_dict({**self.scheduler.state_dict(), **saved})

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .checkpoint import BackgroundWriter, capture_rng, save_checkpoint
 from .components import Loss, steps_on_metric
@@ -171,9 +171,15 @@ def young_gc_only():
 
 
 class Trainer:
+    """Trains the built pieces of a run under `settings` (the config's `trainer` node).
+
+    `config`: the run's whole resolved config as plain values, stored in every checkpoint so a
+    checkpoint describes its own run; the Trainer itself reads nothing from it.
+    """
+
     def __init__(
         self,
-        cfg: DictConfig,
+        settings: DictConfig,
         run_dir: Path,
         data: Data,
         model: torch.nn.Module,
@@ -187,9 +193,9 @@ class Trainer:
         stop: StopFlag | None = None,
         augment=None,
         on_epoch_end=None,
+        config: dict | None = None,
     ):
-        self.cfg = cfg
-        self.t = cfg.trainer
+        self.t = settings
         self.run_dir = Path(run_dir)
         self.data = data
         self.model = model
@@ -205,7 +211,7 @@ class Trainer:
         self.augment = augment
         self.on_epoch_end = on_epoch_end
         self.state = TrainState()
-        self.cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+        self.config = config or {}
         es = self.t.early_stopping
         self.monitor = es.monitor
         self.mode = "max" if self.monitor in ("val/accuracy", "val/f1") else es.mode
@@ -270,7 +276,7 @@ class Trainer:
             "epoch": s.epoch,
             "step": s.step,
             "rng": capture_rng(),
-            "config": self.cfg_dict,
+            "config": self.config,
             "metrics": s.history[-1] if s.history else {},
             "history": s.history,
             "best": {"value": s.best_value, "epoch": s.best_epoch, "monitor": self.monitor, "mode": self.mode},
