@@ -9,6 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_module
+
+from mlprunner.config import register_resolvers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +68,22 @@ def scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+# Needed by the image datasets, whose required keys are `???` in their config.
+IMAGE_KEYS = {"image_csv": ["dataset.csv=/tmp/x/labels.csv"], "image_folder": ["dataset.image_dir=/tmp/x"]}
+
+
+@pytest.fixture(scope="module")
+def compose_cfg():
+    """compose(*overrides): mlprun's config composed by Hydra's compose API."""
+    register_resolvers()
+    with initialize_config_module("mlprunner.configs", version_base="1.3"):
+
+        def _compose(*overrides: str):
+            return compose(config_name="config", overrides=list(overrides))
+
+        yield _compose
 
 
 # Fast, quiet settings for real training runs in tests.

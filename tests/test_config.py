@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from conftest import REPO, run_mlprun
+from conftest import IMAGE_KEYS, REPO, run_mlprun
 from mlprunner.components import Loss, build_optimizer, build_scheduler
-from mlprunner.config import register_resolvers, validate
+from mlprunner.config import validate
 from mlprunner.errors import ConfigError
 from mlprunner.models import MLP, count_parameters
 from mlprunner.schema import option_label
@@ -19,21 +18,6 @@ CONFIGS = REPO / "configs"
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIGS / group).glob("*.yaml"))
-
-
-# Needed by the image datasets, whose required keys are `???` in their config.
-IMAGE_KEYS = {"image_csv": ["dataset.csv=/tmp/x/labels.csv"], "image_folder": ["dataset.image_dir=/tmp/x"]}
-
-
-@pytest.fixture(scope="module")
-def compose_cfg():
-    register_resolvers()
-    with initialize_config_module("mlprunner.configs", version_base="1.3"):
-
-        def _compose(*overrides: str):
-            return compose(config_name="config", overrides=list(overrides))
-
-        yield _compose
 
 
 def test_every_group_has_the_required_options():

@@ -9,30 +9,16 @@ import shutil
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_module
 from omegaconf import DictConfig, OmegaConf
 
-from conftest import QUICK, REPO, read_json, run_mlprun
+from conftest import IMAGE_KEYS, QUICK, REPO, read_json, run_mlprun
 from mlprunner import schema
 from mlprunner.components import Loss, build_scheduler, class_node, steps_on_metric
-from mlprunner.config import register_resolvers, validate
+from mlprunner.config import validate
 from mlprunner.data import load_data
 from mlprunner.errors import ConfigError
 
 CONFIGS = REPO / "configs"
-# keys without a default (`???`) that composing an option leaves open
-REQUIRED = {"image_csv": ["dataset.csv=/tmp/x/labels.csv"], "image_folder": ["dataset.image_dir=/tmp/x"]}
-
-
-@pytest.fixture(scope="module")
-def compose_cfg():
-    register_resolvers()
-    with initialize_config_module("mlprunner.configs", version_base="1.3"):
-
-        def _compose(*overrides: str):
-            return compose(config_name="config", overrides=list(overrides))
-
-        yield _compose
 
 
 def every_option() -> list[tuple[str, str]]:
@@ -71,7 +57,7 @@ def test_groups_come_from_the_configs_folder():
 
 @pytest.mark.parametrize("group, option", every_option())
 def test_every_key_of_every_option_is_in_the_schema(compose_cfg, group, option):
-    cfg = compose_cfg(f"{group}={option}", *REQUIRED.get(option, []))
+    cfg = compose_cfg(f"{group}={option}", *IMAGE_KEYS.get(option, []))
     assert keys_of(cfg), "nothing composed"
     assert undeclared(cfg) == [], f"{group}={option}: keys missing from schema.SCHEMA"
 
