@@ -121,17 +121,10 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         return exc.exit_code, _first_line(str(exc))
     text = str(exc)
     if isinstance(exc, MissingConfigException):
-        m = re.search(r"Could not find '([^']+)'", text)
-        lines = text.splitlines()
-        options = []
-        if any(ln.startswith("Available options") for ln in lines):
-            at = next(i for i, ln in enumerate(lines) if ln.startswith("Available options"))
-            for ln in lines[at + 1 :]:
-                if not ln.startswith("\t"):
-                    break
-                options.append(ln.strip())
-        if m and "/" in m.group(1):
-            group, _, option = m.group(1).rpartition("/")
+        missing = str(exc.missing_cfg_file or "")
+        options = list(exc.options or [])
+        if "/" in missing:
+            group, _, option = missing.rpartition("/")
             group = group.strip("/")
             msg = f"{group}={option}: no such option in config group '{group}'"
             if options:
@@ -140,8 +133,7 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             return EXIT_CONFIG, msg
         return EXIT_CONFIG, _first_line(text)
     if isinstance(exc, OverrideParseException):
-        m = re.search(r"Error parsing override '([^']*)'", text)
-        what = m.group(1) if m else _bad_override()
+        what = exc.override or _bad_override()
         detail = [
             ln.strip()
             for ln in text.splitlines()
@@ -155,6 +147,8 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             )
         return EXIT_CONFIG, f"cannot parse the command line: {reason}"
     if isinstance(exc, (ConfigCompositionException, HydraException, OmegaConfBaseException)):
+        # Hydra raises these with the key only in the message text (no attribute carries it);
+        # the patterns follow Hydra 1.3's wording, and a message they miss passes through as is
         m = re.search(r"Could not override '([^']+)'", text)
         cause = exc.__cause__
         if m:
