@@ -16,7 +16,6 @@ completed, failed, interrupted, cancelled or lost; `SweepSummary` turns it into 
 from __future__ import annotations
 
 import logging
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -267,6 +266,4 @@ def launch_on_slurm(
                 f"cancel them with: scancel {' '.join(left)} ; or collect them later with: mlprun-report {sweep_dir}"
             )
         raise
-    finally:
-        shutil.rmtree(sweep_dir / ".submitit" / "%j", ignore_errors=True)
     return [returns[i] for i in range(len(job_overrides))]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
@@ -93,6 +94,8 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir))
+        with contextlib.suppress(OSError):  # submitit_local leaves an empty folder named `%j`
+            (folder / ".submitit" / "%j").rmdir()
         try:
             jobs, keys = collect(folder)
         except ReportError as exc:
