@@ -157,7 +157,7 @@ def test_sweep_configs_compose(workdir):
     assert hydra.sweeper.storage.startswith("sqlite:///") and hydra.sweeper.max_failure_rate == 1.0
     assert hydra.launcher._target_.endswith("SlurmLauncher")
     assert (hydra.launcher.partition, hydra.launcher.timeout_min) == ("gpu", 240)
-    assert hydra.launcher.gpus_per_node == 0 and hydra.launcher.cpus_per_task == 4
+    assert hydra.launcher.gpus_per_node == 0 and hydra.launcher.cpus_per_task == 2
 
 
 # ------------------------------------------------------------------------ real sweeps

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
+from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -32,6 +34,17 @@ def existing_run(folder: Path) -> str | None:
     if (folder / ".hydra" / "config.yaml").is_file():
         return "the configuration of an earlier start (.hydra/config.yaml)"
     return None
+
+
+def register_launchers() -> None:
+    """Make mlprun's SLURM launcher (hydra/launcher=slurm) known to Hydra before the sweeper
+    instantiates its launcher. Hydra finds plugins by walking the hydra_plugins package, which
+    misses a package installed in editable mode, so it is registered by hand."""
+    try:  # lazy and optional: the submitit plugin comes with the `sweep` extra only
+        from hydra_plugins.mlprun_launcher import MlprunSlurmLauncher
+    except ImportError:
+        return
+    Plugins.instance().register(MlprunSlurmLauncher)
 
 
 class RunGuard(Callback):
@@ -67,18 +80,22 @@ class SweepSummary(Callback):
     """In the parent process of a multirun: make the sweep folder first (Optuna keeps its sqlite
     study there), and at the end read every job's results.json back (jobs may have run in other
     processes), write summary.csv/summary.md/plots, print the table, and tell `mlprun` (SweepFailed)
-    which jobs of this invocation failed so it exits non-zero."""
+    which jobs of this invocation did not complete (failed, interrupted, cancelled, lost, left
+    running) so it exits non-zero."""
 
     def __init__(self):
         self.before: dict = {}  # results.json stamps when the sweep started (sweep.results_stamps)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        register_launchers()
         folder = Path(str(config.hydra.sweep.dir))
         folder.mkdir(parents=True, exist_ok=True)
         self.before = results_stamps(folder)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir))
+        with contextlib.suppress(OSError):  # submitit_local leaves an empty folder named `%j`
+            (folder / ".submitit" / "%j").rmdir()
         try:
             jobs, keys = collect(folder)
         except ReportError as exc:
@@ -90,5 +107,10 @@ class SweepSummary(Callback):
         except Exception as exc:  # the table is a report: never lose the jobs' outcome over it
             log.error(f"could not write the sweep summary in {folder}: {type(exc).__name__}: {exc}")
         if failed:
-            log.error(f"{len(failed)} job(s) failed in this sweep; see {folder / 'summary.md'}")
+            counts: dict[str, int] = {}
+            for job in jobs:
+                if str(job["dir"].resolve()) in failed:
+                    counts[job["status"]] = counts.get(job["status"], 0) + 1
+            what = ", ".join(f"{n} job(s) {status}" for status, n in sorted(counts.items()))
+            log.error(f"{what} in this sweep; see {folder / 'summary.md'}")
             raise SweepFailed(failed)  # mlprun exits 1

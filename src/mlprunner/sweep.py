@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import atomic_write_json
-from .errors import EXIT_INTERRUPTED
+from .errors import EXIT_INTERRUPTED, MlprunError
 from .messages import describe_exception
 from .results import read_results
 from .run import run
@@ -64,7 +64,7 @@ def best_val_error(results: dict | None):
     return (((results or {}).get("best") or {}).get("val") or {}).get("error")
 
 
-def _record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
+def record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
     """Make sure results.json says failed with the reason (run() may not have written it)."""
     data = read_results(run_dir) or {
         "epochs_completed": 0,
@@ -99,7 +99,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
         return best_val_error(prior)
     last = checkpoint_file(run_dir, "last")
     resume_from = None
-    if status in ("interrupted", "running") and last.is_file():
+    if status in ("interrupted", "running", "cancelled", "lost") and last.is_file():
         resume_from = last
         log.info(f"{label} was {status}: resuming from {last}")
     elif prior is not None or (run_dir / "checkpoints").exists() or (run_dir / "tensorboard").exists():
@@ -118,15 +118,40 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
             log.info(f"{label}: {threads} torch thread(s)")
     try:
         results = run(cfg, run_dir, resume_from=resume_from, overrides=overrides)
+    except SystemExit:
+        # submitit's SIGUSR2 handler (SLURM time limit or preemption) has saved the job for a
+        # requeue and leaves with SystemExit: the run is interrupted, not failed, and the
+        # requeued job resumes it from checkpoints/last.pt.
+        _record_requeue(run_dir)
+        raise
     except BaseException as exc:
         code, message = describe_exception(exc)
         if isinstance(exc, KeyboardInterrupt) or code == EXIT_INTERRUPTED:
             raise
         log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
-        _record_failure(run_dir, overrides, message)
+        record_failure(run_dir, overrides, message)
+        if in_slurm_job():  # the SLURM job's own state says FAILED too (sacct, squeue -t all)
+            raise MlprunError(f"{label} failed: {message}") from None
         # None: Optuna marks the trial failed (not a value); other sweepers ignore it.
         return None
     return best_val_error(results)
+
+
+def in_slurm_job() -> bool:
+    """Inside a job SLURM started (not an allocation's login shell: submitit sets its folder)."""
+    return bool(os.environ.get("SLURM_JOB_ID")) and bool(os.environ.get("SUBMITIT_FOLDER"))
+
+
+def _record_requeue(run_dir: Path) -> None:
+    data = read_results(run_dir)
+    if data is None or data.get("status") == "completed":
+        return
+    data["status"] = "interrupted"
+    data["reason"] = (
+        f"requeued by SLURM (time limit or preemption) after epoch {data.get('epochs_completed', 0)}; "
+        f"the requeued job resumes from checkpoints/last.pt"
+    )
+    atomic_write_json(run_dir / "results.json", data)
 
 
 def _stamp(path: Path) -> tuple | None:
@@ -144,13 +169,14 @@ def results_stamps(folder: Path) -> dict[str, tuple]:
 
 
 def failed_since(jobs: list[dict], before: dict[str, tuple]) -> list[str]:
-    """The folders of `jobs` (report.collect's) that say failed in a results.json written after
-    `before` (results_stamps at the start of the sweep): the jobs that failed in this sweep, not
-    those an earlier sweep into the same folder left."""
+    """The folders of `jobs` (report.collect's) whose results.json was written after `before`
+    (results_stamps at the start of the sweep) and does not say completed (failed, interrupted,
+    cancelled, lost, or still running): the jobs that did not complete in this sweep, not those
+    an earlier sweep into the same folder left."""
     failed = []
     for job in jobs:
         path = (job["dir"] / "results.json").resolve()
         stamp = _stamp(path)
-        if job["status"] == "failed" and stamp is not None and stamp != before.get(str(path)):
+        if job["status"] != "completed" and stamp is not None and stamp != before.get(str(path)):
             failed.append(str(job["dir"].resolve()))
     return failed

@@ -1,0 +1,269 @@
+"""A sweep on SLURM (hydra/launcher=slurm), in the sweep's own process.
+
+Before submitting: each combination's config is composed and validated (an invalid one gets a
+failed results.json and no SLURM job), a combination already completed in the sweep folder is
+not submitted, and cpus_per_task / mem_gb are checked against the partition's nodes (`sinfo`).
+After submitting: the SLURM job ids and the log folder are printed, and the sweep waits on
+SLURM's own job states (`squeue`, then `scontrol`; `sacct` only where accounting exists), so a
+job that is requeued (time limit, `scontrol requeue`, preemption) is waited for again, and a job
+that ends without a result (cancelled, killed, lost node) is reported with its state and log
+instead of being waited on forever. A job pending longer than `pending_warn_s` is reported with
+SLURM's reason. Ctrl-C says which jobs are still queued or running and how to cancel them (or
+cancels them with `cancel_on_interrupt`). The outcome of every job is in its results.json:
+completed, failed, interrupted, cancelled or lost; `SweepSummary` turns it into the exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import time
+from pathlib import Path
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import OmegaConf
+
+from .checkpoint import atomic_write_json
+from .config import validate
+from .errors import ConfigError, MlprunError
+from .results import read_results
+from .sweep import best_val_error, record_failure
+
+log = logging.getLogger("mlprunner")
+
+# SLURM job states after which the job will not run again (squeue/scontrol/sacct spelling)
+FINAL_STATES = {
+    "COMPLETED",
+    "FAILED",
+    "CANCELLED",
+    "TIMEOUT",
+    "NODE_FAIL",
+    "OUT_OF_MEMORY",
+    "BOOT_FAIL",
+    "DEADLINE",
+    "PREEMPTED",
+    "SPECIAL_EXIT",
+    "GONE",  # no longer known to SLURM (purged after MinJobAge, no accounting)
+}
+# reasons that never go away by waiting: the request does not fit the partition
+HOPELESS_REASONS = {"PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit", "BadConstraints"}
+
+
+def _run(cmd: list[str], timeout: float = 30) -> subprocess.CompletedProcess | None:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, tuple[str, str]]:
+    """{job id: (state, reason)} for SLURM jobs ("12" or array tasks "12_3"). A job SLURM no
+    longer knows (purged, and no accounting) is ("GONE", ...); one whose state cannot be read
+    now (slurmctld not answering) is left out, so the caller asks again later."""
+    out: dict[str, tuple[str, str]] = {}
+    masters = sorted({j.split("_")[0] for j in job_ids})
+    res = _run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(masters)])
+    if res is None or res.returncode != 0:
+        if res is None or "Invalid job id" not in (res.stderr or ""):
+            return out  # slurmctld busy or down: ask again later
+    else:
+        for line in res.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3 and parts[0] in job_ids:
+                out[parts[0]] = (parts[1].split()[0], parts[2])
+    for job_id in job_ids:
+        if job_id in out:
+            continue
+        res = _run(["scontrol", "-o", "show", "job", job_id])
+        if res is not None and res.returncode == 0 and "JobState=" in res.stdout:
+            fields = dict(f.split("=", 1) for f in res.stdout.split() if "=" in f)
+            out[job_id] = (fields.get("JobState", "UNKNOWN"), fields.get("Reason", ""))
+            continue
+        if res is None or "Invalid job id" not in (res.stderr or ""):
+            continue
+        res = _run(["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id])
+        state = res.stdout.split()[0] if res is not None and res.returncode == 0 and res.stdout.split() else ""
+        out[job_id] = (state.split()[0] if state else "GONE", "" if state else "no longer known to SLURM")
+    return out
+
+
+def check_resources(params: dict) -> None:
+    """cpus_per_task and mem_gb must fit one node of the partition (else the jobs pend forever
+    with Reason=PartitionConfig); checked with `sinfo` when it answers."""
+    cmd = ["sinfo", "-h", "-o", "%c|%m"]
+    if params.get("partition"):
+        cmd += ["-p", str(params["partition"])]
+    res = _run(cmd)
+    if res is None or res.returncode != 0 or not res.stdout.strip():
+        return
+    nodes = [line.split("|") for line in res.stdout.split()]
+    try:
+        cpus = max(int(c.rstrip("+")) for c, _ in nodes)
+        mem_mb = max(int(m.rstrip("+")) for _, m in nodes)
+    except ValueError:
+        return
+    where = f"partition {params['partition']}" if params.get("partition") else "the default partition"
+    want = params.get("cpus_per_task")
+    if want and int(want) > cpus:
+        raise ConfigError(
+            "hydra.launcher.cpus_per_task",
+            message=f"hydra.launcher.cpus_per_task={want}: the largest node of {where} has {cpus} CPUs; "
+            f"allowed: 1..{cpus}",
+        )
+    want = params.get("mem_gb")
+    if want and int(want) * 1024 > mem_mb:
+        raise ConfigError(
+            "hydra.launcher.mem_gb",
+            message=f"hydra.launcher.mem_gb={want}: the largest node of {where} has {mem_mb} MB; "
+            f"allowed: at most {mem_mb // 1024}",
+        )
+
+
+def _job_return(overrides, cfg, run_dir: Path, value) -> JobReturn:
+    return JobReturn(
+        overrides=list(overrides),
+        cfg=OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]),
+        hydra_cfg=cfg,
+        working_dir=str(run_dir),
+        task_name=str(cfg.hydra.job.name),
+        status=JobStatus.COMPLETED,
+        _return_value=value,
+    )
+
+
+def _record_end(run_dir: Path, overrides, status: str, reason: str) -> None:
+    """results.json of a job that ended without saying so itself (cancelled, lost)."""
+    data = read_results(run_dir) or {
+        "epochs_completed": 0,
+        "best": None,
+        "last": None,
+        "overrides": list(overrides),
+        "run_dir": str(run_dir.resolve()),
+    }
+    data["status"] = status
+    data["reason"] = reason
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "results.json", data)
+
+
+def _outcome(job, run_dir: Path, overrides, state: str, reason: str) -> str:
+    """The job's final status, written to its results.json where the job could not."""
+    status = (read_results(run_dir) or {}).get("status")
+    if status in ("completed", "failed"):
+        return status
+    logs = f"log: {job.paths.stderr}"
+    if state.startswith("CANCELLED"):
+        _record_end(
+            run_dir, overrides, "cancelled", f"SLURM job {job.job_id} was cancelled; rerun the sweep to continue it"
+        )
+        return "cancelled"
+    why = f"SLURM job {job.job_id} ended {state}{f' ({reason})' if reason and reason != 'None' else ''}"
+    _record_end(run_dir, overrides, "lost", f"{why} without a result; {logs}")
+    return "lost"
+
+
+def _tidy(folder: Path) -> None:
+    """submitit leaves `.submission_file_*.sh` links in its folder; the scripts are in the jobs' own."""
+    for link in folder.glob(".submission_file_*.sh"):
+        if link.is_symlink():
+            link.unlink(missing_ok=True)
+
+
+def launch_on_slurm(
+    launcher, job_overrides, initial_job_idx, poll_s=2.0, pending_warn_s=60.0, cancel_on_interrupt=False
+):
+    """The launch() of hydra_plugins.mlprun_launcher.MlprunSlurmLauncher (see the module doc)."""
+    import submitit  # lazy: a heavy import, only for SLURM sweeps
+
+    config = launcher.config
+    loader = launcher.hydra_context.config_loader
+    sweep_dir = Path(str(config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    returns: dict[int, JobReturn] = {}
+    todo = []  # (index, overrides, cfg, run_dir)
+    for i, overrides in enumerate(job_overrides):
+        cfg = loader.load_sweep_config(config, list(overrides))
+        run_dir = sweep_dir / str(cfg.hydra.sweep.subdir)
+        label = " ".join(filter_overrides(overrides))
+        prior = read_results(run_dir)
+        if (prior or {}).get("status") == "completed":
+            log.info(f"#{initial_job_idx + i} {label}: already completed in {run_dir}, not submitted")
+            returns[i] = _job_return(overrides, cfg, run_dir, best_val_error(prior))
+            continue
+        try:
+            validate(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]))
+        except MlprunError as exc:
+            log.error(f"#{initial_job_idx + i} {label}: invalid, not submitted: {exc}")
+            record_failure(run_dir, list(overrides), str(exc))
+            returns[i] = _job_return(overrides, cfg, run_dir, None)
+            continue
+        todo.append((i, overrides, cfg, run_dir))
+    if not todo:
+        return [returns[i] for i in range(len(job_overrides))]
+
+    params = dict(launcher.params)
+    check_resources(params)
+    folder = params.pop("submitit_folder")
+    executor = submitit.AutoExecutor(
+        cluster="slurm", folder=folder, slurm_max_num_timeout=params.pop("max_num_timeout")
+    )
+    base = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name"}
+    executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
+    state = Singleton.get_state()
+    args = [
+        (list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}", state)
+        for i, o, _, _ in todo
+    ]
+    jobs = executor.map_array(launcher, *zip(*args))
+    _tidy(Path(str(jobs[0].paths.folder)).parent if jobs else sweep_dir)
+    ids = [str(j.job_id) for j in jobs]
+    log.info(f"submitted {len(jobs)} SLURM job(s): {', '.join(ids)}; logs: {jobs[0].paths.folder.parent}")
+    for job, (i, overrides, _, _) in zip(jobs, todo):
+        log.info(f"  {job.job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}")
+
+    waiting = {str(j.job_id): (j, t) for j, t in zip(jobs, todo)}
+    seen: dict[str, str] = {}
+    since: dict[str, float] = {}
+    warned: set[str] = set()
+    try:
+        while waiting:
+            states = slurm_states(list(waiting))
+            now = time.monotonic()
+            for job_id, (st, reason) in states.items():
+                job, (i, overrides, cfg, run_dir) = waiting[job_id]
+                if seen.get(job_id) != st:
+                    if seen.get(job_id) is not None or st != "PENDING":
+                        log.info(f"SLURM job {job_id}: {st}{f' ({reason})' if st == 'PENDING' else ''}")
+                    seen[job_id] = st
+                    since[job_id] = now
+                if st == "PENDING" and job_id not in warned:
+                    if reason in HOPELESS_REASONS or now - since[job_id] >= pending_warn_s:
+                        warned.add(job_id)
+                        hint = " (the request does not fit the partition's nodes)" if reason in HOPELESS_REASONS else ""
+                        log.warning(
+                            f"SLURM job {job_id} pending for {now - since[job_id]:.0f} s: Reason={reason}{hint}"
+                        )
+                if st in FINAL_STATES:
+                    outcome = _outcome(job, run_dir, overrides, st, reason)
+                    line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
+                    (log.info if outcome == "completed" else log.error)(
+                        line + ("" if outcome == "completed" else f": {(read_results(run_dir) or {}).get('reason')}")
+                    )
+                    value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
+                    returns[i] = _job_return(overrides, cfg, run_dir, value)
+                    del waiting[job_id]
+            if waiting:
+                time.sleep(poll_s)
+    except KeyboardInterrupt:
+        left = sorted(waiting)
+        if cancel_on_interrupt:
+            _run(["scancel", *left])
+            log.error(f"interrupted: cancelled SLURM job(s) {' '.join(left)}")
+        else:
+            log.error(
+                f"interrupted: SLURM job(s) {' '.join(left)} are still queued or running; "
+                f"cancel them with: scancel {' '.join(left)} ; or collect them later with: mlprun-report {sweep_dir}"
+            )
+        raise
+    return [returns[i] for i in range(len(job_overrides))]

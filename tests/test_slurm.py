@@ -1,0 +1,256 @@
+"""hydra/launcher=slurm against a real SLURM cluster (scripts/slurm/up.sh brings up one node).
+
+Skipped with the reason when `sinfo` is absent or no node answers. Every wait is bounded. The
+jobs are tiny runs on the bundled digits, one CPU each, so two run at once on a 2-core node.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK, read_json
+
+
+def _cluster_problem() -> str | None:
+    if shutil.which("sinfo") is None:
+        return "no sinfo: SLURM is not installed (scripts/slurm/up.sh installs and starts one)"
+    try:
+        res = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo does not answer: {exc}"
+    if res.returncode != 0 or not re.search(r"^(idle|mix|alloc)", res.stdout, re.M):
+        return f"no SLURM node up (sinfo: {(res.stdout + res.stderr).strip()[:200]}); run scripts/slurm/up.sh"
+    return None
+
+
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_cluster_problem() is not None, reason=str(_cluster_problem()))]
+
+JOB = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=1",
+    "hydra.launcher.poll_s=0.5",
+    "dataset=digits",
+    "model=mlp",
+    "model.hidden=[16]",
+    "trainer.tensorboard.enabled=false",
+    *QUICK,
+]
+
+
+STARTED: list[tuple[subprocess.Popen, Path]] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_leftovers():
+    """A test that fails half-way leaves no sweep process and no SLURM job behind."""
+    yield
+    while STARTED:
+        proc, out = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ids = submitted_ids(out)
+        if ids:
+            subprocess.run(["scancel", *ids], capture_output=True, timeout=20)
+
+
+def start_sweep(sweep: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+    """`mlprun -m` in the background; its output goes to a file (read while it runs)."""
+    out = sweep.parent / f"{sweep.name}.out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLPRUN_DEBUG", None)
+    with open(out, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mlprunner", "-m", *JOB, *args, f"hydra.sweep.dir={sweep}"],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    STARTED.append((proc, out))
+    return proc, out
+
+
+def finish(proc: subprocess.Popen, out: Path, timeout: float = 150) -> str:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        pytest.fail(f"the sweep did not end within {timeout}s:\n{out.read_text()[-3000:]}")
+    return out.read_text()
+
+
+def run_sweep(sweep: Path, *args: str, timeout: float = 150) -> tuple[int, str]:
+    proc, out = start_sweep(sweep, *args)
+    text = finish(proc, out, timeout)
+    return proc.returncode, text
+
+
+def wait_for(what: str, check, timeout: float = 90, every: float = 0.3):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout}s waiting for {what}")
+
+
+def submitted_ids(out: Path) -> list[str]:
+    m = re.search(r"submitted \d+ SLURM job\(s\): ([0-9_, ]+);", out.read_text())
+    return [j.strip() for j in m.group(1).split(",")] if m else []
+
+
+def job_state(job_id: str) -> tuple[str, str]:
+    res = subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, timeout=20)
+    fields = dict(f.split("=", 1) for f in res.stdout.split() if "=" in f)
+    return fields.get("JobState", ""), fields.get("Reason", "")
+
+
+def epochs_done(run_dir: Path) -> int:
+    try:
+        return int(read_json(run_dir / "results.json").get("epochs_completed") or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def release_when_requeued(job_id: str) -> None:
+    """A requeued job waits ~2 minutes (Reason=BeginTime); start it now."""
+
+    def started_again():
+        state, reason = job_state(job_id)
+        if state == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=20)
+        return state == "RUNNING" and reason != "BeginTime"
+
+    wait_for(f"job {job_id} to be requeued and start again", lambda: job_state(job_id)[0] == "PENDING", 60)
+    wait_for(f"job {job_id} to run again", started_again, 60)
+
+
+def job_pids(sweep: Path) -> list[int]:
+    """The SLURM job processes (submitit's `_submit`) of this sweep, found by its folder."""
+    pids = []
+    for proc_dir in Path("/proc").iterdir():
+        try:
+            cmd = (proc_dir / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if (
+            Path(cmd[0].decode()).name.startswith("python")
+            and b"submitit.core._submit" in cmd
+            and any(str(sweep).encode() in c for c in cmd)
+        ):
+            pids.append(int(proc_dir.name))
+    return pids
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def test_two_jobs_through_slurm_failure_isolated_and_rerun_submits_nothing(tmp_path):
+    """3 combinations: two train, one diverges (lr=1e38): jobs really go through SLURM, the
+    failed one is isolated (its SLURM job FAILED, the others COMPLETED), exit 1; a rerun
+    submits no job for the completed ones; an invalid combination gets no job."""
+    sweep = tmp_path / "sweep"
+    rc, text = run_sweep(sweep, "trainer.epochs=3", "optim.lr=0.001,0.01,1e38")
+    assert rc == 1, text
+    ids = re.search(r"submitted 3 SLURM job\(s\): ([0-9_, ]+);", text).group(1).split(", ")
+    assert f"logs: {sweep / '.submitit'}" in text
+    states = {j: job_state(j)[0] for j in ids}
+    assert sorted(states.values()) == ["COMPLETED", "COMPLETED", "FAILED"], states
+    by_lr = {d.name.split("optim.lr=")[1].split(",")[0]: read_json(d / "results.json") for d in job_dirs(sweep)}
+    assert by_lr.pop("0.001")["status"] == by_lr.pop("0.01")["status"] == "completed"
+    ((_, diverged),) = by_lr.items()
+    assert diverged["status"] == "failed" and "non-finite" in diverged["reason"]
+    assert "1 job(s) failed in this sweep" in text
+    assert not list((sweep / ".submitit").glob(".submission_file_*"))
+
+    rc, text = run_sweep(sweep, "trainer.epochs=3", "optim.lr=0.001,0.01,-1")
+    assert rc == 1, text  # -1 is invalid: reported, no job
+    assert "SLURM job(s)" not in text
+    assert text.count("already completed") == 2
+    assert re.search(r"optim\.lr=-1: invalid, not submitted: optim\.lr=-1 is invalid", text)
+    bad = read_json(next(d for d in job_dirs(sweep) if "optim.lr=-1" in d.name) / "results.json")
+    assert bad["status"] == "failed" and bad["reason"].startswith("optim.lr=-1 is invalid")
+
+
+@pytest.mark.slow
+def test_time_limit_requeue_resumes_from_checkpoint(tmp_path):
+    """SIGUSR2 (what SLURM sends before the time limit; with timeout_min <= 10 submitit takes
+    every SIGUSR2 for a timeout): the job is checkpointed and requeued, the requeued job resumes
+    from last.pt, and the sweep waits for it and exits 0 with the job completed."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(sweep, "trainer.epochs=150", "hydra.launcher.timeout_min=5", "optim.lr=0.01")
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("a few epochs", lambda: epochs_done(run_dir) >= 3)
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=20)
+    release_when_requeued(job_id)
+    text = finish(proc, out)
+    assert proc.returncode == 0, text
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "completed" and res["epochs_completed"] == 150
+    assert len(res["resumed"]) == 1 and res["resumed"][0]["from_epoch"] >= 3
+    assert "1 completed" in text and "failed" not in text
+    log = next((sweep / ".submitit" / job_id).glob("*_log.err")).read_text()
+    assert "this job is timed-out" in log  # submitit's handler saw the SIGUSR2 as a time limit
+
+
+@pytest.mark.slow
+def test_scontrol_requeue_resumes_and_scancel_reports_cancelled(tmp_path):
+    """Two long jobs: one is requeued by `scontrol requeue` (SIGTERM: it stops, is rerun and
+    resumes from last.pt), the other is cancelled with `scancel`: the sweep is not reported
+    interrupted, waits for the requeued job, and ends with a summary that says cancelled, exit 1."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(sweep, "trainer.epochs=150", "optim.lr=0.01,0.02")
+    ids = wait_for("the job ids", lambda: submitted_ids(out))
+    assert len(ids) == 2
+    dirs = wait_for(
+        "both job folders", lambda: len(job_dirs(sweep)) == 2 and job_dirs(sweep) if sweep.is_dir() else None
+    )
+    wait_for("a few epochs in both jobs", lambda: all(epochs_done(d) >= 3 for d in dirs))
+    lr_of = {j: re.search(rf"{j}: #\d+ .*optim\.lr=([0-9.]+)", out.read_text()).group(1) for j in ids}
+    requeued, cancelled = ids
+    subprocess.run(["scontrol", "requeue", requeued], check=True, timeout=20)
+    subprocess.run(["scancel", cancelled], check=True, timeout=20)
+    release_when_requeued(requeued)
+    text = finish(proc, out)
+    assert proc.returncode == 1, text
+    by_lr = {d.name.split("optim.lr=")[1].split(",")[0]: read_json(d / "results.json") for d in dirs}
+    done, gone = by_lr[lr_of[requeued]], by_lr[lr_of[cancelled]]
+    assert done["status"] == "completed" and done["epochs_completed"] == 150
+    assert len(done["resumed"]) == 1 and done["resumed"][0]["from_epoch"] >= 3
+    assert gone["status"] == "cancelled" and cancelled in gone["reason"]
+    assert "1 job(s) cancelled in this sweep" in text
+    assert "| cancelled |" in (sweep / "summary.md").read_text()
+    assert "interrupted" not in text
+
+
+def test_job_killed_without_result_is_reported_lost(tmp_path):
+    """SIGKILL to the job's process (what the OOM killer does): no result, no hang; the sweep
+    reports the job lost with its SLURM state and log, exit 1."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(sweep, "trainer.epochs=150", "optim.lr=0.01")
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("a few epochs", lambda: epochs_done(run_dir) >= 3)
+    (pid,) = job_pids(sweep)
+    os.kill(pid, signal.SIGKILL)  # (scancel --signal=KILL would make SLURM call it cancelled)
+    text = finish(proc, out, timeout=90)
+    assert proc.returncode == 1, text
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "lost"
+    assert res["reason"].startswith(f"SLURM job {job_id} ended FAILED") and "log: " in res["reason"]
+    assert str(sweep / ".submitit" / job_id) in res["reason"]
+    assert "1 job(s) lost in this sweep" in text
