@@ -1,0 +1,176 @@
+"""What users see every day (issue 15): TensorBoard's HParams table of a sweep read from
+TensorBoard's own server, provenance, the terminal display, the reports."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import QUICK, read_json, run_mlprun
+
+DIGITS = ["dataset=digits", "model=mlp", "model.hidden=[16]", "trainer.epochs=2", *QUICK]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http(url: str, body: dict | None = None, timeout: float = 20):
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return json.loads(resp.read())
+
+
+class TensorBoardServer:
+    """TensorBoard's own server on 127.0.0.1 over `logdir`, stopped on exit."""
+
+    def __init__(self, logdir: Path):
+        self.logdir, self.port = logdir, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tensorboard.main", "--logdir", str(self.logdir), "--host", "127.0.0.1"]
+            + ["--port", str(self.port), "--reload_interval", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        return self
+
+    def wait_for_runs(self, n: int, timeout: float = 90) -> list[str]:
+        deadline, runs = time.monotonic() + timeout, []
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.proc.stderr.read()
+            try:
+                runs = http(f"{self.url}/data/runs", timeout=5)
+                if len(runs) >= n:
+                    return runs
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise AssertionError(f"TensorBoard listed {runs} after {timeout}s, expected {n} runs")
+
+    def __exit__(self, *exc):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+def test_tensorboard_server_shows_the_sweep_as_one_hparams_table(workdir):
+    """A 2x2 sweep whose second key is not one of the keys every run logs: TensorBoard's own
+    server lists 4 runs named by the swept values only, both keys with differs=true and 4
+    sessions with their metrics (requests as TensorBoard's frontend sends them)."""
+    sweep = workdir / "sweep"
+    run_mlprun(
+        "-m",
+        *DIGITS,
+        "optim=sgd_momentum,adam",
+        "loss.label_smoothing=0,0.1",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+        check=True,
+    )
+    with TensorBoardServer(sweep) as tb:
+        runs = tb.wait_for_runs(4)
+        assert sorted(runs) == sorted(
+            f"tensorboard/optim={o},loss.label_smoothing={s}" for o in ("sgd_momentum", "adam") for s in ("0", "0.1")
+        )
+        experiment = http(f"{tb.url}/data/plugin/hparams/experiment", {"experimentName": ""})
+        infos = {h["name"]: h for h in experiment["hparamInfos"]}
+        assert infos["optim"]["differs"] is True
+        assert sorted(infos["optim"]["domainDiscrete"]) == ["adam", "sgd_momentum"]  # option names
+        assert infos["loss.label_smoothing"]["differs"] is True
+        assert infos["loss.label_smoothing"]["type"] == "DATA_TYPE_FLOAT64"
+        assert infos["dataset"]["differs"] is False and infos["model.hidden"]["differs"] is False
+        # TensorBoard orders the hparams that differ first
+        n_differ = sum(h["differs"] for h in experiment["hparamInfos"])
+        assert all(h["differs"] for h in experiment["hparamInfos"][:n_differ])
+        metric_tags = {m["name"]["tag"] for m in experiment["metricInfos"]}
+        assert {"hparam/best_val_error", "Error/val"} <= metric_tags
+        groups = http(
+            f"{tb.url}/data/plugin/hparams/session_groups",
+            {
+                "experimentName": "",
+                "startIndex": 0,
+                "sliceSize": 100,
+                "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+                "colParams": [],
+                "aggregationType": "AGGREGATION_AVG",
+            },
+        )["sessionGroups"]
+    assert len(groups) == 4
+    jobs = {read_json(d / "results.json")["tensorboard"].rpartition("/")[2]: d for d in sweep.glob("dataset=*")}
+    for group in groups:
+        assert len(group["sessions"]) == 1 and group["sessions"][0]["status"] == "STATUS_SUCCESS"
+        res = read_json(jobs[group["name"].partition("/")[2]] / "results.json")
+        metrics = {m["name"]["tag"]: m["value"] for m in group["metricValues"]}
+        assert metrics["hparam/best_val_error"] == pytest.approx(res["best"]["val"]["error"], abs=1e-6)
+        assert metrics["Error/val"] == pytest.approx(res["last"]["val"]["error"], abs=1e-6)
+        optim = [o for o in res["overrides"] if o.startswith("optim=")][0].partition("=")[2]
+        assert group["hparams"]["optim"] == optim
+        assert group["hparams"]["loss.label_smoothing"] in (0.0, 0.1)
+        assert group["hparams"]["trainer.epochs"] == 2
+
+
+def test_single_run_is_one_tensorboard_run_with_step_and_epoch_tags(workdir):
+    """One run folder is one TensorBoard run: epoch tags (step = epoch) and step tags
+    (step = global step) in `tensorboard/`, no `steps/` sub-folder; real booleans in HParams."""
+    from conftest import scalars
+    from test_train import hparams
+
+    run_dir = workdir / "run"
+    run_mlprun(
+        *DIGITS,
+        "model.batchnorm=true",
+        "trainer.log_every_n_steps=5",
+        f"hydra.run.dir={run_dir}",
+        cwd=workdir,
+        check=True,
+    )
+    tb = run_dir / "tensorboard"
+    assert not (tb / "steps").exists()
+    assert [p.name for p in tb.iterdir() if p.is_dir()] == []
+    tags = scalars(tb)
+    assert [s for s, _ in tags["Error/val"]] == [1, 2]
+    steps = [s for s, _ in tags["Loss/train_step"]]
+    res = read_json(run_dir / "results.json")
+    assert steps == sorted(set(steps)) and steps[-1] == 2 * math.ceil(res["dataset"]["n_train"] / 100)
+    hp = hparams(tb)
+    assert hp["model.batchnorm"] is True  # a real boolean, not 1.0
+    assert hp["model"] == "mlp" and hp["optim"] == "adam" and hp["dataset"] == "digits"
+
+
+def test_resume_truncates_what_the_stopped_process_logged(tmp_path):
+    """truncate_events drops epoch tags after the epoch and step tags after the step, in place."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from conftest import scalars
+    from mlprunner.tblog import truncate_events
+
+    w = SummaryWriter(str(tmp_path))
+    for epoch in (1, 2, 3):
+        w.add_scalar("Error/val", 0.1 * epoch, epoch)
+        for step in range(10 * epoch - 9, 10 * epoch + 1):
+            w.add_scalar("Loss/train_step", float(step), step)
+    w.close()
+    assert truncate_events(tmp_path, epoch=2, step=20) == 1 + 10
+    tags = scalars(tmp_path)
+    assert [s for s, _ in tags["Error/val"]] == [1, 2]
+    assert [s for s, _ in tags["Loss/train_step"]] == list(range(1, 21))
+    assert not list(tmp_path.glob(".*.tmp"))
