@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import subprocess
 import sys
@@ -174,3 +175,52 @@ def test_resume_truncates_what_the_stopped_process_logged(tmp_path):
     assert [s for s, _ in tags["Error/val"]] == [1, 2]
     assert [s for s, _ in tags["Loss/train_step"]] == list(range(1, 21))
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+# ------------------------------------------------------------------------------- provenance
+
+
+def git(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env["GIT_COMMITTER_EMAIL"] = "t@t"
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_provenance_in_results_and_tensorboard(workdir):
+    """Launched inside a git work tree with an uncommitted change: versions, commit, dirty flag,
+    host, device, command line in results.json, and the same as TensorBoard text."""
+    import platform
+    import socket
+
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mlprunner.provenance import version
+
+    git("init", "-q", cwd=workdir)
+    (workdir / "notes.txt").write_text("one\n")
+    git("add", "notes.txt", cwd=workdir)
+    git("commit", "-q", "-m", "first", cwd=workdir)
+    commit = git("rev-parse", "HEAD", cwd=workdir)
+    (workdir / "notes.txt").write_text("two\n")  # an uncommitted change: dirty
+    run_mlprun(*DIGITS, "trainer.epochs=1", "hydra.run.dir=run", cwd=workdir, check=True)
+    prov = read_json(workdir / "run" / "results.json")["provenance"]
+    assert prov["git"] == {"root": str(workdir.resolve()), "commit": commit, "dirty": True}
+    assert prov["mlprun"] == version() and prov["torch"] == torch.__version__
+    assert prov["python"] == platform.python_version() and prov["host"] == socket.gethostname()
+    assert prov["device"] and "cores" in prov["device"]
+    assert prov["command"].startswith("mlprun dataset=digits") and prov["command"].endswith("hydra.run.dir=run")
+    acc = EventAccumulator(str(workdir / "run" / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    text = acc.Tensors("provenance/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert commit in text and torch.__version__ in text
+
+
+def test_provenance_outside_git_and_version(tmp_path):
+    from mlprunner.provenance import git_state, version
+
+    assert git_state(tmp_path) is None  # /tmp is no work tree: no git block
+    out = subprocess.run(
+        [sys.executable, "-m", "mlprunner", "--version"], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.startswith(f"mlprun {version()} (torch ") and "Python" in out.stdout

@@ -27,6 +27,7 @@ from .evaluate import evaluate_test
 from .models import count_parameters, summary_rows
 from .plots import learning_curves
 from .progress import Progress
+from .provenance import as_markdown
 from .record import RunRecord
 from .results import print_summary
 from .sessions import group_choices, hparams_of, tensorboard_dir
@@ -90,6 +91,7 @@ def make_tensorboard(
     ckpt: dict | None,
     tb_dir: Path | None = None,
     overrides=(),
+    prov: dict | None = None,
 ) -> TensorBoardLogger | None:
     """The run's TensorBoard logger (continuing after the checkpoint's epoch and step), or None.
 
@@ -110,6 +112,8 @@ def make_tensorboard(
     if ckpt is None:  # written when the writers open, after the first training step
         hparams = hparams_of(cfg, overrides, group_choices(run_dir))
         tb.when_open(lambda: tb.hparams(hparams))
+        if prov:
+            tb.when_open(lambda: tb.text("provenance", as_markdown(prov)))
         if cfg.trainer.tensorboard.graph:
             data, model = pieces.data, pieces.model
             example = data.train.x[:2] if hasattr(data.train, "x") else torch.zeros(2, data.num_features, device=device)
@@ -203,7 +207,7 @@ def run(
         if ckpt is None:
             tb_dir = tensorboard_dir(run_dir, overrides)
         record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
-        tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt, tb_dir, overrides)
+        tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt, tb_dir, overrides, record.data.get("provenance"))
         trainer = Trainer(
             cfg,
             run_dir,

@@ -238,6 +238,9 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
     def figure(self, tag: str, fig, step: int) -> None:
         self.writer.add_figure(tag, fig, step)
         self.writer.flush()
