@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -224,3 +225,97 @@ def test_provenance_outside_git_and_version(tmp_path):
         [sys.executable, "-m", "mlprunner", "--version"], capture_output=True, text=True, timeout=120, check=True
     )
     assert out.stdout.startswith(f"mlprun {version()} (torch ") and "Python" in out.stdout
+
+
+# ------------------------------------------------------------------------------- the terminal
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07]*\x07")
+
+
+def run_in_pty(args: list[str], cwd: Path, columns: int = 80, timeout: float = 300) -> str:
+    """Run `python -m mlprunner ARGS` with a pseudo-terminal of `columns` columns as its
+    stdin/stdout/stderr; everything it wrote (escape sequences included)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "MLPRUN_DEBUG")}
+    env["TERM"] = "xterm-256color"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args], cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env=env
+    )
+    os.close(slave)
+    out, deadline = bytearray(), time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        else:
+            raise AssertionError(f"mlprun did not finish within {timeout}s:\n{out.decode(errors='replace')}")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)
+        os.close(master)
+    assert proc.returncode == 0, out.decode(errors="replace")
+    return out.decode()
+
+
+def screen_lines(raw: str) -> list[str]:
+    """What each write shows on one terminal row: split at newlines and carriage returns,
+    escape sequences removed."""
+    return [ANSI.sub("", part) for part in re.split(r"\r\n|\n|\r", raw)]
+
+
+@pytest.mark.slow
+def test_terminal_of_80_columns(workdir):
+    """Under a real pseudo-terminal of 80 columns: every line fits, the first line says what is
+    loading, one line per epoch (the live bar erased), closing lines name the run folder,
+    TensorBoard and resume; mlprun.log holds every epoch line."""
+    epochs = 4
+    raw = run_in_pty(
+        ["dataset=digits", f"trainer.epochs={epochs}", "trainer.tensorboard.graph=false", "hydra.run.dir=run"],
+        workdir,
+    )
+    lines = screen_lines(raw)
+    too_long = [(len(line), line) for line in lines if len(line) > 80]
+    assert not too_long, too_long
+    visible = [line for line in lines if line.strip()]
+    assert visible[0].startswith("mlprun: loading PyTorch")
+    epoch_lines = [line for line in visible if re.match(r"epoch \d+/\d+  train ", line)]
+    assert [int(re.match(r"epoch (\d+)/", line).group(1)) for line in epoch_lines] == list(range(1, epochs + 1))
+    for line in epoch_lines:
+        assert re.fullmatch(
+            r"epoch \d+/4  train \S+ \d+\.\d\d%  val \S+ \d+\.\d\d%  lr \d\.\de-\d\d  \d+\.\ds  \S+/s", line
+        ), line
+    # the bar was drawn (by time) and erased: rich erases a line with ESC[2K before the epoch line
+    assert "\x1b[2K" in raw and re.search(r"epoch 1/4 ━+", ANSI.sub("", raw))
+    assert visible[-3:] == [
+        "run folder: run",
+        "tensorboard --logdir run/tensorboard",
+        f"train longer: mlprun resume=run trainer.epochs={2 * epochs}",
+    ]
+    log_text = (workdir / "run" / "mlprun.log").read_text()
+    for line in epoch_lines:
+        assert line in log_text
+
+
+def test_no_colour_codes_when_piped(workdir):
+    proc = run_mlprun(*DIGITS, "hydra.run.dir=run", "trainer.progress=auto", cwd=workdir, check=True)
+    assert "\x1b[" not in proc.stdout and "\x1b[" not in proc.stderr
+    epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epoch_lines) == 3  # the legend and one line per epoch
+    assert all(len(line) <= 80 for line in proc.stdout.splitlines() if not line.startswith(("run directory", "  ")))

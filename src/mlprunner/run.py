@@ -29,7 +29,7 @@ from .plots import learning_curves
 from .progress import Progress
 from .provenance import as_markdown
 from .record import RunRecord
-from .results import print_summary
+from .results import print_closing, print_summary
 from .sessions import group_choices, hparams_of, tensorboard_dir
 from .tblog import TensorBoardLogger
 from .train import StopFlag, Trainer
@@ -182,6 +182,7 @@ def run(
     device = set_up_process(cfg.trainer)
     ckpt = checkpoint if checkpoint is not None or resume_from is None else load_checkpoint(resume_from)
     with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started) as record:
+        log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
         with record.building():
             pieces = build(cfg, device)
         data, model = pieces.data, pieces.model
@@ -244,4 +245,5 @@ def run(
         )
     if cfg.trainer.progress != "none":
         print_summary(record.data)
+        print_closing(record.data)
     return record.data
