@@ -319,3 +319,67 @@ def test_no_colour_codes_when_piped(workdir):
     epoch_lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert len(epoch_lines) == 3  # the legend and one line per epoch
     assert all(len(line) <= 80 for line in proc.stdout.splitlines() if not line.startswith(("run directory", "  ")))
+
+
+# ------------------------------------------------------------------------------- reports
+
+
+@pytest.mark.slow
+def test_report_fills_defaults_groups_datasets_and_shows_test_error(workdir):
+    """A folder of single runs: one with optim=sgd, one at the default optimizer (Adam), one on
+    XOR scored on its test set. summary.csv says optim=adam for the default run, the tables are
+    grouped by dataset, and a test-error column appears."""
+    runs = workdir / "runs"
+    one = ["trainer.epochs=1", *QUICK, "trainer.tensorboard.enabled=false"]
+    run_mlprun("dataset=digits", "optim=sgd", *one, f"hydra.run.dir={runs}/a", cwd=workdir, check=True)
+    run_mlprun("dataset=digits", "model.dropout=0.1", *one, f"hydra.run.dir={runs}/b", cwd=workdir, check=True)
+    run_mlprun("dataset=xor", "eval.test=true", *one, f"hydra.run.dir={runs}/c", cwd=workdir, check=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlprunner.report", str(runs)], capture_output=True, text=True, timeout=120, check=True
+    )
+    import csv
+
+    with open(runs / "summary.csv", newline="") as fh:
+        rows = {r["job"]: r for r in csv.DictReader(fh)}
+    assert rows["a"]["optim"] == "sgd" and rows["b"]["optim"] == "adam"  # the default, filled in
+    assert rows["a"]["model.dropout"] == "0.2" and rows["b"]["model.dropout"] == "0.1"
+    assert rows["c"]["dataset"] == "xor" and rows["c"]["test_error"] != "" and rows["a"]["test_error"] == ""
+    assert [r["dataset"] for r in rows.values()] == ["digits", "digits", "xor"]  # grouped by dataset
+    md = (runs / "summary.md").read_text()
+    assert "## dataset=digits (2 jobs)" in md and "## dataset=xor (1 jobs)" in md and "test err %" in md
+    assert "dataset=digits" in proc.stdout and "dataset=xor" in proc.stdout
+    # per-dataset plots, only for keys with two or more values among that dataset's jobs
+    assert (runs / "val_error_vs_optim_digits.png").is_file()
+    assert not list(runs.glob("val_error_vs_*_xor.png"))
+
+
+def fake_jobs(key: str, values: list[str]) -> list[dict]:
+    return [
+        {"job": f"j{i}", "params": {key: v}, "values": {key: v}, "best_val_error": 0.1 + 0.01 * i, "overrides": []}
+        for i, v in enumerate(values)
+    ]
+
+
+def test_numeric_keys_are_scattered_on_a_real_axis():
+    from mlprunner.plots import _plt
+    from mlprunner.report import param_axis, param_figure
+
+    plt = _plt()
+    lrs = ["0.0012170317250926735", "0.01", "0.0003", "0.09", "0.01"]
+    fig = param_figure(fake_jobs("optim.lr", lrs), "optim.lr")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "log"  # the values span more than two decades
+    assert sorted(ax.collections[0].get_offsets()[:, 0].tolist()) == sorted(float(v) for v in lrs)
+    assert [t.get_text() for t in ax.get_xticklabels() if "0.0012170317" in t.get_text()] == []
+    plt.close(fig)
+    fig = param_figure(fake_jobs("loss.label_smoothing", ["0", "0.1", "0.05"]), "loss.label_smoothing")
+    assert fig.axes[0].get_xscale() == "linear"
+    assert sorted(fig.axes[0].collections[0].get_offsets()[:, 0].tolist()) == [0.0, 0.05, 0.1]
+    plt.close(fig)
+    assert param_axis(["sgd", "adam"]) == "category" and param_axis(["true", "false"]) == "category"
+    assert param_figure(fake_jobs("optim", ["adam", "adam"]), "optim") is None  # one value: no plot
+    fig = param_figure(fake_jobs("optim", ["adam", "sgd", "adam"]), "optim")
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["sgd", "adam"]
+    legend = fig.axes[0].get_legend()
+    plt.close(fig)
+    assert legend is not None

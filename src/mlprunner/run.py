@@ -242,6 +242,7 @@ def run(
             state.history,
             run_dir / "learning_curves.png",
             title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}",
+            best_epoch=state.best_epoch,
         )
     if cfg.trainer.progress != "none":
         print_summary(record.data)
