@@ -207,7 +207,8 @@ def run(
         tb_dir = run_dir / record.data.get("tensorboard", "tensorboard")
         if ckpt is None:
             tb_dir = tensorboard_dir(run_dir, overrides)
-        record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
+        if cfg.trainer.tensorboard.enabled:
+            record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
         tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt, tb_dir, overrides, record.data.get("provenance"))
         trainer = Trainer(
             cfg,
