@@ -168,7 +168,7 @@ def assert_matches_reference(run_dir: Path, ref: Path, epochs: int = EPOCHS) -> 
     assert [s for s, _ in tb["Error/val"]] == list(range(1, epochs + 1))
     assert tb["Error/val"] == ref_tb["Error/val"]
     assert tb["Loss/val"] == ref_tb["Loss/val"]
-    steps, ref_steps = scalars(run_dir / "tensorboard" / "steps"), scalars(ref / "tensorboard" / "steps")
+    steps, ref_steps = tb, ref_tb  # step-level tags live in the run's one TensorBoard folder
     got = [s for s, _ in steps["Loss/train_step"]]
     assert got == sorted(set(got)), "duplicated or out-of-order step points"
     assert steps["Loss/train_step"] == ref_steps["Loss/train_step"]

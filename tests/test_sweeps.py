@@ -33,7 +33,7 @@ GRID = ["optim=sgd,adam", "model.activation=relu,tanh"]
 
 
 def job_dirs(sweep: Path) -> list[Path]:
-    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "tensorboard")
 
 
 def summary_rows(sweep: Path) -> list[dict]:
@@ -173,7 +173,8 @@ def test_grid_basic_summary_rerun_and_report(workdir):
         res = read_json(d / "results.json")
         assert res["status"] == "completed" and res["epochs_completed"] == 2
         assert (d / "checkpoints" / "last.pt").is_file() and (d / "checkpoints" / "best.pt").is_file()
-        assert list((d / "tensorboard").glob("events.out.tfevents.*"))
+        # the job's TensorBoard run is named by its swept values (sessions.tensorboard_dir)
+        assert list((d / res["tensorboard"]).glob("events.out.tfevents.*"))
         # the folder is named by the job's overrides (sorted), not by its position
         assert d.name == ",".join(
             sorted(
@@ -189,10 +190,11 @@ def test_grid_basic_summary_rerun_and_report(workdir):
     # TensorBoard's HParams dashboard on the sweep folder lists every job with its metrics
     groups = hparams_session_groups(sweep)
     assert len(groups) == 4
-    by_job = {name.split("/")[0]: m for name, m in groups.items()}
+    by_job = {name.split("/")[1]: m for name, m in groups.items()}  # tensorboard/<swept values>
     for d in dirs:
-        assert by_job[d.name]["hparam/best_val_error"] == pytest.approx(
-            read_json(d / "results.json")["best"]["val"]["error"], abs=1e-6
+        res = read_json(d / "results.json")
+        assert by_job[Path(res["tensorboard"]).name]["hparam/best_val_error"] == pytest.approx(
+            res["best"]["val"]["error"], abs=1e-6
         )
 
     # The same sweep again, values in another order: nothing is trained again.

@@ -165,7 +165,8 @@ def hparams(log_dir: Path) -> dict:
     acc = EventAccumulator(str(log_dir))
     acc.Reload()
     content = acc.PluginTagToContent("hparams")
-    assert "_hparams_/experiment" in content and "_hparams_/session_start_info" in content
+    # a session only: an experiment summary would fix the columns of a sweep's table to this run's
+    assert "_hparams_/session_start_info" in content and "_hparams_/experiment" not in content
     info = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
     out = {}
     for key, value in info.session_start_info.hparams.items():

@@ -25,6 +25,7 @@ from .errors import EXIT_OK, EXIT_RUNTIME, ConfigError, SweepFailed
 from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line, write_figures
 from .messages import one_line_errors, report
 from .predict import find_images, predict, prepare
+from .provenance import version_line
 from .report import ReportError, build_report
 from .resume import resume_main
 from .run import run
@@ -56,6 +57,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     args = sys.argv[1:]
+    if args in (["--version"], ["-V"]):  # Hydra's own --version would name Hydra's
+        print(version_line())
+        sys.exit(EXIT_OK)
     try:
         resume = [a for a in args if a.startswith("resume=") and a != "resume=null"]
         if resume:

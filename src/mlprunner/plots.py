@@ -17,22 +17,46 @@ def _plt():
     return plt
 
 
-def learning_curves(history: list, path: Path, title: str = "") -> Path | None:
-    """Train and validation error and loss per epoch (seed 003, exercise 1)."""
+def learning_curves(history: list, path: Path, title: str = "", best_epoch: int | None = None) -> Path | None:
+    """Train and validation error and loss per epoch, and the learning rate; integer epoch
+    ticks, the best epoch (by trainer.early_stopping.monitor) marked on every panel."""
     if not history:
         return None
     plt = _plt()
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib, as in _plt
+
     epochs = [h["epoch"] for h in history]
-    fig, (ax_err, ax_loss) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_err, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 1, 0.7]})
     for split, style in (("train", "-"), ("val", "--")):
         if all(h.get(split) for h in history):
             ax_err.plot(epochs, [100 * h[split]["error"] for h in history], style, marker="o", ms=3, label=split)
             ax_loss.plot(epochs, [h[split]["loss"] for h in history], style, marker="o", ms=3, label=split)
+    lrs = [h.get("lr") for h in history]
+    if all(lr is not None for lr in lrs):
+        ax_lr.plot(epochs, lrs, marker="o", ms=3, color="tab:green")
+        if min(lrs) > 0 and max(lrs) / min(lrs) >= 10:
+            ax_lr.set_yscale("log")
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
-    for ax in (ax_err, ax_loss):
+    ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")
+    best = next((h for h in history if h["epoch"] == best_epoch), None)
+    for ax in (ax_err, ax_loss, ax_lr):
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if best is not None:
+            ax.axvline(best["epoch"], color="grey", ls=":", lw=1.2, label=f"best epoch {best['epoch']}")
+    if best is not None and best.get("val"):
+        ax_err.plot(best["epoch"], 100 * best["val"]["error"], "*", ms=12, color="tab:red", zorder=5)
+        ax_err.annotate(
+            f"{100 * best['val']['error']:.2f}%",
+            (best["epoch"], 100 * best["val"]["error"]),
+            textcoords="offset points",
+            xytext=(6, 8),
+            fontsize=8,
+            color="tab:red",
+        )
+    ax_err.legend()
+    ax_loss.legend()
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -1,4 +1,11 @@
-"""Console output: a rich live display on a terminal, plain log lines otherwise."""
+"""Console output that fits 80 columns: one line per epoch, and on a terminal a live bar.
+
+Every epoch line goes through the `mlprunner` logger (so it is on the console and in
+mlprun.log); on a terminal a one-line bar (epoch, steps, loss, samples/s, time left) is redrawn
+four times a second by rich's refresh thread while the epoch trains, and erased when it ends.
+The training loop only stores the step number (`step()`), so the bar costs no device sync;
+the loss shown is the last logged window's mean (trainer.log_every_n_steps).
+"""
 
 from __future__ import annotations
 
@@ -6,84 +13,123 @@ import logging
 import sys
 import time
 
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 log = logging.getLogger("mlprunner")
+
+LEGEND = "epoch  train: loss error  val: loss error  lr  seconds  samples/s"
 
 
 def fmt_pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def fmt_rate(x: float) -> str:
+    """45.3k/s, 1.23M/s: samples per second in at most 7 characters."""
+    for div, unit in ((1e6, "M"), (1e3, "k")):
+        if x >= div:
+            v = x / div
+            return f"{v:.3g}{unit}/s" if v < 100 else f"{v:.0f}{unit}/s"
+    return f"{x:.0f}/s"
+
+
+def fmt_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.1f}s"
+    m, s = divmod(int(round(s)), 60)
+    return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
+
+
 def epoch_line(epoch: int, epochs: int, m: dict, seconds: float, samples_per_s: float) -> str:
-    parts = [f"epoch {epoch}/{epochs}", f"train loss {m['train/loss']:.4f} err {fmt_pct(m['train/error'])}"]
+    """`epoch 3/20  train 0.1234 3.21%  val 0.1321 3.40%  lr 1.0e-03  1.2s  45.0k/s` (loss,
+    error; at most ~78 characters for runs under 1000 epochs)."""
+    parts = [f"epoch {epoch}/{epochs}", f"train {m['train/loss']:.4g} {fmt_pct(m['train/error'])}"]
     if m.get("val/loss") is not None:
-        parts.append(f"val loss {m['val/loss']:.4f} err {fmt_pct(m['val/error'])}")
-    parts.append(f"lr {m['lr']:.2e}")
-    parts.append(f"{samples_per_s:,.0f} samples/s")
-    parts.append(f"{seconds:.1f}s")
+        parts.append(f"val {m['val/loss']:.4g} {fmt_pct(m['val/error'])}")
+    parts.append(f"lr {m['lr']:.1e}")
+    parts.append(fmt_seconds(seconds))
+    parts.append(fmt_rate(samples_per_s))
     return "  ".join(parts)
 
 
 class Progress:
-    """mode: rich (live bar), plain (one line per epoch), none (silent), auto (rich on a TTY)."""
+    """mode: rich (live bar + epoch lines), plain (epoch lines), none (silent), auto (rich on a TTY)."""
 
-    def __init__(self, mode: str, epochs: int, steps_per_epoch: int, batch_size: int):
+    REFRESH_PER_SECOND = 4
+
+    def __init__(self, mode: str, epochs: int, steps_per_epoch: int, batch_size: int, prefix: str = ""):
         if mode == "auto":
             mode = "rich" if sys.stdout.isatty() else "plain"
         self.mode = mode
         self.epochs = epochs
         self.steps = steps_per_epoch
         self.batch_size = batch_size
-        self._live = None
-        self._task = None
+        self.prefix = prefix  # a parallel job's short name
+        self._live: Live | None = None
+        self._console = Console(highlight=False) if mode == "rich" else None
+        self._epoch, self._done, self._loss = 0, 0, None
         self._t0 = time.perf_counter()
-        if mode == "rich":
-            self._live = RichProgress(
-                TextColumn("[bold]epoch {task.fields[epoch]}/{task.fields[epochs]}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[speed]} samples/s"),
-                TimeRemainingColumn(),
-                transient=False,
-            )
-            self._live.start()
+        self._legend = False
+
+    # --------------------------------------------------------------- the live bar
+    def __rich__(self) -> Text:
+        """The bar as it is now (called by rich's refresh thread)."""
+        done, steps = self._done, max(self.steps, 1)
+        dt = max(time.perf_counter() - self._t0, 1e-9)
+        rate = done * self.batch_size / dt
+        left = f"{self.prefix}epoch {self._epoch}/{self.epochs} "
+        right = f" {done}/{steps}"
+        if self._loss is not None:
+            right += f" loss {self._loss:.4g}"
+        if done:
+            right += f" {fmt_rate(rate)} {fmt_seconds((steps - done) * dt / done)} left"
+        width = max(10, (self._console.width if self._console else 80) - len(left) - len(right) - 1)
+        filled = min(width, round(width * done / steps))
+        return Text.assemble(left, ("━" * filled, "magenta"), ("━" * (width - filled), "bright_black"), right)
 
     def start_epoch(self, epoch: int) -> None:
         self._t0 = time.perf_counter()
-        if self._live is not None:
-            if self._task is not None:
-                self._live.remove_task(self._task)
-            self._task = self._live.add_task(
-                "train", total=self.steps, epoch=epoch, epochs=self.epochs, loss="-", speed="-"
+        self._epoch, self._done, self._loss = epoch, 0, None
+        if not self._legend and self.mode != "none":
+            self._legend = True
+            self._emit(LEGEND)
+        if self.mode == "rich" and self._live is None:
+            self._live = Live(
+                self,
+                console=self._console,
+                refresh_per_second=self.REFRESH_PER_SECOND,
+                transient=True,
+                redirect_stdout=False,
+                redirect_stderr=False,
             )
+            self._live.start()
+
+    def step(self, step_in_epoch: int) -> None:
+        """Every training step: only remembers where the epoch is (the bar redraws by time)."""
+        self._done = step_in_epoch
 
     def update(self, step_in_epoch: int, loss: float) -> None:
-        if self._live is not None and self._task is not None:
-            dt = max(time.perf_counter() - self._t0, 1e-9)
-            self._live.update(
-                self._task,
-                completed=step_in_epoch,
-                loss=f"{loss:.4f}",
-                speed=f"{step_in_epoch * self.batch_size / dt:,.0f}",
-            )
+        """Every trainer.log_every_n_steps steps: the window's mean loss."""
+        self._done, self._loss = step_in_epoch, loss
+
+    def _stop_bar(self) -> None:
+        if self._live is not None:
+            self._live.stop()  # transient: the bar is erased
+            self._live = None
+
+    def _emit(self, text: str) -> None:
+        self._stop_bar()
+        log.info(f"{self.prefix}{text}")
 
     def end_epoch(self, epoch: int, metrics: dict, seconds: float, samples: int) -> None:
-        line = epoch_line(epoch, self.epochs, metrics, seconds, samples / max(seconds, 1e-9))
-        if self._live is not None:
-            self._live.console.log(line)
-        elif self.mode == "plain":
-            log.info(line)
+        if self.mode != "none":
+            self._emit(epoch_line(epoch, self.epochs, metrics, seconds, samples / max(seconds, 1e-9)))
 
     def message(self, text: str) -> None:
-        if self._live is not None:
-            self._live.console.log(text)
-        elif self.mode != "none":
-            log.info(text)
+        if self.mode != "none":
+            self._emit(text)
 
     def close(self) -> None:
-        if self._live is not None:
-            self._live.stop()
-            self._live = None
+        self._stop_bar()

@@ -20,6 +20,7 @@ from pathlib import Path
 from .checkpoint import load_checkpoint
 from .errors import ConfigError, DivergenceError, Interrupted, MlprunError
 from .profiling import process_start_time
+from .provenance import provenance
 from .results import ResultsFile, read_results
 from .runs import checkpoint_file
 
@@ -98,6 +99,7 @@ class RunRecord:
         prior = read_results(self.run_dir) if ckpt is not None else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(self.run_dir)
+        this_process = provenance(self.device)
         self.results = ResultsFile(
             self.run_dir,
             {
@@ -105,6 +107,7 @@ class RunRecord:
                 "n_params": None,
                 "overrides": self.overrides,
                 "run_dir": str(self.run_dir.resolve()),
+                "provenance": this_process,
             },
         )
         if prior:
@@ -117,6 +120,7 @@ class RunRecord:
                     "step": int(ckpt["step"]),
                     "overrides": list(self.overrides),
                     "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "provenance": this_process,  # the run's own "provenance" stays its first process's
                 }
             ]
         self.wall_before = float(self.data.get("wall_s") or 0.0)  # earlier processes of this run

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import re
 from pathlib import Path
@@ -85,6 +86,46 @@ def _read_overrides(job_dir: Path) -> list[str]:
         return []
 
 
+def _load_yaml(path: Path):
+    try:
+        return OmegaConf.load(path) if path.is_file() else None
+    except Exception:  # an unreadable file only costs the filled-in defaults
+        return None
+
+
+def format_value(value) -> str:
+    """A config value written as on the command line: [400,400], true, 0.001, adam."""
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def effective_value(job: dict, key: str) -> str | None:
+    """What `key` was in a job, also where the job left it at its default: a config group's
+    option (from .hydra/hydra.yaml's choices) or the key's value in .hydra/config.yaml.
+    The job's own override wins when it did not compose into the config (e.g. a deletion)."""
+    choices, config = job.get("choices") or {}, job.get("config")
+    if key in choices:
+        return str(choices[key])
+    if config is not None:
+        try:
+            node = OmegaConf.select(config, key, default=_MISSING, throw_on_missing=False)
+        except Exception:
+            node = _MISSING
+        if node is not _MISSING:
+            return format_value(node)
+    return job["params"].get(key)
+
+
+_MISSING = object()
+
+
 def load_job(folder: Path, job_dir: Path) -> dict:
     """One row of the table from a job's results.json (and .hydra/overrides.yaml)."""
     results = read_results(job_dir) or {}
@@ -109,25 +150,55 @@ def load_job(folder: Path, job_dir: Path) -> dict:
         "wall_s": results.get("wall_s"),
         "test_error": (results.get("test") or {}).get("error"),
         "history": results.get("history") or [],
+        "dataset": (results.get("dataset") or {}).get("name") or _dataset_of(job_dir),
+        "config": _load_yaml(job_dir / ".hydra" / "config.yaml"),
+        "choices": _choices(job_dir),
     }
 
 
+def _dataset_of(job_dir: Path) -> str | None:
+    config = _load_yaml(job_dir / ".hydra" / "config.yaml")
+    return None if config is None else OmegaConf.select(config, "dataset.name", default=None)
+
+
+def _choices(job_dir: Path) -> dict:
+    hydra = _load_yaml(job_dir / ".hydra" / "hydra.yaml")
+    choices = None if hydra is None else OmegaConf.select(hydra, "hydra.runtime.choices", default=None)
+    if not choices:
+        return {}
+    return {str(g): str(o) for g, o in choices.items() if not str(g).startswith("hydra") and o is not None}
+
+
+# keys that do not change a job's result (as hydra.job.config.override_dirname.exclude_keys)
+NOT_PARAMS = re.compile(
+    r"^(resume|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|profile|tensorboard\..*)|dataset\.(root|download))$"
+)
+
+
 def swept_keys(jobs: list[dict]) -> list[str]:
-    """Override keys whose value differs between jobs (or that only some jobs set)."""
+    """Override keys whose effective value differs between jobs. Each job's `values` gets the
+    effective value of every key any job overrides (its default filled in where it has none)."""
     keys: list[str] = []
     for job in jobs:
         for key in job["params"]:
-            if key not in keys:
+            if key not in keys and not NOT_PARAMS.match(key):
                 keys.append(key)
+    for job in jobs:
+        job["values"] = {k: effective_value(job, k) for k in keys}
     if len(jobs) < 2:
         return []
-    return [k for k in keys if len({j["params"].get(k) for j in jobs}) > 1]
+    return [k for k in keys if len({j["values"].get(k) for j in jobs}) > 1]
 
 
 def _sort_key(job: dict):
     err = job["best_val_error"]
     failed = job["status"] != "completed"
-    return (err is None, failed, err if err is not None else math.inf, job["job"])
+    return (str(job.get("dataset") or ""), err is None, failed, err if err is not None else math.inf, job["job"])
+
+
+def datasets(jobs: list[dict]) -> list[str]:
+    """The datasets of the jobs, in table order (one group each when a folder mixes them)."""
+    return list(dict.fromkeys(str(j.get("dataset") or "?") for j in jobs))
 
 
 def collect(folder: Path) -> tuple[list[dict], list[str]]:
@@ -140,16 +211,20 @@ def collect(folder: Path) -> tuple[list[dict], list[str]]:
     job_dirs = find_jobs(folder)
     if not job_dirs:
         raise ReportError(f"{folder}: no runs found (no results.json or .hydra/overrides.yaml below it)")
-    jobs = sorted((load_job(folder, d) for d in job_dirs), key=_sort_key)
+    jobs = sorted((load_job(folder, d) for d in job_dirs), key=_sort_key)  # by dataset, then error
     return jobs, swept_keys(jobs)
 
 
 # ---------------------------------------------------------------- the table
 
 
+def _value(job: dict, key: str):
+    return (job.get("values") or {}).get(key, job["params"].get(key))
+
+
 def _label(job: dict, keys: list[str]) -> str:
     if keys:
-        return " ".join(f"{k}={job['params'][k]}" for k in keys if k in job["params"])
+        return " ".join(f"{k}={_value(job, k)}" for k in keys if _value(job, k) is not None)
     return " ".join(job["overrides"])
 
 
@@ -162,8 +237,11 @@ def _num(x, fmt="{}") -> str:
 
 
 def write_csv(jobs: list[dict], keys: list[str], path: Path) -> Path:
+    """One row per job: the swept keys' effective values (defaults filled in), the outcome."""
     has_test = any(j["test_error"] is not None for j in jobs)
-    cols = COLUMNS[:2] + keys + COLUMNS[2:] if has_test else COLUMNS[:2] + keys + COLUMNS[2:-1]
+    cols = COLUMNS[:2] + ["dataset"] + keys + COLUMNS[2:]
+    if not has_test:
+        cols.remove("test_error")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
@@ -171,31 +249,46 @@ def write_csv(jobs: list[dict], keys: list[str], path: Path) -> Path:
         row = {c: job.get(c) for c in cols}
         row["overrides"] = " ".join(job["overrides"])
         for k in keys:
-            row[k] = job["params"].get(k, "")
+            row[k] = _value(job, k)
         writer.writerow({c: "" if v is None else v for c, v in row.items()})
     atomic_write_text(path, buf.getvalue())
     return path
 
 
-def table_rows(jobs: list[dict], keys: list[str]) -> list[list[str]]:
+def has_test(jobs: list[dict]) -> bool:
+    return any(j["test_error"] is not None for j in jobs)
+
+
+def table_rows(jobs: list[dict], keys: list[str], test: bool | None = None) -> list[list[str]]:
     rows = []
+    test = has_test(jobs) if test is None else test
     for i, job in enumerate(jobs, 1):
-        rows.append(
-            [
-                str(i),
-                _label(job, keys) or job["job"],
-                job["status"],
-                _pct(job["best_val_error"]),
-                _num(job["best_epoch"]),
-                _pct(job["final_train_error"]),
-                _num(job["epochs"]),
-                _num(job["wall_s"], "{:.1f}"),
-            ]
-        )
+        row = [
+            str(i),
+            _label(job, keys) or job["job"],
+            job["status"],
+            _pct(job["best_val_error"]),
+            _num(job["best_epoch"]),
+            _pct(job["final_train_error"]),
+            _num(job["epochs"]),
+            _num(job["wall_s"], "{:.1f}"),
+        ]
+        if test:
+            row.insert(4, _pct(job["test_error"]))
+        rows.append(row)
     return rows
 
 
 HEADERS = ["#", "overrides", "status", "best val err %", "best epoch", "final train err %", "epochs", "wall s"]
+
+
+def headers(jobs: list[dict]) -> list[str]:
+    return HEADERS[:4] + ["test err %"] + HEADERS[4:] if has_test(jobs) else list(HEADERS)
+
+
+def by_dataset(jobs: list[dict]) -> list[tuple[str, list[dict]]]:
+    """[(dataset, its jobs)] in table order; one group when the folder holds one dataset."""
+    return [(d, [j for j in jobs if str(j.get("dataset") or "?") == d]) for d in datasets(jobs)]
 
 
 def counts(jobs: list[dict]) -> str:
@@ -209,15 +302,23 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
     lines = [
         f"# Sweep summary: {folder}",
         "",
-        f"{len(jobs)} jobs ({counts(jobs)}); sorted by best validation error."
+        f"{len(jobs)} jobs ({counts(jobs)}); sorted by best validation error"
+        + (" within each dataset." if len(datasets(jobs)) > 1 else ".")
         + (f" Swept: {', '.join(f'`{k}`' for k in keys)}." if keys else ""),
-        "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join("---:" if h not in ("overrides", "status") else "---" for h in HEADERS) + "|",
     ]
-    for row in table_rows(jobs, keys):
-        row[1] = f"`{row[1]}`"
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    groups = by_dataset(jobs)
+    for name, group in groups:
+        if len(groups) > 1:
+            lines += ["", f"## dataset={name} ({len(group)} jobs)"]
+        hs = headers(jobs)
+        lines += [
+            "",
+            "| " + " | ".join(hs) + " |",
+            "|" + "|".join("---:" if h not in ("overrides", "status") else "---" for h in hs) + "|",
+        ]
+        for row in table_rows(group, keys, has_test(jobs)):
+            row[1] = f"`{row[1]}`"
+            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
     failed = [j for j in jobs if j["status"] != "completed"]
     if failed:
         lines += ["", "## Not completed", ""]
@@ -230,17 +331,22 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
 
 def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -> None:
     console = console or Console()
-    table = Table(title=f"sweep {folder}: {len(jobs)} jobs ({counts(jobs)})")
-    for h in HEADERS:
-        table.add_column(
-            h,
-            justify="left" if h in ("overrides", "status") else "right",
-            overflow="fold" if h == "overrides" else "ellipsis",
-        )
-    for job, row in zip(jobs, table_rows(jobs, keys)):
-        style = None if job["status"] == "completed" else "red"
-        table.add_row(*row, style=style)
-    console.print(table)
+    groups = by_dataset(jobs)
+    for name, group in groups:
+        title = f"sweep {folder}: {len(jobs)} jobs ({counts(jobs)})"
+        if len(groups) > 1:
+            title = f"{folder}: dataset={name}, {len(group)} jobs ({counts(group)})"
+        table = Table(title=title)
+        for h in headers(jobs):
+            table.add_column(
+                h,
+                justify="left" if h in ("overrides", "status") else "right",
+                overflow="fold" if h == "overrides" else "ellipsis",
+            )
+        for job, row in zip(group, table_rows(group, keys, has_test(jobs))):
+            style = None if job["status"] == "completed" else "red"
+            table.add_row(*row, style=style)
+        console.print(table)
     for job in jobs:
         if job["status"] != "completed":
             console.print(
@@ -273,36 +379,64 @@ def _save(fig, path: Path, plt) -> Path:
     return path
 
 
-def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
-    """Best validation error of every job against one swept parameter (one point per job;
-    categories get the mean as a bar, so the trend shows, not only the best)."""
-    points = [
-        (j["params"].get(key), 100 * j["best_val_error"])
+def colours(n: int) -> list:
+    """n distinguishable colours: tab10, tab20, then evenly spaced hues of a cyclic map."""
+    plt = _plt()
+    if n <= 10:
+        return [plt.get_cmap("tab10")(i) for i in range(n)]
+    if n <= 20:
+        return [plt.get_cmap("tab20")(i) for i in range(n)]
+    return [plt.get_cmap("hsv")(i / n) for i in range(n)]
+
+
+def param_points(jobs: list[dict], key: str) -> list[tuple[str, float]]:
+    return [
+        (_value(j, key), 100 * j["best_val_error"])
         for j in jobs
-        if j["best_val_error"] is not None and key in j["params"]
+        if j["best_val_error"] is not None and _value(j, key) is not None
     ]
-    if not points:
+
+
+def param_axis(values: list[str]) -> str:
+    """How a key's values go on the x axis: log (positive numbers spanning a decade or more),
+    linear (other numbers) or category (anything else: options, booleans, lists)."""
+    numbers = [_as_number(v) for v in values]
+    if not numbers or any(n is None for n in numbers):
+        return "category"
+    lo, hi = min(numbers), max(numbers)
+    return "log" if lo > 0 and hi / lo >= 10 else "linear"
+
+
+def param_figure(jobs: list[dict], key: str):
+    """Best validation error of every job against one parameter: a scatter on a real axis for
+    numbers (the mean per value joined when values repeat), points and their mean per category
+    otherwise. None when the key has fewer than two values among the jobs with a result."""
+    points = param_points(jobs, key)
+    if len({v for v, _ in points}) < 2:
         return None
     plt = _plt()
-    numbers = [_as_number(v) for v, _ in points]
+    axis = param_axis([v for v, _ in points])
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    if all(n is not None for n in numbers) and len(set(numbers)) > 4:
-        ax.scatter(numbers, [e for _, e in points], alpha=0.8)
-        lo, hi = min(numbers), max(numbers)
-        if lo > 0 and hi / lo >= 50:
+    if axis != "category":
+        xs = [float(v) for v, _ in points]
+        ax.scatter(xs, [e for _, e in points], alpha=0.8, color="tab:blue", zorder=3, label="job")
+        per: dict[float, list[float]] = {}
+        for x, (_, e) in zip(xs, points):
+            per.setdefault(x, []).append(e)
+        if any(len(v) > 1 for v in per.values()):
+            ux = sorted(per)
+            ax.plot(ux, [sum(per[x]) / len(per[x]) for x in ux], color="tab:orange", lw=1.5, label="mean")
+        if axis == "log":
             ax.set_xscale("log")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     else:
-        if all(n is not None for n in numbers):
-            cats = [v for _, v in sorted({(n, v) for n, (v, _) in zip(numbers, points)})]
-        else:
-            cats = sorted({v for v, _ in points}, key=lambda v: (len(v), v))
-        cats = list(dict.fromkeys(cats))
+        cats = sorted({v for v, _ in points}, key=lambda v: (len(v), v))
         pos = {c: i for i, c in enumerate(cats)}
         per = {c: [e for v, e in points if v == c] for c in cats}
         for c in cats:
             n = len(per[c])
-            xs = [pos[c] + (0.12 * (i - (n - 1) / 2) / max(1, n - 1) * 2 if n > 1 else 0) for i in range(n)]
-            ax.scatter(xs, per[c], alpha=0.75, color="tab:blue", zorder=3)
+            xs = [pos[c] + (0.24 * (i - (n - 1) / 2) / max(1, n - 1) if n > 1 else 0) for i in range(n)]
+            ax.scatter(xs, per[c], alpha=0.75, color="tab:blue", zorder=3, label="job" if c == cats[0] else None)
             mean = sum(per[c]) / n
             ax.hlines(
                 mean,
@@ -314,47 +448,55 @@ def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
                 label="mean" if c == cats[0] else None,
             )
         ax.set_xticks(range(len(cats)))
-        ax.set_xticklabels(
-            cats,
-            rotation=30 if max(len(c) for c in cats) > 8 else 0,
-            ha="right" if max(len(c) for c in cats) > 8 else "center",
-        )
-        ax.legend(loc="best")
+        long = max(len(c) for c in cats) > 8
+        ax.set_xticklabels(cats, rotation=30 if long else 0, ha="right" if long else "center")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set(xlabel=key, ylabel="best validation error (%)", title=f"validation error vs {key} ({len(points)} jobs)")
     ax.grid(alpha=0.3)
-    return _save(fig, path, plt)
+    return fig
 
 
-def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int = 12) -> Path | None:
-    """Every job's validation error per epoch on one figure (best jobs labelled)."""
+def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
+    fig = param_figure(jobs, key)
+    return None if fig is None else _save(fig, path, _plt())
+
+
+def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int = 20) -> Path | None:
+    """Every job's validation error per epoch on one figure, one colour each, the legend (best
+    jobs first) outside the axes."""
     with_curves = [j for j in jobs if any(h.get("val") for h in j["history"])]
     if not with_curves:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 5))
+    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib (see plots._plt)
+
+    shown = min(len(with_curves), max_legend)
+    fig, ax = plt.subplots(figsize=(11, 5))
+    palette = colours(shown)
+    styles = ["-", "--", ":", "-."]
     for rank, job in enumerate(with_curves):
         hist = [h for h in job["history"] if h.get("val")]
-        label = (_label(job, keys) or job["job"]) if rank < max_legend else None
+        top = rank < max_legend
         ax.plot(
             [h["epoch"] for h in hist],
             [100 * h["val"]["error"] for h in hist],
             marker="o" if len(hist) < 30 else None,
             ms=3,
-            lw=1.4 if rank < max_legend else 0.8,
-            alpha=1.0 if rank < max_legend else 0.4,
-            label=label,
+            lw=1.4 if top else 0.8,
+            alpha=1.0 if top else 0.35,
+            color=palette[rank] if top else "grey",
+            linestyle=styles[(rank // 10) % len(styles)] if top else "-",
+            label=(_label(job, keys) or job["job"]) if top else None,
         )
-    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib (see plots._plt)
-
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(
         xlabel="epoch",
         ylabel="validation error (%)",
         title=f"validation error per epoch, {len(with_curves)} jobs"
-        + (f" (legend: best {max_legend})" if len(with_curves) > max_legend else ""),
+        + (f" (legend: best {max_legend}, the rest grey)" if len(with_curves) > max_legend else ""),
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="best first", title_fontsize=7)
     return _save(fig, path, plt)
 
 
@@ -375,12 +517,14 @@ def build_report(
     folder = Path(folder)
     jobs, keys = collected or collect(folder)
     made: list[Path] = []
-    if plots:
+    groups = by_dataset(jobs)
+    for name, group in groups if plots else []:
+        suffix = f"_{_safe(name)}" if len(groups) > 1 else ""  # a folder of several datasets
         for key in keys:
-            p = plot_param(jobs, key, folder / f"val_error_vs_{_safe(key)}.png")
+            p = plot_param(group, key, folder / f"val_error_vs_{_safe(key)}{suffix}.png")
             if p:
                 made.append(p)
-        p = plot_curves(jobs, keys, folder / "val_curves.png")
+        p = plot_curves(group, keys, folder / f"val_curves{suffix}.png")
         if p:
             made.append(p)
     csv_path = write_csv(jobs, keys, folder / "summary.csv")

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
+import shlex
 from pathlib import Path
 
 from rich.console import Console
@@ -12,6 +15,7 @@ from rich.table import Table
 from .checkpoint import atomic_write_json
 
 RESULTS = "results.json"
+log = logging.getLogger("mlprunner")
 
 
 def wilson_interval(errors: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
@@ -88,3 +92,35 @@ def print_summary(results: dict, console=None) -> None:
     if test:
         lo, hi = test["ci95"]
         console.print(f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={test['n']})")
+
+
+def short_path(path) -> str:
+    """`path` relative to the current folder when it lies below it (shorter to read and copy)."""
+    path = Path(path)
+    try:
+        rel = path.resolve().relative_to(Path.cwd().resolve())
+        return str(rel) if str(rel) != "." else "."
+    except (ValueError, OSError):
+        return str(path)
+
+
+def closing_lines(results: dict) -> list[str]:
+    """Where the run is, how to look at it and how to continue it."""
+    run_dir = Path(results.get("run_dir") or ".")
+    run = shlex.quote(short_path(run_dir))
+    lines = [f"run folder: {run}"]
+    if results.get("tensorboard"):
+        tb = os.path.normpath(run_dir / results["tensorboard"])
+        lines.append(f"tensorboard --logdir {shlex.quote(short_path(tb))}")
+    epochs = results.get("epochs_completed") or 0
+    if results.get("status") == "completed":
+        more = f" trainer.epochs={2 * epochs}" if epochs else ""
+        lines.append(f"train longer: mlprun resume={run}{more}")
+    else:
+        lines.append(f"continue: mlprun resume={run}")
+    return lines
+
+
+def print_closing(results: dict) -> None:
+    for line in closing_lines(results):
+        log.info(line)

@@ -8,13 +8,14 @@ of them alone; `run()` chains them.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .build import Pieces, build
 from .checkpoint import load_checkpoint, restore_rng
@@ -26,45 +27,14 @@ from .evaluate import evaluate_test
 from .models import count_parameters, summary_rows
 from .plots import learning_curves
 from .progress import Progress
+from .provenance import as_markdown
 from .record import RunRecord
-from .results import print_summary
-from .schema import option_label
+from .results import print_closing, print_summary
+from .sessions import group_choices, hparams_of, tensorboard_dir
 from .tblog import TensorBoardLogger
 from .train import StopFlag, Trainer
 
 log = logging.getLogger("mlprunner")
-
-
-def hparams_of(cfg: DictConfig) -> dict:
-    """A flat dict of the hyper-parameters that define the run (for TensorBoard's HParams)."""
-    keys = {
-        "dataset": "dataset.name",
-        "model.hidden": "model.hidden",
-        "model.activation": "model.activation",
-        "model.dropout": "model.dropout",
-        "model.batchnorm": "model.batchnorm",
-        "optim": "optim._target_",
-        "optim.lr": "optim.lr",
-        "optim.weight_decay": "optim.weight_decay",
-        "optim.momentum": "optim.momentum",
-        "scheduler": "scheduler",
-        "loss": "loss",
-        "trainer.batch_size": "trainer.batch_size",
-        "trainer.epochs": "trainer.epochs",
-        "trainer.seed": "trainer.seed",
-    }
-    out = {}
-    for name, key in keys.items():
-        # scheduler/loss: the option their _target_ comes from (no name key; scheduler=none has none)
-        value = option_label(cfg[name], name) if name in ("scheduler", "loss") else OmegaConf.select(cfg, key)
-        if value is None:
-            continue
-        if not isinstance(value, (int, float, str, bool)):
-            value = str(OmegaConf.to_container(value) if OmegaConf.is_config(value) else value)
-        if name == "optim":
-            value = value.rsplit(".", 1)[-1]
-        out[name] = value
-    return out
 
 
 def log_model_summary(model: torch.nn.Module, data: Data) -> None:
@@ -114,24 +84,36 @@ def set_up_process(trainer_cfg: DictConfig) -> torch.device:
 
 
 def make_tensorboard(
-    cfg: DictConfig, run_dir: Path, pieces: Pieces, device: torch.device, ckpt: dict | None
+    cfg: DictConfig,
+    run_dir: Path,
+    pieces: Pieces,
+    device: torch.device,
+    ckpt: dict | None,
+    tb_dir: Path | None = None,
+    overrides=(),
+    prov: dict | None = None,
 ) -> TensorBoardLogger | None:
-    """The run's TensorBoard logger (continuing after the checkpoint's epoch and step), or None."""
+    """The run's TensorBoard logger (continuing after the checkpoint's epoch and step), or None.
+
+    tb_dir: its folder (default `<run>/tensorboard`; a sweep job's is named by its swept values,
+    see sessions.py)."""
     if not cfg.trainer.tensorboard.enabled:
         return None
+    tb_dir = Path(tb_dir) if tb_dir is not None else run_dir / "tensorboard"
+    if ckpt is None and tb_dir.is_dir():  # a fresh start: what an abandoned attempt logged goes
+        for old in tb_dir.glob("events.out.tfevents.*"):
+            old.unlink()
     tb = TensorBoardLogger(
-        run_dir / "tensorboard",
+        tb_dir,
         resume_epoch=int(ckpt["epoch"]) if ckpt else 0,
         resume_step=int(ckpt["step"]) if ckpt else 0,
         histograms=bool(cfg.trainer.tensorboard.histograms),
     )
     if ckpt is None:  # written when the writers open, after the first training step
-        tb.when_open(
-            lambda: tb.hparams(
-                hparams_of(cfg),
-                ["hparam/best_val_error", "hparam/best_val_loss", "hparam/test_error", "hparam/last_train_error"],
-            )
-        )
+        hparams = hparams_of(cfg, overrides, group_choices(run_dir))
+        tb.when_open(lambda: tb.hparams(hparams))
+        if prov:
+            tb.when_open(lambda: tb.text("provenance", as_markdown(prov)))
     return tb
 
 
@@ -186,6 +168,7 @@ def close_tensorboard(cfg: DictConfig, tb: TensorBoardLogger, pieces: Pieces, re
         "hparam/test_error": (results.get("test") or {}).get("error"),
     }
     tb.scalars({k: v for k, v in metrics.items() if v is not None}, epoch)
+    tb.end_session("completed")
     tb.close()
 
 
@@ -203,6 +186,7 @@ def run(
     device = set_up_process(cfg.trainer)
     ckpt = checkpoint if checkpoint is not None or resume_from is None else load_checkpoint(resume_from)
     with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started) as record:
+        log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
         with record.building():
             pieces = build(cfg, device)
         data, model = pieces.data, pieces.model
@@ -223,7 +207,13 @@ def run(
             cfg.trainer.progress, int(cfg.trainer.epochs), data.train.num_batches(batch_size), batch_size
         )
         stop = StopFlag()
-        tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt)
+        # a resumed run continues in the folder it started in (results.json "tensorboard")
+        tb_dir = run_dir / record.data.get("tensorboard", "tensorboard")
+        if ckpt is None:
+            tb_dir = tensorboard_dir(run_dir, overrides)
+        if cfg.trainer.tensorboard.enabled:
+            record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
+        tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt, tb_dir, overrides, record.data.get("provenance"))
         trainer = Trainer(
             cfg.trainer,
             run_dir,
@@ -258,7 +248,9 @@ def run(
             state.history,
             run_dir / "learning_curves.png",
             title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}",
+            best_epoch=state.best_epoch,
         )
     if cfg.trainer.progress != "none":
         print_summary(record.data)
+        print_closing(record.data)
     return record.data

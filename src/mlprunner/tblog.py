@@ -1,8 +1,16 @@
-"""TensorBoard: one log folder per run, continued on resume without overlapping steps.
+"""TensorBoard: one log folder (one TensorBoard run) per run, continued on resume without
+overlapping steps.
 
-Epoch scalars (tags of the shared contract, step = epoch number) go to `tensorboard/`;
-step-level scalars (every trainer.log_every_n_steps, step = global step) go to
-`tensorboard/steps/`, so each file can be purged on resume at its own step.
+Epoch scalars (tags of the shared contract, step = epoch number) and step-level scalars
+(`*_step`/`*/step` tags, every trainer.log_every_n_steps, step = global step) share the run's one
+folder. A resumed run first drops, from the event files already there, whatever the stopped
+process logged after its last checkpoint (epoch tags after its epoch, step tags after its
+step); TensorBoard's own purge marker cannot do that, since it cuts every tag of a run at one
+step. Runs made before this layout (a `steps/` sub-folder) continue with the old two writers.
+
+HParams: each run writes its own session (start info with its hyper-parameters, end info with
+its status), never an experiment summary, so TensorBoard builds the table of a sweep from all
+sessions and marks which hyper-parameters differ itself.
 
 The writers open on first use (the first step scalars, after the first training step), so
 importing tensorboard, tracing the graph and writing the HParams session do not delay the
@@ -14,6 +22,8 @@ cheaper than `add_histogram`'s NumPy binning after a copy to the host (docs/perf
 from __future__ import annotations
 
 import math
+import os
+import time
 import warnings
 from pathlib import Path
 
@@ -30,6 +40,79 @@ EPOCH_TAGS = {
     "val/f1": "F1/val",
     "lr": "LR",
 }
+STEP_TAGS = ("Loss/train_step", "LR/step")  # step = global step; every other tag's step is an epoch
+
+
+def is_step_tag(tag: str) -> bool:
+    return tag in STEP_TAGS or tag.endswith("_step") or tag.endswith("/step")
+
+
+def truncate_events(log_dir: Path, epoch: int, step: int) -> int:
+    """Drop, from the event files in `log_dir`, the values logged after `epoch` (epoch tags)
+    or after `step` (step tags); each changed file is rewritten atomically. Returns how many
+    values were dropped."""
+    # lazy: tensorboard's readers and protos, only on resume
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    dropped = 0
+    for path in sorted(Path(log_dir).glob("events.out.tfevents.*")):
+        kept, changed = [], False
+        for raw in RawEventFileLoader(str(path)).Load():
+            ev = Event.FromString(raw)
+            if ev.HasField("summary") and ev.summary.value:
+                values = [v for v in ev.summary.value if ev.step <= (step if is_step_tag(v.tag) else epoch)]
+                if len(values) < len(ev.summary.value):
+                    dropped += len(ev.summary.value) - len(values)
+                    changed = True
+                    if not values:
+                        continue
+                    del ev.summary.value[:]
+                    ev.summary.value.extend(values)
+                    raw = ev.SerializeToString()
+            kept.append(raw)
+        if changed:
+            tmp = path.with_name(f".{path.name}.tmp")
+            with open(tmp, "wb") as fh:
+                writer = RecordWriter(fh)
+                for raw in kept:
+                    writer.write(raw)
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)
+    return dropped
+
+
+def hparams_summaries(hparams: dict, status: str | None = None):
+    """The HParams plugin's session start info (hparams: str, bool, int or float values), or its
+    end info when `status` is given (completed, failed, interrupted, running)."""
+    # lazy: tensorboard's protos load with the writers
+    from google.protobuf import struct_pb2
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    if status is None:
+        info = plugin_data_pb2.SessionStartInfo(start_time_secs=time.time())
+        for key, value in hparams.items():
+            if isinstance(value, bool):
+                info.hparams[key].CopyFrom(struct_pb2.Value(bool_value=value))
+            elif isinstance(value, (int, float)):
+                info.hparams[key].CopyFrom(struct_pb2.Value(number_value=float(value)))
+            else:
+                info.hparams[key].CopyFrom(struct_pb2.Value(string_value=str(value)))
+        content, tag = plugin_data_pb2.HParamsPluginData(session_start_info=info), metadata.SESSION_START_INFO_TAG
+    else:
+        code = {"completed": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "running": "STATUS_RUNNING"}
+        info = plugin_data_pb2.SessionEndInfo(
+            status=api_pb2.Status.Value(code.get(status, "STATUS_UNKNOWN")), end_time_secs=time.time()
+        )
+        content, tag = plugin_data_pb2.HParamsPluginData(session_end_info=info), metadata.SESSION_END_INFO_TAG
+    content.version = metadata.PLUGIN_DATA_VERSION
+    meta = SummaryMetadata(
+        plugin_data=SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    )
+    return Summary(value=[Summary.Value(tag=tag, metadata=meta)])
 
 
 class TensorBoardLogger:
@@ -39,6 +122,8 @@ class TensorBoardLogger:
         self.log_dir = Path(log_dir)
         self.resume_epoch, self.resume_step = resume_epoch, resume_step
         self.histograms = histograms
+        # runs made before steps and epochs shared one folder go on with their steps/ writer
+        self.legacy = (self.log_dir / "steps").is_dir()
         self._writers = None
         self._on_open: list = []  # writes queued until the writers exist
 
@@ -47,13 +132,18 @@ class TensorBoardLogger:
             # lazy: tensorboard and protobuf load when the first scalar is due, after the first step
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops anything an interrupted process logged after its last checkpoint.
-            self._writers = (
-                SummaryWriter(str(self.log_dir), purge_step=self.resume_epoch + 1 if self.resume_epoch else None),
-                SummaryWriter(
-                    str(self.log_dir / "steps"), purge_step=self.resume_step + 1 if self.resume_step else None
-                ),
-            )
+            if self.legacy:  # purge_step drops what a stopped process logged after its last checkpoint
+                self._writers = (
+                    SummaryWriter(str(self.log_dir), purge_step=self.resume_epoch + 1 if self.resume_epoch else None),
+                    SummaryWriter(
+                        str(self.log_dir / "steps"), purge_step=self.resume_step + 1 if self.resume_step else None
+                    ),
+                )
+            else:
+                if self.resume_epoch or self.resume_step:
+                    truncate_events(self.log_dir, self.resume_epoch, self.resume_step)
+                writer = SummaryWriter(str(self.log_dir))
+                self._writers = (writer, writer)
             queued, self._on_open = self._on_open, []
             for write in queued:
                 write()
@@ -85,16 +175,17 @@ class TensorBoardLogger:
         except Exception:  # the graph is a nicety; tracing must never break a run
             pass
 
-    def hparams(self, hparams: dict, metric_tags: list[str]) -> None:
-        """Write the HParams plugin's session into this run's own event file."""
-        from torch.utils.tensorboard.summary import hparams as hp_summary  # lazy: tensorboard, as above
+    def hparams(self, hparams: dict) -> None:
+        """Start this run's HParams session (its hyper-parameters) in its own event file.
 
-        exp, ssi, sei = hp_summary(hparams, {tag: 0.0 for tag in metric_tags})
-        # SummaryWriter.add_hparams would write into a new sub-folder (a second run in TensorBoard's
-        # list); the writer's FileWriter (`file_writer`, what add_hparams itself writes through)
-        # puts the session into this run's own event file.
-        for s in (exp, ssi, sei):
-            self.writer.file_writer.add_summary(s)
+        SummaryWriter.add_hparams would write into a new sub-folder (a second run in TensorBoard's
+        list) and an experiment summary that fixes the table's columns to this run's keys; the
+        writer's FileWriter puts only the session into this run's own event file."""
+        self.writer.file_writer.add_summary(hparams_summaries(hparams))
+
+    def end_session(self, status: str) -> None:
+        """End this run's HParams session with its status (completed, failed, interrupted)."""
+        self.writer.file_writer.add_summary(hparams_summaries({}, status))
 
     def epoch(self, epoch: int, metrics: dict, model: torch.nn.Module | None = None) -> None:
         for key, tag in EPOCH_TAGS.items():
@@ -147,10 +238,13 @@ class TensorBoardLogger:
             self.writer.add_scalar(tag, value, step)
         self.writer.flush()
 
+    def text(self, tag: str, text: str, step: int = 0) -> None:
+        self.writer.add_text(tag, text, step)
+
     def figure(self, tag: str, fig, step: int) -> None:
         self.writer.add_figure(tag, fig, step)
         self.writer.flush()
 
     def close(self) -> None:
-        for w in self._open():  # a run that logged nothing still gets its queued writes
+        for w in set(self._open()):  # a run that logged nothing still gets its queued writes
             w.close()

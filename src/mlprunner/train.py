@@ -345,8 +345,11 @@ class Trainer:
             losses = self._graphed_steps(order, bs)
         else:
             losses = self._eager_steps(epoch, order, bs)
+        progress = self.progress
         for i, loss in enumerate(losses, start=1):
             self.state.step += 1
+            if progress:
+                progress.step(i)  # the live bar redraws by time, from this
             window[k] = loss
             k += 1
             if k == log_every or i == steps:

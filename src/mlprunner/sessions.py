@@ -1,0 +1,133 @@
+"""What a run is called in TensorBoard and which hyper-parameters describe it there.
+
+- `hparams_of`: the HParams session of a run: the config groups by the option names they were
+  picked by (`optim=sgd_momentum`, not the class `SGD`), a few central keys, and every key the
+  command line changed, with their effective values (numbers, real booleans, lists as text).
+- `tensorboard_dir`: a single run logs into `<run>/tensorboard`; a job of a sweep logs into
+  `<sweep>/tensorboard/<swept values>` (e.g. `optim=sgd,loss.label_smoothing=0.1`), so
+  `tensorboard --logdir <sweep>` lists one run per job named by what distinguishes it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from .schema import option_label
+
+GROUPS = ("dataset", "model", "optim", "scheduler", "loss")
+CENTRAL_KEYS = (
+    "model.hidden",
+    "model.activation",
+    "model.dropout",
+    "optim.lr",
+    "trainer.batch_size",
+    "trainer.epochs",
+    "trainer.seed",
+)
+# keys that do not change a run's result (as hydra.job.config.override_dirname.exclude_keys)
+NOT_HPARAMS = re.compile(
+    r"^(resume|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|profile|tensorboard\..*)|dataset\.(root|download))$"
+)
+
+
+def group_choices(run_dir: Path | None = None) -> dict[str, str]:
+    """{group: option} as Hydra picked them: from the running Hydra job, else from the run
+    folder's .hydra/hydra.yaml; {} when neither is there (a run started from Python)."""
+    choices = None
+    if HydraConfig.initialized():
+        choices = HydraConfig.get().runtime.choices
+    elif run_dir is not None and (Path(run_dir) / ".hydra" / "hydra.yaml").is_file():
+        try:
+            choices = OmegaConf.select(OmegaConf.load(Path(run_dir) / ".hydra" / "hydra.yaml"), "hydra.runtime.choices")
+        except Exception:  # an unreadable file only costs the option names
+            choices = None
+    if not choices:
+        return {}
+    return {str(g): str(o) for g, o in choices.items() if not str(g).startswith("hydra") and o is not None}
+
+
+def _plain(value):
+    if isinstance(value, (ListConfig, DictConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    return "null" if value is None else str(value)
+
+
+def override_key(override: str) -> str | None:
+    """The key an override sets (`optim`, `optim.lr`, `+trainer.foo`->`trainer.foo`); None for a deletion."""
+    key, sep, _ = str(override).partition("=")
+    if not sep or key.startswith("~"):
+        return None
+    return key.lstrip("+")
+
+
+def hparams_of(cfg: DictConfig, overrides=(), choices: dict | None = None) -> dict:
+    """The run's hyper-parameters for TensorBoard's HParams: {name: str | bool | int | float}."""
+    choices = choices or {}
+    out: dict = {}
+    for group in GROUPS:
+        if group in cfg and cfg[group] is not None:
+            out[group] = choices.get(group) or option_label(cfg[group], group)
+    if choices.get("experiment"):
+        out["experiment"] = choices["experiment"]
+    for key in CENTRAL_KEYS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None:
+            out[key] = _plain(value)
+    for override in overrides:
+        key = override_key(override)
+        if key is None or NOT_HPARAMS.match(key):
+            continue
+        if key in choices or key in GROUPS:  # a group option: its name
+            out[key] = choices.get(key) or str(override).partition("=")[2]
+            continue
+        out[key] = _plain(OmegaConf.select(cfg, key, default=None))
+    return out
+
+
+def swept_keys(sweep_dir: Path) -> list[str]:
+    """The keys a sweep varies, in command-line order: overrides with several values
+    (`a=1,2`, `range(...)`, `choice(...)`) and the sweeper's own `params` (preset grids, Optuna's
+    search space), read from the sweep folder's multirun.yaml."""
+    path = Path(sweep_dir) / "multirun.yaml"
+    if not path.is_file():
+        return []
+    try:
+        conf = OmegaConf.load(path)
+        task = [str(o) for o in OmegaConf.select(conf, "hydra.overrides.task", default=[]) or []]
+        params = OmegaConf.select(conf, "hydra.sweeper.params", default=None) or {}
+        keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()]
+    except Exception:  # an unreadable multirun.yaml: the jobs keep their folder names
+        return []
+    for key in params:
+        if str(key) not in keys:
+            keys.append(str(key))
+    return keys
+
+
+def job_name(overrides, keys: list[str]) -> str:
+    """`k=v` of the swept keys of one job, joined by commas, in the order of `keys`."""
+    values = {override_key(o): str(o).partition("=")[2] for o in overrides if override_key(o)}
+    return ",".join(f"{k}={values[k]}" for k in keys if k in values)
+
+
+def tensorboard_dir(run_dir: Path, overrides=()) -> Path:
+    """Where a fresh run logs TensorBoard (see the module's docstring)."""
+    run_dir = Path(run_dir)
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        try:
+            own = run_dir.resolve().relative_to(sweep_dir.resolve()).as_posix()
+        except ValueError:  # a job folder outside its sweep folder: keep it with the job
+            return run_dir / "tensorboard"
+        name = job_name(overrides, swept_keys(sweep_dir)) or own
+        return sweep_dir / "tensorboard" / name.replace(os.sep, "_")
+    return run_dir / "tensorboard"
