@@ -9,12 +9,26 @@ from __future__ import annotations
 import math
 import os
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .device import resolve_device
 from .errors import ConfigError
-from .schema import LEGACY, REQUIRED_GROUPS, SCHEMA, check_value, component_class, option_label, options, resolve_loader
+from .schema import (
+    LEGACY,
+    REQUIRED_GROUPS,
+    SCHEMA,
+    check_value,
+    component_class,
+    option_label,
+    options,
+    resolve_loader,
+)
+
+# Groups whose keys mlprun reads itself (not a class's arguments): a key the schema does not
+# declare is a typo or a key mlprun would ignore, and a key deleted with `~` is missing.
+OWN_GROUPS = ("trainer", "eval")
 
 
 def register_resolvers() -> None:
@@ -39,9 +53,12 @@ def validate(cfg: DictConfig) -> None:
     except Exception as exc:  # an interpolation that cannot be resolved
         key = getattr(exc, "full_key", None) or "config"
         raise ConfigError(key, message=f"{key}: {str(exc).splitlines()[0]}") from None
+    _decode_interpolated(cfg)
     for group in REQUIRED_GROUPS:
         if not isinstance(cfg.get(group), DictConfig):
             raise ConfigError(group, cfg.get(group), f"a config group ({group}=<option>)")
+    _unknown_keys(cfg)
+    _deleted_keys(cfg)
     missing = _missing_keys(cfg)
     if missing:
         key = missing[0]
@@ -102,6 +119,115 @@ def validate(cfg: DictConfig) -> None:
             message=f"dataset.augment.enabled=true needs an image dataset; "
             f"dataset={option_label(ds, 'dataset')} has no image shape (allowed: false)",
         )
+
+
+def _set(cfg: DictConfig, key: str, value) -> None:
+    """Set a (possibly new) dotted key of a composed config, struct or read-only as it may be."""
+    with read_write(cfg), open_dict(cfg):
+        OmegaConf.update(cfg, key, value, merge=False, force_add=True)
+
+
+def _decode_interpolated(cfg: DictConfig) -> None:
+    """A key whose value is an interpolation (`trainer.epochs=${oc.env:EPOCHS,3}`) takes the
+    resolved value as the command line would type it: oc.env gives the string '3', which Hydra's
+    own override grammar reads as the integer 3 (as `trainer.epochs=3` would be). A value that
+    is no number stays a string and is refused by the key's check in one line."""
+    parser = OverridesParser.create()
+    for key, spec in SCHEMA.items():
+        if spec.path or spec.mapping:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if (
+            not isinstance(parent, DictConfig)
+            or leaf not in parent.keys()
+            or not OmegaConf.is_interpolation(parent, leaf)
+        ):
+            continue
+        value = parent[leaf]
+        if not isinstance(value, str):
+            continue
+        try:
+            decoded = parser.parse_override(f"{leaf}={value}").value()
+        except Exception:  # not a value Hydra's grammar reads: checked as the string it is
+            continue
+        if not isinstance(decoded, str):
+            _set(cfg, key, decoded)
+
+
+def _unknown_keys(cfg: DictConfig) -> None:
+    """`+trainer.foo=3`: a key mlprun does not read is refused rather than silently ignored."""
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node.keys():
+            full = f"{prefix}{key}"
+            if full not in SCHEMA:
+                siblings = [k[len(prefix) :] for k in SCHEMA if k.startswith(prefix) and "." not in k[len(prefix) :]]
+                raise ConfigError(
+                    full,
+                    message=(
+                        f"{full}: no such key in {prefix.rstrip('.')} (mlprun would ignore it); "
+                        f"keys: {', '.join(siblings)}"
+                    ),
+                )
+            if isinstance(node._get_node(key), DictConfig):
+                walk(node[key], f"{full}.")
+
+    for group in OWN_GROUPS:
+        if isinstance(cfg.get(group), DictConfig):
+            walk(cfg[group], f"{group}.")
+
+
+def _option_node(cfg: DictConfig, group: str) -> DictConfig | None:
+    """The option file a group's node came from (matched by `_target_`), as a config."""
+    target = cfg[group].get("_target_")
+    for opt in options(group).values():
+        if opt.get("_target_") == target:
+            return OmegaConf.create(opt)
+    return None
+
+
+def _deleted_keys(cfg: DictConfig) -> None:
+    """Keys mlprun reads that a `~key` override (or an edited config) removed.
+
+    A nullable key means the same absent or null (`~trainer.grad_clip`: no clipping), so it
+    becomes null; any other key has no value to fall back on and is refused in one line."""
+    for group in (*OWN_GROUPS, "dataset"):
+        if not isinstance(cfg.get(group), DictConfig):
+            continue
+        option = _option_node(cfg, group)
+        if option is None:
+            continue
+
+        def walk(opt: DictConfig, node: DictConfig, prefix: str) -> None:
+            for key in opt.keys():
+                full = f"{prefix}{key}"
+                spec = SCHEMA.get(full)
+                if spec is None:
+                    continue
+                if key not in node.keys():  # (`in` is false for a `???` value too)
+                    if spec.nullable:
+                        _set(cfg, full, None)
+                        continue
+                    default = opt._get_node(key)
+                    example = (
+                        f"{full}={opt[key]}"
+                        if not isinstance(default, DictConfig)
+                        and not OmegaConf.is_interpolation(opt, key)
+                        and not OmegaConf.is_missing(opt, key)
+                        else f"{full}=..."
+                    )
+                    raise ConfigError(
+                        full,
+                        message=(
+                            f"{full} is required and cannot be deleted (~{full}); "
+                            f"give it a value instead, e.g. {example} (allowed: {spec.allowed})"
+                        ),
+                    )
+                if isinstance(opt._get_node(key), DictConfig) and isinstance(node._get_node(key), DictConfig):
+                    walk(opt[key], node[key], f"{full}.")
+
+        walk(option, cfg[group], f"{group}.")
 
 
 def _missing_keys(cfg: DictConfig) -> list[str]:

@@ -79,6 +79,15 @@ def _composed_keys(hydra_keys: bool = False) -> list[str]:
     return keys
 
 
+def _holds_null(key: str) -> bool:
+    """Whether `key` is in the config the command line selects (Hydra calls a key that holds
+    null one that "does not exist")."""
+    try:
+        return key in _composed_keys(hydra_keys=key.startswith("hydra."))
+    except Exception:  # a courtesy, as suggest_key
+        return False
+
+
 def suggest_key(key: str) -> str:
     """'; did you mean X?' (closest existing keys by difflib) or the keys beside `key`."""
     try:
@@ -175,7 +184,14 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             return EXIT_CONFIG, f"+{m.group(1)}: the key already exists; override it without '+'"
         m = re.search(r"Could not delete from config\. '([^']+)' does not exist", text)
         if m:
-            return EXIT_CONFIG, f"~{m.group(1)}: no such config key to delete{suggest_key(m.group(1))}"
+            key = m.group(1)
+            if _holds_null(key):
+                # Hydra deletes only a key with a value: for it null and absent are the same
+                return EXIT_CONFIG, (
+                    f"~{key}: {key} is null already (unset), so there is nothing to delete; "
+                    f"leave the override out, or give it a value: {key}=<value>"
+                )
+            return EXIT_CONFIG, f"~{key}: no such config key to delete{suggest_key(key)}"
         msg = _first_line(text)
         if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) not in msg:
             msg += f": {_first_line(str(cause))}"

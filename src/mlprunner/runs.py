@@ -24,15 +24,20 @@ def run_dir_of(checkpoint: Path) -> Path | None:
 
 
 def find_latest(runs_root: Path = Path("runs")) -> Path:
-    """The run under `runs_root` whose checkpoint (or, lacking one, results.json) is newest."""
-    candidates = []
+    """The run under `runs_root` whose checkpoint (or, lacking one, results.json) is newest.
+
+    A folder that holds no run (no checkpoint, no results.json: e.g. only the `.hydra/` of a
+    start that was refused) is skipped."""
+    candidates: dict[Path, Path] = {}  # run folder -> the file whose time counts
     if runs_root.is_dir():
-        candidates = list(runs_root.glob(f"**/{CHECKPOINT_DIR}/last.pt"))
-        seen = {p.parent.parent for p in candidates}
-        candidates += [p for p in runs_root.glob(f"**/{SAVED_CONFIG}") if p.parent.parent not in seen]
+        for p in runs_root.glob(f"**/{CHECKPOINT_DIR}/last.pt"):
+            candidates[p.parent.parent] = p
+        for p in runs_root.glob("**/results.json"):
+            if (p.parent / SAVED_CONFIG).is_file():
+                candidates.setdefault(p.parent, p)
     if not candidates:
         raise ConfigError("resume", "latest", message=(f"resume=latest: no mlprun run under {runs_root.resolve()}"))
-    return max(candidates, key=lambda p: p.stat().st_mtime).parent.parent
+    return max(candidates, key=lambda d: candidates[d].stat().st_mtime)
 
 
 def locate_for_resume(arg: str) -> tuple[Path | None, Path | None]:
