@@ -12,12 +12,13 @@ import csv
 import logging
 import os
 import sys
+from importlib import resources
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from .checkpoint import atomic_write_json
 from .config import register_resolvers
@@ -29,9 +30,69 @@ from .provenance import version_line
 from .report import ReportError, build_report
 from .resume import resume_main
 from .run import run
+from .schema import SCHEMA
 from .sweep import run_sweep_job
 
 log = logging.getLogger("mlprunner")
+
+
+PRIMARY_FLAGS = ("--config-path", "-cp", "--config-name", "-cn")
+
+
+def mlprun_hydra() -> list[str]:
+    """configs/config.yaml's `hydra:` node (logging, run and sweep folders, callbacks) as
+    command-line overrides.
+
+    With --config-path/--config-name the primary config is the user's (e.g. a run's saved
+    `.hydra/config.yaml`), which has no `hydra:` node of mlprun's: these put back mlprun's
+    console lines and <run>/mlprun.log, its run folders under runs/ and its callbacks (the
+    checks before a run folder is made, the sweep summary)."""
+    primary = OmegaConf.create(resources.files("mlprunner.configs").joinpath("config.yaml").read_text())
+    out = ["hydra.searchpath=[pkg://mlprunner.configs]"]
+    for entry in primary.defaults:
+        for key, option in entry.items() if isinstance(entry, DictConfig) else []:
+            if key.startswith("override hydra/"):
+                out.append(f"{key.removeprefix('override ')}={option}")
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node.keys():
+            if isinstance(node._get_node(key), DictConfig):
+                walk(node._get_node(key), f"{prefix}{key}.")
+                continue
+            value = node._get_node(key)._value()
+            if isinstance(value, (list, ListConfig)):
+                value = "[" + ",".join(str(v) for v in value) + "]"
+            out.append(f"++{prefix}{key}={str(value).lower() if isinstance(value, bool) else value}")
+
+    walk(primary.hydra, "hydra.")
+    return out
+
+
+def with_mlprun_hydra(args: list[str]) -> list[str]:
+    """`args` plus mlprun_hydra()'s overrides when they choose another primary config; the
+    user's own values for those keys win."""
+    if not any(a.partition("=")[0] in PRIMARY_FLAGS for a in args):
+        return args
+    given = {a.lstrip("+~").partition("=")[0] for a in args}
+    return [*args, *(o for o in mlprun_hydra() if o.lstrip("+").partition("=")[0] not in given)]
+
+
+def launch_relative_paths(cfg: DictConfig, launch_dir: Path) -> None:
+    """hydra.job.chdir=true: a relative path (dataset.root's default ./data, a relative
+    MLPRUN_DATA, dataset.csv, ...) names a place in the folder mlprun was started in, not in the
+    run folder Hydra changed to."""
+    for key, spec in SCHEMA.items():
+        if not spec.path:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or leaf not in parent.keys() or OmegaConf.is_missing(parent, leaf):
+            continue
+        value = parent[leaf]
+        if value is None or Path(str(value)).expanduser().is_absolute():
+            continue
+        with read_write(cfg), open_dict(cfg):
+            OmegaConf.update(cfg, key, str(launch_dir / Path(str(value))), merge=False)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mlprunner.configs", config_name="config")
@@ -39,6 +100,8 @@ def hydra_app(cfg: DictConfig):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
+    if hc.job.chdir:
+        launch_relative_paths(cfg, Path(hc.runtime.cwd))
     if hc.mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg, run_dir, overrides)
     try:
@@ -64,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         resume = [a for a in args if a.startswith("resume=") and a != "resume=null"]
         if resume:
             sys.exit(resume_main(args))
+        sys.argv = [sys.argv[0], *with_mlprun_hydra(args)]
         hydra_app()
     except SystemExit:
         raise

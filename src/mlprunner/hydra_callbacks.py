@@ -11,9 +11,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import preflight, validate
-from .errors import ConfigError, RunRefused, SweepFailed
+from .errors import RunRefused, SweepFailed
 from .report import ReportError, build_report, collect
-from .results import read_results
+from .runs import refuse_existing
 from .sweep import failed_since, results_stamps
 
 log = logging.getLogger("mlprunner")
@@ -22,18 +22,6 @@ log = logging.getLogger("mlprunner")
 def job_config(config: DictConfig) -> DictConfig:
     """The task's config without Hydra's own node."""
     return OmegaConf.masked_copy(config, [k for k in config.keys() if k != "hydra"])
-
-
-def existing_run(folder: Path) -> str | None:
-    """Describe the run already in `folder`, or None when a new run may start there."""
-    if (folder / "results.json").is_file():
-        status = (read_results(folder) or {}).get("status", "unknown")
-        return f"a run ({status})"
-    if (folder / "checkpoints").is_dir() or (folder / "tensorboard").is_dir():
-        return "a run's checkpoints or TensorBoard logs"
-    if (folder / ".hydra" / "config.yaml").is_file():
-        return "the configuration of an earlier start (.hydra/config.yaml)"
-    return None
 
 
 def register_launchers() -> None:
@@ -62,17 +50,7 @@ class RunGuard(Callback):
     def _check(config: DictConfig) -> None:
         job = job_config(config)
         validate(job)
-        folder = Path(str(config.hydra.run.dir))
-        held = existing_run(folder)
-        if held:
-            raise ConfigError(
-                "hydra.run.dir",
-                str(folder),
-                message=(
-                    f"hydra.run.dir={folder} already holds {held}; nothing was changed. "
-                    f"Continue it with: mlprun resume={folder} (or choose another hydra.run.dir)"
-                ),
-            )
+        refuse_existing(Path(str(config.hydra.run.dir)))
         preflight(job)
 
 

@@ -6,8 +6,9 @@
         with record.testing(): ...      # a test-set failure -> failed
     # leaving the block normally -> completed
 
-Entering makes the folder, takes its lock and carries an earlier process's results forward
-(on resume); each phase turns the exceptions it knows into the status and reason it records.
+Entering refuses a new run in a folder that holds one, makes the folder, takes its lock and
+carries an earlier process's results forward (on resume); each phase turns the exceptions it
+knows into the status and reason it records.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from .errors import ConfigError, DivergenceError, Interrupted, MlprunError
 from .profiling import process_start_time
 from .provenance import provenance
 from .results import ResultsFile, read_results
-from .runs import checkpoint_file
+from .runs import checkpoint_file, refuse_existing
 
 try:
     import fcntl
@@ -80,9 +81,16 @@ class RunRecord:
     """results.json of one run (in `data`), kept current from start to completion."""
 
     def __init__(
-        self, run_dir: Path, device, overrides=(), resumed_from: dict | None = None, started: float | None = None
+        self,
+        run_dir: Path,
+        device,
+        overrides=(),
+        resumed_from: dict | None = None,
+        started: float | None = None,
+        restart: bool = False,
     ):
         self.run_dir = Path(run_dir)
+        self.restart = restart  # a run that never checkpointed, started again in its own folder
         self.device = device
         self.overrides = list(overrides)
         self.resumed_from = resumed_from  # the checkpoint a resumed run continues from
@@ -96,6 +104,10 @@ class RunRecord:
 
     def __enter__(self) -> RunRecord:
         ckpt = self.resumed_from
+        if ckpt is None and not self.restart:
+            # A new run never writes into a run's folder, however it was started (Hydra's RunGuard
+            # refuses earlier, before Hydra writes .hydra/; this holds without it too).
+            refuse_existing(self.run_dir, hydra_files=False)
         prior = read_results(self.run_dir) if ckpt is not None else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(self.run_dir)

@@ -142,7 +142,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     configure_logging(run_dir)
     print(f"mlprun: {run_dir} stopped before its first checkpoint; restarting it from epoch 1 in place", flush=True)
-    run(cfg, run_dir, overrides=list(prior.get("overrides", [])) + overrides)
+    run(cfg, run_dir, overrides=list(prior.get("overrides", [])) + overrides, restart=True)
     return 0
 
 

@@ -173,19 +173,25 @@ def close_tensorboard(cfg: DictConfig, tb: TensorBoardLogger, pieces: Pieces, re
 
 
 def run(
-    cfg: DictConfig, run_dir: Path, resume_from: Path | None = None, overrides=(), checkpoint: dict | None = None
+    cfg: DictConfig,
+    run_dir: Path,
+    resume_from: Path | None = None,
+    overrides=(),
+    checkpoint: dict | None = None,
+    restart: bool = False,
 ) -> dict:
     """Train (or continue) the run described by `cfg` in `run_dir`; return results.json's dict.
 
     resume_from: the checkpoint to continue from; `checkpoint`, its contents when the caller has
-    read it already.
+    read it already; restart: start a run that never checkpointed again in its own folder
+    (otherwise a new run refuses a folder that holds a run).
     """
     validate(cfg)
     started = time.perf_counter()
     run_dir = Path(run_dir)
     device = set_up_process(cfg.trainer)
     ckpt = checkpoint if checkpoint is not None or resume_from is None else load_checkpoint(resume_from)
-    with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started) as record:
+    with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started, restart=restart) as record:
         log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
         with record.building():
             pieces = build(cfg, device)

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from .errors import ConfigError
+from .results import read_results
 
 CHECKPOINT_DIR = "checkpoints"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"  # written by Hydra when a run starts
@@ -21,6 +22,36 @@ def checkpoint_file(run_dir: Path, name: str = "last") -> Path:
 def run_dir_of(checkpoint: Path) -> Path | None:
     """The run folder of a checkpoint file, or None when it is not in a run's checkpoints/."""
     return checkpoint.parent.parent if checkpoint.parent.name == CHECKPOINT_DIR else None
+
+
+def existing_run(folder: Path, hydra_files: bool = True) -> str | None:
+    """Describe the run already in `folder`, or None when a new run may start there.
+
+    hydra_files: count a `.hydra/config.yaml` as an earlier start (not when this start's Hydra
+    has just written it)."""
+    folder = Path(folder)
+    if (folder / "results.json").is_file():
+        status = (read_results(folder) or {}).get("status", "unknown")
+        return f"a run ({status})"
+    if (folder / CHECKPOINT_DIR).is_dir() or (folder / "tensorboard").is_dir():
+        return "a run's checkpoints or TensorBoard logs"
+    if hydra_files and (folder / SAVED_CONFIG).is_file():
+        return "the configuration of an earlier start (.hydra/config.yaml)"
+    return None
+
+
+def refuse_existing(folder: Path, hydra_files: bool = True) -> None:
+    """A new run never starts in a folder that holds a run: ConfigError (exit 2), nothing changed."""
+    held = existing_run(folder, hydra_files)
+    if held:
+        raise ConfigError(
+            "hydra.run.dir",
+            str(folder),
+            message=(
+                f"hydra.run.dir={folder} already holds {held}; nothing was changed. "
+                f"Continue it with: mlprun resume={folder} (or choose another hydra.run.dir)"
+            ),
+        )
 
 
 def find_latest(runs_root: Path = Path("runs")) -> Path:

@@ -1,0 +1,151 @@
+"""Hydra's edge paths through the real command line (issue 15): deleting keys with `~`, adding
+unknown keys with `+`, interpolations, hydra.job.chdir, a run's saved config as the primary
+config. Each works as a Hydra user expects or is refused in one line naming the key, with nothing
+left on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import read_json, requires_mnist, run_mlprun
+from mlprunner.errors import ConfigError
+from mlprunner.run import run
+from mlprunner.runs import find_latest
+
+TINY = ["dataset=digits", "trainer.epochs=1", "trainer.progress=plain", "trainer.tensorboard.enabled=false"]
+
+
+def refused(tmp_path: Path, *args: str, env: dict | None = None) -> str:
+    """Run mlprun; assert exit 2, exactly one stderr line, no traceback and nothing on disk."""
+    proc = run_mlprun(*args, cwd=tmp_path, env=env, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert len(lines) == 1 and lines[0].startswith("mlprun: error: "), proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.rglob("*"))  # no runs/, no log, no .hydra/
+    return lines[0]
+
+
+def completed(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[Path, dict]:
+    """Run mlprun to completion; return its run folder and results.json."""
+    proc = run_mlprun(*args, cwd=tmp_path, env=env, timeout=300, check=True)
+    folders = [p.parent for p in tmp_path.glob("runs/*/*/results.json")]
+    assert len(folders) == 1, (folders, proc.stdout[-2000:])
+    return folders[0], read_json(folders[0] / "results.json")
+
+
+def saved_trainer(run_dir: Path) -> dict:
+    import torch  # lazily: only these tests read a checkpoint
+
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["config"]["trainer"]
+
+
+def test_delete_nullable_key_that_holds_null_is_refused_naming_it(tmp_path):
+    """Hydra deletes only a key that holds a value (null counts as absent): say so, not
+    "no such key; did you mean trainer.grad_clip?"."""
+    line = refused(tmp_path, *TINY, "~trainer.grad_clip")
+    assert "~trainer.grad_clip" in line and "null already" in line
+    assert "no such" not in line and "did you mean" not in line
+
+
+def test_delete_nullable_key_with_a_value_means_null(tmp_path):
+    """`~trainer.grad_clip` after an earlier value: deleted, i.e. no clipping (null)."""
+    run_dir, results = completed(tmp_path, *TINY, "trainer.grad_clip=1.0", "~trainer.grad_clip")
+    assert results["status"] == "completed"
+    assert saved_trainer(run_dir)["grad_clip"] is None
+
+
+def test_delete_required_key_is_refused_before_any_folder(tmp_path):
+    line = refused(tmp_path, *TINY, "~trainer.seed")
+    assert "trainer.seed is required" in line and "trainer.seed=0" in line
+    assert "not in struct" not in line
+
+
+def test_unknown_trainer_key_is_refused_with_the_keys(tmp_path):
+    line = refused(tmp_path, *TINY, "+trainer.foo=3")
+    assert "trainer.foo: no such key in trainer" in line
+    assert "epochs" in line and "grad_clip" in line and "early_stopping" in line
+
+
+@pytest.mark.parametrize("epochs_env", [None, "2"])
+def test_interpolated_value_resolves_before_validation(tmp_path, monkeypatch, epochs_env):
+    env = {"EPOCHS": epochs_env} if epochs_env else {}
+    monkeypatch.delenv("EPOCHS", raising=False)
+    args = ["dataset=digits", "trainer.progress=plain", "trainer.epochs=${oc.env:EPOCHS,1}"]
+    run_dir, results = completed(tmp_path, *args, env=env)
+    want = int(epochs_env or 1)
+    assert results["epochs_completed"] == want and saved_trainer(run_dir)["epochs"] == want
+
+
+def test_interpolated_non_number_is_the_usual_error(tmp_path):
+    line = refused(tmp_path, *TINY, "trainer.epochs=${oc.env:EPOCHS}", env={"EPOCHS": "abc"})
+    assert line == "mlprun: error: trainer.epochs='abc' is invalid; allowed: an integer in [1, inf]"
+
+
+def test_resume_latest_skips_folders_without_a_run(tmp_path):
+    run_dir, _ = completed(tmp_path, *TINY)
+    empty = tmp_path / "runs" / "2099-01-01" / "00-00-00-1" / ".hydra"  # a refused start's leftovers
+    empty.mkdir(parents=True)
+    (empty / "config.yaml").write_text("trainer: {}\n")
+    assert find_latest(tmp_path / "runs").resolve() == run_dir.resolve()
+
+
+@requires_mnist
+def test_chdir_keeps_the_data_root_of_the_launch_folder(tmp_path, monkeypatch):
+    """hydra.job.chdir=true: the default ./data names the launch folder's data, not the run's."""
+    (tmp_path / "data").symlink_to(Path(os.environ["MLPRUN_DATA"]).resolve())
+    monkeypatch.delenv("MLPRUN_DATA")
+    proc = run_mlprun(
+        "dataset=mnist",
+        "dataset.subset=1000",
+        "dataset.download=false",
+        *TINY[1:],
+        "hydra.job.chdir=true",
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr
+    (results,) = tmp_path.glob("runs/*/*/results.json")
+    assert read_json(results)["status"] == "completed"
+    assert not list(tmp_path.glob("runs/*/*/data"))  # nothing downloaded into the run folder
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_rerun_from_saved_config_keeps_mlprun_setup_and_never_overwrites(tmp_path):
+    run_dir, _ = completed(tmp_path, *TINY)
+    before = _hashes(run_dir)
+    saved = ["--config-path", str(run_dir.resolve() / ".hydra"), "--config-name", "config"]
+    # into the run's own folder: refused in one line, the folder byte for byte unchanged
+    proc = run_mlprun(*saved, f"hydra.run.dir={run_dir.resolve()}", cwd=tmp_path, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert f"resume={run_dir.resolve()}" in lines[0] and "already holds a run (completed)" in lines[0]
+    assert _hashes(run_dir) == before
+    # a plain rerun: a new folder under runs/ with mlprun's logging (plain lines, mlprun.log)
+    proc = run_mlprun(*saved, cwd=tmp_path, timeout=300, check=True)
+    assert _hashes(run_dir) == before
+    new = [p.parent for p in tmp_path.glob("runs/*/*/results.json") if p.parent != run_dir]
+    assert len(new) == 1 and not (tmp_path / "outputs").exists()
+    assert "epoch 1/1" in (new[0] / "mlprun.log").read_text()
+    assert not list(new[0].glob("*.log"))[1:]  # mlprun.log only (no Hydra default <name>.log)
+    assert "[INFO]" not in proc.stdout and "run folder:" in proc.stdout
+
+
+def test_a_new_run_inside_mlprun_never_writes_into_a_run(tmp_path, compose_cfg):
+    """The check lives in the run itself (RunRecord), not only in the Hydra callback."""
+    run_dir, _ = completed(tmp_path, *TINY)
+    before = _hashes(run_dir)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        run(compose_cfg(*TINY), run_dir)
+    assert _hashes(run_dir) == before
