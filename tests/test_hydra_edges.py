@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -149,3 +150,37 @@ def test_a_new_run_inside_mlprun_never_writes_into_a_run(tmp_path, compose_cfg):
     with pytest.raises(ConfigError, match="already holds a run"):
         run(compose_cfg(*TINY), run_dir)
     assert _hashes(run_dir) == before
+
+
+@pytest.mark.slow
+def test_parallel_jobs_prefix_and_skip_in_percent(tmp_path):
+    """joblib jobs' lines carry the job's short name; a rerun skips completed jobs and says
+    their best validation error as a percentage, like every other line."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "optim.lr=0.01,0.02", *TINY, f"hydra.sweep.dir={sweep}", "hydra/launcher=joblib"]
+    args += ["hydra.launcher.n_jobs=2"]
+    proc = run_mlprun(*args, cwd=tmp_path, timeout=300, check=True)
+    for lr in ("0.01", "0.02"):
+        assert re.search(rf"^\[lr={lr}\] epoch 1/1  train ", proc.stdout, re.M), proc.stdout[-3000:]
+    again = run_mlprun(*args, cwd=tmp_path, timeout=300, check=True)
+    skips = re.findall(r"already completed \(best val error ([^)]*)\): skipped", again.stdout)
+    assert len(skips) == 2 and all(re.fullmatch(r"\d+\.\d\d%", s) for s in skips), again.stdout[-3000:]
+
+
+@pytest.mark.slow
+def test_optuna_log_has_no_colour_codes_when_piped(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_mlprun(
+        "-m",
+        "hydra/sweeper=mlprun_optuna",
+        "hydra.sweeper.n_trials=2",
+        "optim.lr=tag(log,interval(0.001,0.1))",
+        *TINY,
+        f"hydra.sweep.dir={sweep}",
+        cwd=tmp_path,
+        timeout=300,
+        check=True,
+    )
+    out = proc.stdout + proc.stderr
+    assert "A new study created" in out, out[-2000:]  # Optuna's own log line is there
+    assert "\x1b[" not in out

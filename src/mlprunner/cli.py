@@ -117,6 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     register_resolvers()
     # Let Hydra's own errors reach us as exceptions, so we can print them in one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        # Optuna's log handler colours its lines whatever the stream (colorlog with no stream to
+        # ask); NO_COLOR (no-color.org, which colorlog and rich follow) keeps escape codes out of
+        # a pipe or a file, in the sweep's worker processes too. FORCE_COLOR still wins.
+        os.environ.setdefault("NO_COLOR", "1")
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
     args = sys.argv[1:]

@@ -30,7 +30,7 @@ from .progress import Progress
 from .provenance import as_markdown
 from .record import RunRecord
 from .results import print_closing, print_summary
-from .sessions import group_choices, hparams_of, tensorboard_dir
+from .sessions import group_choices, hparams_of, job_prefix, tensorboard_dir
 from .tblog import TensorBoardLogger
 from .train import StopFlag, Trainer
 
@@ -210,7 +210,11 @@ def run(
 
         batch_size = int(cfg.trainer.batch_size)
         progress = Progress(
-            cfg.trainer.progress, int(cfg.trainer.epochs), data.train.num_batches(batch_size), batch_size
+            cfg.trainer.progress,
+            int(cfg.trainer.epochs),
+            data.train.num_batches(batch_size),
+            batch_size,
+            prefix=job_prefix(run_dir, overrides),
         )
         stop = StopFlag()
         # a resumed run continues in the folder it started in (results.json "tensorboard")

@@ -119,6 +119,22 @@ def job_name(overrides, keys: list[str]) -> str:
     return ",".join(f"{k}={values[k]}" for k in keys if k in values)
 
 
+def job_prefix(run_dir: Path, overrides=()) -> str:
+    """`[lr=0.01,activation=tanh] `: what starts each line of a job that runs beside others
+    (Hydra's joblib launcher with n_jobs other than 1), so interleaved lines can be told apart;
+    "" otherwise. The job is named by its swept values, each key by its last part."""
+    if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
+        return ""
+    hc = HydraConfig.get()
+    launcher = hc.launcher
+    if "joblib" not in str(launcher.get("_target_", "")) or launcher.get("n_jobs") == 1:
+        return ""
+    keys = swept_keys(Path(hc.sweep.dir))
+    values = {override_key(o): str(o).partition("=")[2] for o in overrides if override_key(o)}
+    name = ",".join(f"{k.rpartition('.')[2]}={values[k]}" for k in keys if k in values)
+    return f"[{name or Path(run_dir).name}] "
+
+
 def tensorboard_dir(run_dir: Path, overrides=()) -> Path:
     """Where a fresh run logs TensorBoard (see the module's docstring)."""
     run_dir = Path(run_dir)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from .checkpoint import atomic_write_json
 from .errors import EXIT_INTERRUPTED, MlprunError
 from .messages import describe_exception
+from .progress import fmt_pct
 from .results import read_results
 from .run import run
 from .runs import checkpoint_file
@@ -95,7 +96,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
     prior = read_results(run_dir)
     status = (prior or {}).get("status")
     if status == "completed":
-        log.info(f"{label} already completed (best val error {best_val_error(prior)}): skipped")
+        log.info(f"{label} already completed (best val error {fmt_pct(best_val_error(prior))}): skipped")
         return best_val_error(prior)
     last = checkpoint_file(run_dir, "last")
     resume_from = None
