@@ -130,8 +130,9 @@ def _set(cfg: DictConfig, key: str, value) -> None:
 def _decode_interpolated(cfg: DictConfig) -> None:
     """A key whose value is an interpolation (`trainer.epochs=${oc.env:EPOCHS,3}`) takes the
     resolved value as the command line would type it: oc.env gives the string '3', which Hydra's
-    own override grammar reads as the integer 3 (as `trainer.epochs=3` would be). A value that
-    is no number stays a string and is refused by the key's check in one line."""
+    own override grammar reads as the integer 3 (as `trainer.epochs=3` would be). A string the
+    key allows as it is (a name) stays; a value that is no number stays a string and is refused
+    by the key's check in one line."""
     parser = OverridesParser.create()
     for key, spec in SCHEMA.items():
         if spec.path or spec.mapping:
@@ -145,7 +146,7 @@ def _decode_interpolated(cfg: DictConfig) -> None:
         ):
             continue
         value = parent[leaf]
-        if not isinstance(value, str):
+        if not isinstance(value, str) or spec.check(value) is None:  # a string the key allows stays
             continue
         try:
             decoded = parser.parse_override(f"{leaf}={value}").value()
