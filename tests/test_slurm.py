@@ -46,6 +46,8 @@ JOB = [
     *QUICK,
 ]
 
+LOCAL = [a for a in JOB if not a.startswith("hydra")]  # the same jobs with the basic launcher
+
 
 STARTED: list[tuple[subprocess.Popen, Path]] = []
 
@@ -64,14 +66,16 @@ def stop_leftovers():
             subprocess.run(["scancel", *ids], capture_output=True, timeout=20)
 
 
-def start_sweep(sweep: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+def start_sweep(
+    sweep: Path, *args: str, job: list[str] = JOB, name: str | None = None, env: dict | None = None
+) -> tuple[subprocess.Popen, Path]:
     """`mlprun -m` in the background; its output goes to a file (read while it runs)."""
-    out = sweep.parent / f"{sweep.name}.out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = sweep.parent / f"{name or sweep.name}.out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("MLPRUN_DEBUG", None)
     with open(out, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlprunner", "-m", *JOB, *args, f"hydra.sweep.dir={sweep}"],
+            [sys.executable, "-m", "mlprunner", "-m", *job, *args, f"hydra.sweep.dir={sweep}"],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
@@ -90,8 +94,8 @@ def finish(proc: subprocess.Popen, out: Path, timeout: float = 150) -> str:
     return out.read_text()
 
 
-def run_sweep(sweep: Path, *args: str, timeout: float = 150) -> tuple[int, str]:
-    proc, out = start_sweep(sweep, *args)
+def run_sweep(sweep: Path, *args: str, timeout: float = 150, **how) -> tuple[int, str]:
+    proc, out = start_sweep(sweep, *args, **how)
     text = finish(proc, out, timeout)
     return proc.returncode, text
 
@@ -254,3 +258,37 @@ def test_job_killed_without_result_is_reported_lost(tmp_path):
     assert res["reason"].startswith(f"SLURM job {job_id} ended FAILED") and "log: " in res["reason"]
     assert str(sweep / ".submitit" / job_id) in res["reason"]
     assert "1 job(s) lost in this sweep" in text
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_job_whose_folder_is_in_use_leaves_it_untouched(tmp_path):
+    """An older sweep's job still trains in the folder (here: a local sweep, stopped with
+    SIGSTOP so its files hold still, its lock still held): a second launch of the same sweep,
+    locally and through SLURM, writes nothing into that folder, reports the job "in use" in its
+    summary and exits 1."""
+    sweep = tmp_path / "sweep"
+    args = ["trainer.epochs=150", "optim.lr=0.01"]
+    older, _ = start_sweep(sweep, *args, job=LOCAL, name="older")
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("a few epochs", lambda: epochs_done(run_dir) >= 2)
+    older.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.5)  # a results.json or checkpoint write under way ends as it is
+        before = folder_bytes(run_dir)
+        assert read_json(run_dir / "results.json")["status"] == "running"
+        for how, job in (("local", LOCAL), ("slurm", JOB)):
+            rc, text = run_sweep(sweep, *args, job=job, name=how)
+            assert rc == 1, text
+            assert "1 job(s) in use in this sweep" in text, text
+            assert folder_bytes(run_dir) == before, how
+            assert "| in use |" in (sweep / "summary.md").read_text()
+            assert not (sweep / ".mlprun_in_use").exists()
+            said = "skipped, in use: " if how == "local" else r"SLURM job \d+ \(#0\): in use: "
+            assert re.search(said + ".* is in use by another running mlprun process", text), text
+    finally:
+        older.kill()
+        older.wait()

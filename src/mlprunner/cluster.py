@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
+from omegaconf import OmegaConf, open_dict
 
 from .checkpoint import atomic_write_json
 from .config import validate
 from .errors import ConfigError, MlprunError
 from .results import read_results
-from .sweep import best_val_error, record_failure
+from .sweep import best_val_error, claim_run_dir, in_use_since, record_failure, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -147,8 +147,11 @@ def _record_end(run_dir: Path, overrides, status: str, reason: str) -> None:
     atomic_write_json(run_dir / "results.json", data)
 
 
-def _outcome(job, run_dir: Path, overrides, state: str, reason: str) -> str:
-    """The job's final status, written to its results.json where the job could not."""
+def _outcome(job, run_dir: Path, overrides, state: str, reason: str, in_use: dict[str, str]) -> str:
+    """The job's final status, written to its results.json where the job could not (but never
+    into a folder the job found in use by another process)."""
+    if str(run_dir.resolve()) in in_use:
+        return "in use"
     status = (read_results(run_dir) or {}).get("status")
     if status in ("completed", "failed"):
         return status
@@ -161,6 +164,19 @@ def _outcome(job, run_dir: Path, overrides, state: str, reason: str) -> str:
     why = f"SLURM job {job.job_id} ended {state}{f' ({reason})' if reason and reason != 'None' else ''}"
     _record_end(run_dir, overrides, "lost", f"{why} without a result; {logs}")
     return "lost"
+
+
+def claimed_in_job(launcher, sweep_overrides, job_num: int, singleton_state) -> bool:
+    """In the SLURM job, before Hydra writes anything into the run folder: take its lock. False
+    (and a marker in the sweep folder, see sweep.claim_run_dir) when another running process,
+    e.g. an older sweep's job, trains there: then the job ends without touching the folder."""
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(sweep_overrides))
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.num = job_num
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    return claim_run_dir(sweep_dir / str(cfg.hydra.sweep.subdir), sweep_dir)
 
 
 def _tidy(folder: Path) -> None:
@@ -204,6 +220,7 @@ def launch_on_slurm(
 
     params = dict(launcher.params)
     check_resources(params)
+    before = results_stamps(sweep_dir)  # tells this sweep's in-use markers from older ones
     folder = params.pop("submitit_folder")
     executor = submitit.AutoExecutor(
         cluster="slurm", folder=folder, slurm_max_num_timeout=params.pop("max_num_timeout")
@@ -245,10 +262,12 @@ def launch_on_slurm(
                             f"SLURM job {job_id} pending for {now - since[job_id]:.0f} s: Reason={reason}{hint}"
                         )
                 if st in FINAL_STATES:
-                    outcome = _outcome(job, run_dir, overrides, st, reason)
+                    in_use = in_use_since(sweep_dir, before)
+                    outcome = _outcome(job, run_dir, overrides, st, reason, in_use)
                     line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
+                    why = in_use.get(str(run_dir.resolve())) or (read_results(run_dir) or {}).get("reason")
                     (log.info if outcome == "completed" else log.error)(
-                        line + ("" if outcome == "completed" else f": {(read_results(run_dir) or {}).get('reason')}")
+                        line + ("" if outcome == "completed" else f": {why}")
                     )
                     value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
                     returns[i] = _job_return(overrides, cfg, run_dir, value)

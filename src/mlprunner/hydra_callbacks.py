@@ -14,7 +14,7 @@ from .config import preflight, validate
 from .errors import ConfigError, RunRefused, SweepFailed
 from .report import ReportError, build_report, collect
 from .results import read_results
-from .sweep import failed_since, results_stamps
+from .sweep import clear_in_use, failed_since, in_use_since, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -81,7 +81,7 @@ class SweepSummary(Callback):
     study there), and at the end read every job's results.json back (jobs may have run in other
     processes), write summary.csv/summary.md/plots, print the table, and tell `mlprun` (SweepFailed)
     which jobs of this invocation did not complete (failed, interrupted, cancelled, lost, left
-    running) so it exits non-zero."""
+    running, in use by another process) so it exits non-zero."""
 
     def __init__(self):
         self.before: dict = {}  # results.json stamps when the sweep started (sweep.results_stamps)
@@ -102,6 +102,13 @@ class SweepSummary(Callback):
             log.warning(f"no sweep summary: {exc}")
             return
         failed = failed_since(jobs, self.before)
+        in_use = in_use_since(folder, self.before)
+        for job in jobs:  # the job skipped itself; results.json is the older process's
+            if str(job["dir"].resolve()) in in_use:
+                job["status"], job["reason"] = "in use", in_use[str(job["dir"].resolve())]
+                if str(job["dir"].resolve()) not in failed:
+                    failed.append(str(job["dir"].resolve()))
+        clear_in_use(folder, self.before)
         try:
             build_report(folder, collected=(jobs, keys))
         except Exception as exc:  # the table is a report: never lose the jobs' outcome over it
