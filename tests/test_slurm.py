@@ -292,3 +292,32 @@ def test_job_whose_folder_is_in_use_leaves_it_untouched(tmp_path):
     finally:
         older.kill()
         older.wait()
+
+
+def test_slurm_not_answering_stops_the_wait_with_a_summary(tmp_path):
+    """squeue and scontrol fail for the sweep's process (shadowed on its PATH; the job itself runs
+    normally): after unreachable_s the sweep stops waiting, names the job not collected and how
+    to collect it later, exit 1; mlprun-report then collects the job SLURM ran."""
+    fake = tmp_path / "fake_bin"
+    fake.mkdir()
+    for name in ("squeue", "scontrol"):
+        script = fake / name
+        script.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
+        script.chmod(0o755)
+    sweep = tmp_path / "sweep"
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    rc, text = run_sweep(sweep, "trainer.epochs=2", "optim.lr=0.01", "hydra.launcher.unreachable_s=3", env=env)
+    assert rc == 1, text
+    (job_id,) = submitted_ids(tmp_path / "sweep.out")
+    assert re.search(rf"SLURM has not answered for \d+ s .*not collected: SLURM job\(s\) {job_id}\b", text), text
+    assert f"mlprun-report {sweep} (or rerun this sweep command)" in text
+    assert "1 job(s) not collected in this sweep" in text, text
+    wait_for("the job to end", lambda: job_state(job_id)[0] == "COMPLETED", 90)
+    res = subprocess.run(
+        [sys.executable, "-c", "from mlprunner.cli import report_main; report_main()", str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "| completed |" in (sweep / "summary.md").read_text()

@@ -28,7 +28,7 @@ from .checkpoint import atomic_write_json
 from .config import validate
 from .errors import ConfigError, MlprunError
 from .results import read_results
-from .sweep import best_val_error, claim_run_dir, in_use_since, record_failure, results_stamps
+from .sweep import UNCOLLECTED, best_val_error, claim_run_dir, in_use_since, record_failure, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -186,8 +186,31 @@ def _tidy(folder: Path) -> None:
             link.unlink(missing_ok=True)
 
 
+def _give_up(waiting: dict, silent_s: float, sweep_dir: Path, initial_job_idx: int, returns: dict) -> None:
+    """SLURM (squeue, scontrol) has not answered for `unreachable_s`: stop waiting; the jobs left
+    are reported "not collected" by the summary (sweep.UNCOLLECTED); nothing is written into
+    their folders (they may still be running)."""
+    left = sorted(waiting)
+    how = f"collect them later with: mlprun-report {sweep_dir} (or rerun this sweep command)"
+    log.error(
+        f"SLURM has not answered for {silent_s:.0f} s (squeue/scontrol fail): stopped waiting; "
+        f"not collected: SLURM job(s) {' '.join(left)}; they may still run: {how}"
+    )
+    for job_id in left:
+        job, (i, overrides, cfg, run_dir) = waiting.pop(job_id)
+        log.error(f"  {job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}: not collected")
+        UNCOLLECTED[str(run_dir.resolve())] = f"SLURM job {job_id} not collected (SLURM did not answer); {how}"
+        returns[i] = _job_return(overrides, cfg, run_dir, None)
+
+
 def launch_on_slurm(
-    launcher, job_overrides, initial_job_idx, poll_s=2.0, pending_warn_s=60.0, cancel_on_interrupt=False
+    launcher,
+    job_overrides,
+    initial_job_idx,
+    poll_s=2.0,
+    pending_warn_s=60.0,
+    cancel_on_interrupt=False,
+    unreachable_s=300.0,
 ):
     """The launch() of hydra_plugins.mlprun_launcher.MlprunSlurmLauncher (see the module doc)."""
     import submitit  # lazy: a heavy import, only for SLURM sweeps
@@ -243,10 +266,16 @@ def launch_on_slurm(
     seen: dict[str, str] = {}
     since: dict[str, float] = {}
     warned: set[str] = set()
+    answered = time.monotonic()  # when SLURM last told a job state
     try:
         while waiting:
             states = slurm_states(list(waiting))
             now = time.monotonic()
+            if states:
+                answered = now
+            elif now - answered >= unreachable_s:
+                _give_up(waiting, now - answered, sweep_dir, initial_job_idx, returns)
+                break
             for job_id, (st, reason) in states.items():
                 job, (i, overrides, cfg, run_dir) = waiting[job_id]
                 if seen.get(job_id) != st:

@@ -14,7 +14,7 @@ from .config import preflight, validate
 from .errors import ConfigError, RunRefused, SweepFailed
 from .report import ReportError, build_report, collect
 from .results import read_results
-from .sweep import clear_in_use, failed_since, in_use_since, results_stamps
+from .sweep import UNCOLLECTED, clear_in_use, failed_since, in_use_since, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -96,12 +96,21 @@ class SweepSummary(Callback):
         folder = Path(str(config.hydra.sweep.dir))
         with contextlib.suppress(OSError):  # submitit_local leaves an empty folder named `%j`
             (folder / ".submitit" / "%j").rmdir()
+        uncollected = dict(UNCOLLECTED)  # the SLURM launcher stopped waiting for these
+        UNCOLLECTED.clear()
         try:
             jobs, keys = collect(folder)
         except ReportError as exc:
             log.warning(f"no sweep summary: {exc}")
+            if uncollected:
+                log.error(f"{len(uncollected)} job(s) not collected in this sweep")
+                raise SweepFailed(list(uncollected)) from None
             return
         failed = failed_since(jobs, self.before)
+        for job in jobs:  # whatever its results.json says now, the sweep did not see it end
+            if str(job["dir"].resolve()) in uncollected:
+                job["status"], job["reason"] = "not collected", uncollected[str(job["dir"].resolve())]
+        failed += [d for d in uncollected if d not in failed]
         in_use = in_use_since(folder, self.before)
         for job in jobs:  # the job skipped itself; results.json is the older process's
             if str(job["dir"].resolve()) in in_use:
@@ -118,6 +127,9 @@ class SweepSummary(Callback):
             for job in jobs:
                 if str(job["dir"].resolve()) in failed:
                     counts[job["status"]] = counts.get(job["status"], 0) + 1
+            unseen = len([d for d in uncollected if d not in {str(j["dir"].resolve()) for j in jobs}])
+            if unseen:  # not started yet: no folder the report could list
+                counts["not collected"] = counts.get("not collected", 0) + unseen
             what = ", ".join(f"{n} job(s) {status}" for status, n in sorted(counts.items()))
             log.error(f"{what} in this sweep; see {folder / 'summary.md'}")
             raise SweepFailed(failed)  # mlprun exits 1

@@ -94,6 +94,11 @@ def _clear_attempt(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+# {run folder: reason} of the jobs the SLURM launcher stopped waiting for (SLURM did not answer);
+# filled by cluster.launch_on_slurm and read by hydra_callbacks.SweepSummary, both in the sweep's
+# own process
+UNCOLLECTED: dict[str, str] = {}
+
 IN_USE = ".mlprun_in_use"  # in a sweep folder: one marker per job that found its folder in use
 
 

@@ -15,9 +15,21 @@ class MlprunSlurmLauncher(SlurmLauncher):
     are reported without a job, the job ids and logs are printed, and the sweep waits on SLURM's
     own job states (requeues included) instead of submitit's result files."""
 
-    def __init__(self, poll_s: float = 2.0, pending_warn_s: float = 60.0, cancel_on_interrupt: bool = False, **params):
+    def __init__(
+        self,
+        poll_s: float = 2.0,
+        pending_warn_s: float = 60.0,
+        cancel_on_interrupt: bool = False,
+        unreachable_s: float = 300.0,
+        **params,
+    ):
         super().__init__(**params)
-        self.watch = {"poll_s": poll_s, "pending_warn_s": pending_warn_s, "cancel_on_interrupt": cancel_on_interrupt}
+        self.watch = {
+            "poll_s": poll_s,
+            "pending_warn_s": pending_warn_s,
+            "cancel_on_interrupt": cancel_on_interrupt,
+            "unreachable_s": unreachable_s,
+        }
 
     def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state):
         """In the SLURM job: a run folder another running process holds is left untouched (the
