@@ -321,3 +321,44 @@ def test_slurm_not_answering_stops_the_wait_with_a_summary(tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert "| completed |" in (sweep / "summary.md").read_text()
+
+
+def test_pending_reason_reported_and_ctrl_c_leaves_the_running_job_with_the_scancel_command(tmp_path):
+    """A job SLURM holds (sbatch --hold: Reason=JobHeldUser) pending longer than pending_warn_s is
+    reported with its Reason; released, it trains; Ctrl-C (SIGINT) on the sweep then prints the
+    job id and the scancel command, exit 130, and leaves the job running."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(
+        sweep,
+        "trainer.epochs=150",
+        "++hydra.launcher.additional_parameters.hold=true",
+        "hydra.launcher.pending_warn_s=1",
+    )
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    wait_for("the pending warning", lambda: f"SLURM job {job_id} pending for" in out.read_text(), 30)
+    assert re.search(rf"SLURM job {job_id} pending for \d+ s: Reason=JobHeldUser", out.read_text())
+    subprocess.run(["scontrol", "release", job_id], check=True, timeout=20)
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("an epoch", lambda: epochs_done(run_dir) >= 1)
+    proc.send_signal(signal.SIGINT)
+    text = finish(proc, out, timeout=60)
+    assert proc.returncode == 130, text
+    assert f"SLURM job(s) {job_id} are still queued or running; cancel them with: scancel {job_id}" in text
+    assert f"mlprun-report {sweep}" in text
+    assert job_state(job_id)[0] == "RUNNING"  # left running (the fixture cancels it)
+
+
+def test_ctrl_c_with_cancel_on_interrupt_cancels_the_running_job(tmp_path):
+    """hydra.launcher.cancel_on_interrupt=true: Ctrl-C on the sweep while its job trains cancels
+    the SLURM job, exit 130."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(sweep, "trainer.epochs=150", "optim.lr=0.01", "hydra.launcher.cancel_on_interrupt=true")
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("an epoch", lambda: epochs_done(run_dir) >= 1)
+    assert job_state(job_id)[0] == "RUNNING"
+    proc.send_signal(signal.SIGINT)
+    text = finish(proc, out, timeout=60)
+    assert proc.returncode == 130, text
+    assert f"interrupted: cancelled SLURM job(s) {job_id}" in text
+    wait_for("the job to be cancelled", lambda: job_state(job_id)[0] == "CANCELLED", 30)
