@@ -295,24 +295,35 @@ def test_job_whose_folder_is_in_use_leaves_it_untouched(tmp_path):
 
 
 def test_slurm_not_answering_stops_the_wait_with_a_summary(tmp_path):
-    """squeue and scontrol fail for the sweep's process (shadowed on its PATH; the job itself runs
-    normally): after unreachable_s the sweep stops waiting, names the job not collected and how
-    to collect it later, exit 1; mlprun-report then collects the job SLURM ran."""
-    fake = tmp_path / "fake_bin"
+    """squeue and scontrol start failing for the sweep's process (shadowed on its PATH, failing once
+    a flag file exists; the job itself runs on): after unreachable_s the sweep stops waiting,
+    names the job not collected and how to collect it later, writes nothing into its folder,
+    exit 1; mlprun-report then collects the job SLURM ran to the end."""
+    fake, flag = tmp_path / "fake_bin", tmp_path / "slurm_down"
     fake.mkdir()
     for name in ("squeue", "scontrol"):
         script = fake / name
-        script.write_text("#!/bin/sh\necho 'slurm_load_jobs error: Unable to contact slurm controller' >&2\nexit 1\n")
+        script.write_text(
+            f"#!/bin/sh\nif [ -e {flag} ]; then\n"
+            "  echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1\nfi\n"
+            f'exec {shutil.which(name)} "$@"\n'
+        )
         script.chmod(0o755)
     sweep = tmp_path / "sweep"
     env = {"PATH": f"{fake}:{os.environ['PATH']}"}
-    rc, text = run_sweep(sweep, "trainer.epochs=2", "optim.lr=0.01", "hydra.launcher.unreachable_s=3", env=env)
-    assert rc == 1, text
-    (job_id,) = submitted_ids(tmp_path / "sweep.out")
+    proc, out = start_sweep(sweep, "trainer.epochs=40", "optim.lr=0.01", "hydra.launcher.unreachable_s=3", env=env)
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("an epoch", lambda: epochs_done(run_dir) >= 1)
+    flag.touch()
+    text = finish(proc, out, timeout=60)
+    assert proc.returncode == 1, text
     assert re.search(rf"SLURM has not answered for \d+ s .*not collected: SLURM job\(s\) {job_id}\b", text), text
     assert f"mlprun-report {sweep} (or rerun this sweep command)" in text
     assert "1 job(s) not collected in this sweep" in text, text
+    assert "| not collected |" in (sweep / "summary.md").read_text()
     wait_for("the job to end", lambda: job_state(job_id)[0] == "COMPLETED", 90)
+    assert read_json(run_dir / "results.json")["status"] == "completed"  # the job's own word
     res = subprocess.run(
         [sys.executable, "-c", "from mlprunner.cli import report_main; report_main()", str(sweep)],
         capture_output=True,
