@@ -46,6 +46,8 @@ JOB = [
     *QUICK,
 ]
 
+LOCAL = [a for a in JOB if not a.startswith("hydra")]  # the same jobs with the basic launcher
+
 
 STARTED: list[tuple[subprocess.Popen, Path]] = []
 
@@ -64,14 +66,16 @@ def stop_leftovers():
             subprocess.run(["scancel", *ids], capture_output=True, timeout=20)
 
 
-def start_sweep(sweep: Path, *args: str) -> tuple[subprocess.Popen, Path]:
+def start_sweep(
+    sweep: Path, *args: str, job: list[str] = JOB, name: str | None = None, env: dict | None = None
+) -> tuple[subprocess.Popen, Path]:
     """`mlprun -m` in the background; its output goes to a file (read while it runs)."""
-    out = sweep.parent / f"{sweep.name}.out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = sweep.parent / f"{name or sweep.name}.out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("MLPRUN_DEBUG", None)
     with open(out, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlprunner", "-m", *JOB, *args, f"hydra.sweep.dir={sweep}"],
+            [sys.executable, "-m", "mlprunner", "-m", *job, *args, f"hydra.sweep.dir={sweep}"],
             stdout=fh,
             stderr=subprocess.STDOUT,
             env=env,
@@ -90,8 +94,8 @@ def finish(proc: subprocess.Popen, out: Path, timeout: float = 150) -> str:
     return out.read_text()
 
 
-def run_sweep(sweep: Path, *args: str, timeout: float = 150) -> tuple[int, str]:
-    proc, out = start_sweep(sweep, *args)
+def run_sweep(sweep: Path, *args: str, timeout: float = 150, **how) -> tuple[int, str]:
+    proc, out = start_sweep(sweep, *args, **how)
     text = finish(proc, out, timeout)
     return proc.returncode, text
 
@@ -254,3 +258,118 @@ def test_job_killed_without_result_is_reported_lost(tmp_path):
     assert res["reason"].startswith(f"SLURM job {job_id} ended FAILED") and "log: " in res["reason"]
     assert str(sweep / ".submitit" / job_id) in res["reason"]
     assert "1 job(s) lost in this sweep" in text
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_job_whose_folder_is_in_use_leaves_it_untouched(tmp_path):
+    """An older sweep's job still trains in the folder (here: a local sweep, stopped with
+    SIGSTOP so its files hold still, its lock still held): a second launch of the same sweep,
+    locally and through SLURM, writes nothing into that folder, reports the job "in use" in its
+    summary and exits 1."""
+    sweep = tmp_path / "sweep"
+    args = ["trainer.epochs=150", "optim.lr=0.01"]
+    older, _ = start_sweep(sweep, *args, job=LOCAL, name="older")
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("a few epochs", lambda: epochs_done(run_dir) >= 2)
+    older.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(0.5)  # a results.json or checkpoint write under way ends as it is
+        before = folder_bytes(run_dir)
+        assert read_json(run_dir / "results.json")["status"] == "running"
+        for how, job in (("local", LOCAL), ("slurm", JOB)):
+            rc, text = run_sweep(sweep, *args, job=job, name=how)
+            assert rc == 1, text
+            assert "1 job(s) in use in this sweep" in text, text
+            assert folder_bytes(run_dir) == before, how
+            assert "| in use |" in (sweep / "summary.md").read_text()
+            assert not (sweep / ".mlprun_marks").exists()
+            said = "skipped, in use: " if how == "local" else r"SLURM job \d+ \(#0\): in use: "
+            assert re.search(said + ".* is in use by another running mlprun process", text), text
+    finally:
+        older.kill()
+        older.wait()
+
+
+def test_slurm_not_answering_stops_the_wait_with_a_summary(tmp_path):
+    """squeue and scontrol start failing for the sweep's process (shadowed on its PATH, failing once
+    a flag file exists; the job itself runs on): after unreachable_s the sweep stops waiting,
+    names the job not collected and how to collect it later, writes nothing into its folder,
+    exit 1; mlprun-report then collects the job SLURM ran to the end."""
+    fake, flag = tmp_path / "fake_bin", tmp_path / "slurm_down"
+    fake.mkdir()
+    for name in ("squeue", "scontrol"):
+        script = fake / name
+        script.write_text(
+            f"#!/bin/sh\nif [ -e {flag} ]; then\n"
+            "  echo 'slurm_load_jobs error: Unable to contact slurm controller' >&2; exit 1\nfi\n"
+            f'exec {shutil.which(name)} "$@"\n'
+        )
+        script.chmod(0o755)
+    sweep = tmp_path / "sweep"
+    env = {"PATH": f"{fake}:{os.environ['PATH']}"}
+    proc, out = start_sweep(sweep, "trainer.epochs=40", "optim.lr=0.01", "hydra.launcher.unreachable_s=3", env=env)
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("an epoch", lambda: epochs_done(run_dir) >= 1)
+    flag.touch()
+    text = finish(proc, out, timeout=60)
+    assert proc.returncode == 1, text
+    assert re.search(rf"SLURM has not answered for \d+ s .*not collected: SLURM job\(s\) {job_id}\b", text), text
+    assert f"mlprun-report {sweep} (or rerun this sweep command)" in text
+    assert "1 job(s) not collected in this sweep" in text, text
+    assert "| not collected |" in (sweep / "summary.md").read_text()
+    wait_for("the job to end", lambda: job_state(job_id)[0] == "COMPLETED", 90)
+    assert read_json(run_dir / "results.json")["status"] == "completed"  # the job's own word
+    res = subprocess.run(
+        [sys.executable, "-c", "from mlprunner.cli import report_main; report_main()", str(sweep)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "| completed |" in (sweep / "summary.md").read_text()
+
+
+def test_pending_reason_reported_and_ctrl_c_leaves_the_running_job_with_the_scancel_command(tmp_path):
+    """A job SLURM holds (sbatch --hold: Reason=JobHeldUser) pending longer than pending_warn_s is
+    reported with its Reason; released, it trains; Ctrl-C (SIGINT) on the sweep then prints the
+    job id and the scancel command, exit 130, and leaves the job running."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(
+        sweep,
+        "trainer.epochs=150",
+        "++hydra.launcher.additional_parameters.hold=true",
+        "hydra.launcher.pending_warn_s=1",
+    )
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    wait_for("the pending warning", lambda: f"SLURM job {job_id} pending for" in out.read_text(), 30)
+    assert re.search(rf"SLURM job {job_id} pending for \d+ s: Reason=JobHeldUser", out.read_text())
+    subprocess.run(["scontrol", "release", job_id], check=True, timeout=20)
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("an epoch", lambda: epochs_done(run_dir) >= 1)
+    proc.send_signal(signal.SIGINT)
+    text = finish(proc, out, timeout=60)
+    assert proc.returncode == 130, text
+    assert f"SLURM job(s) {job_id} are still queued or running; cancel them with: scancel {job_id}" in text
+    assert f"mlprun-report {sweep}" in text
+    assert job_state(job_id)[0] == "RUNNING"  # left running (the fixture cancels it)
+
+
+def test_ctrl_c_with_cancel_on_interrupt_cancels_the_running_job(tmp_path):
+    """hydra.launcher.cancel_on_interrupt=true: Ctrl-C on the sweep while its job trains cancels
+    the SLURM job, exit 130."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(sweep, "trainer.epochs=150", "optim.lr=0.01", "hydra.launcher.cancel_on_interrupt=true")
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("an epoch", lambda: epochs_done(run_dir) >= 1)
+    assert job_state(job_id)[0] == "RUNNING"
+    proc.send_signal(signal.SIGINT)
+    text = finish(proc, out, timeout=60)
+    assert proc.returncode == 130, text
+    assert f"interrupted: cancelled SLURM job(s) {job_id}" in text
+    wait_for("the job to be cancelled", lambda: job_state(job_id)[0] == "CANCELLED", 30)

@@ -21,14 +21,14 @@ import time
 from pathlib import Path
 
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
-from omegaconf import OmegaConf
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
+from omegaconf import OmegaConf, open_dict
 
 from .checkpoint import atomic_write_json
 from .config import validate
 from .errors import ConfigError, MlprunError
 from .results import read_results
-from .sweep import best_val_error, record_failure
+from .sweep import best_val_error, claim_run_dir, in_use_since, mark_job, record_failure, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -147,8 +147,11 @@ def _record_end(run_dir: Path, overrides, status: str, reason: str) -> None:
     atomic_write_json(run_dir / "results.json", data)
 
 
-def _outcome(job, run_dir: Path, overrides, state: str, reason: str) -> str:
-    """The job's final status, written to its results.json where the job could not."""
+def _outcome(job, run_dir: Path, overrides, state: str, reason: str, in_use: dict[str, str]) -> str:
+    """The job's final status, written to its results.json where the job could not (but never
+    into a folder the job found in use by another process)."""
+    if str(run_dir.resolve()) in in_use:
+        return "in use"
     status = (read_results(run_dir) or {}).get("status")
     if status in ("completed", "failed"):
         return status
@@ -163,6 +166,19 @@ def _outcome(job, run_dir: Path, overrides, state: str, reason: str) -> str:
     return "lost"
 
 
+def claimed_in_job(launcher, sweep_overrides, job_num: int, singleton_state) -> bool:
+    """In the SLURM job, before Hydra writes anything into the run folder: take its lock. False
+    (and a marker in the sweep folder, see sweep.claim_run_dir) when another running process,
+    e.g. an older sweep's job, trains there: then the job ends without touching the folder."""
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(sweep_overrides))
+    with open_dict(cfg.hydra.job):
+        cfg.hydra.job.num = job_num
+    sweep_dir = Path(str(cfg.hydra.sweep.dir))
+    return claim_run_dir(sweep_dir / str(cfg.hydra.sweep.subdir), sweep_dir)
+
+
 def _tidy(folder: Path) -> None:
     """submitit leaves `.submission_file_*.sh` links in its folder; the scripts are in the jobs' own."""
     for link in folder.glob(".submission_file_*.sh"):
@@ -170,8 +186,31 @@ def _tidy(folder: Path) -> None:
             link.unlink(missing_ok=True)
 
 
+def _give_up(waiting: dict, silent_s: float, sweep_dir: Path, initial_job_idx: int, returns: dict) -> None:
+    """SLURM (squeue, scontrol) has not answered for `unreachable_s`: stop waiting; the jobs left
+    are marked "not collected" for the summary (sweep.mark_job); nothing is written into
+    their folders (they may still be running)."""
+    left = sorted(waiting)
+    how = f"collect them later with: mlprun-report {sweep_dir} (or rerun this sweep command)"
+    log.error(
+        f"SLURM has not answered for {silent_s:.0f} s (squeue/scontrol fail): stopped waiting; "
+        f"not collected: SLURM job(s) {' '.join(left)}; they may still run: {how}"
+    )
+    for job_id in left:
+        job, (i, overrides, cfg, run_dir) = waiting.pop(job_id)
+        log.error(f"  {job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}: not collected")
+        mark_job(sweep_dir, run_dir, "not collected", f"SLURM job {job_id} not collected (SLURM did not answer); {how}")
+        returns[i] = _job_return(overrides, cfg, run_dir, None)
+
+
 def launch_on_slurm(
-    launcher, job_overrides, initial_job_idx, poll_s=2.0, pending_warn_s=60.0, cancel_on_interrupt=False
+    launcher,
+    job_overrides,
+    initial_job_idx,
+    poll_s=2.0,
+    pending_warn_s=60.0,
+    cancel_on_interrupt=False,
+    unreachable_s=300.0,
 ):
     """The launch() of hydra_plugins.mlprun_launcher.MlprunSlurmLauncher (see the module doc)."""
     import submitit  # lazy: a heavy import, only for SLURM sweeps
@@ -204,6 +243,7 @@ def launch_on_slurm(
 
     params = dict(launcher.params)
     check_resources(params)
+    before = results_stamps(sweep_dir)  # tells this sweep's in-use markers from older ones
     folder = params.pop("submitit_folder")
     executor = submitit.AutoExecutor(
         cluster="slurm", folder=folder, slurm_max_num_timeout=params.pop("max_num_timeout")
@@ -226,10 +266,16 @@ def launch_on_slurm(
     seen: dict[str, str] = {}
     since: dict[str, float] = {}
     warned: set[str] = set()
+    answered = time.monotonic()  # when SLURM last told a job state
     try:
         while waiting:
             states = slurm_states(list(waiting))
             now = time.monotonic()
+            if states:
+                answered = now
+            elif now - answered >= unreachable_s:
+                _give_up(waiting, now - answered, sweep_dir, initial_job_idx, returns)
+                break
             for job_id, (st, reason) in states.items():
                 job, (i, overrides, cfg, run_dir) = waiting[job_id]
                 if seen.get(job_id) != st:
@@ -245,10 +291,12 @@ def launch_on_slurm(
                             f"SLURM job {job_id} pending for {now - since[job_id]:.0f} s: Reason={reason}{hint}"
                         )
                 if st in FINAL_STATES:
-                    outcome = _outcome(job, run_dir, overrides, st, reason)
+                    in_use = in_use_since(sweep_dir, before)
+                    outcome = _outcome(job, run_dir, overrides, st, reason, in_use)
                     line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
+                    why = in_use.get(str(run_dir.resolve())) or (read_results(run_dir) or {}).get("reason")
                     (log.info if outcome == "completed" else log.error)(
-                        line + ("" if outcome == "completed" else f": {(read_results(run_dir) or {}).get('reason')}")
+                        line + ("" if outcome == "completed" else f": {why}")
                     )
                     value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
                     returns[i] = _job_return(overrides, cfg, run_dir, value)

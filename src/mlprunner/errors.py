@@ -40,6 +40,10 @@ class DivergenceError(MlprunError):
     """The training loss became NaN or infinite."""
 
 
+class RunInUse(MlprunError):
+    """The run folder is locked by another running mlprun process (record.lock_run_dir)."""
+
+
 class Interrupted(MlprunError):
     """The user (or the scheduler) asked the run to stop: SIGINT or SIGTERM."""
 

@@ -14,7 +14,7 @@ from .config import preflight, validate
 from .errors import RunRefused, SweepFailed
 from .report import ReportError, build_report, collect
 from .runs import refuse_existing
-from .sweep import failed_since, results_stamps
+from .sweep import clear_marks, failed_since, marked_since, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -59,7 +59,7 @@ class SweepSummary(Callback):
     study there), and at the end read every job's results.json back (jobs may have run in other
     processes), write summary.csv/summary.md/plots, print the table, and tell `mlprun` (SweepFailed)
     which jobs of this invocation did not complete (failed, interrupted, cancelled, lost, left
-    running) so it exits non-zero."""
+    running, in use by another process) so it exits non-zero."""
 
     def __init__(self):
         self.before: dict = {}  # results.json stamps when the sweep started (sweep.results_stamps)
@@ -74,12 +74,28 @@ class SweepSummary(Callback):
         folder = Path(str(config.hydra.sweep.dir))
         with contextlib.suppress(OSError):  # submitit_local leaves an empty folder named `%j`
             (folder / ".submitit" / "%j").rmdir()
+        marks = marked_since(folder, self.before)  # in use / not collected (SLURM stopped answering)
+        uncollected = {d: reason for d, (status, reason) in marks.items() if status == "not collected"}
         try:
             jobs, keys = collect(folder)
         except ReportError as exc:
             log.warning(f"no sweep summary: {exc}")
+            if uncollected:
+                log.error(f"{len(uncollected)} job(s) not collected in this sweep")
+                raise SweepFailed(list(uncollected)) from None
             return
         failed = failed_since(jobs, self.before)
+        for job in jobs:  # whatever its results.json says now, the sweep did not see it end
+            if str(job["dir"].resolve()) in uncollected:
+                job["status"], job["reason"] = "not collected", uncollected[str(job["dir"].resolve())]
+        failed += [d for d in uncollected if d not in failed]
+        in_use = {d: reason for d, (status, reason) in marks.items() if status == "in use"}
+        for job in jobs:  # the job skipped itself; results.json is the older process's
+            if str(job["dir"].resolve()) in in_use:
+                job["status"], job["reason"] = "in use", in_use[str(job["dir"].resolve())]
+                if str(job["dir"].resolve()) not in failed:
+                    failed.append(str(job["dir"].resolve()))
+        clear_marks(folder, self.before)
         try:
             build_report(folder, collected=(jobs, keys))
         except Exception as exc:  # the table is a report: never lose the jobs' outcome over it
@@ -89,6 +105,9 @@ class SweepSummary(Callback):
             for job in jobs:
                 if str(job["dir"].resolve()) in failed:
                     counts[job["status"]] = counts.get(job["status"], 0) + 1
+            unseen = len([d for d in uncollected if d not in {str(j["dir"].resolve()) for j in jobs}])
+            if unseen:  # not started yet: no folder the report could list
+                counts["not collected"] = counts.get("not collected", 0) + unseen
             what = ", ".join(f"{n} job(s) {status}" for status, n in sorted(counts.items()))
             log.error(f"{what} in this sweep; see {folder / 'summary.md'}")
             raise SweepFailed(failed)  # mlprun exits 1

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .errors import ConfigError, DivergenceError, Interrupted, MlprunError
+from .errors import ConfigError, DivergenceError, Interrupted, MlprunError, RunInUse
 from .profiling import process_start_time
 from .provenance import provenance
 from .results import ResultsFile, read_results
@@ -46,12 +46,12 @@ def lock_run_dir(run_dir: Path):
         return _LOCKS[key]
     for other in list(_LOCKS):  # one run at a time per process: earlier runs here are over
         _LOCKS.pop(other).close()
-    fh = open(run_dir / ".mlprun.lock", "w")
+    fh = open(run_dir / ".mlprun.lock", "a")  # "a": a lost race leaves the file as it was
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.close()
-        raise MlprunError(
+        raise RunInUse(
             f"{run_dir} is in use by another running mlprun process; wait for it to finish or stop it first"
         ) from None
     _LOCKS[key] = fh

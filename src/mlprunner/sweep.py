@@ -6,10 +6,15 @@ job is recorded in its results.json (status "failed" plus a one-line reason) and
 go on. Jobs may run in other processes (joblib, submitit), so the outcome of the sweep is read
 back from the job folders by the parent process at the end (`hydra_callbacks.SweepSummary`):
 a job failed in this invocation when its results.json was written during it and says failed.
+A job whose folder another running process holds (an older sweep's job still training there)
+writes nothing into that folder: it leaves a marker in the sweep folder's `.mlprun_in_use/`
+instead, and the summary reports it "in use".
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -19,9 +24,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import atomic_write_json
-from .errors import EXIT_INTERRUPTED, MlprunError
+from .errors import EXIT_INTERRUPTED, MlprunError, RunInUse
 from .messages import describe_exception
 from .progress import fmt_pct
+from .record import lock_run_dir
 from .results import read_results
 from .run import run
 from .runs import checkpoint_file
@@ -89,10 +95,102 @@ def _clear_attempt(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
+# {run folder: reason} of the jobs the SLURM launcher stopped waiting for (SLURM did not answer);
+# filled by cluster.launch_on_slurm and read by hydra_callbacks.SweepSummary, both in the sweep's
+# own process
+# in a sweep folder: one marker per job the summary must report with a status its results.json
+# cannot give ("in use": another process held the folder; "not collected": SLURM stopped answering)
+MARKS = ".mlprun_marks"
+
+
+def _sweep_folder(run_dir: Path) -> Path:
+    try:
+        return Path(str(HydraConfig.get().sweep.dir))
+    except ValueError:  # no Hydra config (called directly)
+        return run_dir.parent
+
+
+def job_marker(sweep_dir: Path, run_dir: Path) -> Path:
+    try:
+        name = str(Path(run_dir).resolve().relative_to(Path(sweep_dir).resolve()))
+    except ValueError:
+        name = Path(run_dir).name
+    return Path(sweep_dir) / MARKS / (name.replace(os.sep, "%") + ".json")
+
+
+def claim_run_dir(run_dir: Path, sweep_dir: Path | None = None) -> bool:
+    """Take the run folder's lock before anything is written into it. False when another
+    running process holds it: then the folder is left byte for byte (the job logs stop writing
+    into it) and a marker in the sweep folder tells the sweep's summary that this job was
+    skipped as "in use"."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return True  # nobody trains in a folder that does not exist; run() locks it
+    try:
+        lock_run_dir(run_dir)
+        return True
+    except RunInUse as exc:
+        for logger in (logging.getLogger(), log):  # Hydra's job log file is in the run folder
+            for handler in list(logger.handlers):
+                path = Path(getattr(handler, "baseFilename", "/")).resolve()
+                if isinstance(handler, logging.FileHandler) and run_dir.resolve() in path.parents:
+                    logger.removeHandler(handler)
+                    handler.close()
+        reason = f"{exc}; nothing was written there: rerun the sweep once it has finished"
+        log.warning(f"job {run_dir.name} skipped, in use: {reason}")
+        mark_job(sweep_dir or _sweep_folder(run_dir), run_dir, "in use", reason)
+        return False
+
+
+def mark_job(sweep_dir: Path, run_dir: Path, status: str, reason: str) -> None:
+    """Tell the sweep's summary (SweepSummary, possibly another process) how a job ended when
+    its folder cannot say it."""
+    marker = job_marker(sweep_dir, run_dir)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(marker, {"run_dir": str(Path(run_dir).resolve()), "status": status, "reason": reason})
+
+
+def marked_since(sweep_dir: Path, before: dict[str, tuple]) -> dict[str, tuple[str, str]]:
+    """{run folder: (status, reason)} of the jobs marked since `before` (results_stamps at the
+    start of the sweep, which also stamps the markers)."""
+    found = {}
+    for marker in (Path(sweep_dir) / MARKS).glob("*.json"):
+        if _stamp(marker) != before.get(str(marker.resolve())):
+            data = _read_json(marker)
+            if data.get("run_dir"):
+                status = str(data.get("status") or "in use")
+                found[str(Path(data["run_dir"]).resolve())] = (status, str(data.get("reason") or status))
+    return found
+
+
+def in_use_since(sweep_dir: Path, before: dict[str, tuple]) -> dict[str, str]:
+    """{run folder: reason} of the jobs that found their folder in use since `before`."""
+    return {d: reason for d, (status, reason) in marked_since(sweep_dir, before).items() if status == "in use"}
+
+
+def clear_marks(sweep_dir: Path, before: dict[str, tuple]) -> None:
+    """Remove the markers written since `before` (they have been read), and the folder if empty."""
+    for marker in (Path(sweep_dir) / MARKS).glob("*.json"):
+        if _stamp(marker) != before.get(str(marker.resolve())):
+            marker.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (Path(sweep_dir) / MARKS).rmdir()
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
-    """Run one job of a multirun; return its objective (best validation error) or None if it failed."""
+    """Run one job of a multirun; return its objective (best validation error) or None if it
+    failed or its folder is in use by another running process (then nothing is written there)."""
     run_dir = Path(run_dir)
     label = f"job {run_dir.name}"
+    if not claim_run_dir(run_dir):
+        return None
     prior = read_results(run_dir)
     status = (prior or {}).get("status")
     if status == "completed":
@@ -164,9 +262,11 @@ def _stamp(path: Path) -> tuple | None:
 
 
 def results_stamps(folder: Path) -> dict[str, tuple]:
-    """An identity of every results.json under `folder` as it is now. Every write of results.json
-    replaces the file (atomic rename), so one written later has another stamp."""
-    return {str(p.resolve()): _stamp(p) for p in Path(folder).glob("**/results.json")}
+    """An identity of every results.json (and in-use marker) under `folder` as it is now. Every
+    write of results.json replaces the file (atomic rename), so one written later has another
+    stamp."""
+    paths = [*Path(folder).glob("**/results.json"), *(Path(folder) / MARKS).glob("*.json")]
+    return {str(p.resolve()): _stamp(p) for p in paths}
 
 
 def failed_since(jobs: list[dict], before: dict[str, tuple]) -> list[str]:
