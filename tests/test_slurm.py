@@ -237,6 +237,7 @@ def test_scontrol_requeue_resumes_and_scancel_reports_cancelled(tmp_path):
     assert len(done["resumed"]) == 1 and done["resumed"][0]["from_epoch"] >= 3
     assert gone["status"] == "cancelled" and cancelled in gone["reason"]
     assert "1 job(s) cancelled in this sweep" in text
+    assert "rerun this sweep command to continue (completed jobs are skipped)" in text
     assert "| cancelled |" in (sweep / "summary.md").read_text()
     assert "interrupted" not in text
 

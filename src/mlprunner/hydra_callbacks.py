@@ -109,5 +109,10 @@ class SweepSummary(Callback):
             if unseen:  # not started yet: no folder the report could list
                 counts["not collected"] = counts.get("not collected", 0) + unseen
             what = ", ".join(f"{n} job(s) {status}" for status, n in sorted(counts.items()))
-            log.error(f"{what} in this sweep; see {folder / 'summary.md'}")
+            # a sweep's jobs continue by rerunning the sweep into the same folder (completed ones
+            # are skipped), not one `resume=` per job
+            log.error(
+                f"{what} in this sweep; see {folder / 'summary.md'}; rerun this sweep command to "
+                "continue (completed jobs are skipped)"
+            )
             raise SweepFailed(failed)  # mlprun exits 1
