@@ -58,7 +58,7 @@ def fallback_reason(
     profile: bool,
 ) -> str | None:
     """None when the step can be graphed, else why not (one line for the log)."""
-    if setting is False or setting == "false":
+    if setting is False:
         return "trainer.cuda_graph=false"
     if device.type != "cuda":
         return f"needs a CUDA device (this run is on {device.type})"
@@ -81,14 +81,12 @@ def fallback_reason(
     return None
 
 
-def _set_capturable(optimizer: torch.optim.Optimizer, on: bool) -> None:
-    """Switch the optimizer's capturable flag; capturable steps keep their counters on the device."""
+def _make_capturable(optimizer: torch.optim.Optimizer) -> None:
+    """Turn the optimizer's capturable flag on; capturable steps keep their counters on the device."""
     if "capturable" not in optimizer.defaults:
         return
     for group in optimizer.param_groups:
-        group["capturable"] = on
-        if not on:
-            continue
+        group["capturable"] = True
         for p in group["params"]:
             state = optimizer.state.get(p, {})
             step = state.get("step")
@@ -127,8 +125,6 @@ class GraphedSteps:
         self.eager_steps: dict[int, int] = {}
         self.captured_lrs = None
         self.side = torch.cuda.Stream(device)
-        self.captures = 0
-        self.replays = 0
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -162,17 +158,12 @@ class GraphedSteps:
     def step(self, n: int) -> torch.Tensor:
         """Train on the next `n` samples; returns the step's loss (a device scalar)."""
         entry = self.graphs.get(n)
-        if entry is None:
-            if self.eager_steps.get(n, 0) < WARMUP_STEPS:
-                self.eager_steps[n] = self.eager_steps.get(n, 0) + 1
-                loss = self._eager(n)
-            else:
-                entry = self._capture(n)
-        if entry is not None:
-            graph, loss_out = entry
-            graph.replay()
-            self.replays += 1
-            loss = loss_out
+        if entry is None and self.eager_steps.get(n, 0) < WARMUP_STEPS:
+            self.eager_steps[n] = self.eager_steps.get(n, 0) + 1
+            loss = self._eager(n)
+        else:
+            graph, loss = entry or self._capture(n)
+            graph.replay()  # a capture records the step without running it
         self.metrics.add_count(n)
         return loss
 
@@ -188,8 +179,8 @@ class GraphedSteps:
         main.wait_stream(self.side)
         return loss
 
-    def _capture(self, n: int):
-        _set_capturable(self.optimizer, True)
+    def _capture(self, n: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        _make_capturable(self.optimizer)
         # gradients are allocated inside the graph's pool by the captured backward
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
@@ -202,6 +193,5 @@ class GraphedSteps:
                 f"CUDA graph capture failed for batches of {n} ({str(exc).splitlines()[0][:160]}); "
                 "the last checkpoint is intact: resume with trainer.cuda_graph=false"
             ) from None
-        self.captures += 1
         self.graphs[n] = (graph, loss)
         return self.graphs[n]
