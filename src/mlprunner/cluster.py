@@ -24,11 +24,10 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
 from omegaconf import OmegaConf, open_dict
 
-from .checkpoint import atomic_write_json
 from .config import validate
 from .errors import ConfigError, MlprunError
 from .results import read_results
-from .sweep import best_val_error, claim_run_dir, in_use_since, mark_job, record_failure, results_stamps
+from .sweep import best_val_error, claim_run_dir, in_use_since, mark_job, record_end, record_failure, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -132,21 +131,6 @@ def _job_return(overrides, cfg, run_dir: Path, value) -> JobReturn:
     )
 
 
-def _record_end(run_dir: Path, overrides, status: str, reason: str) -> None:
-    """results.json of a job that ended without saying so itself (cancelled, lost)."""
-    data = read_results(run_dir) or {
-        "epochs_completed": 0,
-        "best": None,
-        "last": None,
-        "overrides": list(overrides),
-        "run_dir": str(run_dir.resolve()),
-    }
-    data["status"] = status
-    data["reason"] = reason
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_dir / "results.json", data)
-
-
 def _outcome(job, run_dir: Path, overrides, state: str, reason: str, in_use: dict[str, str]) -> str:
     """The job's final status, written to its results.json where the job could not (but never
     into a folder the job found in use by another process)."""
@@ -157,12 +141,12 @@ def _outcome(job, run_dir: Path, overrides, state: str, reason: str, in_use: dic
         return status
     logs = f"log: {job.paths.stderr}"
     if state.startswith("CANCELLED"):
-        _record_end(
+        record_end(
             run_dir, overrides, "cancelled", f"SLURM job {job.job_id} was cancelled; rerun the sweep to continue it"
         )
         return "cancelled"
     why = f"SLURM job {job.job_id} ended {state}{f' ({reason})' if reason and reason != 'None' else ''}"
-    _record_end(run_dir, overrides, "lost", f"{why} without a result; {logs}")
+    record_end(run_dir, overrides, "lost", f"{why} without a result; {logs}")
     return "lost"
 
 

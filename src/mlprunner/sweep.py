@@ -73,6 +73,12 @@ def best_val_error(results: dict | None):
 
 def record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
     """Make sure results.json says failed with the reason (run() may not have written it)."""
+    record_end(run_dir, overrides, "failed", message)
+
+
+def record_end(run_dir: Path, overrides, status: str, reason: str) -> None:
+    """results.json of a job that ended without saying so itself (failed before run() wrote
+    it, cancelled, lost): its status and reason, over what the folder has."""
     data = read_results(run_dir) or {
         "epochs_completed": 0,
         "best": None,
@@ -80,8 +86,8 @@ def record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
         "overrides": list(overrides),
         "run_dir": str(run_dir.resolve()),
     }
-    data["status"] = "failed"
-    data["reason"] = message
+    data["status"] = status
+    data["reason"] = reason
     data.setdefault("overrides", list(overrides))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "results.json", data)
