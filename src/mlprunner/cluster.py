@@ -187,24 +187,12 @@ def _give_up(waiting: dict, silent_s: float, sweep_dir: Path, initial_job_idx: i
         returns[i] = _job_return(overrides, cfg, run_dir, None)
 
 
-def launch_on_slurm(
-    launcher,
-    job_overrides,
-    initial_job_idx,
-    poll_s=2.0,
-    pending_warn_s=60.0,
-    cancel_on_interrupt=False,
-    unreachable_s=300.0,
-):
-    """The launch() of hydra_plugins.mlprun_launcher.MlprunSlurmLauncher (see the module doc)."""
-    import submitit  # lazy: a heavy import, only for SLURM sweeps
-
+def _plan(launcher, job_overrides, initial_job_idx, sweep_dir: Path, returns: dict) -> list:
+    """The combinations to submit, as (index, overrides, cfg, run_dir); those completed in the
+    sweep folder and those whose config is invalid get their JobReturn here, with no SLURM job."""
     config = launcher.config
     loader = launcher.hydra_context.config_loader
-    sweep_dir = Path(str(config.hydra.sweep.dir))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    returns: dict[int, JobReturn] = {}
-    todo = []  # (index, overrides, cfg, run_dir)
+    todo = []
     for i, overrides in enumerate(job_overrides):
         cfg = loader.load_sweep_config(config, list(overrides))
         run_dir = sweep_dir / str(cfg.hydra.sweep.subdir)
@@ -222,12 +210,15 @@ def launch_on_slurm(
             returns[i] = _job_return(overrides, cfg, run_dir, None)
             continue
         todo.append((i, overrides, cfg, run_dir))
-    if not todo:
-        return [returns[i] for i in range(len(job_overrides))]
+    return todo
+
+
+def _submit(launcher, todo: list, initial_job_idx, sweep_dir: Path) -> list:
+    """One SLURM job array for `todo`; prints the job ids and where their logs go."""
+    import submitit  # lazy: a heavy import, only for SLURM sweeps
 
     params = dict(launcher.params)
     check_resources(params)
-    before = results_stamps(sweep_dir)  # tells this sweep's in-use markers from older ones
     folder = params.pop("submitit_folder")
     executor = submitit.AutoExecutor(
         cluster="slurm", folder=folder, slurm_max_num_timeout=params.pop("max_num_timeout")
@@ -245,48 +236,75 @@ def launch_on_slurm(
     log.info(f"submitted {len(jobs)} SLURM job(s): {', '.join(ids)}; logs: {jobs[0].paths.folder.parent}")
     for job, (i, overrides, _, _) in zip(jobs, todo):
         log.info(f"  {job.job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}")
+    return jobs
 
-    waiting = {str(j.job_id): (j, t) for j, t in zip(jobs, todo)}
+
+def _wait(
+    waiting: dict, returns: dict, sweep_dir: Path, before: dict, initial_job_idx, poll_s, pending_warn_s, unreachable_s
+) -> None:
+    """Poll SLURM's job states until every job in `waiting` ({job id: (job, todo entry)}) has a
+    final one (requeued jobs are waited for again), or SLURM stops answering for `unreachable_s`."""
     seen: dict[str, str] = {}
     since: dict[str, float] = {}
     warned: set[str] = set()
     answered = time.monotonic()  # when SLURM last told a job state
+    while waiting:
+        states = slurm_states(list(waiting))
+        now = time.monotonic()
+        if states:
+            answered = now
+        elif now - answered >= unreachable_s:
+            _give_up(waiting, now - answered, sweep_dir, initial_job_idx, returns)
+            return
+        for job_id, (st, reason) in states.items():
+            job, (i, overrides, cfg, run_dir) = waiting[job_id]
+            if seen.get(job_id) != st:
+                if seen.get(job_id) is not None or st != "PENDING":
+                    log.info(f"SLURM job {job_id}: {st}{f' ({reason})' if st == 'PENDING' else ''}")
+                seen[job_id] = st
+                since[job_id] = now
+            if st == "PENDING" and job_id not in warned:
+                if reason in HOPELESS_REASONS or now - since[job_id] >= pending_warn_s:
+                    warned.add(job_id)
+                    hint = " (the request does not fit the partition's nodes)" if reason in HOPELESS_REASONS else ""
+                    log.warning(f"SLURM job {job_id} pending for {now - since[job_id]:.0f} s: Reason={reason}{hint}")
+            if st in FINAL_STATES:
+                in_use = in_use_since(sweep_dir, before)
+                outcome = _outcome(job, run_dir, overrides, st, reason, in_use)
+                line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
+                why = in_use.get(str(run_dir.resolve())) or (read_results(run_dir) or {}).get("reason")
+                (log.info if outcome == "completed" else log.error)(
+                    line + ("" if outcome == "completed" else f": {why}")
+                )
+                value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
+                returns[i] = _job_return(overrides, cfg, run_dir, value)
+                del waiting[job_id]
+        if waiting:
+            time.sleep(poll_s)
+
+
+def launch_on_slurm(
+    launcher,
+    job_overrides,
+    initial_job_idx,
+    poll_s=2.0,
+    pending_warn_s=60.0,
+    cancel_on_interrupt=False,
+    unreachable_s=300.0,
+):
+    """The launch() of hydra_plugins.mlprun_launcher.MlprunSlurmLauncher (see the module doc):
+    plan (skip completed, refuse invalid), submit one job array, wait on SLURM's job states."""
+    sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    returns: dict[int, JobReturn] = {}
+    todo = _plan(launcher, job_overrides, initial_job_idx, sweep_dir, returns)
+    if not todo:
+        return [returns[i] for i in range(len(job_overrides))]
+    before = results_stamps(sweep_dir)  # tells this sweep's in-use markers from older ones
+    jobs = _submit(launcher, todo, initial_job_idx, sweep_dir)
+    waiting = {str(j.job_id): (j, t) for j, t in zip(jobs, todo)}
     try:
-        while waiting:
-            states = slurm_states(list(waiting))
-            now = time.monotonic()
-            if states:
-                answered = now
-            elif now - answered >= unreachable_s:
-                _give_up(waiting, now - answered, sweep_dir, initial_job_idx, returns)
-                break
-            for job_id, (st, reason) in states.items():
-                job, (i, overrides, cfg, run_dir) = waiting[job_id]
-                if seen.get(job_id) != st:
-                    if seen.get(job_id) is not None or st != "PENDING":
-                        log.info(f"SLURM job {job_id}: {st}{f' ({reason})' if st == 'PENDING' else ''}")
-                    seen[job_id] = st
-                    since[job_id] = now
-                if st == "PENDING" and job_id not in warned:
-                    if reason in HOPELESS_REASONS or now - since[job_id] >= pending_warn_s:
-                        warned.add(job_id)
-                        hint = " (the request does not fit the partition's nodes)" if reason in HOPELESS_REASONS else ""
-                        log.warning(
-                            f"SLURM job {job_id} pending for {now - since[job_id]:.0f} s: Reason={reason}{hint}"
-                        )
-                if st in FINAL_STATES:
-                    in_use = in_use_since(sweep_dir, before)
-                    outcome = _outcome(job, run_dir, overrides, st, reason, in_use)
-                    line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
-                    why = in_use.get(str(run_dir.resolve())) or (read_results(run_dir) or {}).get("reason")
-                    (log.info if outcome == "completed" else log.error)(
-                        line + ("" if outcome == "completed" else f": {why}")
-                    )
-                    value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
-                    returns[i] = _job_return(overrides, cfg, run_dir, value)
-                    del waiting[job_id]
-            if waiting:
-                time.sleep(poll_s)
+        _wait(waiting, returns, sweep_dir, before, initial_job_idx, poll_s, pending_warn_s, unreachable_s)
     except KeyboardInterrupt:
         left = sorted(waiting)
         if cancel_on_interrupt:

@@ -172,6 +172,27 @@ def close_tensorboard(cfg: DictConfig, tb: TensorBoardLogger, pieces: Pieces, re
     tb.close()
 
 
+def describe(record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, device: torch.device) -> None:
+    """The run's size and data in results.json, and the same in the log."""
+    data, model = pieces.data, pieces.model
+    n_val = len(data.val) if data.val is not None else 0
+    record.describe(count_parameters(model), {"name": cfg.dataset.name, "n_train": len(data.train), "n_val": n_val})
+    log.info(f"run directory: {run_dir}")
+    log.info(f"data: {data.describe()}; device: {device}")
+    log_model_summary(model, data)
+
+
+def tensorboard_folder(record: RunRecord, cfg: DictConfig, run_dir: Path, overrides, ckpt: dict | None) -> Path:
+    """Where the run's TensorBoard events go: a resumed run continues in the folder it started in
+    (results.json "tensorboard"), a new one gets its own (a sweep job's is named by its values)."""
+    tb_dir = run_dir / record.data.get("tensorboard", "tensorboard")
+    if ckpt is None:
+        tb_dir = tensorboard_dir(run_dir, overrides)
+    if cfg.trainer.tensorboard.enabled:
+        record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
+    return tb_dir
+
+
 def run(
     cfg: DictConfig,
     run_dir: Path,
@@ -195,18 +216,8 @@ def run(
         log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
         with record.building():
             pieces = build(cfg, device)
+        describe(record, cfg, pieces, run_dir, device)
         data, model = pieces.data, pieces.model
-        record.describe(
-            count_parameters(model),
-            {
-                "name": cfg.dataset.name,
-                "n_train": len(data.train),
-                "n_val": len(data.val) if data.val is not None else 0,
-            },
-        )
-        log.info(f"run directory: {run_dir}")
-        log.info(f"data: {data.describe()}; device: {device}")
-        log_model_summary(model, data)
 
         batch_size = int(cfg.trainer.batch_size)
         progress = Progress(
@@ -217,12 +228,7 @@ def run(
             prefix=job_prefix(run_dir, overrides),
         )
         stop = StopFlag()
-        # a resumed run continues in the folder it started in (results.json "tensorboard")
-        tb_dir = run_dir / record.data.get("tensorboard", "tensorboard")
-        if ckpt is None:
-            tb_dir = tensorboard_dir(run_dir, overrides)
-        if cfg.trainer.tensorboard.enabled:
-            record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
+        tb_dir = tensorboard_folder(record, cfg, run_dir, overrides, ckpt)
         tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt, tb_dir, overrides, record.data.get("provenance"))
         trainer = Trainer(
             cfg.trainer,
