@@ -113,9 +113,14 @@ def swept_keys(sweep_dir: Path) -> list[str]:
     return keys
 
 
+def override_values(overrides) -> dict[str, str]:
+    """{key: value as typed} of the overrides that set a key (deletions left out)."""
+    return {key: str(o).partition("=")[2] for o in overrides if (key := override_key(o))}
+
+
 def job_name(overrides, keys: list[str]) -> str:
     """`k=v` of the swept keys of one job, joined by commas, in the order of `keys`."""
-    values = {override_key(o): str(o).partition("=")[2] for o in overrides if override_key(o)}
+    values = override_values(overrides)
     return ",".join(f"{k}={values[k]}" for k in keys if k in values)
 
 
@@ -130,7 +135,7 @@ def job_prefix(run_dir: Path, overrides=()) -> str:
     if "joblib" not in str(launcher.get("_target_", "")) or launcher.get("n_jobs") == 1:
         return ""
     keys = swept_keys(Path(hc.sweep.dir))
-    values = {override_key(o): str(o).partition("=")[2] for o in overrides if override_key(o)}
+    values = override_values(overrides)
     name = ",".join(f"{k.rpartition('.')[2]}={values[k]}" for k in keys if k in values)
     return f"[{name or Path(run_dir).name}] "
 
