@@ -152,6 +152,9 @@ class BackgroundWriter:
     def _work(self) -> None:
         while True:
             write = self._queue.get()
+            if write is None:  # close()
+                self._queue.task_done()
+                return
             try:
                 if self._error is None and not self._abort.is_set():
                     write()
@@ -173,6 +176,13 @@ class BackgroundWriter:
         error, self._error = self._error, None
         if error is not None and raise_error:
             raise error
+
+    def close(self) -> None:
+        """Let the thread end once the queued writes are done (a later submit() starts a new
+        one), so a process that trains many runs keeps no idle thread per run."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread = None
 
     def abandon(self) -> None:
         """Give up the writes not yet on disk (their files stay as they were) and wait for the

@@ -246,9 +246,9 @@ class Trainer:
         )
         self.graphed = None  # GraphedSteps, made at the first epoch (after a resume's load_state)
 
-    def _announce_graph(self) -> None:
-        """One log line on whether the step runs as a CUDA graph, and if not, why (on CUDA, or
-        when asked for explicitly)."""
+    def _set_up_graph(self) -> None:
+        """The CUDA-graph runner when the step can be graphed, and one log line on whether it
+        is, and if not, why (on CUDA, or when asked for explicitly)."""
         setting = self.t.get("cuda_graph", "auto")
         if self.graph_reason is None:
             self.graphed = GraphedSteps(
@@ -460,12 +460,14 @@ class Trainer:
                     self.writer.abandon()
                     raise
                 raise
+            finally:
+                self.writer.close()
             self.writer.wait()
             return state
 
     def _fit(self) -> TrainState:
         s = self.state
-        self._announce_graph()
+        self._set_up_graph()
         epochs = int(self.t.epochs)
         es = self.t.early_stopping
         for epoch in range(s.epoch + 1, epochs + 1):
