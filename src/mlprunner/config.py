@@ -21,8 +21,10 @@ from .schema import (
     SCHEMA,
     check_value,
     component_class,
+    model_call,
     option_label,
     options,
+    own_model,
     resolve_loader,
 )
 
@@ -77,7 +79,10 @@ def validate(cfg: DictConfig) -> None:
     for key, spec in SCHEMA.items():
         if spec.mapping:
             check_value(cfg, key, spec)
+    users_model = not own_model(cfg.model.get("_target_"))
     for key, spec in SCHEMA.items():
+        if users_model and key.startswith("model.") and key != "model._target_":
+            continue  # a model of the user's own gets its keys as they are
         check_value(cfg, key, spec)
 
     trainer, ds, sched = cfg.trainer, cfg.dataset, cfg.scheduler
@@ -103,6 +108,7 @@ def validate(cfg: DictConfig) -> None:
     for group in ("model", "optim", "scheduler", "loss"):
         if cfg[group].get("_target_") is not None:
             component_class(cfg[group], group)
+    check_model(cfg.model)
     if warmup and sched.get("_target_") is not None and issubclass(component_class(sched, "scheduler"), _plateau()):
         raise ConfigError(
             "scheduler.warmup_epochs",
@@ -244,6 +250,36 @@ def _missing_keys(cfg: DictConfig) -> list[str]:
 
     walk(cfg, "")
     return out
+
+
+def check_model(node: DictConfig) -> None:
+    """The model's class is a torch.nn.Module whose constructor takes the config's keys and gets
+    every argument it needs (from the config, or the data's sizes mlprun passes by name)."""
+    import torch  # lazily: see _plateau
+
+    target = node.get("_target_")
+    cls = component_class(node, "model")
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ConfigError("model._target_", target, "a torch.nn.Module class, e.g. mypkg.nets.Net")
+    call = model_call(cls, target, node.keys())
+    if call.unknown:
+        key = call.unknown[0]
+        raise ConfigError(
+            f"model.{key}",
+            message=(
+                f"model.{key}: {target} takes no argument {key!r} "
+                f"(it takes: {', '.join(call.parameters) or 'no keyword arguments'})"
+            ),
+        )
+    if call.missing:
+        key = call.missing[0]
+        raise ConfigError(
+            f"model.{key}",
+            message=(
+                f"model.{key} is required by {target}({key}=...); give it, e.g. +model.{key}=<value> "
+                f"(mlprun itself passes only num_features, in_features, num_classes and out_features)"
+            ),
+        )
 
 
 def _plateau() -> type:

@@ -22,7 +22,7 @@ from .logsetup import configure_logging
 from .record import lock_run_dir
 from .results import read_results
 from .run import run
-from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides
+from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides, recorded_model_target
 from .train import still_stopped
 
 log = logging.getLogger("mlprunner")
@@ -125,7 +125,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     cfg = merge_overrides(cfg, overrides, strict=True)
     cfg.resume = None
     validate(cfg)
-    check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path)
+    check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path, recorded_model_target(run_dir))
     prior = read_results(run_dir) or {}
     trained = int(prior.get("epochs_completed") or 0)
     if prior.get("status") == "completed" or trained > 0:
@@ -154,7 +154,7 @@ def resume_main(args: list[str]) -> int:
         return _restart(run_dir, overrides)
     ckpt = load_checkpoint(ckpt_path)
     check_resumable(ckpt, ckpt_path)
-    check_config_targets(ckpt["config"], ckpt_path)
+    check_config_targets(ckpt["config"], ckpt_path, recorded_model_target(run_dir))
     if run_dir is None:
         raise ConfigError(
             "resume",

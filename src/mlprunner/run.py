@@ -24,7 +24,7 @@ from .data import Data
 from .device import resolve_device, seed_everything
 from .errors import CheckpointError, MlprunError
 from .evaluate import evaluate_test
-from .models import count_parameters, summary_rows
+from .models import config_title, count_parameters, summary_rows
 from .plots import learning_curves
 from .progress import Progress
 from .provenance import as_markdown
@@ -37,8 +37,8 @@ from .train import StopFlag, Trainer
 log = logging.getLogger("mlprunner")
 
 
-def log_model_summary(model: torch.nn.Module, data: Data) -> None:
-    lines = [f"model: {data.num_features} inputs -> {model.out_features} outputs"]
+def log_model_summary(model: torch.nn.Module, data: Data, outputs: int) -> None:
+    lines = [f"model: {data.num_features} inputs -> {outputs} outputs"]
     for name, layer, n in summary_rows(model):
         lines.append(f"  {name:>4}  {layer:<60} {n:>10,}")
     lines.append(f"  total parameters: {count_parameters(model):,}")
@@ -179,7 +179,7 @@ def describe(record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, 
     record.describe(count_parameters(model), {"name": cfg.dataset.name, "n_train": len(data.train), "n_val": n_val})
     log.info(f"run directory: {run_dir}")
     log.info(f"data: {data.describe()}; device: {device}")
-    log_model_summary(model, data)
+    log_model_summary(model, data, pieces.loss.out_features)  # build_model checked the model gives these
 
 
 def tensorboard_folder(record: RunRecord, cfg: DictConfig, run_dir: Path, overrides, ckpt: dict | None) -> Path:
@@ -263,7 +263,7 @@ def run(
         learning_curves(
             state.history,
             run_dir / "learning_curves.png",
-            title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}",
+            title=f"{cfg.dataset.name} {config_title(cfg.model)}",
             best_epoch=state.best_epoch,
         )
     if cfg.trainer.progress != "none":

@@ -14,6 +14,19 @@ CHECKPOINT_DIR = "checkpoints"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"  # written by Hydra when a run starts
 
 
+def recorded_model_target(run_dir: Path | None) -> str | None:
+    """The model class (`model._target_`) a run folder's .hydra/config.yaml names: the model the
+    user started the run with, which its checkpoints may rebuild (checkpoint.check_config_targets).
+    None without a run folder or that file."""
+    if run_dir is None or not (Path(run_dir) / SAVED_CONFIG).is_file():
+        return None
+    try:
+        target = OmegaConf.select(OmegaConf.load(Path(run_dir) / SAVED_CONFIG), "model._target_", default=None)
+    except Exception:  # unreadable: no model of the user's own is allowed
+        return None
+    return target if isinstance(target, str) else None
+
+
 def checkpoint_file(run_dir: Path, name: str = "last") -> Path:
     """<run dir>/checkpoints/<name>.pt (name: last, best or swa)."""
     return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
