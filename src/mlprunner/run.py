@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, restore_rng
 from .config import validate
 from .data import Data
 from .device import resolve_device, seed_everything
-from .errors import CheckpointError, MlprunError
+from .errors import CheckpointError, Interrupted, MlprunError
 from .evaluate import evaluate_test
 from .models import count_parameters, summary_rows
 from .plots import learning_curves
@@ -50,6 +50,7 @@ class _Signals:
     """First SIGINT/SIGTERM: stop after the current step. Second: leave at once."""
 
     stop: StopFlag
+    when: str = "after this step"
 
     def install(self):
         self._old = {}
@@ -66,12 +67,33 @@ class _Signals:
             raise KeyboardInterrupt
         self.stop.requested = True
         self.stop.signal_name = signal.Signals(signum).name
-        log.warning(f"{self.stop.signal_name} received: stopping after this step (press Ctrl-C again to quit at once)")
+        log.warning(f"{self.stop.signal_name} received: stopping {self.when} (press Ctrl-C again to quit at once)")
 
     def restore(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old = {}
+
+
+# A SIGINT/SIGTERM before training starts (start-up: composing the config, making the run folder,
+# loading the data): noted here from the start of the process (install_startup_signals), acted on
+# at the next point where stopping leaves a clean state (stopped_before_start).
+STARTUP = StopFlag()
+
+
+def install_startup_signals() -> None:
+    """`mlprun`'s first act: a SIGINT or SIGTERM from now on stops the run before it trains
+    (no folder, or a results.json that says interrupted, with the command that continues it)
+    instead of killing it silently (SIGTERM) or with a traceback (SIGINT); a second one leaves at
+    once. fit() installs its own handlers while training and puts these back after."""
+    _Signals(STARTUP, when="before training starts").install()
+
+
+def stopped_before_start(what: str) -> None:
+    """Interrupted (exit 130) if a signal came during start-up; `what`: where it stops and what
+    was written."""
+    if STARTUP.requested:
+        raise Interrupted(f"stopped by {STARTUP.signal_name or 'a signal'} {what}")
 
 
 def set_up_process(trainer_cfg: DictConfig) -> torch.device:
@@ -135,6 +157,7 @@ def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
     """Trainer.fit() with SIGINT/SIGTERM setting `stop` (the trainer's): stop after this step."""
     signals = _Signals(stop).install()
     try:
+        stopped_before_start("during start-up, before training")  # a signal before these handlers
         return trainer.fit()
     finally:
         signals.restore()
