@@ -115,9 +115,10 @@ def hydra_app(cfg: DictConfig):
     return best.get("error")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point of `mlprun`."""
-    install_startup_signals()  # before the first line is printed (see README, What mlprun guarantees)
+def main(argv: list[str] | None = None, early_signals: list[str] | None = None) -> None:
+    """Console entry point of `mlprun` (through __main__, which notes in `early_signals` a signal
+    that came while torch was imported)."""
+    install_startup_signals(early_signals)  # see README, What mlprun guarantees
     register_resolvers()
     # Let Hydra's own errors reach us as exceptions, so we can print them in one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"

@@ -81,12 +81,15 @@ class _Signals:
 STARTUP = StopFlag()
 
 
-def install_startup_signals() -> None:
+def install_startup_signals(early: list[str] | None = None) -> None:
     """`mlprun`'s first act: a SIGINT or SIGTERM from now on stops the run before it trains
     (no folder, or a results.json that says interrupted, with the command that continues it)
     instead of killing it silently (SIGTERM) or with a traceback (SIGINT); a second one leaves at
-    once. fit() installs its own handlers while training and puts these back after."""
+    once. fit() installs its own handlers while training and puts these back after.
+    early: the names of signals noted before (while torch was imported, see __main__)."""
     _Signals(STARTUP, when="before training starts").install()
+    if early:
+        STARTUP.requested, STARTUP.signal_name = True, early[0]
 
 
 def stopped_before_start(what: str) -> None:

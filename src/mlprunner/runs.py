@@ -31,7 +31,8 @@ def existing_run(folder: Path, hydra_files: bool = True) -> str | None:
     has just written it)."""
     folder = Path(folder)
     if (folder / "results.json").is_file():
-        status = (read_results(folder) or {}).get("status", "unknown")
+        data = read_results(folder)
+        status = data.get("status", "unknown") if isinstance(data, dict) else "unknown"
         return f"a run ({status})"
     if (folder / CHECKPOINT_DIR).is_dir() or (folder / "tensorboard").is_dir():
         return "a run's checkpoints or TensorBoard logs"
