@@ -28,7 +28,7 @@ def _note(signum, frame) -> None:
         sys.exit(130)
     PENDING.append(signal.Signals(signum).name)
     sys.stderr.write(
-        f"mlprun: {PENDING[0]} received: stopping before training starts (press Ctrl-C again to quit at once)\n"
+        f"mlprun: {PENDING[0]} received: stopping as soon as it is safe (press Ctrl-C again to quit at once)\n"
     )
 
 

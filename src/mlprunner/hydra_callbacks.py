@@ -14,7 +14,7 @@ from .config import preflight, validate
 from .errors import RunInUse, RunRefused, SweepFailed
 from .record import lock_run_dir
 from .report import ReportError, build_report, collect
-from .run import stopped_before_start
+from .run import stop_if_signalled
 from .runs import refuse_existing, refuse_foreign_files
 from .sweep import clear_marks, failed_since, keep_multirun_yaml, marked_since, restore_multirun_yaml, results_stamps
 
@@ -45,7 +45,7 @@ class RunGuard(Callback):
         # so any refusal leaves as RunRefused (a BaseException) that `mlprun` reports.
         try:
             self._check(config)
-            stopped_before_start("before the run folder was made; nothing was written (run the command again)")
+            stop_if_signalled("before the run folder was made; nothing was written (run the command again)")
             self._claim(Path(str(config.hydra.run.dir)))
         except Exception as exc:
             raise RunRefused(exc) from exc
@@ -89,7 +89,7 @@ class SweepSummary(Callback):
         register_launchers()
         folder = Path(str(config.hydra.sweep.dir))
         try:
-            stopped_before_start("before the sweep started; nothing was written")
+            stop_if_signalled("before the sweep started; nothing was written")
         except Exception as exc:
             raise RunRefused(exc) from exc
         folder.mkdir(parents=True, exist_ok=True)

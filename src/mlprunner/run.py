@@ -75,9 +75,10 @@ class _Signals:
         self._old = {}
 
 
-# A SIGINT/SIGTERM before training starts (start-up: composing the config, making the run folder,
-# loading the data): noted here from the start of the process (install_startup_signals), acted on
-# at the next point where stopping leaves a clean state (stopped_before_start).
+# A SIGINT/SIGTERM outside training (start-up: composing the config, making the run folder,
+# loading the data; after training: the test evaluation, the plots): noted here from the start of
+# the process (install_startup_signals), acted on at the next point where stopping leaves a clean
+# state (stop_if_signalled).
 STARTUP = StopFlag()
 
 
@@ -87,13 +88,13 @@ def install_startup_signals(early: list[str] | None = None) -> None:
     instead of killing it silently (SIGTERM) or with a traceback (SIGINT); a second one leaves at
     once. fit() installs its own handlers while training and puts these back after.
     early: the names of signals noted before (while torch was imported, see __main__)."""
-    _Signals(STARTUP, when="before training starts").install()
+    _Signals(STARTUP, when="as soon as it is safe").install()
     if early:
         STARTUP.requested, STARTUP.signal_name = True, early[0]
 
 
-def stopped_before_start(what: str) -> None:
-    """Interrupted (exit 130) if a signal came during start-up; `what`: where it stops and what
+def stop_if_signalled(what: str) -> None:
+    """Interrupted (exit 130) if a signal came outside training; `what`: where it stops and what
     was written."""
     if STARTUP.requested:
         raise Interrupted(f"stopped by {STARTUP.signal_name or 'a signal'} {what}")
@@ -160,7 +161,7 @@ def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
     """Trainer.fit() with SIGINT/SIGTERM setting `stop` (the trainer's): stop after this step."""
     signals = _Signals(stop).install()
     try:
-        stopped_before_start("during start-up, before training")  # a signal before these handlers
+        stop_if_signalled("during start-up, before training")  # a signal before these handlers
         return trainer.fit()
     finally:
         signals.restore()
@@ -281,6 +282,7 @@ def run(
         with record.training():
             state = fit(trainer, stop, progress)
         record.trained(state, trainer.swa_result)
+        stop_if_signalled("after training, before the test evaluation and plots")
         if cfg.get("eval") is not None and cfg.eval.test:
             with record.testing():
                 record.data["test"] = test(cfg, run_dir, trainer, tb)
@@ -292,6 +294,7 @@ def run(
             title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}",
             best_epoch=state.best_epoch,
         )
+        stop_if_signalled("after training, before the run's results were complete")
     if cfg.trainer.progress != "none":
         print_summary(record.data)
         print_closing(record.data)

@@ -30,7 +30,7 @@ from .progress import fmt_pct
 from .record import lock_run_dir
 from .results import read_results
 from .resume import check_checkpoint_of
-from .run import run, stopped_before_start
+from .run import run, stop_if_signalled
 from .runs import SAVED_CONFIG, checkpoint_file
 
 log = logging.getLogger("mlprunner")
@@ -271,7 +271,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
     job's folder is left byte for byte, a resumed job keeps the .hydra/ it started with."""
     run_dir = Path(run_dir)
     label = f"job {run_dir.name}"
-    stopped_before_start(f"before {label} started (nothing was written there); rerun this sweep command to continue")
+    stop_if_signalled(f"before {label} started (nothing was written there); rerun this sweep command to continue")
     if not claim_run_dir(run_dir):
         return None
     prior = read_results(run_dir)
