@@ -9,7 +9,9 @@ from __future__ import annotations
 import math
 import os
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -38,6 +40,19 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mlprun_unique"):
         # The process id makes the default run folder unique among runs started in one second.
         OmegaConf.register_new_resolver("mlprun_unique", lambda: f"{os.getpid()}", use_cache=True)
+    if not OmegaConf.has_resolver("mlprun_output_subdir"):
+        # hydra.output_subdir: .hydra for a single run, none (mlprun writes it) for a sweep job
+        OmegaConf.register_new_resolver("mlprun_output_subdir", _output_subdir)
+
+
+def _output_subdir() -> str | None:
+    """hydra.output_subdir (see configs/config.yaml): .hydra for a single run, None for a sweep
+    job (mlprun writes its .hydra/ once it holds the job folder's lock)."""
+    try:
+        mode = HydraConfig.get().mode
+    except ValueError:  # no Hydra config yet
+        return ".hydra"
+    return None if mode == RunMode.MULTIRUN else ".hydra"
 
 
 def select(cfg: DictConfig, key: str, default=None):

@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint, restore_rng
 from .config import validate
 from .data import Data
 from .device import resolve_device, seed_everything
-from .errors import CheckpointError, MlprunError
+from .errors import CheckpointError, Interrupted, MlprunError
 from .evaluate import evaluate_test
 from .models import config_title, count_parameters, summary_rows
 from .plots import learning_curves
@@ -50,6 +50,7 @@ class _Signals:
     """First SIGINT/SIGTERM: stop after the current step. Second: leave at once."""
 
     stop: StopFlag
+    when: str = "after this step"
 
     def install(self):
         self._old = {}
@@ -66,12 +67,37 @@ class _Signals:
             raise KeyboardInterrupt
         self.stop.requested = True
         self.stop.signal_name = signal.Signals(signum).name
-        log.warning(f"{self.stop.signal_name} received: stopping after this step (press Ctrl-C again to quit at once)")
+        log.warning(f"{self.stop.signal_name} received: stopping {self.when} (press Ctrl-C again to quit at once)")
 
     def restore(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old = {}
+
+
+# A SIGINT/SIGTERM outside training (start-up: composing the config, making the run folder,
+# loading the data; after training: the test evaluation, the plots): noted here from the start of
+# the process (install_startup_signals), acted on at the next point where stopping leaves a clean
+# state (stop_if_signalled).
+STARTUP = StopFlag()
+
+
+def install_startup_signals(early: list[str] | None = None) -> None:
+    """`mlprun`'s first act: a SIGINT or SIGTERM from now on stops the run before it trains
+    (no folder, or a results.json that says interrupted, with the command that continues it)
+    instead of killing it silently (SIGTERM) or with a traceback (SIGINT); a second one leaves at
+    once. fit() installs its own handlers while training and puts these back after.
+    early: the names of signals noted before (while torch was imported, see __main__)."""
+    _Signals(STARTUP, when="as soon as it is safe").install()
+    if early:
+        STARTUP.requested, STARTUP.signal_name = True, early[0]
+
+
+def stop_if_signalled(what: str) -> None:
+    """Interrupted (exit 130) if a signal came outside training; `what`: where it stops and what
+    was written."""
+    if STARTUP.requested:
+        raise Interrupted(f"stopped by {STARTUP.signal_name or 'a signal'} {what}")
 
 
 def set_up_process(trainer_cfg: DictConfig) -> torch.device:
@@ -135,6 +161,7 @@ def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
     """Trainer.fit() with SIGINT/SIGTERM setting `stop` (the trainer's): stop after this step."""
     signals = _Signals(stop).install()
     try:
+        stop_if_signalled("during start-up, before training")  # a signal before these handlers
         return trainer.fit()
     finally:
         signals.restore()
@@ -255,6 +282,7 @@ def run(
         with record.training():
             state = fit(trainer, stop, progress)
         record.trained(state, trainer.swa_result)
+        stop_if_signalled("after training, before the test evaluation and plots")
         if cfg.get("eval") is not None and cfg.eval.test:
             with record.testing():
                 record.data["test"] = test(cfg, run_dir, trainer, tb)
@@ -266,6 +294,7 @@ def run(
             title=f"{cfg.dataset.name} {config_title(cfg.model)}",
             best_epoch=state.best_epoch,
         )
+        stop_if_signalled("after training, before the run's results were complete")
     if cfg.trainer.progress != "none":
         print_summary(record.data)
         print_closing(record.data)
