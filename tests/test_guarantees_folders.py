@@ -212,6 +212,7 @@ def test_concurrent_sweeps_and_a_rerun_leave_the_training_job_unharmed(tmp_path)
     (ref_job,) = job_dirs(ref)
     res, ref_res = read_json(job / "results.json"), read_json(ref_job / "results.json")
     assert res["status"] == "completed" and res["epochs_completed"] == 8
+
     def learned(history):  # every number but the epoch's wall time
         return [{k: v for k, v in h.items() if k != "time_s"} for h in history]
 
