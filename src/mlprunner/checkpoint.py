@@ -248,6 +248,7 @@ TARGETS = {
     "scheduler": ("torch.optim.lr_scheduler", "torch.optim.lr_scheduler.LRScheduler"),
     "loss": ("torch.nn", "torch.nn.modules.loss._Loss"),
     "dataset": ("mlprunner.data", None),  # loader functions marked by data.loader, not classes
+    "logger": ("mlprunner.loggers", "mlprunner.loggers.Logger"),  # logger.<name>._target_
 }
 
 
@@ -303,6 +304,8 @@ def check_config_targets(config, path: Path | str, model_target: str | None = No
                 here = f"{where}.{key}" if where else str(key)
                 if key == "_target_":
                     group = where if "." not in where else ""
+                    if where.startswith("logger.") and where.count(".") == 1:
+                        group = "logger"
                     if group == "model" and isinstance(value, str) and not _target_ok(group, value):
                         if model_target is None:
                             raise CheckpointError(
@@ -323,7 +326,7 @@ def check_config_targets(config, path: Path | str, model_target: str | None = No
                             f"refusing to resume from {path}: its config sets {here}={value!r}, which mlprun "
                             f"does not instantiate from a checkpoint (allowed: mlprunner.models.*, "
                             f"torch.optim.*, torch.optim.lr_scheduler.*, torch.nn losses, "
-                            f"mlprunner.data loaders)"
+                            f"mlprunner.data loaders, mlprunner.loggers)"
                         )
                 else:
                     walk(value, here)

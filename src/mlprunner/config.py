@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .device import resolve_device
 from .errors import ConfigError
+from .loggers import check_loggers
 from .schema import (
     LEGACY,
     REQUIRED_GROUPS,
@@ -351,6 +352,7 @@ def preflight(cfg: DictConfig) -> None:
     labels). Failures are runtime errors (exit 1).
     """
     resolve_device(cfg.trainer.device)
+    check_loggers(cfg)  # each logger's class, and MLflow installed for logger=mlflow
     check = resolve_loader(cfg.dataset).dataset_facts.preflight
     if check is not None:
         check(cfg.dataset)

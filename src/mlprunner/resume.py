@@ -18,6 +18,7 @@ from omegaconf import OmegaConf
 from .checkpoint import check_config_targets, load_checkpoint
 from .config import validate
 from .errors import CheckpointError, ConfigError
+from .loggers import with_logger
 from .logsetup import configure_logging
 from .record import lock_run_dir
 from .results import read_results
@@ -194,7 +195,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
         cfg = OmegaConf.load(cfg_path)
     except Exception as exc:
         raise CheckpointError(f"cannot read {cfg_path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    cfg = merge_overrides(cfg, overrides, strict=True)
+    cfg = with_logger(merge_overrides(cfg, overrides, strict=True))  # saved before the logger group
     cfg.resume = None
     validate(cfg)
     check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path, recorded_model_target(run_dir))
@@ -237,7 +238,7 @@ def resume_main(args: list[str]) -> int:
             ),
         )
     check_checkpoint_of(ckpt, ckpt_path, run_dir)
-    cfg = merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True)
+    cfg = with_logger(merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True))
     cfg.resume = None
     validate(cfg)
     prior = read_results(run_dir) or {}

@@ -7,8 +7,8 @@ of them alone; `run()` chains them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -22,16 +22,16 @@ from .checkpoint import load_checkpoint, restore_rng
 from .config import validate
 from .data import Data
 from .device import resolve_device, seed_everything
-from .errors import CheckpointError, Interrupted, MlprunError
+from .errors import CheckpointError, Interrupted
 from .evaluate import evaluate_test
+from .limits import limit_data, overfitting
+from .loggers import Loggers, RunInfo, make_loggers, with_logger
 from .models import config_title, count_parameters, summary_rows
 from .plots import learning_curves
 from .progress import Progress
-from .provenance import as_markdown
 from .record import RunRecord
 from .results import print_closing, print_summary
-from .sessions import group_choices, hparams_of, job_prefix, tensorboard_dir
-from .tblog import TensorBoardLogger
+from .sessions import job_prefix
 from .train import StopFlag, Trainer
 
 log = logging.getLogger("mlprunner")
@@ -109,40 +109,6 @@ def set_up_process(trainer_cfg: DictConfig) -> torch.device:
     return device
 
 
-def make_tensorboard(
-    cfg: DictConfig,
-    run_dir: Path,
-    pieces: Pieces,
-    device: torch.device,
-    ckpt: dict | None,
-    tb_dir: Path | None = None,
-    overrides=(),
-    prov: dict | None = None,
-) -> TensorBoardLogger | None:
-    """The run's TensorBoard logger (continuing after the checkpoint's epoch and step), or None.
-
-    tb_dir: its folder (default `<run>/tensorboard`; a sweep job's is named by its swept values,
-    see sessions.py)."""
-    if not cfg.trainer.tensorboard.enabled:
-        return None
-    tb_dir = Path(tb_dir) if tb_dir is not None else run_dir / "tensorboard"
-    if ckpt is None and tb_dir.is_dir():  # a fresh start: what an abandoned attempt logged goes
-        for old in tb_dir.glob("events.out.tfevents.*"):
-            old.unlink()
-    tb = TensorBoardLogger(
-        tb_dir,
-        resume_epoch=int(ckpt["epoch"]) if ckpt else 0,
-        resume_step=int(ckpt["step"]) if ckpt else 0,
-        histograms=bool(cfg.trainer.tensorboard.histograms),
-    )
-    if ckpt is None:  # written when the writers open, after the first training step
-        hparams = hparams_of(cfg, overrides, group_choices(run_dir))
-        tb.when_open(lambda: tb.hparams(hparams))
-        if prov:
-            tb.when_open(lambda: tb.text("provenance", as_markdown(prov)))
-    return tb
-
-
 def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
     """Continue from a checkpoint: weights, optimizer, scheduler, counters and RNG state."""
     try:
@@ -168,35 +134,21 @@ def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
         progress.close()
 
 
-def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, tb: TensorBoardLogger | None) -> dict:
-    try:
-        return evaluate_test(cfg, run_dir, trainer, tb)
-    except MlprunError:
-        if tb is not None:
-            tb.close()
-        raise
+def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, loggers: Loggers) -> dict:
+    """The test-set metrics (TensorBoard's figures and scalars are written by evaluate_test)."""
+    metrics = evaluate_test(cfg, run_dir, trainer, loggers.tensorboard)
+    loggers.test(int(metrics.get("epoch", trainer.state.epoch)), metrics)
+    return metrics
 
 
-def close_tensorboard(cfg: DictConfig, tb: TensorBoardLogger, pieces: Pieces, results: dict, epoch: int) -> None:
-    """The model graph and the HParams metrics of the finished run, then the writers are closed.
-
-    The graph is traced here rather than at the start: tracing takes about half a second, which
-    would otherwise lengthen the first epoch.
-    """
-    if cfg.trainer.tensorboard.graph:
-        data, model = pieces.data, pieces.model
-        example = data.train.x[:2] if hasattr(data.train, "x") else torch.zeros(2, data.num_features)
-        tb.graph(model, example.to(next(model.parameters()).device))
-    best_val = (results.get("best") or {}).get("val") or {}
-    metrics = {
-        "hparam/best_val_error": best_val.get("error"),
-        "hparam/best_val_loss": best_val.get("loss"),
-        "hparam/last_train_error": (results.get("last") or {}).get("train", {}).get("error"),
-        "hparam/test_error": (results.get("test") or {}).get("error"),
-    }
-    tb.scalars({k: v for k, v in metrics.items() if v is not None}, epoch)
-    tb.end_session("completed")
-    tb.close()
+def limited(cfg: DictConfig, pieces: Pieces) -> Pieces:
+    """The pieces with the data cut to trainer.limit_*_batches / overfit_batches (debug presets);
+    overfitting trains without augmentation."""
+    data = limit_data(pieces.data, cfg.trainer)
+    if data is pieces.data:
+        return pieces
+    log.info(f"debug: training on {len(data.train)} samples per epoch (trainer.limit_*/overfit_batches)")
+    return dataclasses.replace(pieces, data=data, augment=None if overfitting(cfg.trainer) else pieces.augment)
 
 
 def describe(record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, device: torch.device) -> None:
@@ -207,17 +159,6 @@ def describe(record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, 
     log.info(f"run directory: {run_dir}")
     log.info(f"data: {data.describe()}; device: {device}")
     log_model_summary(model, data, pieces.loss.out_features)  # build_model checked the model gives these
-
-
-def tensorboard_folder(record: RunRecord, cfg: DictConfig, run_dir: Path, overrides, ckpt: dict | None) -> Path:
-    """Where the run's TensorBoard events go: a resumed run continues in the folder it started in
-    (results.json "tensorboard"), a new one gets its own (a sweep job's is named by its values)."""
-    tb_dir = run_dir / record.data.get("tensorboard", "tensorboard")
-    if ckpt is None:
-        tb_dir = tensorboard_dir(run_dir, overrides)
-    if cfg.trainer.tensorboard.enabled:
-        record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
-    return tb_dir
 
 
 def run(
@@ -234,67 +175,72 @@ def run(
     read it already; restart: start a run that never checkpointed again in its own folder
     (otherwise a new run refuses a folder that holds a run).
     """
-    validate(cfg)
+    validate(with_logger(cfg))
     started = time.perf_counter()
     run_dir = Path(run_dir)
     device = set_up_process(cfg.trainer)
     ckpt = checkpoint if checkpoint is not None or resume_from is None else load_checkpoint(resume_from)
-    with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started, restart=restart) as record:
-        log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
-        with record.building():
-            pieces = build(cfg, device)
-        describe(record, cfg, pieces, run_dir, device)
-        data, model = pieces.data, pieces.model
+    loggers, info = Loggers(), None
+    try:
+        with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started, restart=restart) as record:
+            log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
+            with record.building():
+                pieces = limited(cfg, build(cfg, device))
+            describe(record, cfg, pieces, run_dir, device)
+            data, model = pieces.data, pieces.model
 
-        batch_size = int(cfg.trainer.batch_size)
-        progress = Progress(
-            cfg.trainer.progress,
-            int(cfg.trainer.epochs),
-            data.train.num_batches(batch_size),
-            batch_size,
-            prefix=job_prefix(run_dir, overrides),
-        )
-        stop = StopFlag()
-        tb_dir = tensorboard_folder(record, cfg, run_dir, overrides, ckpt)
-        tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt, tb_dir, overrides, record.data.get("provenance"))
-        trainer = Trainer(
-            cfg.trainer,
-            run_dir,
-            data,
-            model,
-            pieces.loss,
-            pieces.optimizer,
-            pieces.scheduler,
-            pieces.interval,
-            device,
-            tb=tb,
-            progress=progress,
-            stop=stop,
-            augment=pieces.augment,
-            on_epoch_end=record.epoch_done,
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-        if pieces.augment is not None:
-            log.info(f"augmentation: {pieces.augment} on each training batch")
-        if ckpt is not None:
-            restore(trainer, ckpt, resume_from)
+            batch_size = int(cfg.trainer.batch_size)
+            progress = Progress(
+                cfg.trainer.progress,
+                int(cfg.trainer.epochs),
+                data.train.num_batches(batch_size),
+                batch_size,
+                prefix=job_prefix(run_dir, overrides),
+            )
+            stop = StopFlag()
+            info = RunInfo(cfg, run_dir, record.data, ckpt, list(overrides), pieces)
+            with record.building():
+                loggers = make_loggers(info)
+            trainer = Trainer(
+                cfg.trainer,
+                run_dir,
+                data,
+                model,
+                pieces.loss,
+                pieces.optimizer,
+                pieces.scheduler,
+                pieces.interval,
+                device,
+                logger=loggers,
+                progress=progress,
+                stop=stop,
+                augment=pieces.augment,
+                on_epoch_end=record.epoch_done,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+            if pieces.augment is not None:
+                log.info(f"augmentation: {pieces.augment} on each training batch")
+            if ckpt is not None:
+                restore(trainer, ckpt, resume_from)
 
-        with record.training():
-            state = fit(trainer, stop, progress)
-        record.trained(state, trainer.swa_result)
-        stop_if_signalled("after training, before the test evaluation and plots")
-        if cfg.get("eval") is not None and cfg.eval.test:
-            with record.testing():
-                record.data["test"] = test(cfg, run_dir, trainer, tb)
-        if tb is not None:
-            close_tensorboard(cfg, tb, pieces, record.data, state.epoch)
-        learning_curves(
-            state.history,
-            run_dir / "learning_curves.png",
-            title=f"{cfg.dataset.name} {config_title(cfg.model)}",
-            best_epoch=state.best_epoch,
-        )
-        stop_if_signalled("after training, before the run's results were complete")
+            with record.training():
+                state = fit(trainer, stop, progress)
+            record.trained(state, trainer.swa_result)
+            stop_if_signalled("after training, before the test evaluation and plots")
+            if cfg.get("eval") is not None and cfg.eval.test:
+                with record.testing():
+                    record.data["test"] = test(cfg, run_dir, trainer, loggers)
+            learning_curves(
+                state.history,
+                run_dir / "learning_curves.png",
+                title=f"{cfg.dataset.name} {config_title(cfg.model)}",
+                best_epoch=state.best_epoch,
+            )
+            stop_if_signalled("after training, before the run's results were complete")
+    except BaseException as exc:
+        loggers.abort("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed")
+        raise
+    loggers.finish(info)  # after results.json says completed (MLflow keeps a copy of it)
     if cfg.trainer.progress != "none":
         print_summary(record.data)
         print_closing(record.data)

@@ -284,6 +284,11 @@ SCHEMA: dict[str, Spec] = {
     "trainer.cuda_graph": choice("auto", True, False),
     "trainer.profile": boolean(),
     "trainer.progress": choice("auto", "rich", "plain", "none"),
+    # debug presets (configs/debug): null = every batch
+    "trainer.limit_train_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
+    "trainer.limit_val_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
+    "trainer.limit_test_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
+    "trainer.overfit_batches": integer(1, nullable=True, allowed="null (off) or an integer >= 1"),
     "trainer.tensorboard": mapping("trainer.tensorboard"),
     "trainer.tensorboard.enabled": boolean(),
     "trainer.tensorboard.histograms": boolean(),
@@ -305,6 +310,20 @@ SCHEMA: dict[str, Spec] = {
         0.0, INF, False, True, nullable=True, allowed="null (keep the optimizer's lr) or a number > 0"
     ),
     "trainer.swa.anneal_epochs": integer(0, allowed="an integer >= 0"),
+    # ---- logger: each entry names a mlprunner.loggers.Logger class (configs/logger)
+    "logger.tensorboard": mapping("logger.tensorboard"),
+    "logger.tensorboard._target_": target(),
+    "logger.csv": mapping("logger.csv"),
+    "logger.csv._target_": target(),
+    "logger.csv.filename": text("a file name, e.g. metrics.csv"),
+    "logger.mlflow": mapping("logger.mlflow"),
+    "logger.mlflow._target_": target(),
+    "logger.mlflow.tracking_uri": text(
+        "null (MLflow's default) or a tracking URI, e.g. sqlite:///mlflow.db", nullable=True
+    ),
+    "logger.mlflow.experiment_name": text("null (the dataset's name) or a name", nullable=True),
+    "logger.mlflow.run_name": text("null (the job's name) or a name", nullable=True),
+    "logger.mlflow.log_artifacts": boolean(),
     # ---- eval
     "eval.test": boolean(),
     "eval.checkpoint": choice("best", "last"),

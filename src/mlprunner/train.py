@@ -188,7 +188,7 @@ class Trainer:
         scheduler,
         interval: str,
         device: torch.device,
-        tb=None,
+        logger=None,
         progress=None,
         stop: StopFlag | None = None,
         augment=None,
@@ -205,7 +205,7 @@ class Trainer:
         self.scheduler = scheduler
         self.interval = interval
         self.device = device
-        self.tb = tb
+        self.logger = logger  # loggers.Loggers: TensorBoard, metrics.csv, MLflow (the `logger` group)
         self.progress = progress
         self.stop = stop or StopFlag()
         self.augment = augment
@@ -328,8 +328,11 @@ class Trainer:
         self.step_model.train()
         train = self.data.train
         bs = int(self.t.batch_size)
-        g = torch.Generator().manual_seed(epoch_seed(self.t.seed, epoch))
-        order = torch.randperm(len(train), generator=g)
+        if self.t.get("overfit_batches"):  # debug=overfit: the same batches in the same order each epoch
+            order = torch.arange(len(train))
+        else:
+            g = torch.Generator().manual_seed(epoch_seed(self.t.seed, epoch))
+            order = torch.randperm(len(train), generator=g)
         if self.device.type == "cuda":
             order = order.pin_memory()  # so the copy below does not wait for the device
         order = order.to(self.device, non_blocking=True)
@@ -428,8 +431,10 @@ class Trainer:
                 f"(optim.lr={self.optimizer.defaults['lr']}) or set trainer.grad_clip"
             )
         mean = float(losses.mean())
-        if self.tb is not None:
-            self.tb.step(self.state.step, {"Loss/train_step": mean, "LR/step": self.optimizer.param_groups[0]["lr"]})
+        if self.logger is not None:
+            self.logger.step(
+                self.state.step, {"Loss/train_step": mean, "LR/step": self.optimizer.param_groups[0]["lr"]}
+            )
         if self.progress:
             self.progress.update(i, mean)
 
@@ -513,8 +518,9 @@ class Trainer:
                 s.bad_epochs += 1
                 if es.enabled and s.bad_epochs > int(es.patience):
                     s.stopped_early = True
-            if self.tb is not None:
-                self.tb.epoch(epoch, flat, self.model if self.t.tensorboard.histograms else None)
+            logged = {**flat, "time_s": seconds}
+            if self.logger is not None:
+                self.logger.epoch(epoch, s.step, logged, self.model)
             paths = []
             if improved and self.t.checkpoint.save_best:
                 paths.append(self.ckpt_dir / "best.pt")
@@ -522,6 +528,8 @@ class Trainer:
                 paths.append(self.ckpt_dir / "last.pt")
             if paths:
                 self.writer.save_checkpoint(paths, self.checkpoint_state())
+            if self.logger is not None:  # what cannot be taken back is logged once the checkpoint is saved
+                self.after_checkpoint(lambda e=epoch, n=s.step, m=logged: self.logger.epoch_saved(e, n, m))
             if self.progress:
                 self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
                 if s.stopped_early:
