@@ -26,22 +26,37 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 @dataclass(frozen=True)
+class DataSizes:
+    """A dataset's sizes as its config tells them, before any file is read (None: not known)."""
+
+    pool: int | None  # examples the train/validation split is drawn from (before dataset.subset)
+    other: int | None  # examples held besides the pool: the test set (loaded at the end of a run)
+    features: int | None  # inputs per example
+
+
+@dataclass(frozen=True)
 class LoaderFacts:
     """What validation may know of a dataset before reading it."""
 
     num_classes: int | None  # None: known only from the files
     images: bool  # flat images with a (C, H, W) shape (augmentation needs one)
     preflight: Callable[[DictConfig], None] | None  # cheap checks before the run folder is made
+    sizes: Callable[[DictConfig], DataSizes] | None = None  # for the split and memory checks
 
 
-def loader(num_classes: int | None = None, images: bool = True, preflight=None):
+def loader(num_classes: int | None = None, images: bool = True, preflight=None, sizes=None):
     """Mark `fn(dataset_cfg, device) -> Data` as a dataset loader a `dataset._target_` may name."""
 
     def mark(fn):
-        fn.dataset_facts = LoaderFacts(num_classes, images, preflight)
+        fn.dataset_facts = LoaderFacts(num_classes, images, preflight, sizes)
         return fn
 
     return mark
+
+
+def _image_features(ds: DictConfig) -> int:
+    size = list(ds.image_size)
+    return (1 if ds.get("grayscale", True) else 3) * int(size[0]) * int(size[1])
 
 
 @dataclass
@@ -317,12 +332,16 @@ def _mnist_files_present(kind: str):
     return check
 
 
-@loader(num_classes=10, preflight=_mnist_files_present("mnist"))
+def _mnist_sizes(ds: DictConfig) -> DataSizes:
+    return DataSizes(60000, 10000, 28 * 28)
+
+
+@loader(num_classes=10, preflight=_mnist_files_present("mnist"), sizes=_mnist_sizes)
 def load_mnist(cfg: DictConfig, device) -> Data:
     return _torchvision_mnist(cfg, device, "mnist")
 
 
-@loader(num_classes=10, preflight=_mnist_files_present("fashion_mnist"))
+@loader(num_classes=10, preflight=_mnist_files_present("fashion_mnist"), sizes=_mnist_sizes)
 def load_fashion_mnist(cfg: DictConfig, device) -> Data:
     return _torchvision_mnist(cfg, device, "fashion_mnist")
 
@@ -387,7 +406,15 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
 # --------------------------------------------------------------------------- scikit-learn digits
 
 
-@loader(num_classes=10)
+DIGITS_EXAMPLES = 1797  # scikit-learn's bundled digits
+
+
+def _digits_sizes(ds: DictConfig) -> DataSizes:
+    n_test = int(round(DIGITS_EXAMPLES * float(ds.test_fraction)))
+    return DataSizes(DIGITS_EXAMPLES - n_test, n_test, 64)
+
+
+@loader(num_classes=10, sizes=_digits_sizes)
 def load_digits(cfg: DictConfig, device) -> Data:
     from sklearn.datasets import load_digits
 
@@ -418,7 +445,11 @@ def make_xor(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Te
     return x, y
 
 
-@loader(num_classes=2, images=False)
+def _xor_sizes(ds: DictConfig) -> DataSizes:
+    return DataSizes(None, int(ds.n_train) + int(ds.n_val) + int(ds.n_test), 2)  # generated: no split
+
+
+@loader(num_classes=2, images=False, sizes=_xor_sizes)
 def load_xor(cfg: DictConfig, device) -> Data:
     g = torch.Generator().manual_seed(int(cfg.split_seed))
     x_tr, y_tr = make_xor(int(cfg.n_train), float(cfg.noise), g)
@@ -503,7 +534,7 @@ def _image_csv_readable(ds: DictConfig) -> None:
     read_image_csv(csv_path, image_dir)
 
 
-@loader(preflight=_image_csv_readable)
+@loader(preflight=_image_csv_readable, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
 def load_image_csv(cfg: DictConfig, device) -> Data:
     csv_path = Path(str(cfg.csv)).expanduser()
     image_dir = Path(str(cfg.image_dir)).expanduser() if cfg.get("image_dir") else csv_path.parent
@@ -575,7 +606,7 @@ def _image_folder_present(ds: DictConfig) -> None:
         )
 
 
-@loader(preflight=_image_folder_present)
+@loader(preflight=_image_folder_present, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
 def load_image_folder(cfg: DictConfig, device) -> Data:
     image_dir = Path(str(cfg.image_dir)).expanduser()
     if not image_dir.is_dir():
