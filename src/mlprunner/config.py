@@ -526,7 +526,8 @@ def preflight(cfg: DictConfig) -> None:
 
     The device must exist and have the memory the run needs (check_memory); the dataset's
     loader checks what it can without loading (files that cannot be downloaded are present, an
-    image CSV names existing files with integer labels). Failures are runtime errors (exit 1), a run too large for memory a config error (2).
+    image CSV names existing files with integer labels). Failures are runtime errors (exit 1), a
+    run too large for memory a config error (exit 2).
     """
     check_memory(cfg, resolve_device(cfg.trainer.device))
     check = resolve_loader(cfg.dataset).dataset_facts.preflight
