@@ -126,7 +126,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     cfg.resume = None
     validate(cfg)
     check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path)
-    prior = read_results(run_dir) or {}
+    prior = read_results(run_dir, strict=True) or {}
     trained = int(prior.get("epochs_completed") or 0)
     if prior.get("status") == "completed" or trained > 0:
         # e.g. trainer.checkpoint.save_last=false: never wipe a run that has trained epochs
@@ -167,7 +167,7 @@ def resume_main(args: list[str]) -> int:
     cfg = merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True)
     cfg.resume = None
     validate(cfg)
-    prior = read_results(run_dir) or {}
+    prior = read_results(run_dir, strict=True) or {}
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
