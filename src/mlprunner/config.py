@@ -17,6 +17,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .components import Loss, build_scheduler, class_node
+from .data import check_split
 from .device import resolve_device
 from .errors import ConfigError
 from .schema import (
@@ -127,30 +128,6 @@ def validate(cfg: DictConfig) -> None:
     if sizes is not None and sizes.pool is not None and ds.get("val_fraction") is not None:
         check_split(sizes.pool, float(ds.val_fraction), ds.get("subset"))
     check_buildable(cfg)
-
-
-def check_split(n: int, val_fraction: float, subset) -> tuple[int, int]:
-    """(train, validation) sizes of a split of `n` examples cut to `subset`; ConfigError (naming
-    dataset.subset when it is the cause) when no training example is left."""
-    total = min(int(subset), n) if subset is not None else n
-    n_val = int(round(total * float(val_fraction)))
-    if val_fraction > 0 and n_val == 0:
-        n_val = 1
-    if total - n_val < 1:
-        if subset is not None and subset < n:
-            raise ConfigError(
-                "dataset.subset",
-                subset,
-                message=f"dataset.subset={subset} is too small to split: dataset.val_fraction={val_fraction} "
-                f"leaves no training example; allowed: a subset of at least {2 if val_fraction > 0 else 1}",
-            )
-        raise ConfigError(
-            "dataset.val_fraction",
-            val_fraction,
-            message=f"dataset.val_fraction={val_fraction} leaves no training example "
-            f"out of {total}; allowed: a fraction that keeps at least one",
-        )
-    return total - n_val, n_val
 
 
 def _constructor_error(group: str, node, cls, exc: BaseException) -> ConfigError:

@@ -10,7 +10,9 @@ step is just an index into a tensor.
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -163,22 +165,37 @@ def _channel_stats(x: torch.Tensor, channels: int) -> tuple[list[float], list[fl
     return [float(m) for m in mean], [float(s) for s in std]
 
 
+def check_split(n: int, val_fraction: float, subset) -> tuple[int, int]:
+    """(train, validation) sizes of a split of `n` examples cut to `subset`; ConfigError (naming
+    dataset.subset when it is the cause) when no training example is left."""
+    total = min(int(subset), n) if subset is not None else n
+    n_val = int(round(total * float(val_fraction)))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if total - n_val < 1:
+        if subset is not None and subset < n:
+            raise ConfigError(
+                "dataset.subset",
+                subset,
+                message=f"dataset.subset={subset} is too small to split: dataset.val_fraction={val_fraction} "
+                f"leaves no training example; allowed: a subset of at least {2 if val_fraction > 0 else 1}",
+            )
+        raise ConfigError(
+            "dataset.val_fraction",
+            val_fraction,
+            message=f"dataset.val_fraction={val_fraction} leaves no training example "
+            f"out of {total}; allowed: a fraction that keeps at least one",
+        )
+    return total - n_val, n_val
+
+
 def _split_indices(n: int, val_fraction: float, seed: int, subset: int | None):
     """A seeded permutation of range(n), optionally cut to `subset`, split into train/val."""
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=g)
     if subset is not None:
         perm = perm[: min(int(subset), n)]
-    n_val = int(round(len(perm) * float(val_fraction)))
-    if val_fraction > 0 and n_val == 0:
-        n_val = 1
-    if len(perm) - n_val < 1:
-        raise ConfigError(
-            "dataset.val_fraction",
-            val_fraction,
-            message=f"dataset.val_fraction={val_fraction} leaves no training images "
-            f"out of {len(perm)}; allowed: a fraction that keeps at least one",
-        )
+    _, n_val = check_split(n, val_fraction, subset)
     return perm[n_val:], perm[:n_val]
 
 
@@ -483,6 +500,10 @@ def load_image(path: Path, image_size, grayscale: bool) -> torch.Tensor:
             t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as exc:  # a crafted or huge image: refused undecoded
+        raise DatasetError(
+            f"image file {path} is too large to decode ({str(exc).splitlines()[0]}); resize it first"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DatasetError(f"image file {path} cannot be decoded: {str(exc).splitlines()[0]}") from None
     c = 1 if grayscale else 3
@@ -501,7 +522,22 @@ def read_image_csv(csv_path: Path, image_dir: Path) -> tuple[list[Path], list[in
     if not csv_path.is_file():
         raise DatasetError(f"dataset.csv: file not found: {csv_path}")
     paths, labels = [], []
-    with open(csv_path, newline="") as fh:
+    try:
+        raw = csv_path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"dataset.csv: cannot read {csv_path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{csv_path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); dataset.csv must be a "
+            f"UTF-8 CSV of 'image path,label' rows"
+        ) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DatasetError(f"{csv_path}:{line}: a NUL byte: not a CSV of 'image path,label' rows (a binary file?)")
+    with io.StringIO(text, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -531,7 +567,27 @@ def _image_csv_readable(ds: DictConfig) -> None:
     image_dir = Path(str(ds.image_dir)).expanduser() if ds.get("image_dir") else csv_path.parent
     if ds.get("image_dir") and not image_dir.is_dir():
         raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
-    read_image_csv(csv_path, image_dir)
+    paths, labels = read_image_csv(csv_path, image_dir)
+    _check_classes(ds, labels, csv_path)
+    check_split(len(paths), float(ds.val_fraction), ds.get("subset"))
+
+
+def _check_classes(ds: DictConfig, labels: list[int], csv_path: Path) -> list[str]:
+    """The class names of an image CSV's labels: at least two classes, and a name for each."""
+    num_classes = max(labels) + 1
+    if len(set(labels)) < 2:
+        raise ConfigError(
+            "dataset.csv",
+            str(csv_path),
+            message=f"dataset.csv={csv_path}: every row has label {labels[0]}; a classifier needs at least "
+            f"two classes (labels 0, 1, ...)",
+        )
+    names = list(ds.class_names) if ds.get("class_names") else [str(i) for i in range(num_classes)]
+    if len(names) < num_classes:
+        raise ConfigError(
+            "dataset.class_names", names, f"at least {num_classes} names (labels go up to {num_classes - 1})"
+        )
+    return names
 
 
 @loader(preflight=_image_csv_readable, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
@@ -542,12 +598,7 @@ def load_image_csv(cfg: DictConfig, device) -> Data:
     size, gray = list(cfg.image_size), bool(cfg.grayscale)
     x = _stack_images(paths, size, gray)
     y = torch.tensor(labels, dtype=torch.long)
-    num_classes = int(y.max()) + 1
-    names = list(cfg.class_names) if cfg.get("class_names") else [str(i) for i in range(num_classes)]
-    if len(names) < num_classes:
-        raise ConfigError(
-            "dataset.class_names", names, f"at least {num_classes} names (labels go up to {num_classes - 1})"
-        )
+    names = _check_classes(cfg, labels, csv_path)
     channels = 1 if gray else 3
     load_test = None
     if cfg.get("test_csv"):
@@ -604,6 +655,22 @@ def _image_folder_present(ds: DictConfig) -> None:
         raise DatasetError(
             f"dataset.image_dir: folder not found: {image_dir} (expected one subfolder of images per class)"
         )
+    _two_classes(image_dir, "dataset.image_dir")
+
+
+def _two_classes(folder: Path, key: str) -> None:
+    """An image folder with fewer than two class subfolders trains no classifier: refused."""
+    try:
+        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise DatasetError(f"{key}: cannot read {folder}: {exc.strerror or exc}") from None
+    if len(classes) < 2:
+        found = f"only one, {classes[0]}/" if classes else "none"
+        raise ConfigError(
+            key,
+            str(folder),
+            message=f"{key}={folder}: a classifier needs at least two class subfolders (one per class); found {found}",
+        )
 
 
 @loader(preflight=_image_folder_present, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
@@ -617,6 +684,7 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
         raise DatasetError(f"dataset.image_dir={image_dir}: {str(exc).splitlines()[0]}") from None
     size, gray = list(cfg.image_size), bool(cfg.grayscale)
     channels = 1 if gray else 3
+    _two_classes(image_dir, "dataset.image_dir")
     names = list(folder.classes)
     n = len(folder.samples)
     est_mb = n * channels * size[0] * size[1] * 4 / 2**20
