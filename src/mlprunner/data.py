@@ -330,12 +330,33 @@ _MNIST_FILES = (
 )
 
 
+def _root_problem(root: Path, folder: Path) -> str | None:
+    """What keeps the dataset folder from being read or made, named (the root, or a folder on
+    the way, is a file; a folder or file cannot be read), or None. Said instead of advice to
+    delete files that are not the problem."""
+    for p in (root, *reversed(folder.relative_to(root).parents), folder):
+        p = root / p if not p.is_absolute() else p
+        if p.exists() and not p.is_dir():
+            if p == root:
+                return f"dataset.root={p} is a file, not a folder (MLPRUN_DATA or dataset.root must name a folder)"
+            return f"{p} is a file where a folder is expected"
+        if p.is_dir() and not os.access(p, os.R_OK | os.X_OK):
+            return f"{p}: permission denied (the folder cannot be read)"
+    for p in folder.glob("*") if folder.is_dir() else ():
+        if p.is_file() and not os.access(p, os.R_OK):
+            return f"{p}: permission denied (the file cannot be read)"
+    return None
+
+
 def _mnist_files_present(kind: str):
     def check(ds: DictConfig) -> None:
-        if ds.get("download", False):
-            return
         sub = MNIST_FOLDERS[kind]
         root = Path(str(ds.root)).expanduser()
+        problem = _root_problem(root, root / sub / "raw")
+        if problem:
+            raise DatasetError(f"{sub}: {problem}; set MLPRUN_DATA or dataset.root to a folder holding {sub}/raw/")
+        if ds.get("download", False):
+            return
         folder = root / sub / "raw"
         absent = [f for f in _MNIST_FILES if not (folder / f).is_file()]
         if absent:
@@ -398,6 +419,12 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
                 f"delete them and download again, or set dataset.root"
             ) from None
         except (OSError, ValueError, AssertionError, IndexError) as exc:
+            problem = _root_problem(root, folder)
+            if problem:  # not the files' content: no advice to delete them
+                raise DatasetError(
+                    f"{cls.__name__}: {problem}; set MLPRUN_DATA or dataset.root to a folder holding "
+                    f"{cls.__name__}/raw/"
+                ) from None
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and "ubyte" not in msg:
                 msg = f"download failed ({msg})"

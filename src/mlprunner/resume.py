@@ -8,6 +8,7 @@ with the configuration Hydra saved in `.hydra/config.yaml`.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import shutil
 from pathlib import Path
@@ -23,6 +24,7 @@ from .record import lock_run_dir
 from .results import read_results
 from .run import run
 from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides
+from .schema import SCHEMA, declared
 from .train import still_stopped
 
 log = logging.getLogger("mlprunner")
@@ -36,6 +38,7 @@ SAFE_KEYS = (
     "trainer.tensorboard.",
     "trainer.checkpoint.",
     "trainer.threads",
+    "trainer.memory_fraction",
     "trainer.profile",
     "trainer.eval_batch_size",
     "trainer.device",
@@ -70,6 +73,15 @@ def parse_overrides(args: list[str]) -> list[str]:
         key, eq, _ = a.lstrip("+").partition("=")
         if not eq:
             raise ConfigError(a, message=f"cannot parse override '{a}': expected key=value")
+        close = [] if declared(key) else difflib.get_close_matches(key, [k for k in SCHEMA if "._" not in k], 2, 0.75)
+        if close:  # a typo, as a fresh run reports it
+            raise ConfigError(
+                key,
+                message=(
+                    f"{key}: no such config key; did you mean {' or '.join(close)}? "
+                    f"(allowed with resume=: {allowed_text()})"
+                ),
+            )
         if not is_safe(key):
             raise ConfigError(
                 key,
