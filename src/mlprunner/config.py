@@ -449,13 +449,14 @@ def estimate_memory(cfg: DictConfig) -> dict[str, int]:
     n_params = sum(p.numel() for p in model.parameters())
     ratio = _optimizer_state_ratio(cfg)
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
-    batch = max(int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size))
+    units = features + sum(widths)  # every layer's output, the input included
     parts = {
         "parameters": 4 * n_params,
         "gradients": 4 * n_params,
         "optimizer state": int(4 * n_params * ratio),
         "checkpoint snapshot": int(4 * n_params * (1 + ratio)),
-        "activations": 4 * 4 * batch * (features + sum(widths)),
+        # training keeps each output and its gradient (and a mask); evaluation only the outputs
+        "activations": 4 * units * max(3 * int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)),
     }
     swa = cfg.trainer.get("swa")
     if swa is not None and swa.get("enabled"):
@@ -480,8 +481,13 @@ def check_memory(cfg: DictConfig, device: torch.device) -> None:
     need = sum(parts.values())
     if need <= float(fraction) * available:
         return
-    biggest = max(parts, key=parts.get)
-    keys = {"data": "dataset.subset", "activations": "trainer.batch_size"}.get(biggest, "model.hidden")
+    # the key that asks for most of it: the model's size (its parameters and all that scales with
+    # them), the batch size (activations) or the data
+    by_key: dict[str, int] = {}
+    for part, n in parts.items():
+        key = {"data": "dataset.subset", "activations": "trainer.batch_size"}.get(part, "model.hidden")
+        by_key[key] = by_key.get(key, 0) + n
+    keys = max(by_key, key=by_key.get)
     value = OmegaConf.select(cfg, keys)
     value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
     detail = ", ".join(f"{name} {_gb(n)}" for name, n in sorted(parts.items(), key=lambda kv: -kv[1]) if n >= 1e6)
