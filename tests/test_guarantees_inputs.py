@@ -181,7 +181,13 @@ CASES = [
         "memory-data-dominates",
         ["dataset=xor", "dataset.n_train=50000000", "model.hidden=[]", "trainer.memory_fraction=1e-6"],
         2,
-        ["dataset.subset"],
+        ["dataset.n_train=50000000"],
+    ),
+    case(
+        "memory-subset-dominates",
+        ["dataset=digits", "dataset.subset=1000", "model.hidden=[]", "trainer.memory_fraction=1e-9"],
+        2,
+        ["dataset.subset=1000"],
     ),
     case("memory-fraction-zero", ["trainer.memory_fraction=0"], 2, ["trainer.memory_fraction=0"]),
     # ---- 9: smaller ones

@@ -10,6 +10,7 @@ import inspect
 import math
 import os
 import re
+from pathlib import Path
 
 import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -184,8 +185,11 @@ def _meta_model(cfg: DictConfig, features: int, outputs: int):
     try:
         with torch.device("meta"):
             return instantiate(cfg.model, in_features=features, out_features=outputs)
-    except Exception as exc:  # the class refused its arguments
-        raise _constructor_error("model", cfg.model, cls, exc) from None
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, (TypeError, ValueError)):  # the class refused its arguments
+            raise _constructor_error("model", cfg.model, cls, exc) from None
+        return None  # a class of the user's that cannot be built on the meta device: not checked
 
 
 def check_buildable(cfg: DictConfig) -> None:
@@ -425,8 +429,8 @@ def available_memory(device: torch.device) -> int | None:
         except (OSError, ValueError, IndexError):
             pass
     try:
-        limit = open("/sys/fs/cgroup/memory.max").read().strip()
-        used = open("/sys/fs/cgroup/memory.current").read().strip()
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
         if limit != "max":
             found.append(max(0, int(limit) - int(used)))
     except (OSError, ValueError):
@@ -446,9 +450,9 @@ def estimate_memory(cfg: DictConfig) -> dict[str, int]:
     sizes = facts.sizes(cfg.dataset) if facts.sizes is not None else None
     features = sizes.features if sizes is not None and sizes.features else 1
     model = _meta_model(cfg, features, facts.num_classes or 2)
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = sum(p.numel() for p in model.parameters()) if model is not None else 0
     ratio = _optimizer_state_ratio(cfg)
-    widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] if model is not None else []
     units = features + sum(widths)  # every layer's output, the input included
     parts = {
         "parameters": 4 * n_params,
@@ -478,14 +482,17 @@ def check_memory(cfg: DictConfig, device: torch.device) -> None:
     if available is None:
         return
     parts = estimate_memory(cfg)
+    if device.type != "cpu":  # the checkpoint's copies are made in the host's memory
+        parts.pop("checkpoint snapshot")
     need = sum(parts.values())
     if need <= float(fraction) * available:
         return
     # the key that asks for most of it: the model's size (its parameters and all that scales with
     # them), the batch size (activations) or the data
     by_key: dict[str, int] = {}
+    data_key = next((f"dataset.{k}" for k in ("subset", "n_train") if k in cfg.dataset), "dataset")
     for part, n in parts.items():
-        key = {"data": "dataset.subset", "activations": "trainer.batch_size"}.get(part, "model.hidden")
+        key = {"data": data_key, "activations": "trainer.batch_size"}.get(part, "model.hidden")
         by_key[key] = by_key.get(key, 0) + n
     keys = max(by_key, key=by_key.get)
     value = OmegaConf.select(cfg, keys)
