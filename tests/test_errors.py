@@ -156,7 +156,7 @@ CASES = [
         ["trainer.epochs", "MLPRUN_NO_SUCH_VAR"],
     ),
     # ---- types and ranges
-    case("lr-negative", ["optim.lr=-1"], 2, ["optim.lr=-1", "(0, inf]"]),
+    case("lr-negative", ["optim.lr=-1"], 2, ["optim.lr=-1", "(0, inf)"]),
     case("lr-not-a-number", ["optim.lr=fast"], 2, ["optim.lr='fast'", "a number"]),
     case("momentum-above-1", ["optim=sgd", "optim.momentum=1.5"], 2, ["optim.momentum=1.5", "[0, 1)"]),
     case("weight-decay-negative", ["optim.weight_decay=-0.1"], 2, ["optim.weight_decay=-0.1"]),

@@ -84,7 +84,7 @@ def test_interpolated_value_resolves_before_validation(tmp_path, monkeypatch, ep
 
 def test_interpolated_non_number_is_the_usual_error(tmp_path):
     line = refused(tmp_path, *TINY, "trainer.epochs=${oc.env:EPOCHS}", env={"EPOCHS": "abc"})
-    assert line == "mlprun: error: trainer.epochs='abc' is invalid; allowed: an integer in [1, inf]"
+    assert line == "mlprun: error: trainer.epochs='abc' is invalid; allowed: an integer in [1, inf)"
 
 
 def test_resume_latest_skips_folders_without_a_run(tmp_path):

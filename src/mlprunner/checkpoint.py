@@ -6,6 +6,7 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so
 
 from __future__ import annotations
 
+import errno
 import importlib
 import io
 import json
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError
+from .errors import CheckpointError, WriteError
 
 FORMAT = "mlprunner-checkpoint-v1"
 REQUIRED_KEYS = ("model", "epoch", "step", "config")
@@ -59,13 +60,42 @@ def atomic_write_bytes(path: Path, write) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        error = _write_error(path, exc)  # before the temp file goes: a full disk is still full
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if error is not None:
+            raise error from None
         raise
     _fsync_dir(path.parent)
+
+
+# a write that fails with less than this free beside the file was stopped by a full disk
+_NEARLY_FULL = 1 << 20
+
+
+def _write_error(path: Path, exc: BaseException) -> WriteError | None:
+    """A failed write as one line naming the file and the cause: torch.save reports a full disk
+    as "[enforce fail at inline_container.cc:...] ... file write failed" (no errno), so the free
+    space beside the file decides; None for an error that is not the file system's."""
+    if isinstance(exc, OSError):
+        if exc.errno == errno.ENOSPC:
+            return WriteError(f"no space left on device while writing {path}")
+        if exc.errno == errno.EDQUOT:
+            return WriteError(f"disk quota exceeded while writing {path}")
+        return WriteError(f"cannot write {path}: {exc.strerror or exc}")
+    if isinstance(exc, RuntimeError) and ("inline_container" in str(exc) or "write failed" in str(exc)):
+        try:
+            st = os.statvfs(path.parent)
+            full = st.f_bavail * st.f_frsize < _NEARLY_FULL
+        except (OSError, AttributeError):  # no statvfs (Windows)
+            full = False
+        if full:
+            return WriteError(f"no space left on device while writing {path}")
+        return WriteError(f"cannot write {path}: {_first_line(exc)}")
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -6,15 +6,21 @@ value and what is allowed, and maps to exit code 2.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import re
+from pathlib import Path
 
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
-from hydra.utils import get_class
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from .components import Loss, build_scheduler, class_node
+from .data import check_split
 from .device import resolve_device
 from .errors import ConfigError
 from .loggers import check_loggers
@@ -141,6 +147,103 @@ def validate(cfg: DictConfig) -> None:
             message=f"dataset.augment.enabled=true needs an image dataset; "
             f"dataset={option_label(ds, 'dataset')} has no image shape (allowed: false)",
         )
+    sizes = facts.sizes(ds) if facts.sizes is not None else None
+    if sizes is not None and sizes.pool is not None and ds.get("val_fraction") is not None:
+        check_split(sizes.pool, float(ds.val_fraction), ds.get("subset"))
+    check_buildable(cfg)
+
+
+def _constructor_error(group: str, node, cls, exc: BaseException) -> ConfigError:
+    """A component class's constructor refused its arguments: one line naming the key.
+
+    The key is the argument the error names (a missing one, an unknown one, a null one the
+    class needs a value for, or one whose name the message mentions), else the group."""
+    cause = exc.__cause__ or exc  # hydra's InstantiationException wraps the class's own error
+    detail = _first_line(str(cause)) or type(cause).__name__
+    label = str(node.get("_target_") or getattr(cls, "__name__", cls))
+    m = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: '([^']+)'", detail)
+    if m:
+        key = f"{group}.{m.group(1)}"
+        return ConfigError(key, message=f"{key} is required by {label}; give it a value: {key}=<value>")
+    m = re.search(r"got an unexpected keyword argument '([^']+)'", detail)
+    if m:
+        key = f"{group}.{m.group(1)}"
+        return ConfigError(key, message=f"{key}: no such argument of {label}; remove it (~{key})")
+    keys = [k for k in node.keys() if not str(k).startswith("_")]
+    try:
+        params = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for k in keys:
+        p = params.get(k)
+        if node.get(k) is None and p is not None and p.default is not None:
+            key = f"{group}.{k}"
+            return ConfigError(key, message=f"{key}=null: {label} needs a value ({detail}); give it one: {key}=<value>")
+    found = []
+    for k in keys:
+        for form in {k, k.replace("_", " "), k.rstrip("s")}:
+            hit = re.search(rf"(?<![A-Za-z0-9_]){re.escape(form)}(?![A-Za-z0-9_])", detail, re.IGNORECASE)
+            if hit:
+                found.append((hit.start(), -len(form), k))
+    if found:
+        k = min(found)[2]
+        value = OmegaConf.to_container(node[k]) if OmegaConf.is_list(node._get_node(k)) else node[k]
+        key = f"{group}.{k}"
+        return ConfigError(key, value, message=f"{key}={_word(value)}: {detail} ({label})")
+    return ConfigError(group, message=f"{label} refused its arguments: {detail}")
+
+
+def _word(value) -> str:
+    return {True: "true", False: "false"}[value] if isinstance(value, bool) else "null" if value is None else str(value)
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
+
+
+def _meta_model(cfg: DictConfig, features: int, outputs: int):
+    """The model of cfg.model on the meta device: its shapes and parameter count, no memory."""
+    cls = component_class(cfg.model, "model")
+    try:
+        with torch.device("meta"):
+            return instantiate(cfg.model, in_features=features, out_features=outputs)
+    except Exception as exc:
+        cause = exc.__cause__ or exc
+        if isinstance(cause, (TypeError, ValueError)):  # the class refused its arguments
+            raise _constructor_error("model", cfg.model, cls, exc) from None
+        return None  # a class of the user's that cannot be built on the meta device: not checked
+
+
+def check_buildable(cfg: DictConfig) -> None:
+    """Build each component once on stand-ins, before anything is written: the loss, the model on
+    the meta device (no memory), the optimizer on a throw-away parameter and the scheduler on that
+    optimizer. What a constructor refuses (nesterov without momentum, onecycle without max_lr,
+    multi_margin's p, plateau's mode, ...) is a one-line ConfigError naming the key."""
+    facts = resolve_loader(cfg.dataset).dataset_facts
+    loss_cls = component_class(cfg.loss, "loss")
+    classes = facts.num_classes or 2
+    try:
+        instantiate(class_node(cfg.loss, "loss"))
+        loss = Loss(cfg.loss, classes)
+        loss(torch.zeros(2, loss.out_features), torch.tensor([0, 1]))  # some arguments are read only here
+    except Exception as exc:
+        raise _constructor_error("loss", cfg.loss, loss_cls, exc) from None
+    sizes = facts.sizes(cfg.dataset) if facts.sizes is not None else None
+    features = sizes.features if sizes is not None and sizes.features else 1
+    _meta_model(cfg, features, 2)
+    optim_cls = component_class(cfg.optim, "optim")
+    probe = torch.zeros(2, requires_grad=True)
+    try:
+        optimizer = instantiate(cfg.optim)([probe])
+    except Exception as exc:
+        raise _constructor_error("optim", cfg.optim, optim_cls, exc) from None
+    if cfg.scheduler.get("_target_") is None:
+        return
+    sched_cls = component_class(cfg.scheduler, "scheduler")
+    try:
+        build_scheduler(cfg.scheduler, optimizer, int(cfg.trainer.epochs), 1)
+    except Exception as exc:
+        raise _constructor_error("scheduler", class_node(cfg.scheduler, "scheduler"), sched_cls, exc) from None
 
 
 def _set(cfg: DictConfig, key: str, value) -> None:
@@ -344,14 +447,131 @@ def swa_start_epoch(value, epochs: int) -> int:
     return int(value)
 
 
+def _optimizer_state_ratio(cfg: DictConfig) -> float:
+    """Optimizer state per parameter, asked of the optimizer itself: one step on a probe
+    parameter, then its state tensors of the parameter's size are counted (SGD with momentum 1,
+    Adam 2, Adam with amsgrad 3, plain SGD 0)."""
+    probe = torch.zeros(64, requires_grad=True)
+    probe.grad = torch.zeros_like(probe)
+    optimizer = instantiate(cfg.optim)([probe])
+    optimizer.step()
+    state = optimizer.state.get(probe, {})
+    return sum(t.numel() for t in state.values() if torch.is_tensor(t) and t.numel() == probe.numel()) / 64
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes this process may still allocate on `device`: free GPU memory (torch.cuda.mem_get_info),
+    or for the CPU the smaller of MemAvailable (/proc/meminfo) and the cgroup's limit less its use;
+    None where neither can be read (then there is no check)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    found = []
+    try:
+        import psutil  # lazily and optional: /proc/meminfo gives the same on Linux
+
+        found.append(int(psutil.virtual_memory().available))
+    except ImportError:
+        try:
+            with open("/proc/meminfo") as fh:
+                for line in fh:
+                    if line.startswith("MemAvailable:"):
+                        found.append(int(line.split()[1]) * 1024)
+        except (OSError, ValueError, IndexError):
+            pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        used = Path("/sys/fs/cgroup/memory.current").read_text().strip()
+        if limit != "max":
+            found.append(max(0, int(limit) - int(used)))
+    except (OSError, ValueError):
+        pass
+    return min(found) if found else None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+
+
+def estimate_memory(cfg: DictConfig) -> dict[str, int]:
+    """Bytes a run of `cfg` holds at once, by part: parameters, gradients, optimizer state (asked
+    of the optimizer), SWA's averaged copy, the checkpoint snapshot (CPU copies of the model and
+    optimizer state), activations of the largest batch, and the data held in memory."""
+    facts = resolve_loader(cfg.dataset).dataset_facts
+    sizes = facts.sizes(cfg.dataset) if facts.sizes is not None else None
+    features = sizes.features if sizes is not None and sizes.features else 1
+    model = _meta_model(cfg, features, facts.num_classes or 2)
+    n_params = sum(p.numel() for p in model.parameters()) if model is not None else 0
+    ratio = _optimizer_state_ratio(cfg)
+    widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] if model is not None else []
+    units = features + sum(widths)  # every layer's output, the input included
+    parts = {
+        "parameters": 4 * n_params,
+        "gradients": 4 * n_params,
+        "optimizer state": int(4 * n_params * ratio),
+        "checkpoint snapshot": int(4 * n_params * (1 + ratio)),
+        # training keeps each output and its gradient (and a mask); evaluation only the outputs
+        "activations": 4 * units * max(3 * int(cfg.trainer.batch_size), int(cfg.trainer.eval_batch_size)),
+    }
+    swa = cfg.trainer.get("swa")
+    if swa is not None and swa.get("enabled"):
+        parts["SWA average"] = 4 * n_params
+    if sizes is not None and (sizes.pool is not None or sizes.other is not None):
+        subset = cfg.dataset.get("subset")
+        pool = min(int(subset), sizes.pool) if subset is not None and sizes.pool is not None else sizes.pool or 0
+        parts["data"] = 4 * (features + 1) * (pool + (sizes.other or 0))
+    return parts
+
+
+def check_memory(cfg: DictConfig, device: torch.device) -> None:
+    """Refuse (one line naming the keys) a run whose estimated memory exceeds
+    trainer.memory_fraction of what `device` has available; null skips the check."""
+    fraction = cfg.trainer.get("memory_fraction")
+    if fraction is None:
+        return
+    available = available_memory(device)
+    if available is None:
+        return
+    parts = estimate_memory(cfg)
+    if device.type != "cpu":  # the checkpoint's copies are made in the host's memory
+        parts.pop("checkpoint snapshot")
+    need = sum(parts.values())
+    if need <= float(fraction) * available:
+        return
+    # the key that asks for most of it: the model's size (its parameters and all that scales with
+    # them), the batch size (activations) or the data
+    by_key: dict[str, int] = {}
+    data_key = next((f"dataset.{k}" for k in ("subset", "n_train") if k in cfg.dataset), "dataset")
+    for part, n in parts.items():
+        key = {"data": data_key, "activations": "trainer.batch_size"}.get(part, "model.hidden")
+        by_key[key] = by_key.get(key, 0) + n
+    keys = max(by_key, key=by_key.get)
+    value = OmegaConf.select(cfg, keys)
+    value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    detail = ", ".join(f"{name} {_gb(n)}" for name, n in sorted(parts.items(), key=lambda kv: -kv[1]) if n >= 1e6)
+    raise ConfigError(
+        keys,
+        value,
+        message=(
+            f"{keys}={_word(value)} needs about {_gb(need)} of memory "
+            f"({detail}; optim={option_label(cfg.optim, 'optim')}) "
+            f"but {device} has {_gb(available)} available (trainer.memory_fraction={fraction} of it); "
+            f"allowed: a smaller model.hidden, trainer.batch_size or dataset.subset, "
+            f"or trainer.memory_fraction=null to skip this check"
+        ),
+    )
+
+
 def preflight(cfg: DictConfig) -> None:
     """Cheap checks of the environment a valid config needs, before any run folder is made.
 
-    The device must exist; the dataset's loader checks what it can without loading (files
-    that cannot be downloaded are present, an image CSV names existing files with integer
-    labels). Failures are runtime errors (exit 1).
+    The device must exist and have the memory the run needs (check_memory); the dataset's
+    loader checks what it can without loading (files that cannot be downloaded are present, an
+    image CSV names existing files with integer labels). Failures are runtime errors (exit 1), a
+    run too large for memory a config error (exit 2).
     """
-    resolve_device(cfg.trainer.device)
+    check_memory(cfg, resolve_device(cfg.trainer.device))
     check_loggers(cfg)  # each logger's class, and MLflow installed for logger=mlflow
     check = resolve_loader(cfg.dataset).dataset_facts.preflight
     if check is not None:

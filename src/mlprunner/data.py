@@ -10,7 +10,9 @@ step is just an index into a tensor.
 from __future__ import annotations
 
 import csv
+import io
 import math
+import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,22 +28,37 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 @dataclass(frozen=True)
+class DataSizes:
+    """A dataset's sizes as its config tells them, before any file is read (None: not known)."""
+
+    pool: int | None  # examples the train/validation split is drawn from (before dataset.subset)
+    other: int | None  # examples held besides the pool: the test set (loaded at the end of a run)
+    features: int | None  # inputs per example
+
+
+@dataclass(frozen=True)
 class LoaderFacts:
     """What validation may know of a dataset before reading it."""
 
     num_classes: int | None  # None: known only from the files
     images: bool  # flat images with a (C, H, W) shape (augmentation needs one)
     preflight: Callable[[DictConfig], None] | None  # cheap checks before the run folder is made
+    sizes: Callable[[DictConfig], DataSizes] | None = None  # for the split and memory checks
 
 
-def loader(num_classes: int | None = None, images: bool = True, preflight=None):
+def loader(num_classes: int | None = None, images: bool = True, preflight=None, sizes=None):
     """Mark `fn(dataset_cfg, device) -> Data` as a dataset loader a `dataset._target_` may name."""
 
     def mark(fn):
-        fn.dataset_facts = LoaderFacts(num_classes, images, preflight)
+        fn.dataset_facts = LoaderFacts(num_classes, images, preflight, sizes)
         return fn
 
     return mark
+
+
+def _image_features(ds: DictConfig) -> int:
+    size = list(ds.image_size)
+    return (1 if ds.get("grayscale", True) else 3) * int(size[0]) * int(size[1])
 
 
 @dataclass
@@ -148,22 +165,37 @@ def _channel_stats(x: torch.Tensor, channels: int) -> tuple[list[float], list[fl
     return [float(m) for m in mean], [float(s) for s in std]
 
 
+def check_split(n: int, val_fraction: float, subset) -> tuple[int, int]:
+    """(train, validation) sizes of a split of `n` examples cut to `subset`; ConfigError (naming
+    dataset.subset when it is the cause) when no training example is left."""
+    total = min(int(subset), n) if subset is not None else n
+    n_val = int(round(total * float(val_fraction)))
+    if val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if total - n_val < 1:
+        if subset is not None and subset < n:
+            raise ConfigError(
+                "dataset.subset",
+                subset,
+                message=f"dataset.subset={subset} is too small to split: dataset.val_fraction={val_fraction} "
+                f"leaves no training example; allowed: a subset of at least {2 if val_fraction > 0 else 1}",
+            )
+        raise ConfigError(
+            "dataset.val_fraction",
+            val_fraction,
+            message=f"dataset.val_fraction={val_fraction} leaves no training example "
+            f"out of {total}; allowed: a fraction that keeps at least one",
+        )
+    return total - n_val, n_val
+
+
 def _split_indices(n: int, val_fraction: float, seed: int, subset: int | None):
     """A seeded permutation of range(n), optionally cut to `subset`, split into train/val."""
     g = torch.Generator().manual_seed(int(seed))
     perm = torch.randperm(n, generator=g)
     if subset is not None:
         perm = perm[: min(int(subset), n)]
-    n_val = int(round(len(perm) * float(val_fraction)))
-    if val_fraction > 0 and n_val == 0:
-        n_val = 1
-    if len(perm) - n_val < 1:
-        raise ConfigError(
-            "dataset.val_fraction",
-            val_fraction,
-            message=f"dataset.val_fraction={val_fraction} leaves no training images "
-            f"out of {len(perm)}; allowed: a fraction that keeps at least one",
-        )
+    _, n_val = check_split(n, val_fraction, subset)
     return perm[n_val:], perm[:n_val]
 
 
@@ -298,12 +330,33 @@ _MNIST_FILES = (
 )
 
 
+def _root_problem(root: Path, folder: Path) -> str | None:
+    """What keeps the dataset folder from being read or made, named (the root, or a folder on
+    the way, is a file; a folder or file cannot be read), or None. Said instead of advice to
+    delete files that are not the problem."""
+    for p in (root, *reversed(folder.relative_to(root).parents), folder):
+        p = root / p if not p.is_absolute() else p
+        if p.exists() and not p.is_dir():
+            if p == root:
+                return f"dataset.root={p} is a file, not a folder (MLPRUN_DATA or dataset.root must name a folder)"
+            return f"{p} is a file where a folder is expected"
+        if p.is_dir() and not os.access(p, os.R_OK | os.X_OK):
+            return f"{p}: permission denied (the folder cannot be read)"
+    for p in folder.glob("*") if folder.is_dir() else ():
+        if p.is_file() and not os.access(p, os.R_OK):
+            return f"{p}: permission denied (the file cannot be read)"
+    return None
+
+
 def _mnist_files_present(kind: str):
     def check(ds: DictConfig) -> None:
-        if ds.get("download", False):
-            return
         sub = MNIST_FOLDERS[kind]
         root = Path(str(ds.root)).expanduser()
+        problem = _root_problem(root, root / sub / "raw")
+        if problem:
+            raise DatasetError(f"{sub}: {problem}; set MLPRUN_DATA or dataset.root to a folder holding {sub}/raw/")
+        if ds.get("download", False):
+            return
         folder = root / sub / "raw"
         absent = [f for f in _MNIST_FILES if not (folder / f).is_file()]
         if absent:
@@ -317,12 +370,16 @@ def _mnist_files_present(kind: str):
     return check
 
 
-@loader(num_classes=10, preflight=_mnist_files_present("mnist"))
+def _mnist_sizes(ds: DictConfig) -> DataSizes:
+    return DataSizes(60000, 10000, 28 * 28)
+
+
+@loader(num_classes=10, preflight=_mnist_files_present("mnist"), sizes=_mnist_sizes)
 def load_mnist(cfg: DictConfig, device) -> Data:
     return _torchvision_mnist(cfg, device, "mnist")
 
 
-@loader(num_classes=10, preflight=_mnist_files_present("fashion_mnist"))
+@loader(num_classes=10, preflight=_mnist_files_present("fashion_mnist"), sizes=_mnist_sizes)
 def load_fashion_mnist(cfg: DictConfig, device) -> Data:
     return _torchvision_mnist(cfg, device, "fashion_mnist")
 
@@ -362,6 +419,12 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
                 f"delete them and download again, or set dataset.root"
             ) from None
         except (OSError, ValueError, AssertionError, IndexError) as exc:
+            problem = _root_problem(root, folder)
+            if problem:  # not the files' content: no advice to delete them
+                raise DatasetError(
+                    f"{cls.__name__}: {problem}; set MLPRUN_DATA or dataset.root to a folder holding "
+                    f"{cls.__name__}/raw/"
+                ) from None
             msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and "ubyte" not in msg:
                 msg = f"download failed ({msg})"
@@ -387,7 +450,15 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
 # --------------------------------------------------------------------------- scikit-learn digits
 
 
-@loader(num_classes=10)
+DIGITS_EXAMPLES = 1797  # scikit-learn's bundled digits
+
+
+def _digits_sizes(ds: DictConfig) -> DataSizes:
+    n_test = int(round(DIGITS_EXAMPLES * float(ds.test_fraction)))
+    return DataSizes(DIGITS_EXAMPLES - n_test, n_test, 64)
+
+
+@loader(num_classes=10, sizes=_digits_sizes)
 def load_digits(cfg: DictConfig, device) -> Data:
     from sklearn.datasets import load_digits
 
@@ -418,7 +489,11 @@ def make_xor(n: int, noise: float, generator: torch.Generator) -> tuple[torch.Te
     return x, y
 
 
-@loader(num_classes=2, images=False)
+def _xor_sizes(ds: DictConfig) -> DataSizes:
+    return DataSizes(None, int(ds.n_train) + int(ds.n_val) + int(ds.n_test), 2)  # generated: no split
+
+
+@loader(num_classes=2, images=False, sizes=_xor_sizes)
 def load_xor(cfg: DictConfig, device) -> Data:
     g = torch.Generator().manual_seed(int(cfg.split_seed))
     x_tr, y_tr = make_xor(int(cfg.n_train), float(cfg.noise), g)
@@ -452,6 +527,10 @@ def load_image(path: Path, image_size, grayscale: bool) -> torch.Tensor:
             t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as exc:  # a crafted or huge image: refused undecoded
+        raise DatasetError(
+            f"image file {path} is too large to decode ({str(exc).splitlines()[0]}); resize it first"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DatasetError(f"image file {path} cannot be decoded: {str(exc).splitlines()[0]}") from None
     c = 1 if grayscale else 3
@@ -470,7 +549,22 @@ def read_image_csv(csv_path: Path, image_dir: Path) -> tuple[list[Path], list[in
     if not csv_path.is_file():
         raise DatasetError(f"dataset.csv: file not found: {csv_path}")
     paths, labels = [], []
-    with open(csv_path, newline="") as fh:
+    try:
+        raw = csv_path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"dataset.csv: cannot read {csv_path}: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetError(
+            f"{csv_path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); dataset.csv must be a "
+            f"UTF-8 CSV of 'image path,label' rows"
+        ) from None
+    if "\0" in text:
+        line = text[: text.index("\0")].count("\n") + 1
+        raise DatasetError(f"{csv_path}:{line}: a NUL byte: not a CSV of 'image path,label' rows (a binary file?)")
+    with io.StringIO(text, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), start=1):
             if not row or all(not c.strip() for c in row):
                 continue
@@ -500,10 +594,30 @@ def _image_csv_readable(ds: DictConfig) -> None:
     image_dir = Path(str(ds.image_dir)).expanduser() if ds.get("image_dir") else csv_path.parent
     if ds.get("image_dir") and not image_dir.is_dir():
         raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
-    read_image_csv(csv_path, image_dir)
+    paths, labels = read_image_csv(csv_path, image_dir)
+    _check_classes(ds, labels, csv_path)
+    check_split(len(paths), float(ds.val_fraction), ds.get("subset"))
 
 
-@loader(preflight=_image_csv_readable)
+def _check_classes(ds: DictConfig, labels: list[int], csv_path: Path) -> list[str]:
+    """The class names of an image CSV's labels: at least two classes, and a name for each."""
+    num_classes = max(labels) + 1
+    if len(set(labels)) < 2:
+        raise ConfigError(
+            "dataset.csv",
+            str(csv_path),
+            message=f"dataset.csv={csv_path}: every row has label {labels[0]}; a classifier needs at least "
+            f"two classes (labels 0, 1, ...)",
+        )
+    names = list(ds.class_names) if ds.get("class_names") else [str(i) for i in range(num_classes)]
+    if len(names) < num_classes:
+        raise ConfigError(
+            "dataset.class_names", names, f"at least {num_classes} names (labels go up to {num_classes - 1})"
+        )
+    return names
+
+
+@loader(preflight=_image_csv_readable, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
 def load_image_csv(cfg: DictConfig, device) -> Data:
     csv_path = Path(str(cfg.csv)).expanduser()
     image_dir = Path(str(cfg.image_dir)).expanduser() if cfg.get("image_dir") else csv_path.parent
@@ -511,12 +625,7 @@ def load_image_csv(cfg: DictConfig, device) -> Data:
     size, gray = list(cfg.image_size), bool(cfg.grayscale)
     x = _stack_images(paths, size, gray)
     y = torch.tensor(labels, dtype=torch.long)
-    num_classes = int(y.max()) + 1
-    names = list(cfg.class_names) if cfg.get("class_names") else [str(i) for i in range(num_classes)]
-    if len(names) < num_classes:
-        raise ConfigError(
-            "dataset.class_names", names, f"at least {num_classes} names (labels go up to {num_classes - 1})"
-        )
+    names = _check_classes(cfg, labels, csv_path)
     channels = 1 if gray else 3
     load_test = None
     if cfg.get("test_csv"):
@@ -573,9 +682,25 @@ def _image_folder_present(ds: DictConfig) -> None:
         raise DatasetError(
             f"dataset.image_dir: folder not found: {image_dir} (expected one subfolder of images per class)"
         )
+    _two_classes(image_dir, "dataset.image_dir")
 
 
-@loader(preflight=_image_folder_present)
+def _two_classes(folder: Path, key: str) -> None:
+    """An image folder with fewer than two class subfolders trains no classifier: refused."""
+    try:
+        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+    except OSError as exc:
+        raise DatasetError(f"{key}: cannot read {folder}: {exc.strerror or exc}") from None
+    if len(classes) < 2:
+        found = f"only one, {classes[0]}/" if classes else "none"
+        raise ConfigError(
+            key,
+            str(folder),
+            message=f"{key}={folder}: a classifier needs at least two class subfolders (one per class); found {found}",
+        )
+
+
+@loader(preflight=_image_folder_present, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
 def load_image_folder(cfg: DictConfig, device) -> Data:
     image_dir = Path(str(cfg.image_dir)).expanduser()
     if not image_dir.is_dir():
@@ -586,6 +711,7 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
         raise DatasetError(f"dataset.image_dir={image_dir}: {str(exc).splitlines()[0]}") from None
     size, gray = list(cfg.image_size), bool(cfg.grayscale)
     channels = 1 if gray else 3
+    _two_classes(image_dir, "dataset.image_dir")
     names = list(folder.classes)
     n = len(folder.samples)
     est_mb = n * channels * size[0] * size[1] * 4 / 2**20

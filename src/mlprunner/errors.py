@@ -36,6 +36,11 @@ class DatasetError(MlprunError):
     """Dataset files that are missing, truncated or malformed."""
 
 
+class WriteError(MlprunError):
+    """A file of the run could not be written (a full disk, a quota, no permission); the file
+    it replaces stays as it was (writes are atomic)."""
+
+
 class DivergenceError(MlprunError):
     """The training loss became NaN or infinite."""
 

@@ -15,6 +15,7 @@ import re
 import sys
 import traceback
 
+import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -196,8 +197,40 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) not in msg:
             msg += f": {_first_line(str(cause))}"
         return EXIT_CONFIG, msg
+    if isinstance(exc, yaml.MarkedYAMLError):
+        # a YAML file of the user's (--config-dir, --config-path) that does not parse
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or _first_line(text)
+        if mark is None:
+            return EXIT_CONFIG, f"invalid YAML: {what}"
+        return (
+            EXIT_CONFIG,
+            f"{mark.name}:{mark.line + 1}: invalid YAML: {what} (line {mark.line + 1}, column {mark.column + 1})",
+        )
+    m = re.search(r"Config group override must be a string or a list\. Got (\w+)", text)
+    if m:
+        given = next((a for a in _cli_args() if a.partition("=")[0].lstrip("+") in GROUPS), None)
+        group = given.partition("=")[0].lstrip("+") if given else "a config group"
+        return EXIT_CONFIG, (
+            f"{given or group}: a config group takes one option name (e.g. {group}=<option>); "
+            f"to keep its default (or none for experiment), leave the override out"
+        )
+    named = _override_named_in(text)
+    if named is not None:
+        return EXIT_CONFIG, f"{named}: {_first_line(text)}"
     name = type(exc).__name__
     return EXIT_RUNTIME, f"unexpected {name}: {_first_line(text)} (run with MLPRUN_DEBUG=1 for the traceback)"
+
+
+def _override_named_in(text: str) -> str | None:
+    """The command-line override whose key a third-party error names (joblib's "n_jobs == 0 in
+    Parallel has no meaning" for hydra.launcher.n_jobs=0), or None."""
+    for a in _cli_args():
+        key, eq, _ = a.lstrip("+~").partition("=")
+        leaf = key.rpartition(".")[2]
+        if eq and len(leaf) > 2 and re.search(rf"(?<![A-Za-z0-9_]){re.escape(leaf)}(?![A-Za-z0-9_])", text):
+            return a
+    return None
 
 
 def report(exc: BaseException, prog: str = "mlprun") -> int:

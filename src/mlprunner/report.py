@@ -21,7 +21,7 @@ from rich.table import Table
 
 from .checkpoint import atomic_write_text
 from .plots import _plt
-from .results import read_results
+from .results import RESULTS, read_results, results_file_problem
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
 COLUMNS = [
@@ -136,6 +136,10 @@ def load_job(folder: Path, job_dir: Path) -> dict:
     last = results.get("last") or {}
     name = job_dir.relative_to(folder).as_posix() if job_dir != folder else job_dir.name
     status = results.get("status") or "not started"
+    problem = results_file_problem(job_dir)
+    if problem:  # a job is listed all the same, with what is wrong with its file
+        status = "unreadable"
+        results = {"reason": f"{RESULTS}: {problem}", "overrides": overrides}
     return {
         "job": name,
         "dir": job_dir,

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoint import atomic_write_json
+from .errors import MlprunError
 
 RESULTS = "results.json"
 log = logging.getLogger("mlprunner")
@@ -29,14 +30,81 @@ def wilson_interval(errors: int, n: int, z: float = 1.959963984540054) -> tuple[
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def read_results(run_dir: Path) -> dict | None:
-    path = Path(run_dir) / RESULTS
+_NUMBER = (int, float)
+# the keys of results.json something reads back, and the JSON types each may hold
+SHAPE = {
+    "status": (str,),
+    "reason": (str, type(None)),
+    "epochs_completed": (int, type(None)),
+    "best": (dict, type(None)),
+    "last": (dict, type(None)),
+    "test": (dict, type(None)),
+    "dataset": (dict, type(None)),
+    "overrides": (list,),
+    "history": (list,),
+    "resumed": (list,),
+    "wall_s": (*_NUMBER, type(None)),
+}
+
+
+def _json_type(value) -> str:
+    for kind, name in ((bool, "boolean"), (dict, "object"), (list, "list"), (str, "string"), (_NUMBER, "number")):
+        if isinstance(value, kind):
+            return name
+    return "null"
+
+
+def results_problem(data) -> str | None:
+    """What makes `data` no results.json of mlprun's (wrong JSON types where mlprun reads), or None."""
+    if not isinstance(data, dict):
+        return f"it holds a JSON {_json_type(data)}, not an object"
+    for key, kinds in SHAPE.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)):
+            allowed = " or ".join(dict.fromkeys(_json_type(k()) if k is not type(None) else "null" for k in kinds))
+            return f"'{key}' is a {_json_type(value)}, expected {allowed}"
+    for block in ("best", "last", "test"):
+        for sub in ("val", "train"):
+            value = (data.get(block) or {}).get(sub)
+            if value is not None and not isinstance(value, dict):
+                return f"'{block}.{sub}' is a {_json_type(value)}, expected object or null"
+    for item in data.get("history") or []:
+        if not isinstance(item, dict):
+            return f"'history' holds a {_json_type(item)}, expected objects"
+    return None
+
+
+def _load_results(path: Path) -> tuple[dict | None, str | None]:
+    """(results, None), or (None, what is wrong with the file); (None, None) when it is absent."""
     if not path.is_file():
-        return None
+        return None, None
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        data = json.loads(path.read_bytes())
+    except OSError as exc:
+        return None, f"cannot be read ({exc.strerror or exc})"
+    except ValueError as exc:
+        return None, f"it is not valid JSON ({str(exc).splitlines()[0]})"
+    problem = results_problem(data)
+    return (None, problem) if problem else (data, None)
+
+
+def results_file_problem(run_dir: Path) -> str | None:
+    """Why the run's results.json is no mlprun results file; None when it is one or absent."""
+    return _load_results(Path(run_dir) / RESULTS)[1]
+
+
+def read_results(run_dir: Path, strict: bool = False) -> dict | None:
+    """The run's results.json as a dict; None when absent, or (not strict) unreadable or of
+    the wrong shape. strict: such a file is an MlprunError naming it (resume will not replace
+    a file it cannot read)."""
+    path = Path(run_dir) / RESULTS
+    data, problem = _load_results(path)
+    if problem and strict:
+        raise MlprunError(
+            f"{path} is not an mlprun results file: {problem}; restore it, or move it away to go on "
+            f"without it (a new one is written)"
+        )
+    return data
 
 
 class ResultsFile:

@@ -8,6 +8,7 @@ with the configuration Hydra saved in `.hydra/config.yaml`.
 
 from __future__ import annotations
 
+import difflib
 import logging
 import shutil
 from pathlib import Path
@@ -24,6 +25,7 @@ from .record import lock_run_dir
 from .results import read_results
 from .run import run
 from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides, recorded_model_target
+from .schema import SCHEMA, declared
 from .sessions import NOT_HPARAMS
 from .train import still_stopped
 
@@ -38,6 +40,7 @@ SAFE_KEYS = (
     "trainer.tensorboard.",
     "trainer.checkpoint.",
     "trainer.threads",
+    "trainer.memory_fraction",
     "trainer.profile",
     "trainer.eval_batch_size",
     "trainer.device",
@@ -72,6 +75,15 @@ def parse_overrides(args: list[str]) -> list[str]:
         key, eq, _ = a.lstrip("+").partition("=")
         if not eq:
             raise ConfigError(a, message=f"cannot parse override '{a}': expected key=value")
+        close = [] if declared(key) else difflib.get_close_matches(key, [k for k in SCHEMA if "._" not in k], 2, 0.75)
+        if close:  # a typo, as a fresh run reports it
+            raise ConfigError(
+                key,
+                message=(
+                    f"{key}: no such config key; did you mean {' or '.join(close)}? "
+                    f"(allowed with resume=: {allowed_text()})"
+                ),
+            )
         if not is_safe(key):
             raise ConfigError(
                 key,
@@ -199,7 +211,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     cfg.resume = None
     validate(cfg)
     check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path, recorded_model_target(run_dir))
-    prior = read_results(run_dir) or {}
+    prior = read_results(run_dir, strict=True) or {}
     trained = int(prior.get("epochs_completed") or 0)
     if prior.get("status") == "completed" or trained > 0:
         # e.g. trainer.checkpoint.save_last=false: never wipe a run that has trained epochs
@@ -241,7 +253,7 @@ def resume_main(args: list[str]) -> int:
     cfg = with_logger(merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True))
     cfg.resume = None
     validate(cfg)
-    prior = read_results(run_dir) or {}
+    prior = read_results(run_dir, strict=True) or {}
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.

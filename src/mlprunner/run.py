@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .build import Pieces, build
 from .checkpoint import load_checkpoint, restore_rng
-from .config import validate
+from .config import check_memory, validate
 from .data import Data
 from .device import resolve_device, seed_everything
 from .errors import CheckpointError, Interrupted
@@ -176,6 +176,7 @@ def run(
     (otherwise a new run refuses a folder that holds a run).
     """
     validate(with_logger(cfg))
+    check_memory(cfg, resolve_device(cfg.trainer.device))  # before anything is allocated or written
     started = time.perf_counter()
     run_dir = Path(run_dir)
     device = set_up_process(cfg.trainer)

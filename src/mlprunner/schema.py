@@ -62,8 +62,9 @@ def _is_int(value) -> bool:
 
 
 def _range_text(low, high, low_inc, high_inc) -> str:
-    lo = ("[" if low_inc else "(") + (f"{low:g}" if low != -INF else "-inf")
-    hi = (f"{high:g}" if high != INF else "inf") + ("]" if high_inc else ")")
+    # inf and nan are never numbers a key takes (_is_number), so an infinite end is open
+    lo = ("[" if low_inc and low != -INF else "(") + (f"{low:g}" if low != -INF else "-inf")
+    hi = (f"{high:g}" if high != INF else "inf") + ("]" if high_inc and high != INF else ")")
     return f"a number in {lo}, {hi}"
 
 
@@ -278,6 +279,14 @@ SCHEMA: dict[str, Spec] = {
     "trainer.deterministic": boolean(),
     "trainer.threads": integer(1, 1024, nullable=True),
     "trainer.grad_clip": number(0.0, INF, False, True, nullable=True),
+    "trainer.memory_fraction": number(
+        0.0,
+        INF,
+        False,
+        False,
+        nullable=True,
+        allowed="null (no memory check) or a number > 0, the fraction of the available memory a run may need",
+    ),
     "trainer.log_every_n_steps": integer(1),
     "trainer.precision": choice("fp32", "bf16", "fp16"),
     "trainer.compile": boolean(),
@@ -358,14 +367,16 @@ def _configs():
 
 @cache
 def _defaults() -> tuple[tuple[str, bool], ...]:
-    """(group, optional) for each config group in configs/config.yaml's defaults list."""
+    """(group, optional) for each config group in configs/config.yaml's defaults list (optional: it
+    may select no option, `optional <group>` or a null default)."""
     primary = OmegaConf.create(_configs().joinpath("config.yaml").read_text())
     out = []
     for entry in primary.get("defaults", []):
         if not isinstance(entry, DictConfig):
             continue  # _self_
         for key in entry.keys():
-            optional = key.startswith("optional ")
+            # `- experiment: null` selects nothing unless asked: as optional as `optional x`
+            optional = key.startswith("optional ") or entry[key] is None
             group = key.removeprefix("optional ")
             if not group.startswith("override ") and "/" not in group:
                 out.append((group, optional))
