@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .errors import ConfigError, DivergenceError, Interrupted, MlprunError, RunInUse
+from .errors import ConfigError, Interrupted, MlprunError, RunInUse
 from .profiling import process_start_time
 from .provenance import provenance
 from .results import ResultsFile, read_results
@@ -214,7 +214,7 @@ class RunRecord:
                 f"interrupted at once by a second signal; last checkpoint after epoch "
                 f"{saved_epoch(self.run_dir)}; continue with: {resume_command(self.run_dir)}"
             ) from None
-        except DivergenceError as exc:
+        except MlprunError as exc:  # divergence, a full disk, ...: its message says what and where
             self.results.update(status="failed", reason=str(exc), wall_s=self.elapsed())
             raise
         except Exception as exc:
