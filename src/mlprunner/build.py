@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .augment import build_augment
 from .components import Loss, build_optimizer, build_scheduler
 from .config import check_loss_fits
 from .data import Data, load_data
 from .errors import ConfigError
-from .schema import component_class, model_call
+from .schema import model_arguments
 
 log = logging.getLogger("mlprunner")
 
@@ -43,22 +43,14 @@ def build_model(model_cfg: DictConfig, num_features: int, loss: Loss, device: to
     keys left out for a class that does not take them); one forward pass of a dummy batch then
     checks it gives the outputs the loss needs."""
     target = str(model_cfg.get("_target_"))
-    call = model_call(component_class(model_cfg, "model"), target, model_cfg.keys())
-    sizes = {
-        "num_features": num_features,
-        "in_features": num_features,
-        "num_classes": loss.num_classes,
-        "out_features": loss.out_features,
-    }
-    node = OmegaConf.to_container(model_cfg, resolve=True)
+    node, sizes, call = model_arguments(model_cfg, num_features, loss.num_classes, loss.out_features)
     if call.left_out:
         log.info(
             f"model: {', '.join('model.' + k for k in call.left_out)} (the MLP's keys) are not arguments "
             f"of {target}; left out"
         )
-        node = {k: v for k, v in node.items() if k not in call.left_out}
     try:
-        model = instantiate(node, **{name: sizes[name] for name in call.sizes})
+        model = instantiate(node, **sizes)
     except Exception as exc:  # the user's constructor failed: one line, naming the class
         cause = exc.__cause__ or exc
         first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)

@@ -30,6 +30,7 @@ from .schema import (
     SCHEMA,
     check_value,
     component_class,
+    model_arguments,
     model_call,
     option_label,
     options,
@@ -206,7 +207,8 @@ def _meta_model(cfg: DictConfig, features: int, outputs: int):
     cls = component_class(cfg.model, "model")
     try:
         with torch.device("meta"):
-            return instantiate(cfg.model, in_features=features, out_features=outputs)
+            node, sizes, _ = model_arguments(cfg.model, features, outputs, outputs)
+            return instantiate(node, **sizes)
     except Exception as exc:
         cause = exc.__cause__ or exc
         if isinstance(cause, (TypeError, ValueError)):  # the class refused its arguments

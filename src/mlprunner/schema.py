@@ -492,6 +492,17 @@ def model_call(cls: type, target: str, keys) -> ModelCall:
     return ModelCall(sizes, left_out, unknown, missing, tuple(names))
 
 
+def model_arguments(model_cfg: DictConfig, num_features: int, num_classes: int, out_features: int):
+    """How to instantiate a model node: (the node without the MLP keys its class does not take,
+    the data sizes its constructor asks for by name, the ModelCall read from its signature)."""
+    target = str(model_cfg.get("_target_"))
+    call = model_call(component_class(model_cfg, "model"), target, model_cfg.keys())
+    sizes = {"num_features": num_features, "in_features": num_features}
+    sizes |= {"num_classes": num_classes, "out_features": out_features}
+    node = {k: v for k, v in OmegaConf.to_container(model_cfg, resolve=True).items() if k not in call.left_out}
+    return node, {name: sizes[name] for name in call.sizes}, call
+
+
 @contextlib.contextmanager
 def _hydra_quiet():
     """hydra.utils.get_class/get_method log a three-line error of their own before raising;
