@@ -124,7 +124,7 @@ CASES = [
         2,
         ["trainer.swa.start_epoch=5"],
     ),
-    case("model-unknown-argument", ["+model.bias=false"], 2, ["model.bias", "no such argument"]),
+    case("model-unknown-argument", ["+model.bias=false"], 2, ["model.bias", "takes no argument"]),
     case("optim-unknown-argument", ["+optim.foo=1"], 2, ["optim.foo", "no such argument"]),
     case("adam-betas", ["optim.betas=[0.9,1.0]"], 2, ["optim.betas"]),
     case(
