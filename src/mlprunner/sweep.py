@@ -190,18 +190,18 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
-    """Run one job of a multirun; return its objective (best validation error) or None if it
-    failed or its folder is in use by another running process (then nothing is written there)."""
-    run_dir = Path(run_dir)
+def prepare_sweep_job(run_dir: Path) -> tuple[bool, object]:
+    """What a sweep job's folder asks for: (False, objective) for a job that completed before
+    (skipped) and (False, None) for a folder another process holds; else (True, the checkpoint
+    to resume from, or None to start afresh: what a failed attempt left is removed)."""
     label = f"job {run_dir.name}"
     if not claim_run_dir(run_dir):
-        return None
+        return False, None
     prior = read_results(run_dir)
     status = (prior or {}).get("status")
     if status == "completed":
         log.info(f"{label} already completed (best val error {fmt_pct(best_val_error(prior))}): skipped")
-        return best_val_error(prior)
+        return False, best_val_error(prior)
     last = checkpoint_file(run_dir, "last")
     resume_from = None
     if status in ("interrupted", "running", "cancelled", "lost") and last.is_file():
@@ -210,6 +210,17 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
     elif prior is not None or (run_dir / "checkpoints").exists() or (run_dir / "tensorboard").exists():
         log.info(f"{label} was {status or 'started'} before: starting it again from scratch")
         _clear_attempt(run_dir)
+    return True, resume_from
+
+
+def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
+    """Run one job of a multirun; return its objective (best validation error) or None if it
+    failed or its folder is in use by another running process (then nothing is written there)."""
+    run_dir = Path(run_dir)
+    label = f"job {run_dir.name}"
+    train, resume_from = prepare_sweep_job(run_dir)
+    if not train:
+        return resume_from  # the objective of a completed job, or None (folder in use)
 
     if cfg.trainer.get("threads") is None:
         try:
