@@ -42,7 +42,16 @@ from .models import count_parameters
 from .plots import learning_curves
 from .progress import Progress
 from .record import RunRecord
-from .run import _Signals, close_tensorboard, describe, make_tensorboard, restore, set_up_process, tensorboard_folder, test
+from .run import (
+    _Signals,
+    close_tensorboard,
+    describe,
+    make_tensorboard,
+    restore,
+    set_up_process,
+    tensorboard_folder,
+    test,
+)
 from .sessions import job_prefix
 from .sweep import best_val_error
 from .train import BETTER, StopFlag, Trainer, epoch_seed, young_gc_only
@@ -371,7 +380,10 @@ class Group:
                     ),
                 )
             elif m.tb is not None:
-                m.tb.step(m.state.step, {"Loss/train_step": float(losses[:, j].mean()), "LR/step": m.optimizer.param_groups[0]["lr"]})
+                m.tb.step(
+                    m.state.step,
+                    {"Loss/train_step": float(losses[:, j].mean()), "LR/step": m.optimizer.param_groups[0]["lr"]},
+                )
         if failed:
             self._restack([m for m in members if m not in failed])
 
@@ -381,7 +393,13 @@ class Group:
         s, es = m.state, m.t.early_stopping
         train_m = m.train_metrics.compute()
         if not math.isfinite(train_m["loss"]):
-            self.fail(m, DivergenceError(f"loss became non-finite during epoch {epoch}; try a lower learning rate (optim.lr={m.optimizer.defaults['lr']})"))
+            self.fail(
+                m,
+                DivergenceError(
+                    f"loss became non-finite during epoch {epoch}; "
+                    f"try a lower learning rate (optim.lr={m.optimizer.defaults['lr']})"
+                ),
+            )
             return
         t_val = time.perf_counter()
         val_m = m.evaluate(m.data.val, m.val_metrics) if m.data.val is not None else None
@@ -399,7 +417,9 @@ class Group:
                 m.scheduler.step(value)
             else:
                 m.scheduler.step()
-        improved = m.data.val is None or s.best_value is None or BETTER[m.mode](value, s.best_value, float(es.min_delta))
+        improved = (
+            m.data.val is None or s.best_value is None or BETTER[m.mode](value, s.best_value, float(es.min_delta))
+        )
         s.epoch = epoch
         s.history.append(record)
         if improved:
@@ -537,6 +557,7 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     record = RunRecord(job.run_dir, device, job.overrides, resumed_from=ckpt, started=started).__enter__()
     with record.building():
         pieces = build(cfg, device, data=data)
+    data = pieces.data
     dropout_state = torch.get_rng_state()  # where the solo run's dropout draws would start
     describe(record, cfg, pieces, job.run_dir, device)
     bs = int(cfg.trainer.batch_size)
@@ -632,4 +653,3 @@ def _train_together(jobs: list[Job], data) -> list[float | None]:
             group.prof.write()
     it = iter(members)
     return [results[k] if k in results else next(it).objective for k in range(len(jobs))]
-

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, open_dict
 
 from mlprunner.cli import launch_relative_paths
 from mlprunner.record import holding_locks
-from mlprunner.stacked import Job, plan_groups, run_group, unstackable
+from mlprunner.stacked import Job, plan_groups, run_group
 from mlprunner.sweep import prepare_sweep_job, run_sweep_job
 
 log = logging.getLogger("mlprunner")

@@ -1,0 +1,141 @@
+"""hydra/launcher=stacked: compatible sweep jobs trained together, each as if alone.
+
+Real sweeps on scikit-learn's digits (CPU): the same jobs stacked and with Hydra's basic
+launcher, compared file by file and epoch by epoch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import QUICK, read_json, run_mlprun
+from mlprunner.build import build
+from mlprunner.checkpoint import load_checkpoint
+from mlprunner.run import set_up_process
+from mlprunner.stacked import Job, Stack, group_key, open_member, plan_groups
+from mlprunner.train import StopFlag
+
+# per-epoch losses of a stacked job against the same job alone: measured largest difference 0
+# (bitwise equal: digits, 3 epochs, dropout 0.2, CPU); the stacked forward is baddbmm and the
+# solo one addmm, which may round differently on other CPUs, BLAS builds or GPUs
+LOSS_TOL = 1e-4
+
+SWEEP = ["dataset=digits", "trainer.epochs=3", "model.dropout=0.2", "optim.lr=0.001,0.003", "trainer.seed=0,1"]
+
+
+def jobs_of(sweep: Path) -> dict[str, Path]:
+    return {p.name: p for p in sweep.iterdir() if (p / "results.json").is_file()}
+
+
+def test_groups_follow_compatibility(compose_cfg):
+    cfgs = [
+        compose_cfg("dataset=digits", f"model.activation={a}", f"optim.lr={lr}")
+        for a in ("relu", "tanh")
+        for lr in (0.001, 0.01)
+    ]
+    assert plan_groups(cfgs, 16) == [[0, 1], [2, 3]]
+    assert plan_groups(cfgs, 1) == [[0], [1], [2], [3]]
+    # hyperparameters, seeds, dropout and early stopping may differ; the optimizer class may not
+    a = compose_cfg("dataset=digits", "optim.lr=0.1", "trainer.seed=3", "model.dropout=0.5")
+    b = compose_cfg("dataset=digits", "trainer.early_stopping.enabled=true", "optim.betas=[0.8,0.9]")
+    assert group_key(a) == group_key(b)
+    assert group_key(a) != group_key(compose_cfg("dataset=digits", "optim=sgd"))
+    assert group_key(a) != group_key(compose_cfg("dataset=digits", "trainer.batch_size=64"))
+    assert plan_groups([a, b, compose_cfg("dataset=digits", "model.batchnorm=true")], 16) == [[0, 1], [2]]
+
+
+def test_initial_weights_bitwise_equal_to_solo(compose_cfg, tmp_path):
+    cfgs = [compose_cfg("dataset=digits", f"trainer.seed={s}", "trainer.tensorboard.enabled=false") for s in (0, 5)]
+    solo = []
+    for cfg in cfgs:
+        device = set_up_process(cfg.trainer)
+        solo.append({k: v.clone() for k, v in build(cfg, device).model.state_dict().items()})
+    members = [open_member(Job(cfg, tmp_path / str(i), []), None, StopFlag()) for i, cfg in enumerate(cfgs)]
+    stack = Stack(members)
+    for i, m in enumerate(members):
+        for k, v in m.model.state_dict().items():
+            assert torch.equal(v, solo[i][k]), k
+        # the member's parameters are views of the stacked weights
+        assert m.linears()[0].weight.data_ptr() == stack.weights[0][i].data_ptr()
+    assert not torch.equal(solo[0]["0.weight"], solo[1]["0.weight"])  # the seeds differ
+
+
+@pytest.mark.slow
+def test_stacked_sweep_matches_solo_jobs(workdir):
+    stacked, basic = workdir / "stacked", workdir / "basic"
+    proc = run_mlprun("-m", *SWEEP, *QUICK, "hydra/launcher=stacked", f"hydra.sweep.dir={stacked}", cwd=workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stacked group of 4 job(s)" in proc.stdout
+    run_mlprun("-m", *SWEEP, *QUICK, f"hydra.sweep.dir={basic}", cwd=workdir, check=True)
+    a, b = jobs_of(stacked), jobs_of(basic)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    worst = 0.0
+    for name in a:
+        ra, rb = read_json(a[name] / "results.json"), read_json(b[name] / "results.json")
+        assert ra["status"] == "completed" and ra["epochs_completed"] == 3
+        for ea, eb in zip(ra["history"], rb["history"], strict=True):
+            for split in ("train", "val"):
+                worst = max(worst, abs(ea[split]["loss"] - eb[split]["loss"]))
+        for f in (".hydra/config.yaml", ".hydra/overrides.yaml", "learning_curves.png", "checkpoints/best.pt"):
+            assert (a[name] / f).is_file(), f
+        ca, cb = load_checkpoint(a[name] / "checkpoints/last.pt"), load_checkpoint(b[name] / "checkpoints/last.pt")
+        assert ca.keys() == cb.keys() and ca["model"].keys() == cb["model"].keys()
+        assert ca["optimizer"]["param_groups"][0]["lr"] == cb["optimizer"]["param_groups"][0]["lr"]
+        assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])  # the same dropout draws
+        assert (a[name] / ra["tensorboard"]).is_dir()
+    print(f"largest per-epoch loss difference stacked vs solo: {worst:.2e}")
+    assert worst < LOSS_TOL
+    rows = (stacked / "summary.csv").read_text().splitlines()
+    assert len(rows) == 5
+    # the stacked job's checkpoints serve mlprun-eval and resume= like a solo job's
+    job = a[sorted(a)[0]]
+    ev = run_eval(job, workdir)
+    assert ev.returncode == 0 and "test error" in ev.stdout.lower(), ev.stdout + ev.stderr
+    res = run_mlprun(f"resume={job}", "trainer.epochs=4", "trainer.progress=plain", cwd=workdir)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    assert read_json(job / "results.json")["epochs_completed"] == 4
+
+
+def run_eval(job: Path, cwd: Path):
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", "from mlprunner.cli import eval_main; eval_main()", str(job)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow
+def test_early_stop_and_divergence_inside_one_group(workdir):
+    sweep = workdir / "sweep"
+    proc = run_mlprun(
+        "-m",
+        "dataset=digits",
+        "trainer.epochs=6",
+        "optim=sgd",
+        "optim.lr=0.01,1e8",
+        "trainer.early_stopping.enabled=true",
+        "trainer.early_stopping.patience=0",
+        "trainer.early_stopping.min_delta=0.5",
+        *QUICK,
+        "hydra/launcher=stacked",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+    )
+    assert proc.returncode == 1  # one job failed
+    assert "stacked group of 2 job(s)" in proc.stdout
+    jobs = {json.loads((p / "results.json").read_text())["status"]: p for p in jobs_of(sweep).values()}
+    assert set(jobs) == {"completed", "failed"}
+    done = read_json(jobs["completed"] / "results.json")
+    assert done["stopped_early"] is True and done["epochs_completed"] == 2
+    best = load_checkpoint(jobs["completed"] / "checkpoints/best.pt")
+    assert best["epoch"] == 1
+    failed = read_json(jobs["failed"] / "results.json")
+    assert "non-finite" in failed["reason"]
