@@ -6,6 +6,11 @@ launcher, compared file by file and epoch by epoch."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -100,9 +105,6 @@ def test_stacked_sweep_matches_solo_jobs(workdir):
 
 
 def run_eval(job: Path, cwd: Path):
-    import subprocess
-    import sys
-
     return subprocess.run(
         [sys.executable, "-c", "from mlprunner.cli import eval_main; eval_main()", str(job)],
         cwd=cwd,
@@ -139,3 +141,113 @@ def test_early_stop_and_divergence_inside_one_group(workdir):
     assert best["epoch"] == 1
     failed = read_json(jobs["failed"] / "results.json")
     assert "non-finite" in failed["reason"]
+
+
+# ------------------------------------------------------------------------------ kill, stop, rerun
+# a small deterministic group: 4 jobs (lr x seed), one thread, enough epochs to stop in the middle
+KILL_SWEEP = [
+    "dataset=digits",
+    "model.hidden=[64,32]",
+    "model.dropout=0.1",
+    "scheduler=cosine",
+    "trainer.batch_size=32",
+    "trainer.epochs=8",
+    "trainer.deterministic=true",
+    "trainer.threads=1",
+    "trainer.device=cpu",
+    "optim.lr=0.001,0.003",
+    "trainer.seed=0,1",
+    *QUICK,
+    "hydra/launcher=stacked",
+]
+
+
+class Background:
+    """`python -m mlprunner ARGS` in the background, its output in a file (no pipe can fill)."""
+
+    def __init__(self, args, cwd: Path):
+        self.out = cwd / f"bg.{time.time_ns()}.out"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("MLPRUN_DEBUG", None)
+        with open(self.out, "w") as out:
+            self.p = subprocess.Popen(
+                [sys.executable, "-m", "mlprunner", *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+    def wait_until(self, predicate, timeout: float = 300) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end and self.p.poll() is None:
+            if predicate():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"never happened (exit {self.p.poll()}):\n{self.out.read_text()[-3000:]}")
+
+    def finish(self, timeout: float = 300) -> tuple[int, str]:
+        try:
+            self.p.wait(timeout)
+        finally:
+            if self.p.poll() is None:
+                self.p.kill()
+                self.p.wait(60)
+        return self.p.returncode, self.out.read_text()
+
+
+def epochs_done(sweep: Path) -> list[int]:
+    """epochs_completed of every job's results.json (0 while it is being replaced or absent)."""
+    out = []
+    for p in sorted(sweep.glob("*/results.json")):
+        try:
+            out.append(int(read_json(p).get("epochs_completed") or 0))
+        except ValueError:
+            out.append(0)
+    return out
+
+
+def without_times(history: list) -> list:
+    return [{k: v for k, v in rec.items() if k != "time_s"} for rec in history]
+
+
+def assert_same_as_left_alone(sweep: Path, ref: Path) -> None:
+    a, b = jobs_of(sweep), jobs_of(ref)
+    assert sorted(a) == sorted(b) and len(a) == 4
+    for name in a:
+        ra, rb = read_json(a[name] / "results.json"), read_json(b[name] / "results.json")
+        assert ra["status"] == "completed" and ra["epochs_completed"] == 8, name
+        assert without_times(ra["history"]) == without_times(rb["history"]), name  # bitwise: floats compared ==
+        assert ra["best"] == rb["best"] and ra["last"] == rb["last"], name
+        ca, cb = load_checkpoint(a[name] / "checkpoints/last.pt"), load_checkpoint(b[name] / "checkpoints/last.pt")
+        for k in cb["model"]:
+            assert torch.equal(ca["model"][k], cb["model"][k]), f"{name}: {k}"
+        assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"]), name
+
+
+@pytest.fixture(scope="module")
+def left_alone(tmp_path_factory):
+    """The kill tests' sweep, run to the end without interruption (started once per module)."""
+    folder = tmp_path_factory.mktemp("left_alone")
+    run_mlprun("-m", *KILL_SWEEP, f"hydra.sweep.dir={folder / 'sweep'}", cwd=folder, check=True)
+    return folder / "sweep"
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_resumes_each_job_exactly(workdir, left_alone):
+    sweep = workdir / "sweep"
+    args = ["-m", *KILL_SWEEP, f"hydra.sweep.dir={sweep}"]
+    bg = Background(args, workdir)
+    # every job has checkpointed at least one epoch, and at least one has two
+    bg.wait_until(
+        lambda: len(epochs_done(sweep)) == 4 and min(epochs_done(sweep)) >= 1 and max(epochs_done(sweep)) >= 2
+    )
+    bg.p.send_signal(signal.SIGKILL)
+    rc, out = bg.finish(60)
+    assert rc == -signal.SIGKILL
+    killed_at = epochs_done(sweep)
+    assert all(1 <= e < 8 for e in killed_at), killed_at
+    proc = run_mlprun(*args, cwd=workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("was running: resuming from") == 4, proc.stdout[-3000:]
+    assert "stacked group of 4 job(s)" in proc.stdout
+    for job in jobs_of(sweep).values():
+        res = read_json(job / "results.json")
+        assert len(res["resumed"]) == 1 and 1 <= res["resumed"][0]["from_epoch"] < 8
+    assert_same_as_left_alone(sweep, left_alone)
