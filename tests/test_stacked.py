@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -250,4 +251,28 @@ def test_sigkill_then_rerun_resumes_each_job_exactly(workdir, left_alone):
     for job in jobs_of(sweep).values():
         res = read_json(job / "results.json")
         assert len(res["resumed"]) == 1 and 1 <= res["resumed"][0]["from_epoch"] < 8
+    assert_same_as_left_alone(sweep, left_alone)
+
+
+@pytest.mark.slow
+def test_sigterm_stops_the_group_and_the_printed_command_finishes_it(workdir, left_alone):
+    sweep = workdir / "sweep"
+    bg = Background(["-m", *KILL_SWEEP, f"hydra.sweep.dir={sweep}"], workdir)
+    bg.wait_until(lambda: len(epochs_done(sweep)) == 4 and min(epochs_done(sweep)) >= 1)
+    bg.p.send_signal(signal.SIGTERM)
+    rc, out = bg.finish(120)
+    assert rc == 130, out[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
+    assert "SIGTERM" in line and "continue the sweep" in line, line
+    command = shlex.split(line.split(" with: ", 1)[1])
+    assert command[0] == "mlprun" and f"hydra.sweep.dir={sweep.resolve()}" in command
+    for job in jobs_of(sweep).values():
+        res = read_json(job / "results.json")
+        assert res["status"] == "interrupted" and "SIGTERM" in res["reason"], res["reason"]
+        assert res["epochs_completed"] < 8
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlprunner", *command[1:]], cwd=workdir, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("was interrupted: resuming from") == 4, proc.stdout[-3000:]
     assert_same_as_left_alone(sweep, left_alone)

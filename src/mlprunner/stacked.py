@@ -642,10 +642,10 @@ def _train_together(jobs: list[Job], data) -> list[float | None]:
             group.fit()
     except (Interrupted, KeyboardInterrupt) as exc:
         group.interrupt(exc if isinstance(exc, Interrupted) else Interrupted(str(exc) or "interrupted"))
+        n = sum(1 for m in members if m.record.data.get("status") == "interrupted")
         raise Interrupted(
-            f"{exc}; {sum(1 for m in members if m.record.data.get('status') == 'interrupted')} job(s) of the "
-            "group interrupted; rerun this sweep command into the same hydra.sweep.dir to continue them "
-            "(each resumes from its own checkpoints/last.pt)"
+            f"{exc}; {n} job(s) of the group interrupted; rerunning this sweep command into the same "
+            "hydra.sweep.dir continues them (each from its own checkpoints/last.pt)"
         ) from None
     finally:
         signals.restore()

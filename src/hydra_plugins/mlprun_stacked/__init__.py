@@ -8,14 +8,17 @@ launcher's, since that one needs the optional submitit plugin.
 from __future__ import annotations
 
 import logging
+import shlex
+import sys
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, filter_overrides, run_job, setup_globals
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import OmegaConf, open_dict
 
-from mlprunner.cli import launch_relative_paths
+from mlprunner.cli import launch_relative_paths, mlprun_hydra
+from mlprunner.errors import Interrupted
 from mlprunner.record import holding_locks
 from mlprunner.stacked import Job, plan_groups, run_group
 from mlprunner.sweep import prepare_sweep_job, run_sweep_job
@@ -57,12 +60,25 @@ class StackedLauncher(BasicLauncher):
         for group in groups:
             for i in group:
                 log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")
-            if len(group) == 1:
-                i = group[0]
-                returns[i] = self._run_job(configs[i], self.task_function)
-            else:
-                with holding_locks():
-                    self._run_group([configs[i] for i in group], [returns, group])
+            try:
+                if len(group) == 1:
+                    i = group[0]
+                    returns[i] = self._run_job(configs[i], self.task_function)
+                    ret = returns[i]
+                    if ret.status == JobStatus.FAILED and isinstance(
+                        ret._return_value, (Interrupted, KeyboardInterrupt)
+                    ):
+                        raise ret._return_value
+                else:
+                    with holding_locks():
+                        self._run_group([configs[i] for i in group], [returns, group])
+            except (Interrupted, KeyboardInterrupt) as exc:
+                # a signal stops the sweep, not only this group: the rest of it waits for the rerun
+                reason = str(exc).split("; continue with:")[0] or "interrupted"
+                raise Interrupted(
+                    f"{reason}; continue the sweep (completed jobs are skipped, the others resume from "
+                    f"their checkpoints/last.pt) with: {rerun_command(str(self.config.hydra.sweep.dir))}"
+                ) from None
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
@@ -111,6 +127,14 @@ class StackedLauncher(BasicLauncher):
             values = run_group([job for _, job in prepared], solo)
         for (i, _job), value in zip(prepared, values):
             returns[i].return_value = value
+
+
+def rerun_command(sweep_dir: str) -> str:
+    """This process's `mlprun` command line, into this sweep's folder (its default name holds the
+    time it started, so a rerun names it)."""
+    added = set(mlprun_hydra())  # what cli.with_mlprun_hydra added to the user's arguments
+    args = [a for a in sys.argv[1:] if a not in added and not a.startswith("hydra.sweep.dir=")]
+    return shlex.join(["mlprun", *args, f"hydra.sweep.dir={Path(sweep_dir).resolve()}"])
 
 
 def _has_accelerator() -> bool:
