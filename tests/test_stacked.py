@@ -9,6 +9,7 @@ import json
 import os
 import shlex
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from conftest import QUICK, read_json, run_mlprun
 from mlprunner.build import build
@@ -276,3 +278,47 @@ def test_sigterm_stops_the_group_and_the_printed_command_finishes_it(workdir, le
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("was interrupted: resuming from") == 4, proc.stdout[-3000:]
     assert_same_as_left_alone(sweep, left_alone)
+
+
+@pytest.mark.slow
+def test_optuna_batches_of_n_jobs_trials_train_stacked(workdir):
+    """Hydra's Optuna sweeper asks n_jobs trials at a time and hands them to the launcher in one
+    launch(): each batch trains as one group, and each trial's value is its job's objective."""
+    sweep = workdir / "sweep"
+    proc = run_mlprun(
+        "-m",
+        "hydra/sweeper=mlprun_optuna",
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.n_jobs=4",
+        "hydra.sweeper.sampler.seed=0",
+        "optim.lr=tag(log,interval(1e-4,1e-2))",
+        "model.dropout=interval(0.0,0.3)",
+        "dataset=digits",
+        "model.hidden=[64,32]",
+        "trainer.epochs=2",
+        *QUICK,
+        "hydra/launcher=stacked",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("stacked group of 4 job(s)") == 2, proc.stdout[-3000:]
+    jobs = jobs_of(sweep)
+    assert len(jobs) == 8
+    errors = {}
+    for job in jobs.values():
+        res = read_json(job / "results.json")
+        assert res["status"] == "completed" and res["epochs_completed"] == 2
+        errors[float(next(o for o in res["overrides"] if o.startswith("optim.lr=")).split("=")[1])] = res["best"][
+            "val"
+        ]["error"]
+    with sqlite3.connect(sweep / "optuna.db") as db:
+        rows = db.execute(
+            "select p.param_value, v.value from trials t join trial_values v on t.trial_id = v.trial_id "
+            "join trial_params p on t.trial_id = p.trial_id where p.param_name = 'optim.lr' and t.state = 'COMPLETE'"
+        ).fetchall()
+    assert len(rows) == 8
+    for lr, value in rows:  # each trial's value is the best validation error of its own job
+        assert value == pytest.approx(errors[min(errors, key=lambda k: abs(k - lr))], abs=0)
+    best = OmegaConf.load(sweep / "optimization_results.yaml")
+    assert best.best_value == pytest.approx(min(errors.values()), abs=0)
