@@ -6,6 +6,7 @@ launcher, compared file by file and epoch by epoch."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import signal
@@ -322,3 +323,31 @@ def test_optuna_batches_of_n_jobs_trials_train_stacked(workdir):
         assert value == pytest.approx(errors[min(errors, key=lambda k: abs(k - lr))], abs=0)
     best = OmegaConf.load(sweep / "optimization_results.yaml")
     assert best.best_value == pytest.approx(min(errors.values()), abs=0)
+
+
+def test_profile_gives_the_group_phase_table_in_each_job(workdir):
+    sweep = workdir / "sweep"
+    proc = run_mlprun(
+        "-m",
+        "dataset=digits",
+        "model.hidden=[32]",
+        "trainer.epochs=2",
+        "trainer.profile=true",
+        "optim.lr=0.001,0.01",
+        *QUICK,
+        "hydra/launcher=stacked",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = jobs_of(sweep)
+    assert len(jobs) == 2
+    for job in jobs.values():
+        prof = read_json(job / "profile.json")
+        assert sorted(prof["stacked_group"]) == sorted(str(j) for j in jobs.values())
+        n_train = read_json(job / "results.json")["dataset"]["n_train"]
+        bs = OmegaConf.load(job / ".hydra/config.yaml").trainer.batch_size
+        assert prof["epochs"] == 2 and prof["steps"] == 2 * math.ceil(n_train / bs)  # the group's steps, once
+        assert all(prof["phases"][p]["total_s"] > 0 for p in ("forward", "backward", "optimizer", "validation"))
+        table = (job / "profile.txt").read_text()
+        assert table.startswith("stacked group of 2 jobs") and "forward" in table

@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .build import build
-from .checkpoint import load_checkpoint
+from .checkpoint import atomic_write_json, load_checkpoint
 from .config import validate
 from .data import Split, load_data
 from .device import resolve_device
@@ -40,6 +40,7 @@ from .errors import DivergenceError, Interrupted
 from .messages import describe_exception
 from .models import count_parameters
 from .plots import learning_curves
+from .profiling import NullProfiler, StepProfiler
 from .progress import Progress
 from .record import RunRecord
 from .run import (
@@ -263,6 +264,43 @@ class Stack:
 
 
 # ------------------------------------------------------------------------------ the group
+class GroupProfiler(StepProfiler):
+    """trainer.profile=true in a group: one phase table for the group's work (the shared steps,
+    every member's validation and epoch end), written into every member's run folder as
+    profile.txt/profile.json (the torch.profiler trace into the first member's). The members'
+    own write() calls do nothing; the group writes once per epoch (write_all)."""
+
+    def __init__(self, members: list[Member], device: torch.device):
+        super().__init__(members[0].run_dir, device)
+        self.folders = [m.run_dir for m in members]
+
+    def summary(self) -> dict:
+        out = super().summary()
+        out["stacked_group"] = [str(f) for f in self.folders]
+        return out
+
+    def table(self, summary: dict | None = None) -> str:
+        s = summary or self.summary()
+        head = (
+            f"stacked group of {len(self.folders)} jobs ({', '.join(f.name for f in self.folders)}): each step "
+            f"trains all of them at once; validation and epoch_end are summed over the jobs\n"
+        )
+        text = super().table(s)
+        if s["trace"]:
+            text = text.replace(f": {s['trace']}", f": {self.run_dir / s['trace']}")
+        return head + text
+
+    def write(self) -> None:
+        pass
+
+    def write_all(self) -> None:
+        summary = self.summary()
+        table = self.table(summary)
+        for folder in self.folders:
+            atomic_write_json(folder / "profile.json", summary)
+            (folder / "profile.txt").write_text(table)
+
+
 class Group:
     """Trains the members of one group epoch by epoch; each member ends on its own (early
     stopping, divergence, completion); a signal stops them all."""
@@ -271,7 +309,10 @@ class Group:
         self.members = members
         self.stop = stop
         self.stack: Stack | None = None
-        self.prof = members[0].profiler  # trainer.profile (equal in a group): the group's step phases
+        # trainer.profile (equal in a group): one profiler for the group's work, shared by the members
+        self.prof = GroupProfiler(members, members[0].device) if members[0].profiler.enabled else NullProfiler()
+        for m in members:
+            m.profiler = self.prof
         self.t = members[0].t
         self.device = members[0].device
         self.train = members[0].data.train
@@ -359,6 +400,8 @@ class Group:
         for m in active:
             if not m.done:
                 self.end_epoch(m, epoch, t0)
+        if prof.enabled:
+            prof.write_all()
         if self.stack is not None and self.stop.requested and epoch < int(self.t.epochs):
             raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} after epoch {epoch}")
 
@@ -650,6 +693,6 @@ def _train_together(jobs: list[Job], data) -> list[float | None]:
     finally:
         signals.restore()
         if group.prof.enabled:
-            group.prof.write()
+            group.prof.write_all()
     it = iter(members)
     return [results[k] if k in results else next(it).objective for k in range(len(jobs))]
