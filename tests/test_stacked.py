@@ -351,3 +351,12 @@ def test_profile_gives_the_group_phase_table_in_each_job(workdir):
         assert all(prof["phases"][p]["total_s"] > 0 for p in ("forward", "backward", "optimizer", "validation"))
         table = (job / "profile.txt").read_text()
         assert table.startswith("stacked group of 2 jobs") and "forward" in table
+    # each job's mlprun.log holds its own lines (set-up, epochs, end), the group's lines in both
+    for job in jobs.values():
+        text = (job / "mlprun.log").read_text()
+        lr = next(o for o in read_json(job / "results.json")["overrides"] if o.startswith("optim.lr="))
+        epochs = [ln for ln in text.splitlines() if "] epoch " in ln and "/2 " in ln]
+        assert len(epochs) == 2 and all(f"[lr={lr.split('=')[1]}] epoch" in ln for ln in epochs), text
+        assert f"run directory: {job}" in text and "stacked group of 2 job(s)" in text
+        other = next(j for j in jobs.values() if j != job)
+        assert f"run directory: {other}" not in text and text.count("epoch  train: loss") == 1

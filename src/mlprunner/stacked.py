@@ -18,6 +18,7 @@ only by the float rounding of baddbmm against addmm.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import logging
@@ -263,6 +264,63 @@ class Stack:
             t.grad = None
 
 
+# ------------------------------------------------------------------------------ logs
+class JobLogs(logging.Handler):
+    """While a group trains: each line logged for one member (inside `of(its folder)`: its
+    set-up, epoch lines, end) goes to that job's own log file, lines of the group as a whole to
+    every job's. Stands in for the file handler Hydra opened for the last job it prepared
+    (<run>/mlprun.log, job_logging's `file`), with its name, format and level; a logging set-up
+    without such a handler is left as it is."""
+
+    def __init__(self, folders: list[Path]):
+        super().__init__()
+        self.current: Path | None = None
+        self.logger = logging.getLogger("mlprunner")
+        inside = {Path(f).resolve() for f in folders}
+        self.replaced = [
+            h
+            for h in self.logger.handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().parent in inside
+        ]
+        self.files: dict[Path, logging.FileHandler] = {}
+        for template in self.replaced[:1]:
+            for f in folders:
+                h = logging.FileHandler(Path(f) / Path(template.baseFilename).name, mode="a", delay=True)
+                h.setFormatter(template.formatter)
+                h.setLevel(template.level)
+                self.files[Path(f)] = h
+
+    def __enter__(self) -> JobLogs:
+        if self.files:
+            for h in self.replaced:
+                self.logger.removeHandler(h)
+            self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.files:
+            self.logger.removeHandler(self)
+            for h in self.files.values():
+                h.close()
+            for h in self.replaced:
+                self.logger.addHandler(h)
+
+    @contextlib.contextmanager
+    def of(self, folder: Path):
+        """Lines logged meanwhile belong to the job in `folder`."""
+        before, self.current = self.current, Path(folder)
+        try:
+            yield
+        finally:
+            self.current = before
+
+    def emit(self, record: logging.LogRecord) -> None:
+        own = self.files.get(self.current) if self.current is not None else None
+        for h in [own] if own is not None else self.files.values():
+            if record.levelno >= h.level:
+                h.handle(record)
+
+
 # ------------------------------------------------------------------------------ the group
 class GroupProfiler(StepProfiler):
     """trainer.profile=true in a group: one phase table for the group's work (the shared steps,
@@ -305,9 +363,10 @@ class Group:
     """Trains the members of one group epoch by epoch; each member ends on its own (early
     stopping, divergence, completion); a signal stops them all."""
 
-    def __init__(self, members: list[Member], stop: StopFlag):
+    def __init__(self, members: list[Member], stop: StopFlag, logs: JobLogs | None = None):
         self.members = members
         self.stop = stop
+        self.logs = logs or JobLogs([])  # each member's lines to its own log file
         self.stack: Stack | None = None
         # trainer.profile (equal in a group): one profiler for the group's work, shared by the members
         self.prof = GroupProfiler(members, members[0].device) if members[0].profiler.enabled else NullProfiler()
@@ -351,7 +410,8 @@ class Group:
             m.train_metrics.reset()
             m.step_model.train()
             if m.progress:
-                m.progress.start_epoch(epoch)
+                with self.logs.of(m.run_dir):
+                    m.progress.start_epoch(epoch)
         self._restack(active)
         log_every = int(self.t.log_every_n_steps)
         window: list[torch.Tensor] = []
@@ -399,7 +459,8 @@ class Group:
         prof.end_epoch()
         for m in active:
             if not m.done:
-                self.end_epoch(m, epoch, t0)
+                with self.logs.of(m.run_dir):
+                    self.end_epoch(m, epoch, t0)
         if prof.enabled:
             prof.write_all()
         if self.stack is not None and self.stop.requested and epoch < int(self.t.epochs):
@@ -504,6 +565,10 @@ class Group:
 
     def fail(self, m: Member, exc: BaseException) -> None:
         """The member is recorded failed with its reason; the others go on."""
+        with self.logs.of(m.run_dir):
+            self._fail(m, exc)
+
+    def _fail(self, m: Member, exc: BaseException) -> None:
         self._leave(m)
         m.writer.wait(raise_error=False)
         m.writer.close()
@@ -522,6 +587,10 @@ class Group:
     def finish(self, m: Member) -> None:
         """The member's training is over (all epochs, or stopped early): its files as a solo
         run's end writes them, then results.json says completed."""
+        with self.logs.of(m.run_dir):
+            self._finish(m)
+
+    def _finish(self, m: Member) -> None:
         self._leave(m)
         try:
             m.writer.wait()
@@ -605,9 +674,8 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     describe(record, cfg, pieces, job.run_dir, device)
     bs = int(cfg.trainer.batch_size)
     mode = "none" if cfg.trainer.progress == "none" else "plain"  # one live bar per job would clash
-    progress = Progress(
-        mode, int(cfg.trainer.epochs), data.train.num_batches(bs), bs, prefix=job_prefix(job.run_dir, job.overrides)
-    )
+    prefix = job_prefix(job.run_dir, job.overrides, beside_others=True)  # the group's lines interleave
+    progress = Progress(mode, int(cfg.trainer.epochs), data.train.num_batches(bs), bs, prefix=prefix)
     tb_dir = tensorboard_folder(record, cfg, job.run_dir, job.overrides, ckpt)
     tb = make_tensorboard(cfg, job.run_dir, pieces, device, ckpt, tb_dir, job.overrides, record.data.get("provenance"))
     m = Member(
@@ -666,19 +734,25 @@ def run_group(jobs: list[Job], solo) -> list[float | None]:
 
 
 def _train_together(jobs: list[Job], data) -> list[float | None]:
+    with JobLogs([job.run_dir for job in jobs]) as logs:
+        return _train_logged(jobs, data, logs)
+
+
+def _train_logged(jobs: list[Job], data, logs: JobLogs) -> list[float | None]:
     stop = StopFlag()
     members: list[Member] = []
     results: dict[int, float | None] = {}
     for k, job in enumerate(jobs):
-        try:
-            members.append(open_member(job, data, stop))
-        except Exception as exc:  # this job's setup failed (recorded by its RunRecord phase)
-            _, message = describe_exception(exc)
-            log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
-            results[k] = None
+        with logs.of(job.run_dir):
+            try:
+                members.append(open_member(job, data, stop))
+            except Exception as exc:  # this job's setup failed (recorded by its RunRecord phase)
+                _, message = describe_exception(exc)
+                log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
+                results[k] = None
     names = ", ".join(m.run_dir.name for m in members)
     log.info(f"stacked group of {len(members)} job(s) on {members[0].device if members else '-'}: {names}")
-    group = Group(members, stop)
+    group = Group(members, stop, logs)
     signals = _Signals(stop).install()
     try:
         if members:
