@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shlex
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -247,13 +248,20 @@ def test_sigkill_then_rerun_resumes_each_job_exactly(workdir, left_alone):
     assert rc == -signal.SIGKILL
     killed_at = epochs_done(sweep)
     assert all(1 <= e < 8 for e in killed_at), killed_at
+    # one job as if it had not checkpointed yet: the group then holds members at different epochs
+    fresh = sorted(jobs_of(sweep).values())[0]
+    shutil.rmtree(fresh / "checkpoints")
+    (fresh / "results.json").unlink()
     proc = run_mlprun(*args, cwd=workdir)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.stdout.count("was running: resuming from") == 4, proc.stdout[-3000:]
+    assert proc.stdout.count("was running: resuming from") == 3, proc.stdout[-3000:]
     assert "stacked group of 4 job(s)" in proc.stdout
     for job in jobs_of(sweep).values():
         res = read_json(job / "results.json")
-        assert len(res["resumed"]) == 1 and 1 <= res["resumed"][0]["from_epoch"] < 8
+        if job == fresh:
+            assert not res.get("resumed")
+        else:
+            assert len(res["resumed"]) == 1 and 1 <= res["resumed"][0]["from_epoch"] < 8
     assert_same_as_left_alone(sweep, left_alone)
 
 
