@@ -5,6 +5,7 @@ launcher, compared file by file and epoch by epoch."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -170,9 +171,9 @@ KILL_SWEEP = [
 class Background:
     """`python -m mlprunner ARGS` in the background, its output in a file (no pipe can fill)."""
 
-    def __init__(self, args, cwd: Path):
+    def __init__(self, args, cwd: Path, env: dict | None = None):
         self.out = cwd / f"bg.{time.time_ns()}.out"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         env.pop("MLPRUN_DEBUG", None)
         with open(self.out, "w") as out:
             self.p = subprocess.Popen(
@@ -267,8 +268,14 @@ def test_sigkill_then_rerun_resumes_each_job_exactly(workdir, left_alone):
 
 @pytest.mark.slow
 def test_sigterm_stops_the_group_and_the_printed_command_finishes_it(workdir, left_alone):
-    sweep = workdir / "sweep"
-    bg = Background(["-m", *KILL_SWEEP, f"hydra.sweep.dir={sweep}"], workdir)
+    """Also: each job logs through its own loggers (metrics.csv, MLflow) as a solo run would, and
+    its rerun continues its own MLflow run and metrics.csv without logging an epoch twice."""
+    pytest.importorskip("mlflow")
+    from mlflow.tracking import MlflowClient  # lazy: MLflow is optional and slow to import
+
+    sweep, uri = workdir / "sweep", f"sqlite:///{workdir}/mlflow.db"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}  # (as an override it would be in the job folders' names)
+    bg = Background(["-m", *KILL_SWEEP, "logger=[tensorboard,csv,mlflow]", f"hydra.sweep.dir={sweep}"], workdir, env)
     bg.wait_until(lambda: len(epochs_done(sweep)) == 4 and min(epochs_done(sweep)) >= 1)
     bg.p.send_signal(signal.SIGTERM)
     rc, out = bg.finish(120)
@@ -282,11 +289,29 @@ def test_sigterm_stops_the_group_and_the_printed_command_finishes_it(workdir, le
         assert res["status"] == "interrupted" and "SIGTERM" in res["reason"], res["reason"]
         assert res["epochs_completed"] < 8
     proc = subprocess.run(
-        [sys.executable, "-m", "mlprunner", *command[1:]], cwd=workdir, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "mlprunner", *command[1:]],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.count("was interrupted: resuming from") == 4, proc.stdout[-3000:]
     assert_same_as_left_alone(sweep, left_alone)
+    client = MlflowClient(tracking_uri=uri)
+    run_ids = set()
+    for job in jobs_of(sweep).values():
+        res = read_json(job / "results.json")
+        with open(job / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [float(r["val/error"]) for r in rows] == [h["val"]["error"] for h in res["history"]]
+        run_id = res["mlflow"]["run_id"]
+        run_ids.add(run_id)
+        assert client.get_run(run_id).info.status == "FINISHED"
+        got = sorted((m.step, m.value) for m in client.get_metric_history(run_id, "val/error"))
+        assert got == [(h["epoch"], h["val"]["error"]) for h in res["history"]]  # each epoch once
+    assert len(run_ids) == 4
 
 
 @pytest.mark.slow
@@ -341,6 +366,7 @@ def test_profile_gives_the_group_phase_table_in_each_job(workdir):
         "model.hidden=[32]",
         "trainer.epochs=2",
         "trainer.profile=true",
+        "logger=[tensorboard,csv]",
         "optim.lr=0.001,0.01",
         *QUICK,
         "hydra/launcher=stacked",
@@ -368,3 +394,11 @@ def test_profile_gives_the_group_phase_table_in_each_job(workdir):
         assert f"run directory: {job}" in text and "stacked group of 2 job(s)" in text
         other = next(j for j in jobs.values() if j != job)
         assert f"run directory: {other}" not in text and text.count("epoch  train: loss") == 1
+    # each job logs through its own loggers, as a solo run: metrics.csv next to TensorBoard
+    for job in jobs.values():
+        res = read_json(job / "results.json")
+        with open(job / "metrics.csv", newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert [int(r["epoch"]) for r in rows] == [1, 2]
+        assert [float(r["val/error"]) for r in rows] == [h["val"]["error"] for h in res["history"]]
+        assert (job / res["tensorboard"]).is_dir()

@@ -6,17 +6,22 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .augment import build_augment
 from .components import Loss, build_optimizer, build_scheduler
 from .config import check_loss_fits
 from .data import Data, load_data
+from .errors import ConfigError
+from .schema import component_class, model_call
+
+log = logging.getLogger("mlprunner")
 
 
 @dataclass
@@ -31,9 +36,76 @@ class Pieces:
 
 
 def build_model(model_cfg: DictConfig, num_features: int, loss: Loss, device: torch.device) -> torch.nn.Module:
-    """The model of `model_cfg` shaped for the data (inputs) and the loss (outputs), on `device`."""
-    model = instantiate(model_cfg, in_features=num_features, out_features=loss.out_features)
-    return model.to(device)
+    """The model of `model_cfg` shaped for the data (inputs) and the loss (outputs), on `device`.
+
+    Any torch.nn.Module class: the data's sizes are passed to the parameters of its constructor
+    that ask for them by name (schema.SIZE_ARGUMENTS), the config's keys as they are (the MLP's
+    keys left out for a class that does not take them); one forward pass of a dummy batch then
+    checks it gives the outputs the loss needs."""
+    target = str(model_cfg.get("_target_"))
+    call = model_call(component_class(model_cfg, "model"), target, model_cfg.keys())
+    sizes = {
+        "num_features": num_features,
+        "in_features": num_features,
+        "num_classes": loss.num_classes,
+        "out_features": loss.out_features,
+    }
+    node = OmegaConf.to_container(model_cfg, resolve=True)
+    if call.left_out:
+        log.info(
+            f"model: {', '.join('model.' + k for k in call.left_out)} (the MLP's keys) are not arguments "
+            f"of {target}; left out"
+        )
+        node = {k: v for k, v in node.items() if k not in call.left_out}
+    try:
+        model = instantiate(node, **{name: sizes[name] for name in call.sizes})
+    except Exception as exc:  # the user's constructor failed: one line, naming the class
+        cause = exc.__cause__ or exc
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
+        raise ConfigError(
+            "model._target_", message=f"model._target_={target!r}: {type(cause).__name__}: {first}"
+        ) from None
+    if not isinstance(model, torch.nn.Module):
+        raise ConfigError("model._target_", target, "a torch.nn.Module class, e.g. mypkg.nets.Net")
+    model = model.to(device)
+    check_outputs(model, target, num_features, loss, device)
+    return model
+
+
+def check_outputs(model: torch.nn.Module, target: str, num_features: int, loss: Loss, device: torch.device) -> None:
+    """A forward pass of a dummy batch of 2 examples must give (2, loss.out_features) logits."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, num_features, device=device))
+    except Exception as exc:
+        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        raise ConfigError(
+            "model._target_",
+            message=(
+                f"model._target_={target!r}: a forward pass of a batch of shape (2, {num_features}) "
+                f"failed: {type(exc).__name__}: {first[:200]}"
+            ),
+        ) from None
+    finally:
+        model.train(was_training)
+    want = (2, loss.out_features)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != want:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        need = (
+            "1 output per example (a binary loss)"
+            if loss.binary
+            else f"{loss.out_features} outputs per example, one per class"
+        )
+        raise ConfigError(
+            "model._target_",
+            message=(
+                f"model._target_={target!r} gives {got} for a batch of shape (2, {num_features}); "
+                f"the data have {loss.num_classes} classes, so it must give {want}: {need} "
+                f"(take num_classes or out_features in the constructor and mlprun passes it)"
+            ),
+        )
 
 
 def _import_torch_dynamo() -> None:

@@ -248,6 +248,7 @@ TARGETS = {
     "scheduler": ("torch.optim.lr_scheduler", "torch.optim.lr_scheduler.LRScheduler"),
     "loss": ("torch.nn", "torch.nn.modules.loss._Loss"),
     "dataset": ("mlprunner.data", None),  # loader functions marked by data.loader, not classes
+    "logger": ("mlprunner.loggers", "mlprunner.loggers.Logger"),  # logger.<name>._target_
 }
 
 
@@ -275,8 +276,27 @@ def _target_ok(group: str, target) -> bool:
     return isinstance(obj, type) and issubclass(obj, bases)
 
 
-def check_config_targets(config, path: Path | str) -> None:
-    """Refuse a checkpoint whose saved config would instantiate anything but mlprun's own classes."""
+def _users_model_ok(target: str, path) -> bool:
+    """The model class a run folder's own config names: importable, and a torch.nn.Module."""
+    module, _, name = target.rpartition(".")
+    if not module or not all(part.isidentifier() for part in target.split(".")):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except Exception as exc:  # not importable here (PYTHONPATH?): one line, naming it
+        raise CheckpointError(
+            f"cannot rebuild the model of {path}: model._target_={target!r} cannot be imported "
+            f"({type(exc).__name__}: {_first_line(exc)}); is its package on PYTHONPATH?"
+        ) from None
+    return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
+
+
+def check_config_targets(config, path: Path | str, model_target: str | None = None) -> None:
+    """Refuse a checkpoint whose saved config would instantiate anything but mlprun's own classes.
+
+    model_target: the model class the run folder's own config (.hydra/config.yaml, written when
+    the run started) names. A model of the user's own is allowed only when the checkpoint names
+    that same class: what the user ran is the user's statement, a checkpoint alone is not."""
 
     def walk(node, where):
         if isinstance(node, dict):
@@ -284,12 +304,29 @@ def check_config_targets(config, path: Path | str) -> None:
                 here = f"{where}.{key}" if where else str(key)
                 if key == "_target_":
                     group = where if "." not in where else ""
+                    if where.startswith("logger.") and where.count(".") == 1:
+                        group = "logger"
+                    if group == "model" and isinstance(value, str) and not _target_ok(group, value):
+                        if model_target is None:
+                            raise CheckpointError(
+                                f"refusing to rebuild the model of {path}: its config sets model._target_="
+                                f"{value!r}, which is not mlprun's; a model of your own is rebuilt only from "
+                                f"its run folder, whose .hydra/config.yaml names it"
+                            )
+                        if value != model_target:
+                            raise CheckpointError(
+                                f"refusing to rebuild the model of {path}: its config sets model._target_="
+                                f"{value!r} but its run folder's .hydra/config.yaml names {model_target!r} "
+                                f"(a checkpoint may rebuild mlprun's models or the model its run started with)"
+                            )
+                        if _users_model_ok(value, path):
+                            continue
                     if not _target_ok(group, value):
                         raise CheckpointError(
                             f"refusing to resume from {path}: its config sets {here}={value!r}, which mlprun "
                             f"does not instantiate from a checkpoint (allowed: mlprunner.models.*, "
                             f"torch.optim.*, torch.optim.lr_scheduler.*, torch.nn losses, "
-                            f"mlprunner.data loaders)"
+                            f"mlprunner.data loaders, mlprunner.loggers)"
                         )
                 else:
                     walk(value, here)

@@ -27,11 +27,13 @@ from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, pub
 from .messages import one_line_errors, report
 from .predict import find_images, predict, prepare
 from .provenance import version_line
+from .record import interrupted_outside_record
 from .report import ReportError, build_report
 from .resume import resume_main
-from .run import run
+from .run import install_startup_signals, run
+from .runs import check_output
 from .schema import SCHEMA
-from .sweep import run_sweep_job
+from .sweep import hydra_files, restore_kept_multirun_yaml, run_sweep_job
 
 log = logging.getLogger("mlprunner")
 
@@ -100,20 +102,23 @@ def hydra_app(cfg: DictConfig):
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     overrides = list(hc.overrides.task)
+    saved = hydra_files(cfg) if hc.mode == RunMode.MULTIRUN else None  # as composed, before any change
     if hc.job.chdir:
         launch_relative_paths(cfg, Path(hc.runtime.cwd))
     if hc.mode == RunMode.MULTIRUN:
-        return run_sweep_job(cfg, run_dir, overrides)
+        return run_sweep_job(cfg, run_dir, overrides, saved)
     try:
         results = run(cfg, run_dir, overrides=overrides)
     except BaseException as exc:  # single run: report in one line and exit with its code
-        sys.exit(report(exc))
+        sys.exit(report(interrupted_outside_record(run_dir, overrides, exc)))
     best = (results.get("best") or {}).get("val") or {}
     return best.get("error")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point of `mlprun`."""
+def main(argv: list[str] | None = None, early_signals: list[str] | None = None) -> None:
+    """Console entry point of `mlprun` (through __main__, which notes in `early_signals` a signal
+    that came while torch was imported)."""
+    install_startup_signals(early_signals)  # see README, What mlprun guarantees
     register_resolvers()
     # Let Hydra's own errors reach us as exceptions, so we can print them in one line.
     os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -133,7 +138,10 @@ def main(argv: list[str] | None = None) -> None:
         if resume:
             sys.exit(resume_main(args))
         sys.argv = [sys.argv[0], *with_mlprun_hydra(args)]
-        hydra_app()
+        try:
+            hydra_app()
+        finally:
+            restore_kept_multirun_yaml()
     except SystemExit:
         raise
     except SweepFailed:  # SweepSummary has logged which jobs failed
@@ -165,8 +173,12 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", type=Path, default=None, help="also write the confusion matrix to this PNG")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", type=int, default=1000)
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --json/--plot file")
     args = parser.parse_args(argv)
     with one_line_errors("mlprun-eval"):  # one line, the contract's exit codes
+        for flag, path in (("--json", args.json), ("--plot", args.plot)):
+            if path is not None:
+                check_output(path, flag, args.force)
         loaded, m, split = evaluate_saved(
             args.target, args.checkpoint, args.overrides, args.device, max(1, args.batch_size)
         )
@@ -211,8 +223,11 @@ def predict_main(argv: list[str] | None = None) -> None:
         help="invert intensities first (dark strokes on a light background -> MNIST style)",
     )
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
     args = parser.parse_args(argv)
     with one_line_errors("mlprun-predict"):  # one line, the contract's exit codes
+        if args.csv is not None:
+            check_output(args.csv, "--csv", args.force)
         loaded = load_run(args.target, args.checkpoint, device=args.device)
         info = loaded.info
         if not info.get("image_shape"):

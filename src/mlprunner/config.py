@@ -9,20 +9,25 @@ from __future__ import annotations
 import math
 import os
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.types import RunMode
 from hydra.utils import get_class
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .device import resolve_device
 from .errors import ConfigError
+from .loggers import check_loggers
 from .schema import (
     LEGACY,
     REQUIRED_GROUPS,
     SCHEMA,
     check_value,
     component_class,
+    model_call,
     option_label,
     options,
+    own_model,
     resolve_loader,
 )
 
@@ -36,6 +41,19 @@ def register_resolvers() -> None:
     if not OmegaConf.has_resolver("mlprun_unique"):
         # The process id makes the default run folder unique among runs started in one second.
         OmegaConf.register_new_resolver("mlprun_unique", lambda: f"{os.getpid()}", use_cache=True)
+    if not OmegaConf.has_resolver("mlprun_output_subdir"):
+        # hydra.output_subdir: .hydra for a single run, none (mlprun writes it) for a sweep job
+        OmegaConf.register_new_resolver("mlprun_output_subdir", _output_subdir)
+
+
+def _output_subdir() -> str | None:
+    """hydra.output_subdir (see configs/config.yaml): .hydra for a single run, None for a sweep
+    job (mlprun writes its .hydra/ once it holds the job folder's lock)."""
+    try:
+        mode = HydraConfig.get().mode
+    except ValueError:  # no Hydra config yet
+        return ".hydra"
+    return None if mode == RunMode.MULTIRUN else ".hydra"
 
 
 def select(cfg: DictConfig, key: str, default=None):
@@ -77,7 +95,10 @@ def validate(cfg: DictConfig) -> None:
     for key, spec in SCHEMA.items():
         if spec.mapping:
             check_value(cfg, key, spec)
+    users_model = not own_model(cfg.model.get("_target_"))
     for key, spec in SCHEMA.items():
+        if users_model and key.startswith("model.") and key != "model._target_":
+            continue  # a model of the user's own gets its keys as they are
         check_value(cfg, key, spec)
 
     trainer, ds, sched = cfg.trainer, cfg.dataset, cfg.scheduler
@@ -103,6 +124,7 @@ def validate(cfg: DictConfig) -> None:
     for group in ("model", "optim", "scheduler", "loss"):
         if cfg[group].get("_target_") is not None:
             component_class(cfg[group], group)
+    check_model(cfg.model)
     if warmup and sched.get("_target_") is not None and issubclass(component_class(sched, "scheduler"), _plateau()):
         raise ConfigError(
             "scheduler.warmup_epochs",
@@ -246,6 +268,36 @@ def _missing_keys(cfg: DictConfig) -> list[str]:
     return out
 
 
+def check_model(node: DictConfig) -> None:
+    """The model's class is a torch.nn.Module whose constructor takes the config's keys and gets
+    every argument it needs (from the config, or the data's sizes mlprun passes by name)."""
+    import torch  # lazily: see _plateau
+
+    target = node.get("_target_")
+    cls = component_class(node, "model")
+    if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
+        raise ConfigError("model._target_", target, "a torch.nn.Module class, e.g. mypkg.nets.Net")
+    call = model_call(cls, target, node.keys())
+    if call.unknown:
+        key = call.unknown[0]
+        raise ConfigError(
+            f"model.{key}",
+            message=(
+                f"model.{key}: {target} takes no argument {key!r} "
+                f"(it takes: {', '.join(call.parameters) or 'no keyword arguments'})"
+            ),
+        )
+    if call.missing:
+        key = call.missing[0]
+        raise ConfigError(
+            f"model.{key}",
+            message=(
+                f"model.{key} is required by {target}({key}=...); give it, e.g. +model.{key}=<value> "
+                f"(mlprun itself passes only num_features, in_features, num_classes and out_features)"
+            ),
+        )
+
+
 def _plateau() -> type:
     import torch  # lazily: a config is checked (and its errors shown) without torch's import
 
@@ -300,6 +352,7 @@ def preflight(cfg: DictConfig) -> None:
     labels). Failures are runtime errors (exit 1).
     """
     resolve_device(cfg.trainer.device)
+    check_loggers(cfg)  # each logger's class, and MLflow installed for logger=mlflow
     check = resolve_loader(cfg.dataset).dataset_facts.preflight
     if check is not None:
         check(cfg.dataset)

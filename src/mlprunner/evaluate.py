@@ -22,7 +22,7 @@ from .device import resolve_device
 from .errors import CheckpointError, ConfigError
 from .plots import confusion_figure, save_figure
 from .results import wilson_interval
-from .runs import checkpoint_file, locate_checkpoint, merge_overrides
+from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
 
 log = logging.getLogger("mlprunner")
 
@@ -189,7 +189,7 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
     """Rebuild the model of a run (or checkpoint) from its saved config and load the weights."""
     run_dir, path, name = locate_checkpoint(target, which)
     ckpt = load_checkpoint(path)
-    check_config_targets(ckpt["config"], path)
+    check_config_targets(ckpt["config"], path, recorded_model_target(run_dir))
     cfg = OmegaConf.create(ckpt["config"])
     for item in overrides:
         key, eq, _ = item.partition("=")

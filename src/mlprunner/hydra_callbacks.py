@@ -11,10 +11,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import preflight, validate
-from .errors import RunRefused, SweepFailed
+from .errors import RunInUse, RunRefused, SweepFailed
+from .record import lock_run_dir
 from .report import ReportError, build_report, collect
-from .runs import refuse_existing
-from .sweep import clear_marks, failed_since, marked_since, results_stamps
+from .run import stop_if_signalled
+from .runs import refuse_existing, refuse_foreign_files
+from .sweep import clear_marks, failed_since, keep_multirun_yaml, marked_since, restore_multirun_yaml, results_stamps
 
 log = logging.getLogger("mlprunner")
 
@@ -47,8 +49,27 @@ class RunGuard(Callback):
         # so any refusal leaves as RunRefused (a BaseException) that `mlprun` reports.
         try:
             self._check(config)
+            stop_if_signalled("before the run folder was made; nothing was written (run the command again)")
+            self._claim(Path(str(config.hydra.run.dir)))
         except Exception as exc:
             raise RunRefused(exc) from exc
+
+    @staticmethod
+    def _claim(folder: Path) -> None:
+        """Refuse a folder that holds someone's files; make the run folder and take its lock now,
+        before Hydra writes .hydra/ into it, so a second process starting in the same folder is
+        refused before it writes anything."""
+        refuse_foreign_files(folder)
+        made = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            lock_run_dir(folder)
+        except RunInUse:
+            if made:
+                with contextlib.suppress(OSError):
+                    (folder / ".mlprun.lock").unlink()
+                    folder.rmdir()
+            raise
 
     @staticmethod
     def _check(config: DictConfig) -> None:
@@ -71,11 +92,17 @@ class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         register_launchers()
         folder = Path(str(config.hydra.sweep.dir))
+        try:
+            stop_if_signalled("before the sweep started; nothing was written")
+        except Exception as exc:
+            raise RunRefused(exc) from exc
         folder.mkdir(parents=True, exist_ok=True)
         self.before = results_stamps(folder)
+        keep_multirun_yaml(folder)  # the sweeper writes its own next; the first sweep's stays
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir))
+        restore_multirun_yaml(folder)
         with contextlib.suppress(OSError):  # submitit_local leaves an empty folder named `%j`
             (folder / ".submitit" / "%j").rmdir()
         marks = marked_since(folder, self.before)  # in use / not collected (SLURM stopped answering)
@@ -93,10 +120,11 @@ class SweepSummary(Callback):
             if str(job["dir"].resolve()) in uncollected:
                 job["status"], job["reason"] = "not collected", uncollected[str(job["dir"].resolve())]
         failed += [d for d in uncollected if d not in failed]
-        in_use = {d: reason for d, (status, reason) in marks.items() if status == "in use"}
+        # in use, refused (a foreign checkpoint): the job left its folder as it was
+        skipped = {d: (status, reason) for d, (status, reason) in marks.items() if status != "not collected"}
         for job in jobs:  # the job skipped itself; results.json is the older process's
-            if str(job["dir"].resolve()) in in_use:
-                job["status"], job["reason"] = "in use", in_use[str(job["dir"].resolve())]
+            if str(job["dir"].resolve()) in skipped:
+                job["status"], job["reason"] = skipped[str(job["dir"].resolve())]
                 if str(job["dir"].resolve()) not in failed:
                     failed.append(str(job["dir"].resolve()))
         clear_marks(folder, self.before)

@@ -43,6 +43,15 @@ class MLP(nn.Sequential):
         self.out_features = out_features
 
 
+def config_title(model_cfg) -> str:
+    """A short label of a model config for plot titles: `[500, 300] relu` for the MLP, the class
+    name and its keys (`Net width=64`) for a model of the user's own."""
+    if schema.own_model(model_cfg.get("_target_")) and "hidden" in model_cfg:
+        return f"{list(model_cfg.hidden)} {model_cfg.get('activation', '')}".rstrip()
+    keys = " ".join(f"{k}={model_cfg[k]}" for k in model_cfg if not str(k).startswith("_"))
+    return f"{str(model_cfg.get('_target_')).rpartition('.')[2]} {keys}".rstrip()
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

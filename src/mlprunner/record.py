@@ -70,6 +70,28 @@ def lock_run_dir(run_dir: Path):
     return fh
 
 
+def interrupted_outside_record(run_dir: Path, overrides, exc: BaseException) -> BaseException:
+    """A signal that ended a run before its RunRecord began (its folder made, results.json not
+    written yet): the folder's results.json says interrupted, and the error names the command
+    that continues it. Any other exception, or a folder this process does not hold, is returned
+    as it is."""
+    run_dir = Path(run_dir)
+    held = str(run_dir.resolve()) in _LOCKS if run_dir.is_dir() else False
+    if (
+        not isinstance(exc, (KeyboardInterrupt, Interrupted))
+        or not held
+        or "continue with:" in str(exc)  # RunRecord has said it
+        or (run_dir / "results.json").exists()
+    ):
+        return exc
+    reason = "interrupted at once by a second signal" if isinstance(exc, KeyboardInterrupt) else str(exc)
+    ResultsFile(
+        run_dir,
+        {"overrides": list(overrides), "run_dir": str(run_dir.resolve())},
+    ).update(status="interrupted", reason=reason)
+    return Interrupted(f"{reason}; nothing was trained; continue with: {resume_command(run_dir)}")
+
+
 def resume_command(run_dir: Path) -> str:
     return f"mlprun resume={shlex.quote(str(Path(run_dir).resolve()))}"
 
@@ -153,6 +175,17 @@ class RunRecord:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc is None:
             self.results.update(status="completed", reason=None, wall_s=self.elapsed())
+        elif isinstance(exc, KeyboardInterrupt) or (
+            isinstance(exc, Interrupted) and self.data.get("status") != "interrupted"
+        ):
+            # a signal outside training (loading the data, the test evaluation, the plots):
+            # recorded as training() records one, with the command that continues the run
+            reason = "interrupted at once by a second signal" if isinstance(exc, KeyboardInterrupt) else str(exc)
+            self.results.update(status="interrupted", reason=reason, wall_s=self.elapsed())
+            raise Interrupted(
+                f"{reason}; last checkpoint after epoch {saved_epoch(self.run_dir)}; "
+                f"continue with: {resume_command(self.run_dir)}"
+            ) from None
         return False  # a failure was recorded by the phase it happened in
 
     def elapsed(self) -> float:

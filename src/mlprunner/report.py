@@ -171,7 +171,7 @@ def _choices(job_dir: Path) -> dict:
 
 # keys that do not change a job's result (as hydra.job.config.override_dirname.exclude_keys)
 NOT_PARAMS = re.compile(
-    r"^(resume|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|profile|tensorboard\..*)|dataset\.(root|download))$"
+    r"^(resume|logger\b.*|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|profile|tensorboard\..*)|dataset\.(root|download))$"
 )
 
 

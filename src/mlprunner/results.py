@@ -113,6 +113,14 @@ def closing_lines(results: dict) -> list[str]:
         tb = os.path.normpath(run_dir / results["tensorboard"])
         lines.append(f"tensorboard --logdir {shlex.quote(short_path(tb))}")
     epochs = results.get("epochs_completed") or 0
+    uri = (results.get("mlflow") or {}).get("tracking_uri")
+    if uri:
+        for scheme in ("sqlite:///", "file:"):  # a local store: its path as short as the others
+            if uri.startswith(scheme):
+                uri = scheme + short_path(uri[len(scheme) :])
+        lines.append(f"mlflow ui --backend-store-uri {shlex.quote(uri)}")
+    if not (run_dir / "checkpoints" / "last.pt").is_file():
+        return lines  # nothing to resume from (trainer.checkpoint.save_last=false, debug=fast_dev_run)
     if results.get("status") == "completed":
         more = f" trainer.epochs={2 * epochs}" if epochs else ""
         lines.append(f"train longer: mlprun resume={run}{more}")

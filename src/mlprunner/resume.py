@@ -18,11 +18,13 @@ from omegaconf import OmegaConf
 from .checkpoint import check_config_targets, load_checkpoint
 from .config import validate
 from .errors import CheckpointError, ConfigError
+from .loggers import with_logger
 from .logsetup import configure_logging
 from .record import lock_run_dir
 from .results import read_results
 from .run import run
-from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides
+from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides, recorded_model_target
+from .sessions import NOT_HPARAMS
 from .train import still_stopped
 
 log = logging.getLogger("mlprunner")
@@ -108,6 +110,77 @@ def check_resumable(state: dict, path: Path) -> None:
         raise CheckpointError(f"{path} cannot be resumed: negative epoch or step")
 
 
+_ABSENT = object()
+
+
+def _leaves(node, prefix: str = "") -> dict:
+    """{dotted key: value} of a config's leaves (lists are values)."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): node}
+
+
+def _saved_leaves(path: Path) -> dict:
+    """The leaves of a run folder's .hydra/config.yaml, resolved where they resolve (an
+    interpolation that does not, e.g. an unset environment variable, is left out)."""
+    cfg = OmegaConf.load(path)
+    try:
+        return _leaves(OmegaConf.to_container(cfg, resolve=True))
+    except Exception:  # resolve leaf by leaf
+        out = {}
+        for key in _leaves(OmegaConf.to_container(cfg, resolve=False)):
+            try:
+                out[key] = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(cfg, key)}), resolve=True)[
+                    "v"
+                ]
+            except Exception:
+                continue
+        return out
+
+
+def _same(a, b) -> bool:
+    if a == b:
+        return True
+    # hydra.job.chdir=true: the run saw a relative path made absolute (cli.launch_relative_paths)
+    return isinstance(a, str) and isinstance(b, str) and not Path(b).is_absolute() and a.endswith("/" + b.lstrip("./"))
+
+
+def check_checkpoint_of(ckpt: dict, path: Path, run_dir: Path) -> None:
+    """A checkpoint is continued only in the run folder it was trained in: its config must agree
+    with the folder's .hydra/config.yaml, except keys a resume may change (SAFE_KEYS) and keys
+    left out of folder names (threads, progress, TensorBoard, data location, ...).
+    CheckpointError (exit 1) otherwise, before anything in the folder changes."""
+    saved = Path(run_dir) / SAVED_CONFIG
+    if not saved.is_file() or not isinstance(ckpt.get("config"), dict):
+        return  # a run started from Python has no .hydra/: nothing to compare with
+    try:
+        theirs = _saved_leaves(saved)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {saved}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+    ours = _leaves(ckpt["config"])
+    differ = [
+        key
+        for key in sorted(ours.keys() | theirs.keys())
+        if not (key == "resume" or is_safe(key) or NOT_HPARAMS.match(key))
+        and not _same(ours.get(key, _ABSENT), theirs.get(key, _ABSENT))
+    ]
+    if differ:
+        key = differ[0]
+
+        def shown(value):
+            return "(absent)" if value is _ABSENT else repr(value)
+
+        more = f" (and {len(differ) - 1} more key(s))" if len(differ) > 1 else ""
+        raise CheckpointError(
+            f"{path} was not trained in {run_dir}: its {key}={shown(ours.get(key, _ABSENT))} but {saved} has "
+            f"{key}={shown(theirs.get(key, _ABSENT))}{more}; nothing was changed (a checkpoint continues only in "
+            f"the folder it was trained in)"
+        )
+
+
 def _remove_stale_temps(run_dir: Path) -> None:
     """Temp files of atomic writes a killed process left behind (never a valid file: not renamed)."""
     for pattern in ("checkpoints/.*.pt.*.tmp", ".results.json.*.tmp"):
@@ -122,10 +195,10 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
         cfg = OmegaConf.load(cfg_path)
     except Exception as exc:
         raise CheckpointError(f"cannot read {cfg_path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
-    cfg = merge_overrides(cfg, overrides, strict=True)
+    cfg = with_logger(merge_overrides(cfg, overrides, strict=True))  # saved before the logger group
     cfg.resume = None
     validate(cfg)
-    check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path)
+    check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path, recorded_model_target(run_dir))
     prior = read_results(run_dir) or {}
     trained = int(prior.get("epochs_completed") or 0)
     if prior.get("status") == "completed" or trained > 0:
@@ -154,7 +227,7 @@ def resume_main(args: list[str]) -> int:
         return _restart(run_dir, overrides)
     ckpt = load_checkpoint(ckpt_path)
     check_resumable(ckpt, ckpt_path)
-    check_config_targets(ckpt["config"], ckpt_path)
+    check_config_targets(ckpt["config"], ckpt_path, recorded_model_target(run_dir))
     if run_dir is None:
         raise ConfigError(
             "resume",
@@ -164,7 +237,8 @@ def resume_main(args: list[str]) -> int:
                 f"<run dir>/checkpoints/<name>.pt; give the run folder instead"
             ),
         )
-    cfg = merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True)
+    check_checkpoint_of(ckpt, ckpt_path, run_dir)
+    cfg = with_logger(merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True))
     cfg.resume = None
     validate(cfg)
     prior = read_results(run_dir) or {}

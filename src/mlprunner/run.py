@@ -7,8 +7,8 @@ of them alone; `run()` chains them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -22,23 +22,23 @@ from .checkpoint import load_checkpoint, restore_rng
 from .config import validate
 from .data import Data
 from .device import resolve_device, seed_everything
-from .errors import CheckpointError, MlprunError
+from .errors import CheckpointError, Interrupted
 from .evaluate import evaluate_test
-from .models import count_parameters, summary_rows
+from .limits import limit_data, overfitting
+from .loggers import Loggers, RunInfo, make_loggers, with_logger
+from .models import config_title, count_parameters, summary_rows
 from .plots import learning_curves
 from .progress import Progress
-from .provenance import as_markdown
 from .record import RunRecord
 from .results import print_closing, print_summary
-from .sessions import group_choices, hparams_of, job_prefix, tensorboard_dir
-from .tblog import TensorBoardLogger
+from .sessions import job_prefix
 from .train import StopFlag, Trainer
 
 log = logging.getLogger("mlprunner")
 
 
-def log_model_summary(model: torch.nn.Module, data: Data) -> None:
-    lines = [f"model: {data.num_features} inputs -> {model.out_features} outputs"]
+def log_model_summary(model: torch.nn.Module, data: Data, outputs: int) -> None:
+    lines = [f"model: {data.num_features} inputs -> {outputs} outputs"]
     for name, layer, n in summary_rows(model):
         lines.append(f"  {name:>4}  {layer:<60} {n:>10,}")
     lines.append(f"  total parameters: {count_parameters(model):,}")
@@ -50,6 +50,7 @@ class _Signals:
     """First SIGINT/SIGTERM: stop after the current step. Second: leave at once."""
 
     stop: StopFlag
+    when: str = "after this step"
 
     def install(self):
         self._old = {}
@@ -66,12 +67,37 @@ class _Signals:
             raise KeyboardInterrupt
         self.stop.requested = True
         self.stop.signal_name = signal.Signals(signum).name
-        log.warning(f"{self.stop.signal_name} received: stopping after this step (press Ctrl-C again to quit at once)")
+        log.warning(f"{self.stop.signal_name} received: stopping {self.when} (press Ctrl-C again to quit at once)")
 
     def restore(self):
         for sig, handler in self._old.items():
             signal.signal(sig, handler)
         self._old = {}
+
+
+# A SIGINT/SIGTERM outside training (start-up: composing the config, making the run folder,
+# loading the data; after training: the test evaluation, the plots): noted here from the start of
+# the process (install_startup_signals), acted on at the next point where stopping leaves a clean
+# state (stop_if_signalled).
+STARTUP = StopFlag()
+
+
+def install_startup_signals(early: list[str] | None = None) -> None:
+    """`mlprun`'s first act: a SIGINT or SIGTERM from now on stops the run before it trains
+    (no folder, or a results.json that says interrupted, with the command that continues it)
+    instead of killing it silently (SIGTERM) or with a traceback (SIGINT); a second one leaves at
+    once. fit() installs its own handlers while training and puts these back after.
+    early: the names of signals noted before (while torch was imported, see __main__)."""
+    _Signals(STARTUP, when="as soon as it is safe").install()
+    if early:
+        STARTUP.requested, STARTUP.signal_name = True, early[0]
+
+
+def stop_if_signalled(what: str) -> None:
+    """Interrupted (exit 130) if a signal came outside training; `what`: where it stops and what
+    was written."""
+    if STARTUP.requested:
+        raise Interrupted(f"stopped by {STARTUP.signal_name or 'a signal'} {what}")
 
 
 def set_up_process(trainer_cfg: DictConfig) -> torch.device:
@@ -81,40 +107,6 @@ def set_up_process(trainer_cfg: DictConfig) -> torch.device:
         torch.set_num_threads(int(trainer_cfg.threads))
     seed_everything(int(trainer_cfg.seed), bool(trainer_cfg.deterministic))
     return device
-
-
-def make_tensorboard(
-    cfg: DictConfig,
-    run_dir: Path,
-    pieces: Pieces,
-    device: torch.device,
-    ckpt: dict | None,
-    tb_dir: Path | None = None,
-    overrides=(),
-    prov: dict | None = None,
-) -> TensorBoardLogger | None:
-    """The run's TensorBoard logger (continuing after the checkpoint's epoch and step), or None.
-
-    tb_dir: its folder (default `<run>/tensorboard`; a sweep job's is named by its swept values,
-    see sessions.py)."""
-    if not cfg.trainer.tensorboard.enabled:
-        return None
-    tb_dir = Path(tb_dir) if tb_dir is not None else run_dir / "tensorboard"
-    if ckpt is None and tb_dir.is_dir():  # a fresh start: what an abandoned attempt logged goes
-        for old in tb_dir.glob("events.out.tfevents.*"):
-            old.unlink()
-    tb = TensorBoardLogger(
-        tb_dir,
-        resume_epoch=int(ckpt["epoch"]) if ckpt else 0,
-        resume_step=int(ckpt["step"]) if ckpt else 0,
-        histograms=bool(cfg.trainer.tensorboard.histograms),
-    )
-    if ckpt is None:  # written when the writers open, after the first training step
-        hparams = hparams_of(cfg, overrides, group_choices(run_dir))
-        tb.when_open(lambda: tb.hparams(hparams))
-        if prov:
-            tb.when_open(lambda: tb.text("provenance", as_markdown(prov)))
-    return tb
 
 
 def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
@@ -135,41 +127,28 @@ def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
     """Trainer.fit() with SIGINT/SIGTERM setting `stop` (the trainer's): stop after this step."""
     signals = _Signals(stop).install()
     try:
+        stop_if_signalled("during start-up, before training")  # a signal before these handlers
         return trainer.fit()
     finally:
         signals.restore()
         progress.close()
 
 
-def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, tb: TensorBoardLogger | None) -> dict:
-    try:
-        return evaluate_test(cfg, run_dir, trainer, tb)
-    except MlprunError:
-        if tb is not None:
-            tb.close()
-        raise
+def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, loggers: Loggers) -> dict:
+    """The test-set metrics (TensorBoard's figures and scalars are written by evaluate_test)."""
+    metrics = evaluate_test(cfg, run_dir, trainer, loggers.tensorboard)
+    loggers.test(int(metrics.get("epoch", trainer.state.epoch)), metrics)
+    return metrics
 
 
-def close_tensorboard(cfg: DictConfig, tb: TensorBoardLogger, pieces: Pieces, results: dict, epoch: int) -> None:
-    """The model graph and the HParams metrics of the finished run, then the writers are closed.
-
-    The graph is traced here rather than at the start: tracing takes about half a second, which
-    would otherwise lengthen the first epoch.
-    """
-    if cfg.trainer.tensorboard.graph:
-        data, model = pieces.data, pieces.model
-        example = data.train.x[:2] if hasattr(data.train, "x") else torch.zeros(2, data.num_features)
-        tb.graph(model, example.to(next(model.parameters()).device))
-    best_val = (results.get("best") or {}).get("val") or {}
-    metrics = {
-        "hparam/best_val_error": best_val.get("error"),
-        "hparam/best_val_loss": best_val.get("loss"),
-        "hparam/last_train_error": (results.get("last") or {}).get("train", {}).get("error"),
-        "hparam/test_error": (results.get("test") or {}).get("error"),
-    }
-    tb.scalars({k: v for k, v in metrics.items() if v is not None}, epoch)
-    tb.end_session("completed")
-    tb.close()
+def limited(cfg: DictConfig, pieces: Pieces) -> Pieces:
+    """The pieces with the data cut to trainer.limit_*_batches / overfit_batches (debug presets);
+    overfitting trains without augmentation."""
+    data = limit_data(pieces.data, cfg.trainer)
+    if data is pieces.data:
+        return pieces
+    log.info(f"debug: training on {len(data.train)} samples per epoch (trainer.limit_*/overfit_batches)")
+    return dataclasses.replace(pieces, data=data, augment=None if overfitting(cfg.trainer) else pieces.augment)
 
 
 def describe(record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, device: torch.device) -> None:
@@ -179,18 +158,7 @@ def describe(record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, 
     record.describe(count_parameters(model), {"name": cfg.dataset.name, "n_train": len(data.train), "n_val": n_val})
     log.info(f"run directory: {run_dir}")
     log.info(f"data: {data.describe()}; device: {device}")
-    log_model_summary(model, data)
-
-
-def tensorboard_folder(record: RunRecord, cfg: DictConfig, run_dir: Path, overrides, ckpt: dict | None) -> Path:
-    """Where the run's TensorBoard events go: a resumed run continues in the folder it started in
-    (results.json "tensorboard"), a new one gets its own (a sweep job's is named by its values)."""
-    tb_dir = run_dir / record.data.get("tensorboard", "tensorboard")
-    if ckpt is None:
-        tb_dir = tensorboard_dir(run_dir, overrides)
-    if cfg.trainer.tensorboard.enabled:
-        record.data["tensorboard"] = os.path.relpath(tb_dir, run_dir)
-    return tb_dir
+    log_model_summary(model, data, pieces.loss.out_features)  # build_model checked the model gives these
 
 
 def run(
@@ -207,65 +175,72 @@ def run(
     read it already; restart: start a run that never checkpointed again in its own folder
     (otherwise a new run refuses a folder that holds a run).
     """
-    validate(cfg)
+    validate(with_logger(cfg))
     started = time.perf_counter()
     run_dir = Path(run_dir)
     device = set_up_process(cfg.trainer)
     ckpt = checkpoint if checkpoint is not None or resume_from is None else load_checkpoint(resume_from)
-    with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started, restart=restart) as record:
-        log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
-        with record.building():
-            pieces = build(cfg, device)
-        describe(record, cfg, pieces, run_dir, device)
-        data, model = pieces.data, pieces.model
+    loggers, info = Loggers(), None
+    try:
+        with RunRecord(run_dir, device, overrides, resumed_from=ckpt, started=started, restart=restart) as record:
+            log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
+            with record.building():
+                pieces = limited(cfg, build(cfg, device))
+            describe(record, cfg, pieces, run_dir, device)
+            data, model = pieces.data, pieces.model
 
-        batch_size = int(cfg.trainer.batch_size)
-        progress = Progress(
-            cfg.trainer.progress,
-            int(cfg.trainer.epochs),
-            data.train.num_batches(batch_size),
-            batch_size,
-            prefix=job_prefix(run_dir, overrides),
-        )
-        stop = StopFlag()
-        tb_dir = tensorboard_folder(record, cfg, run_dir, overrides, ckpt)
-        tb = make_tensorboard(cfg, run_dir, pieces, device, ckpt, tb_dir, overrides, record.data.get("provenance"))
-        trainer = Trainer(
-            cfg.trainer,
-            run_dir,
-            data,
-            model,
-            pieces.loss,
-            pieces.optimizer,
-            pieces.scheduler,
-            pieces.interval,
-            device,
-            tb=tb,
-            progress=progress,
-            stop=stop,
-            augment=pieces.augment,
-            on_epoch_end=record.epoch_done,
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-        if pieces.augment is not None:
-            log.info(f"augmentation: {pieces.augment} on each training batch")
-        if ckpt is not None:
-            restore(trainer, ckpt, resume_from)
+            batch_size = int(cfg.trainer.batch_size)
+            progress = Progress(
+                cfg.trainer.progress,
+                int(cfg.trainer.epochs),
+                data.train.num_batches(batch_size),
+                batch_size,
+                prefix=job_prefix(run_dir, overrides),
+            )
+            stop = StopFlag()
+            info = RunInfo(cfg, run_dir, record.data, ckpt, list(overrides), pieces)
+            with record.building():
+                loggers = make_loggers(info)
+            trainer = Trainer(
+                cfg.trainer,
+                run_dir,
+                data,
+                model,
+                pieces.loss,
+                pieces.optimizer,
+                pieces.scheduler,
+                pieces.interval,
+                device,
+                logger=loggers,
+                progress=progress,
+                stop=stop,
+                augment=pieces.augment,
+                on_epoch_end=record.epoch_done,
+                config=OmegaConf.to_container(cfg, resolve=True),
+            )
+            if pieces.augment is not None:
+                log.info(f"augmentation: {pieces.augment} on each training batch")
+            if ckpt is not None:
+                restore(trainer, ckpt, resume_from)
 
-        with record.training():
-            state = fit(trainer, stop, progress)
-        record.trained(state, trainer.swa_result)
-        if cfg.get("eval") is not None and cfg.eval.test:
-            with record.testing():
-                record.data["test"] = test(cfg, run_dir, trainer, tb)
-        if tb is not None:
-            close_tensorboard(cfg, tb, pieces, record.data, state.epoch)
-        learning_curves(
-            state.history,
-            run_dir / "learning_curves.png",
-            title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}",
-            best_epoch=state.best_epoch,
-        )
+            with record.training():
+                state = fit(trainer, stop, progress)
+            record.trained(state, trainer.swa_result)
+            stop_if_signalled("after training, before the test evaluation and plots")
+            if cfg.get("eval") is not None and cfg.eval.test:
+                with record.testing():
+                    record.data["test"] = test(cfg, run_dir, trainer, loggers)
+            learning_curves(
+                state.history,
+                run_dir / "learning_curves.png",
+                title=f"{cfg.dataset.name} {config_title(cfg.model)}",
+                best_epoch=state.best_epoch,
+            )
+            stop_if_signalled("after training, before the run's results were complete")
+    except BaseException as exc:
+        loggers.abort("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed")
+        raise
+    loggers.finish(info)  # after results.json says completed (MLflow keeps a copy of it)
     if cfg.trainer.progress != "none":
         print_summary(record.data)
         print_closing(record.data)

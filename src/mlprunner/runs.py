@@ -14,6 +14,19 @@ CHECKPOINT_DIR = "checkpoints"
 SAVED_CONFIG = Path(".hydra") / "config.yaml"  # written by Hydra when a run starts
 
 
+def recorded_model_target(run_dir: Path | None) -> str | None:
+    """The model class (`model._target_`) a run folder's .hydra/config.yaml names: the model the
+    user started the run with, which its checkpoints may rebuild (checkpoint.check_config_targets).
+    None without a run folder or that file."""
+    if run_dir is None or not (Path(run_dir) / SAVED_CONFIG).is_file():
+        return None
+    try:
+        target = OmegaConf.select(OmegaConf.load(Path(run_dir) / SAVED_CONFIG), "model._target_", default=None)
+    except Exception:  # unreadable: no model of the user's own is allowed
+        return None
+    return target if isinstance(target, str) else None
+
+
 def checkpoint_file(run_dir: Path, name: str = "last") -> Path:
     """<run dir>/checkpoints/<name>.pt (name: last, best or swa)."""
     return Path(run_dir) / CHECKPOINT_DIR / f"{name}.pt"
@@ -31,7 +44,8 @@ def existing_run(folder: Path, hydra_files: bool = True) -> str | None:
     has just written it)."""
     folder = Path(folder)
     if (folder / "results.json").is_file():
-        status = (read_results(folder) or {}).get("status", "unknown")
+        data = read_results(folder)
+        status = data.get("status", "unknown") if isinstance(data, dict) else "unknown"
         return f"a run ({status})"
     if (folder / CHECKPOINT_DIR).is_dir() or (folder / "tensorboard").is_dir():
         return "a run's checkpoints or TensorBoard logs"
@@ -51,6 +65,85 @@ def refuse_existing(folder: Path, hydra_files: bool = True) -> None:
                 f"hydra.run.dir={folder} already holds {held}; nothing was changed. "
                 f"Continue it with: mlprun resume={folder} (or choose another hydra.run.dir)"
             ),
+        )
+
+
+# what mlprun itself may leave in a run folder before the run has written anything else
+_OWN_START_FILES = {".mlprun.lock", "mlprun.log"}
+
+
+def refuse_foreign_files(folder: Path) -> None:
+    """A new run starts only in a new or empty folder: one that holds someone's own files (and no
+    mlprun run, which refuse_existing names) is refused, ConfigError (exit 2), nothing changed;
+    mlprun would otherwise write its learning_curves.png, results.json, ... over them."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        if folder.exists():
+            raise ConfigError(
+                "hydra.run.dir",
+                str(folder),
+                message=f"hydra.run.dir={folder} is a file, not a folder; nothing was changed",
+            )
+        return
+    others = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_START_FILES)
+    if others:
+        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        raise ConfigError(
+            "hydra.run.dir",
+            str(folder),
+            message=(
+                f"hydra.run.dir={folder} is not empty ({shown}) and holds no mlprun run; nothing was "
+                f"changed: a run starts only in a new or empty folder, choose another hydra.run.dir"
+            ),
+        )
+
+
+# a run folder's own files (a run folder: results.json, .hydra/config.yaml or checkpoints/ in it)
+# and a sweep folder's (multirun.yaml in it): never written by mlprun-eval/-predict, --force or not
+RUN_FILES = {"results.json", "learning_curves.png", "confusion_matrix.png", "mlprun.log", ".mlprun.lock"}
+RUN_FOLDERS = {".hydra", CHECKPOINT_DIR, "tensorboard"}
+SWEEP_FILES = {"multirun.yaml", "summary.csv", "summary.md", ".mlprun_marks", ".submitit", "tensorboard"}
+
+
+def _owner(path: Path) -> tuple[Path, str] | None:
+    """(the run or sweep folder `path` belongs to, what it is), or None."""
+    for parent in path.parents:
+        top = path.relative_to(parent).parts[0]
+        if (
+            (parent / "results.json").is_file()
+            or (parent / SAVED_CONFIG).is_file()
+            or (parent / CHECKPOINT_DIR).is_dir()
+        ):
+            if top in RUN_FOLDERS or (top in RUN_FILES and len(path.relative_to(parent).parts) == 1):
+                return parent, "run"
+        if (parent / "multirun.yaml").is_file() and top in SWEEP_FILES:
+            return parent, "sweep"
+    return None
+
+
+def check_output(path: Path, flag: str, force: bool) -> None:
+    """Where mlprun-eval/mlprun-predict write an output file (--json, --plot, --csv): never a
+    run's or a sweep's own file; an existing file only with --force. ConfigError (exit 2), before
+    anything is computed."""
+    path = Path(path).expanduser()
+    owner = _owner(path.resolve())
+    if owner is not None:
+        folder, what = owner
+        raise ConfigError(
+            flag,
+            str(path),
+            message=(
+                f"{flag} {path}: that is a file of the {what} in {folder}, which mlprun never writes over "
+                f"(--force or not); choose another path"
+            ),
+        )
+    if path.is_dir():
+        raise ConfigError(flag, str(path), message=f"{flag} {path}: is a folder; give a file name")
+    if path.exists() and not force:
+        raise ConfigError(
+            flag,
+            str(path),
+            message=f"{flag} {path}: the file exists; add --force to overwrite it, or choose another path",
         )
 
 

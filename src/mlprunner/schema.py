@@ -15,11 +15,14 @@ line can use it before a run starts; `component_class` and `resolve_loader` impo
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from inspect import Parameter, signature
 
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -218,6 +221,8 @@ SCHEMA: dict[str, Spec] = {
     "dataset.augment.max_rotate": number(0.0, allowed="a number >= 0"),
     "dataset.augment.max_scale": number(0.0, 1.0, True, False),
     # ---- model
+    # The keys below are models.MLP's, checked only when `_target_` is one of mlprun's own models;
+    # a model of the user's own (any torch.nn.Module class) gets its keys as they are.
     "model._target_": target(),
     "model.hidden": listing(
         lambda x: _is_int(x) and x >= 1, "a list of positive integers, e.g. [500,300] or []", extra=_hidden_widths
@@ -279,6 +284,11 @@ SCHEMA: dict[str, Spec] = {
     "trainer.cuda_graph": choice("auto", True, False),
     "trainer.profile": boolean(),
     "trainer.progress": choice("auto", "rich", "plain", "none"),
+    # debug presets (configs/debug): null = every batch
+    "trainer.limit_train_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
+    "trainer.limit_val_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
+    "trainer.limit_test_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
+    "trainer.overfit_batches": integer(1, nullable=True, allowed="null (off) or an integer >= 1"),
     "trainer.tensorboard": mapping("trainer.tensorboard"),
     "trainer.tensorboard.enabled": boolean(),
     "trainer.tensorboard.histograms": boolean(),
@@ -300,6 +310,20 @@ SCHEMA: dict[str, Spec] = {
         0.0, INF, False, True, nullable=True, allowed="null (keep the optimizer's lr) or a number > 0"
     ),
     "trainer.swa.anneal_epochs": integer(0, allowed="an integer >= 0"),
+    # ---- logger: each entry names a mlprunner.loggers.Logger class (configs/logger)
+    "logger.tensorboard": mapping("logger.tensorboard"),
+    "logger.tensorboard._target_": target(),
+    "logger.csv": mapping("logger.csv"),
+    "logger.csv._target_": target(),
+    "logger.csv.filename": text("a file name, e.g. metrics.csv"),
+    "logger.mlflow": mapping("logger.mlflow"),
+    "logger.mlflow._target_": target(),
+    "logger.mlflow.tracking_uri": text(
+        "null (MLflow's default) or a tracking URI, e.g. sqlite:///mlflow.db", nullable=True
+    ),
+    "logger.mlflow.experiment_name": text("null (the dataset's name) or a name", nullable=True),
+    "logger.mlflow.run_name": text("null (the job's name) or a name", nullable=True),
+    "logger.mlflow.log_artifacts": boolean(),
     # ---- eval
     "eval.test": boolean(),
     "eval.checkpoint": choice("best", "last"),
@@ -392,7 +416,8 @@ def resolve_loader(ds):
     """The loader function of a dataset node (one marked by data.loader); ConfigError otherwise."""
     tgt = dataset_target(ds)
     try:
-        fn = get_method(tgt) if isinstance(tgt, str) else None
+        with _hydra_quiet():
+            fn = get_method(tgt) if isinstance(tgt, str) else None
     except Exception:  # not importable: refused below, in one line
         fn = None
     if getattr(fn, "dataset_facts", None) is None:
@@ -403,10 +428,76 @@ def resolve_loader(ds):
     return fn
 
 
+# --------------------------------------------------------------------------- models
+
+OWN_MODELS = "mlprunner.models"  # the module of mlprun's own models
+# What mlprun gives a model's constructor when it names the parameter: the data's features and
+# classes, and the outputs the loss needs (1 for a binary loss). A constructor with **kwargs
+# gets num_features and num_classes.
+SIZE_ARGUMENTS = ("num_features", "in_features", "num_classes", "out_features")
+HYDRA_KEYS = ("_target_", "_partial_", "_recursive_", "_convert_", "_args_")
+
+
+def own_model(target) -> bool:
+    """Whether a model `_target_` names one of mlprun's own models (its keys are the schema's)."""
+    return isinstance(target, str) and target.rpartition(".")[0] == OWN_MODELS
+
+
+def mlp_keys() -> tuple[str, ...]:
+    """The keys of mlprun's MLP config (model.hidden, ...), without `_target_`."""
+    return tuple(k.partition(".")[2] for k in SCHEMA if k.startswith("model.") and k != "model._target_")
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """How a model class is called: the size arguments mlprun passes, the MLP keys of the config
+    that a model of the user's own does not take (left out), the keys it does not take at all
+    and the parameters it needs that nothing gives."""
+
+    sizes: tuple[str, ...]
+    left_out: tuple[str, ...]
+    unknown: tuple[str, ...]
+    missing: tuple[str, ...]
+    parameters: tuple[str, ...]
+
+
+def model_call(cls: type, target: str, keys) -> ModelCall:
+    """Read from the constructor's signature (inspect.signature) how `cls` is built from the
+    config keys `keys` of a model node."""
+    keys = [str(k) for k in keys if str(k) not in HYDRA_KEYS]
+    try:
+        params = signature(cls).parameters
+    except (TypeError, ValueError):  # no readable signature: pass the keys, nothing else
+        return ModelCall((), (), (), (), ())
+    kinds = (Parameter.POSITIONAL_OR_KEYWORD, Parameter.KEYWORD_ONLY)
+    names = [n for n, p in params.items() if p.kind in kinds]
+    var_kw = any(p.kind is Parameter.VAR_KEYWORD for p in params.values())
+    sizes = tuple(
+        n for n in SIZE_ARGUMENTS if n not in keys and (n in names or (var_kw and n in ("num_features", "num_classes")))
+    )
+    left_out = () if own_model(target) else tuple(k for k in keys if k in mlp_keys() and k not in names)
+    unknown = () if var_kw else tuple(k for k in keys if k not in names and k not in left_out)
+    missing = tuple(n for n in names if params[n].default is Parameter.empty and n not in keys and n not in sizes)
+    return ModelCall(sizes, left_out, unknown, missing, tuple(names))
+
+
+@contextlib.contextmanager
+def _hydra_quiet():
+    """hydra.utils.get_class/get_method log a three-line error of their own before raising;
+    mlprun reports the failure in one line."""
+    logger = logging.getLogger("hydra.utils")
+    was, logger.disabled = logger.disabled, True
+    try:
+        yield
+    finally:
+        logger.disabled = was
+
+
 def component_class(node: DictConfig, group: str) -> type:
     """The class a component node's `_target_` names (imported); ConfigError when it cannot be."""
     try:
-        return get_class(str(node._target_))
+        with _hydra_quiet():
+            return get_class(str(node._target_))
     except Exception as exc:  # not importable, or not a class
         cause = exc.__cause__ or exc
         raise ConfigError(

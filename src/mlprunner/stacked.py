@@ -6,7 +6,8 @@ each group with `run_group`. A group of one is a normal sweep job (sweep.run_swe
 
 Inside a group every job keeps its own pieces, built by build() exactly as alone (same seed ->
 bitwise the same initial weights): its model, its torch.optim optimizer and scheduler, its
-metrics, its RunRecord, TensorBoard run and checkpoints. Only the step is shared: the jobs'
+metrics, its RunRecord, loggers (logger=...) and checkpoints, and the end of each epoch is
+Trainer.end_epoch, as alone. Only the step is shared: the jobs'
 Linear weights are stacked into one (N, out, in) tensor per layer and each job's parameters
 become views of its slice, so one baddbmm per layer runs every job's forward and backward;
 each job's loss is computed on its own slice and the losses are summed, so each job's gradient
@@ -19,10 +20,8 @@ only by the float rounding of baddbmm against addmm.
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,25 +37,17 @@ from .config import validate
 from .data import Split, load_data
 from .device import resolve_device
 from .errors import DivergenceError, Interrupted
+from .loggers import RunInfo, make_loggers, with_logger
 from .messages import describe_exception
-from .models import count_parameters
+from .models import config_title, count_parameters
 from .plots import learning_curves
 from .profiling import NullProfiler, StepProfiler
 from .progress import Progress
 from .record import RunRecord
-from .run import (
-    _Signals,
-    close_tensorboard,
-    describe,
-    make_tensorboard,
-    restore,
-    set_up_process,
-    tensorboard_folder,
-    test,
-)
+from .run import _Signals, describe, limited, restore, set_up_process, test
 from .sessions import job_prefix
 from .sweep import best_val_error
-from .train import BETTER, StopFlag, Trainer, epoch_seed, young_gc_only
+from .train import StopFlag, Trainer, epoch_seed, young_gc_only
 
 log = logging.getLogger("mlprunner")
 
@@ -72,6 +63,7 @@ FREE = (
     "trainer.log_every_n_steps",
     "trainer.checkpoint",
     "eval",
+    "logger",
 )
 # of these groups only the class must be equal; every hyperparameter may differ
 CLASS_ONLY = ("optim", "scheduler")
@@ -96,6 +88,8 @@ def unstackable(cfg: DictConfig) -> str | None:
         return "dataset.augment.enabled=true"
     if cfg.get("resume") is not None:
         return "resume= is set"
+    if t.get("overfit_batches"):
+        return "trainer.overfit_batches is set (the same batches in order, not each job's data order)"
     return None
 
 
@@ -176,6 +170,7 @@ class Job:
     overrides: list[str]
     resume_from: Path | None = None
     hydra: DictConfig | None = None
+    checkpoint: dict | None = None  # resume_from's contents when the caller has read it already
 
 
 class Member(Trainer):
@@ -186,6 +181,7 @@ class Member(Trainer):
 
     job: Job
     record: RunRecord
+    info: RunInfo  # what its loggers read at the end (loggers.Loggers.finish)
     gen: torch.Generator
     dropout: list[float]  # the rate after each hidden layer (0 = none)
     input_dropout: float
@@ -483,8 +479,8 @@ class Group:
                         f"(optim.lr={m.optimizer.defaults['lr']}) or set trainer.grad_clip"
                     ),
                 )
-            elif m.tb is not None:
-                m.tb.step(
+            elif m.logger is not None:
+                m.logger.step(
                     m.state.step,
                     {"Loss/train_step": float(losses[:, j].mean()), "LR/step": m.optimizer.param_groups[0]["lr"]},
                 )
@@ -492,69 +488,15 @@ class Group:
             self._restack([m for m in members if m not in failed])
 
     def end_epoch(self, m: Member, epoch: int, t0: float) -> None:
-        """Trainer._fit's end of an epoch for one member: validation, scheduler, best and early
-        stopping, TensorBoard, checkpoints, progress, results.json."""
-        s, es = m.state, m.t.early_stopping
-        train_m = m.train_metrics.compute()
-        if not math.isfinite(train_m["loss"]):
-            self.fail(
-                m,
-                DivergenceError(
-                    f"loss became non-finite during epoch {epoch}; "
-                    f"try a lower learning rate (optim.lr={m.optimizer.defaults['lr']})"
-                ),
-            )
+        """The end of an epoch for one member, as a solo run's (Trainer.end_epoch: validation,
+        scheduler, best and early stopping, loggers, checkpoints, results.json); a non-finite
+        loss fails only this member; a member whose training is over leaves the group."""
+        try:
+            m.end_epoch(epoch, m.train_metrics.compute(), t0)
+        except DivergenceError as exc:
+            self.fail(m, exc)
             return
-        t_val = time.perf_counter()
-        val_m = m.evaluate(m.data.val, m.val_metrics) if m.data.val is not None else None
-        lr = m.optimizer.param_groups[0]["lr"]
-        seconds = time.perf_counter() - t0
-        m.profiler.add("validation", time.perf_counter() - t_val)
-        record = {"epoch": epoch, "train": train_m, "val": val_m, "lr": lr, "time_s": seconds}
-        flat = {f"train/{k}": v for k, v in train_m.items()}
-        if val_m is not None:
-            flat.update({f"val/{k}": v for k, v in val_m.items()})
-        flat["lr"] = lr
-        value = flat[m.monitor]
-        if m.scheduler is not None and m.interval == "epoch":
-            if isinstance(m.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                m.scheduler.step(value)
-            else:
-                m.scheduler.step()
-        improved = (
-            m.data.val is None or s.best_value is None or BETTER[m.mode](value, s.best_value, float(es.min_delta))
-        )
-        s.epoch = epoch
-        s.history.append(record)
-        if improved:
-            s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
-        else:
-            s.bad_epochs += 1
-            if es.enabled and s.bad_epochs > int(es.patience):
-                s.stopped_early = True
-        if m.tb is not None:
-            m.tb.epoch(epoch, flat, m.model if m.t.tensorboard.histograms else None)
-        paths = []
-        if improved and m.t.checkpoint.save_best:
-            paths.append(m.ckpt_dir / "best.pt")
-        if m.t.checkpoint.save_last:
-            paths.append(m.ckpt_dir / "last.pt")
-        if paths:
-            m.writer.save_checkpoint(paths, m.checkpoint_state())
-        if m.progress:
-            m.progress.end_epoch(epoch, flat, seconds, len(m.data.train))
-            if s.stopped_early:
-                m.progress.message(
-                    f"early stopping: {m.monitor} has not improved for "
-                    f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})"
-                )
-        if m.on_epoch_end is not None:
-            m.on_epoch_end(m)
-        gc.collect(1)
-        if m.profiler.enabled:
-            m.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
-            m.profiler.write()
-        if s.stopped_early or epoch >= int(m.t.epochs):
+        if m.state.stopped_early or epoch >= int(m.t.epochs):
             self.finish(m)
 
     # ---------------------------------------------------------------------- how members end
@@ -578,8 +520,7 @@ class Group:
                 raise exc
         except BaseException:
             pass
-        if m.tb is not None:
-            m.tb.close()
+        m.logger.abort("failed")
         if m.progress:
             m.progress.close()
         log.error(f"job {m.run_dir.name} ({' '.join(m.job.overrides)}) failed: {message}")
@@ -601,18 +542,18 @@ class Group:
             record.trained(m.state, None)
             if cfg.get("eval") is not None and cfg.eval.test:
                 with record.testing():
-                    record.data["test"] = test(cfg, m.run_dir, m, m.tb)
-            if m.tb is not None:
-                close_tensorboard(cfg, m.tb, _PiecesView(m), record.data, m.state.epoch)
+                    record.data["test"] = test(cfg, m.run_dir, m, m.logger)
             learning_curves(
                 m.state.history,
                 m.run_dir / "learning_curves.png",
-                title=f"{cfg.dataset.name} {list(cfg.model.hidden)} {cfg.model.activation}",
+                title=f"{cfg.dataset.name} {config_title(cfg.model)}",
                 best_epoch=m.state.best_epoch,
             )
             record.__exit__(None, None, None)
+            m.logger.finish(m.info)  # after results.json says completed, as a solo run
             m.objective = best_val_error(record.data)
         except Exception as exc:  # recorded like a solo run's failure; the group goes on
+            m.logger.abort("failed")
             _, message = describe_exception(exc)
             if m.record.data.get("status") != "failed":
                 m.record.results.update(status="failed", reason=message, wall_s=m.record.elapsed())
@@ -635,40 +576,26 @@ class Group:
                     raise exc
             except BaseException:
                 pass
-            if m.tb is not None:
-                m.tb.close()
+            m.logger.abort("interrupted")
             if m.progress:
                 m.progress.close()
-
-
-@dataclass
-class _PiecesView:
-    """What close_tensorboard reads of a run's Pieces."""
-
-    member: Member
-
-    @property
-    def data(self):
-        return self.member.data
-
-    @property
-    def model(self):
-        return self.member.model
 
 
 # ------------------------------------------------------------------------------ entry point
 def open_member(job: Job, data, stop: StopFlag) -> Member:
     """Everything a solo run sets up before Trainer.fit(), for one job of a group."""
     cfg = job.cfg
-    validate(cfg)
+    validate(with_logger(cfg))
     started = time.perf_counter()
     if job.hydra is not None:
         HydraConfig.instance().set_config(job.hydra)
     device = set_up_process(cfg.trainer)  # seeds the global generator with the job's seed
-    ckpt = load_checkpoint(job.resume_from) if job.resume_from is not None else None
+    ckpt = job.checkpoint
+    if ckpt is None and job.resume_from is not None:
+        ckpt = load_checkpoint(job.resume_from)
     record = RunRecord(job.run_dir, device, job.overrides, resumed_from=ckpt, started=started).__enter__()
     with record.building():
-        pieces = build(cfg, device, data=data)
+        pieces = limited(cfg, build(cfg, device, data=data))
     data = pieces.data
     dropout_state = torch.get_rng_state()  # where the solo run's dropout draws would start
     describe(record, cfg, pieces, job.run_dir, device)
@@ -676,32 +603,37 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     mode = "none" if cfg.trainer.progress == "none" else "plain"  # one live bar per job would clash
     prefix = job_prefix(job.run_dir, job.overrides, beside_others=True)  # the group's lines interleave
     progress = Progress(mode, int(cfg.trainer.epochs), data.train.num_batches(bs), bs, prefix=prefix)
-    tb_dir = tensorboard_folder(record, cfg, job.run_dir, job.overrides, ckpt)
-    tb = make_tensorboard(cfg, job.run_dir, pieces, device, ckpt, tb_dir, job.overrides, record.data.get("provenance"))
-    m = Member(
-        cfg.trainer,
-        job.run_dir,
-        data,
-        pieces.model,
-        pieces.loss,
-        pieces.optimizer,
-        pieces.scheduler,
-        pieces.interval,
-        device,
-        tb=tb,
-        progress=progress,
-        stop=stop,
-        on_epoch_end=record.epoch_done,
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    m.job, m.record = job, record
-    m.gen = torch.Generator()
-    m.gen.set_state(dropout_state)
-    m.dropout = [float(cfg.model.dropout)] * len(cfg.model.hidden)
-    m.input_dropout = float(cfg.model.input_dropout)
-    if ckpt is not None:
-        restore(m, ckpt, job.resume_from)
-        m.gen.set_state(ckpt["rng"]["torch"])
+    info = RunInfo(cfg, job.run_dir, record.data, ckpt, list(job.overrides), pieces)
+    with record.building():
+        loggers = make_loggers(info)  # the job's own loggers (logger=...), as a solo run's
+    try:
+        m = Member(
+            cfg.trainer,
+            job.run_dir,
+            data,
+            pieces.model,
+            pieces.loss,
+            pieces.optimizer,
+            pieces.scheduler,
+            pieces.interval,
+            device,
+            logger=loggers,
+            progress=progress,
+            stop=stop,
+            on_epoch_end=record.epoch_done,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        m.job, m.record, m.info = job, record, info
+        m.gen = torch.Generator()
+        m.gen.set_state(dropout_state)
+        m.dropout = [float(cfg.model.dropout)] * len(cfg.model.hidden)
+        m.input_dropout = float(cfg.model.input_dropout)
+        if ckpt is not None:
+            restore(m, ckpt, job.resume_from)
+            m.gen.set_state(ckpt["rng"]["torch"])
+    except BaseException:
+        loggers.abort("failed")
+        raise
     return m
 
 

@@ -23,14 +23,15 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .checkpoint import atomic_write_json
-from .errors import EXIT_INTERRUPTED, MlprunError, RunInUse
+from .checkpoint import atomic_write_json, load_checkpoint
+from .errors import EXIT_INTERRUPTED, CheckpointError, MlprunError, RunInUse
 from .messages import describe_exception
 from .progress import fmt_pct
 from .record import lock_run_dir
 from .results import read_results
-from .run import run
-from .runs import checkpoint_file
+from .resume import check_checkpoint_of
+from .run import run, stop_if_signalled
+from .runs import SAVED_CONFIG, checkpoint_file
 
 log = logging.getLogger("mlprunner")
 
@@ -109,6 +110,50 @@ def _clear_attempt(run_dir: Path) -> None:
 MARKS = ".mlprun_marks"
 
 
+MULTIRUN_YAML = "multirun.yaml"
+_KEPT_YAML = ".multirun.yaml.kept"  # the sweep folder's first multirun.yaml while a rerun runs
+_KEEPING: list[Path] = []  # the sweep folders of this process whose multirun.yaml is kept aside
+
+
+def keep_multirun_yaml(sweep_dir: Path) -> None:
+    """Before a sweep starts in `sweep_dir` (SweepSummary.on_multirun_start): Hydra's sweeper
+    writes multirun.yaml over the one an earlier sweep into this folder left. Keep a copy, which
+    restore_multirun_yaml puts back when the sweep ends (a copy a killed sweep left is put back
+    first)."""
+    sweep_dir = Path(sweep_dir)
+    restore_multirun_yaml(sweep_dir)
+    first = sweep_dir / MULTIRUN_YAML
+    if first.is_file():
+        tmp = sweep_dir / f"{_KEPT_YAML}.{os.getpid()}.tmp"
+        shutil.copy2(first, tmp)
+        os.replace(tmp, sweep_dir / _KEPT_YAML)
+        _KEEPING.append(sweep_dir)
+
+
+def restore_multirun_yaml(sweep_dir: Path) -> None:
+    """The sweep folder's multirun.yaml is its first sweep's again; a rerun's own, when it
+    differs, stays beside it as multirun.<n>.yaml (n = 2, 3, ...), never written over."""
+    sweep_dir = Path(sweep_dir)
+    kept, current = sweep_dir / _KEPT_YAML, sweep_dir / MULTIRUN_YAML
+    if not kept.is_file():
+        return
+    if current.is_file() and current.read_bytes() != kept.read_bytes():
+        n = 2
+        while (sweep_dir / f"multirun.{n}.yaml").exists():
+            n += 1
+        os.replace(current, sweep_dir / f"multirun.{n}.yaml")
+    os.replace(kept, current)
+    with contextlib.suppress(ValueError):
+        _KEEPING.remove(sweep_dir)
+
+
+def restore_kept_multirun_yaml() -> None:
+    """mlprun's way out of a sweep that ended without on_multirun_end (interrupted, failed)."""
+    for sweep_dir in list(_KEEPING):
+        with contextlib.suppress(OSError):
+            restore_multirun_yaml(sweep_dir)
+
+
 def _sweep_folder(run_dir: Path) -> Path:
     try:
         return Path(str(HydraConfig.get().sweep.dir))
@@ -136,16 +181,44 @@ def claim_run_dir(run_dir: Path, sweep_dir: Path | None = None) -> bool:
         lock_run_dir(run_dir)
         return True
     except RunInUse as exc:
-        for logger in (logging.getLogger(), log):  # Hydra's job log file is in the run folder
-            for handler in list(logger.handlers):
-                path = Path(getattr(handler, "baseFilename", "/")).resolve()
-                if isinstance(handler, logging.FileHandler) and run_dir.resolve() in path.parents:
-                    logger.removeHandler(handler)
-                    handler.close()
+        stop_logging_into(run_dir)
         reason = f"{exc}; nothing was written there: rerun the sweep once it has finished"
         log.warning(f"job {run_dir.name} skipped, in use: {reason}")
         mark_job(sweep_dir or _sweep_folder(run_dir), run_dir, "in use", reason)
         return False
+
+
+def stop_logging_into(run_dir: Path) -> None:
+    """Close the log handlers that write into `run_dir` (Hydra's job log file, `mlprun.log`): a
+    job that leaves its folder as it is (completed, in use, refused) logs to the console only."""
+    for logger in (logging.getLogger(), log):
+        for handler in list(logger.handlers):
+            path = Path(getattr(handler, "baseFilename", "/")).resolve()
+            if isinstance(handler, logging.FileHandler) and Path(run_dir).resolve() in path.parents:
+                logger.removeHandler(handler)
+                handler.close()
+
+
+def hydra_files(cfg: DictConfig) -> dict[str, str]:
+    """{name: text} of the .hydra/ files Hydra writes for a job (config.yaml, hydra.yaml,
+    overrides.yaml), as Hydra would write them. Taken before anything changes the job's config
+    (hydra.job.chdir's absolute paths, the launcher's thread count)."""
+    hydra_cfg = HydraConfig.instance().cfg
+    return {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(hydra_cfg),
+        "overrides.yaml": OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task),
+    }
+
+
+def write_hydra_files(run_dir: Path, files: dict[str, str]) -> None:
+    """A sweep job's .hydra/ (Hydra's output_subdir is null for sweep jobs, see configs/config.yaml):
+    written only once the job holds its folder's lock and starts afresh, so a completed job's
+    folder or one another process trains in is never rewritten."""
+    folder = Path(run_dir) / SAVED_CONFIG.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (folder / name).write_text(text, encoding="utf-8")
 
 
 def mark_job(sweep_dir: Path, run_dir: Path, status: str, reason: str) -> None:
@@ -190,37 +263,59 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def prepare_sweep_job(run_dir: Path) -> tuple[bool, object]:
-    """What a sweep job's folder asks for: (False, objective) for a job that completed before
-    (skipped) and (False, None) for a folder another process holds; else (True, the checkpoint
-    to resume from, or None to start afresh: what a failed attempt left is removed)."""
+def prepare_sweep_job(run_dir: Path, saved: dict[str, str] | None = None) -> tuple[bool, object, dict | None]:
+    """What a sweep job's folder asks for: (False, objective, None) for a job that completed
+    before (skipped); (False, None, None) for a folder another process holds or a checkpoint
+    refused; else (True, the checkpoint to resume from or None to start afresh, its contents):
+    what a failed attempt left is removed.
+
+    saved: the job's .hydra/ files (hydra_files), written when the job starts afresh; a completed
+    job's folder is left byte for byte, a resumed job keeps the .hydra/ it started with."""
     label = f"job {run_dir.name}"
+    stop_if_signalled(f"before {label} started (nothing was written there); rerun this sweep command to continue")
     if not claim_run_dir(run_dir):
-        return False, None
+        return False, None, None
     prior = read_results(run_dir)
     status = (prior or {}).get("status")
     if status == "completed":
+        stop_logging_into(run_dir)  # not even a line in its mlprun.log
         log.info(f"{label} already completed (best val error {fmt_pct(best_val_error(prior))}): skipped")
-        return False, best_val_error(prior)
+        return False, best_val_error(prior), None
     last = checkpoint_file(run_dir, "last")
-    resume_from = None
+    resume_from = ckpt = None
     if status in ("interrupted", "running", "cancelled", "lost") and last.is_file():
+        try:
+            ckpt = load_checkpoint(last)
+        except MlprunError:
+            ckpt = None  # run() reports it: the job fails, and the next rerun starts it again
+        if ckpt is not None:
+            try:
+                check_checkpoint_of(ckpt, last, run_dir)
+            except CheckpointError as exc:  # left as it is: a retry from scratch would delete it
+                stop_logging_into(run_dir)
+                log.error(f"{label} refused: {exc}")
+                mark_job(_sweep_folder(run_dir), run_dir, "refused", str(exc))
+                return False, None, None
         resume_from = last
         log.info(f"{label} was {status}: resuming from {last}")
     elif prior is not None or (run_dir / "checkpoints").exists() or (run_dir / "tensorboard").exists():
         log.info(f"{label} was {status or 'started'} before: starting it again from scratch")
         _clear_attempt(run_dir)
-    return True, resume_from
+    if saved and (resume_from is None or not (run_dir / SAVED_CONFIG).is_file()):
+        write_hydra_files(run_dir, saved)
+    return True, resume_from, ckpt
 
 
-def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
+def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: dict[str, str] | None = None):
     """Run one job of a multirun; return its objective (best validation error) or None if it
-    failed or its folder is in use by another running process (then nothing is written there)."""
+    failed or its folder is in use by another running process (then nothing is written there).
+
+    saved: the job's .hydra/ files (prepare_sweep_job)."""
     run_dir = Path(run_dir)
     label = f"job {run_dir.name}"
-    train, resume_from = prepare_sweep_job(run_dir)
+    train, resume_from, ckpt = prepare_sweep_job(run_dir, saved)
     if not train:
-        return resume_from  # the objective of a completed job, or None (folder in use)
+        return resume_from  # the objective of a completed job, or None (folder in use, refused)
 
     if cfg.trainer.get("threads") is None:
         try:
@@ -233,7 +328,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str]):
                 cfg.trainer.threads = threads
             log.info(f"{label}: {threads} torch thread(s)")
     try:
-        results = run(cfg, run_dir, resume_from=resume_from, overrides=overrides)
+        results = run(cfg, run_dir, resume_from=resume_from, overrides=overrides, checkpoint=ckpt)
     except SystemExit:
         # submitit's SIGUSR2 handler (SLURM time limit or preemption) has saved the job for a
         # requeue and leaves with SystemExit: the run is interrupted, not failed, and the

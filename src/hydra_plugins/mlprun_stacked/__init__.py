@@ -21,7 +21,7 @@ from mlprunner.cli import launch_relative_paths, mlprun_hydra
 from mlprunner.errors import Interrupted
 from mlprunner.record import holding_locks
 from mlprunner.stacked import Job, plan_groups, run_group
-from mlprunner.sweep import prepare_sweep_job, run_sweep_job
+from mlprunner.sweep import hydra_files, prepare_sweep_job, run_sweep_job
 
 log = logging.getLogger("mlprunner")
 
@@ -103,14 +103,19 @@ class StackedLauncher(BasicLauncher):
             def prepare(cfg, holder=holder):
                 hc = HydraConfig.get()
                 run_dir = Path(hc.runtime.output_dir)
+                saved = hydra_files(cfg)  # as composed, before any change (cli.hydra_app does the same)
                 if hc.job.chdir:
                     launch_relative_paths(cfg, Path(hc.runtime.cwd))
-                train, value = prepare_sweep_job(run_dir)
-                holder["job"] = Job(cfg, run_dir, list(hc.overrides.task), value if train else None) if train else None
-                return value if not train else None
+                train, value, ckpt = prepare_sweep_job(run_dir, saved)
+                if not train:
+                    return value  # the objective of a completed job, or None
+                holder["job"] = Job(cfg, run_dir, list(hc.overrides.task), value, checkpoint=ckpt)
+                return None
 
             ret = self._run_job(sweep_config, prepare)
             returns[indices[k]] = ret
+            if ret.status == JobStatus.FAILED and isinstance(ret._return_value, (Interrupted, KeyboardInterrupt)):
+                raise ret._return_value  # a signal before the group trained: the sweep stops
             if holder.get("job") is not None:
                 holder["job"].hydra = sweep_config
                 prepared.append((indices[k], holder["job"]))
