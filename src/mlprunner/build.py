@@ -104,12 +104,17 @@ def _import_torch_dynamo() -> None:
     import torch._dynamo  # noqa: F401  (what the first torch.optim optimizer would import)
 
 
-def build(cfg: DictConfig, device: torch.device) -> Pieces:
-    """Every piece a run trains with, from a validated config."""
+def build(cfg: DictConfig, device: torch.device, data: Data | None = None) -> Pieces:
+    """Every piece a run trains with, from a validated config.
+
+    data: the run's data when the caller has loaded it already (a stacked group's jobs share
+    one copy; loading draws nothing from the global random generator, so the model's
+    initialisation is the same either way)."""
     # torch.optim imports torch._dynamo when the first optimizer is built (over a second);
     # importing it while the data loads hides most of that from the start-up
     warm = None if "torch._dynamo" in sys.modules else _import_torch_dynamo
-    data = load_data(cfg.dataset, device, meanwhile=warm)
+    if data is None:
+        data = load_data(cfg.dataset, device, meanwhile=warm)
     check_loss_fits(cfg.loss, data.num_classes)
     loss = Loss(cfg.loss, data.num_classes)
     model = build_model(cfg.model, data.num_features, loss, device)

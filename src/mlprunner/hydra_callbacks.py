@@ -27,9 +27,13 @@ def job_config(config: DictConfig) -> DictConfig:
 
 
 def register_launchers() -> None:
-    """Make mlprun's SLURM launcher (hydra/launcher=slurm) known to Hydra before the sweeper
-    instantiates its launcher. Hydra finds plugins by walking the hydra_plugins package, which
-    misses a package installed in editable mode, so it is registered by hand."""
+    """Make mlprun's launchers (hydra/launcher=slurm, hydra/launcher=stacked) known to Hydra
+    before the sweeper instantiates its launcher. Hydra finds plugins by walking the
+    hydra_plugins package, which misses a package installed in editable mode, so they are
+    registered by hand."""
+    from hydra_plugins.mlprun_stacked import StackedLauncher  # lazy: it imports mlprunner.cli
+
+    Plugins.instance().register(StackedLauncher)
     try:  # lazy and optional: the submitit plugin comes with the `sweep` extra only
         from hydra_plugins.mlprun_launcher import MlprunSlurmLauncher
     except ImportError:

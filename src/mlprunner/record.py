@@ -31,6 +31,18 @@ except ImportError:  # not POSIX: run folders are not locked
     fcntl = None
 
 _LOCKS: dict = {}
+_HOLD = {"depth": 0}  # > 0: lock_run_dir keeps the locks it took earlier (see holding_locks)
+
+
+@contextlib.contextmanager
+def holding_locks():
+    """Several runs in this process at once (a stacked group, stacked.py): every run folder
+    locked meanwhile stays locked, instead of one run at a time."""
+    _HOLD["depth"] += 1
+    try:
+        yield
+    finally:
+        _HOLD["depth"] -= 1
 
 
 def lock_run_dir(run_dir: Path):
@@ -44,7 +56,7 @@ def lock_run_dir(run_dir: Path):
     key = str(run_dir.resolve())
     if key in _LOCKS:  # this process holds it already (resume takes it before run() does)
         return _LOCKS[key]
-    for other in list(_LOCKS):  # one run at a time per process: earlier runs here are over
+    for other in list(_LOCKS) if not _HOLD["depth"] else ():  # one run at a time: earlier runs are over
         _LOCKS.pop(other).close()
     fh = open(run_dir / ".mlprun.lock", "a")  # "a": a lost race leaves the file as it was
     try:

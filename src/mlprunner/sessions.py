@@ -124,15 +124,16 @@ def job_name(overrides, keys: list[str]) -> str:
     return ",".join(f"{k}={values[k]}" for k in keys if k in values)
 
 
-def job_prefix(run_dir: Path, overrides=()) -> str:
+def job_prefix(run_dir: Path, overrides=(), beside_others: bool = False) -> str:
     """`[lr=0.01,activation=tanh] `: what starts each line of a job that runs beside others
-    (Hydra's joblib launcher with n_jobs other than 1), so interleaved lines can be told apart;
-    "" otherwise. The job is named by its swept values, each key by its last part."""
+    (Hydra's joblib launcher with n_jobs other than 1, or beside_others: a stacked group), so
+    interleaved lines can be told apart; "" otherwise. The job is named by its swept values,
+    each key by its last part."""
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return ""
     hc = HydraConfig.get()
     launcher = hc.launcher
-    if "joblib" not in str(launcher.get("_target_", "")) or launcher.get("n_jobs") == 1:
+    if not beside_others and ("joblib" not in str(launcher.get("_target_", "")) or launcher.get("n_jobs") == 1):
         return ""
     keys = swept_keys(Path(hc.sweep.dir))
     values = override_values(overrides)

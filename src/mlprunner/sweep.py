@@ -263,23 +263,24 @@ def _read_json(path: Path) -> dict:
         return {}
 
 
-def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: dict[str, str] | None = None):
-    """Run one job of a multirun; return its objective (best validation error) or None if it
-    failed or its folder is in use by another running process (then nothing is written there).
+def prepare_sweep_job(run_dir: Path, saved: dict[str, str] | None = None) -> tuple[bool, object, dict | None]:
+    """What a sweep job's folder asks for: (False, objective, None) for a job that completed
+    before (skipped); (False, None, None) for a folder another process holds or a checkpoint
+    refused; else (True, the checkpoint to resume from or None to start afresh, its contents):
+    what a failed attempt left is removed.
 
     saved: the job's .hydra/ files (hydra_files), written when the job starts afresh; a completed
     job's folder is left byte for byte, a resumed job keeps the .hydra/ it started with."""
-    run_dir = Path(run_dir)
     label = f"job {run_dir.name}"
     stop_if_signalled(f"before {label} started (nothing was written there); rerun this sweep command to continue")
     if not claim_run_dir(run_dir):
-        return None
+        return False, None, None
     prior = read_results(run_dir)
     status = (prior or {}).get("status")
     if status == "completed":
         stop_logging_into(run_dir)  # not even a line in its mlprun.log
         log.info(f"{label} already completed (best val error {fmt_pct(best_val_error(prior))}): skipped")
-        return best_val_error(prior)
+        return False, best_val_error(prior), None
     last = checkpoint_file(run_dir, "last")
     resume_from = ckpt = None
     if status in ("interrupted", "running", "cancelled", "lost") and last.is_file():
@@ -294,7 +295,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
                 stop_logging_into(run_dir)
                 log.error(f"{label} refused: {exc}")
                 mark_job(_sweep_folder(run_dir), run_dir, "refused", str(exc))
-                return None
+                return False, None, None
         resume_from = last
         log.info(f"{label} was {status}: resuming from {last}")
     elif prior is not None or (run_dir / "checkpoints").exists() or (run_dir / "tensorboard").exists():
@@ -302,6 +303,19 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
         _clear_attempt(run_dir)
     if saved and (resume_from is None or not (run_dir / SAVED_CONFIG).is_file()):
         write_hydra_files(run_dir, saved)
+    return True, resume_from, ckpt
+
+
+def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: dict[str, str] | None = None):
+    """Run one job of a multirun; return its objective (best validation error) or None if it
+    failed or its folder is in use by another running process (then nothing is written there).
+
+    saved: the job's .hydra/ files (prepare_sweep_job)."""
+    run_dir = Path(run_dir)
+    label = f"job {run_dir.name}"
+    train, resume_from, ckpt = prepare_sweep_job(run_dir, saved)
+    if not train:
+        return resume_from  # the objective of a completed job, or None (folder in use, refused)
 
     if cfg.trainer.get("threads") is None:
         try:

@@ -474,81 +474,86 @@ class Trainer:
         s = self.state
         self._set_up_graph()
         epochs = int(self.t.epochs)
-        es = self.t.early_stopping
         for epoch in range(s.epoch + 1, epochs + 1):
             if s.stopped_early:
                 break
             t0 = time.perf_counter()
             train_m = self.train_epoch(epoch)
-            in_swa = self.swa is not None and self.swa.active(epoch)
-            if in_swa:
-                self.swa.end_epoch(epoch)  # add this epoch's weights to the average, SWALR step
-            if not math.isfinite(train_m["loss"]):
-                raise DivergenceError(
-                    f"loss became non-finite during epoch {epoch}; "
-                    f"try a lower learning rate (optim.lr={self.optimizer.defaults['lr']})"
-                )
-            t_val = time.perf_counter()
-            val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
-            lr = self.optimizer.param_groups[0]["lr"]
-            seconds = time.perf_counter() - t0
-            self.profiler.add("validation", time.perf_counter() - t_val)
-            record = {"epoch": epoch, "train": train_m, "val": val_m, "lr": lr, "time_s": seconds}
-            flat = {f"train/{k}": v for k, v in train_m.items()}
-            if val_m is not None:
-                flat.update({f"val/{k}": v for k, v in val_m.items()})
-            flat["lr"] = lr
-            value = flat[self.monitor]
-            if self.scheduler is not None and self.interval == "epoch" and not in_swa:
-                if steps_on_metric(self.scheduler):
-                    self.scheduler.step(value)
-                else:
-                    self.scheduler.step()
-            # without a validation set there is nothing to select on: best is the last epoch
-            improved = (
-                self.data.val is None
-                or s.best_value is None
-                or BETTER[self.mode](value, s.best_value, float(es.min_delta))
-            )
-            s.epoch = epoch
-            s.history.append(record)
-            if improved:
-                s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
-            else:
-                s.bad_epochs += 1
-                if es.enabled and s.bad_epochs > int(es.patience):
-                    s.stopped_early = True
-            logged = {**flat, "time_s": seconds}
-            if self.logger is not None:
-                self.logger.epoch(epoch, s.step, logged, self.model)
-            paths = []
-            if improved and self.t.checkpoint.save_best:
-                paths.append(self.ckpt_dir / "best.pt")
-            if self.t.checkpoint.save_last:
-                paths.append(self.ckpt_dir / "last.pt")
-            if paths:
-                self.writer.save_checkpoint(paths, self.checkpoint_state())
-            if self.logger is not None:  # what cannot be taken back is logged once the checkpoint is saved
-                self.after_checkpoint(lambda e=epoch, n=s.step, m=logged: self.logger.epoch_saved(e, n, m))
-            if self.progress:
-                self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
-                if s.stopped_early:
-                    self.progress.message(
-                        f"early stopping: {self.monitor} has not improved for "
-                        f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})"
-                    )
-            if self.on_epoch_end is not None:
-                self.on_epoch_end(self)
-            gc.collect(1)  # this epoch's cyclic garbage from the epoch-end bookkeeping (see young_gc_only)
-            if self.profiler.enabled:
-                self.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
-                self.profiler.write()
+            self.end_epoch(epoch, train_m, t0)
             if self.stop.requested and epoch < epochs and not s.stopped_early:
                 # the signal came during validation/logging/checkpointing: last.pt is this epoch's
                 raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} after epoch {epoch}")
         if self.swa is not None:
             self.swa_result = self.finish_swa()
         return s
+
+    def end_epoch(self, epoch: int, train_m: dict, t0: float) -> None:
+        """What follows an epoch's training steps (train_m: their metrics; t0: when the epoch
+        began): the divergence check, validation, the scheduler's epoch step, best and early
+        stopping, the loggers, the checkpoints, the epoch line and on_epoch_end. A stacked
+        group (stacked.py) calls it for each of its jobs."""
+        s, es = self.state, self.t.early_stopping
+        in_swa = self.swa is not None and self.swa.active(epoch)
+        if in_swa:
+            self.swa.end_epoch(epoch)  # add this epoch's weights to the average, SWALR step
+        if not math.isfinite(train_m["loss"]):
+            raise DivergenceError(
+                f"loss became non-finite during epoch {epoch}; "
+                f"try a lower learning rate (optim.lr={self.optimizer.defaults['lr']})"
+            )
+        t_val = time.perf_counter()
+        val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
+        lr = self.optimizer.param_groups[0]["lr"]
+        seconds = time.perf_counter() - t0
+        self.profiler.add("validation", time.perf_counter() - t_val)
+        record = {"epoch": epoch, "train": train_m, "val": val_m, "lr": lr, "time_s": seconds}
+        flat = {f"train/{k}": v for k, v in train_m.items()}
+        if val_m is not None:
+            flat.update({f"val/{k}": v for k, v in val_m.items()})
+        flat["lr"] = lr
+        value = flat[self.monitor]
+        if self.scheduler is not None and self.interval == "epoch" and not in_swa:
+            if steps_on_metric(self.scheduler):
+                self.scheduler.step(value)
+            else:
+                self.scheduler.step()
+        # without a validation set there is nothing to select on: best is the last epoch
+        improved = (
+            self.data.val is None or s.best_value is None or BETTER[self.mode](value, s.best_value, float(es.min_delta))
+        )
+        s.epoch = epoch
+        s.history.append(record)
+        if improved:
+            s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
+        else:
+            s.bad_epochs += 1
+            if es.enabled and s.bad_epochs > int(es.patience):
+                s.stopped_early = True
+        logged = {**flat, "time_s": seconds}
+        if self.logger is not None:
+            self.logger.epoch(epoch, s.step, logged, self.model)
+        paths = []
+        if improved and self.t.checkpoint.save_best:
+            paths.append(self.ckpt_dir / "best.pt")
+        if self.t.checkpoint.save_last:
+            paths.append(self.ckpt_dir / "last.pt")
+        if paths:
+            self.writer.save_checkpoint(paths, self.checkpoint_state())
+        if self.logger is not None:  # what cannot be taken back is logged once the checkpoint is saved
+            self.after_checkpoint(lambda e=epoch, n=s.step, m=logged: self.logger.epoch_saved(e, n, m))
+        if self.progress:
+            self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
+            if s.stopped_early:
+                self.progress.message(
+                    f"early stopping: {self.monitor} has not improved for "
+                    f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})"
+                )
+        if self.on_epoch_end is not None:
+            self.on_epoch_end(self)
+        gc.collect(1)  # this epoch's cyclic garbage from the epoch-end bookkeeping (see young_gc_only)
+        if self.profiler.enabled:
+            self.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
+            self.profiler.write()
 
     def finish_swa(self) -> dict | None:
         """BatchNorm statistics for the averaged weights, its validation metrics, checkpoints/swa.pt."""

@@ -1,0 +1,704 @@
+"""Stacked sweeps: the compatible jobs of a multirun trained together, as one batched model.
+
+`hydra/launcher=stacked` (hydra_plugins.mlprun_stacked) composes every job's config, groups
+the jobs whose `group_key` is equal (at most hydra.launcher.max_models per group) and trains
+each group with `run_group`. A group of one is a normal sweep job (sweep.run_sweep_job).
+
+Inside a group every job keeps its own pieces, built by build() exactly as alone (same seed ->
+bitwise the same initial weights): its model, its torch.optim optimizer and scheduler, its
+metrics, its RunRecord, loggers (logger=...) and checkpoints, and the end of each epoch is
+Trainer.end_epoch, as alone. Only the step is shared: the jobs'
+Linear weights are stacked into one (N, out, in) tensor per layer and each job's parameters
+become views of its slice, so one baddbmm per layer runs every job's forward and backward;
+each job's loss is computed on its own slice and the losses are summed, so each job's gradient
+is its solo gradient. Each job's own optimizer then steps its own views in place. Each job draws
+its solo data order (train.epoch_seed) and its solo dropout masks (its own generator, seeded as
+the global one would be at the start of its solo training), so the runs differ from solo runs
+only by the float rounding of baddbmm against addmm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from .build import build
+from .checkpoint import atomic_write_json, load_checkpoint
+from .config import validate
+from .data import Split, load_data
+from .device import resolve_device
+from .errors import DivergenceError, Interrupted
+from .loggers import RunInfo, make_loggers, with_logger
+from .messages import describe_exception
+from .models import config_title, count_parameters
+from .plots import learning_curves
+from .profiling import NullProfiler, StepProfiler
+from .progress import Progress
+from .record import RunRecord
+from .run import _Signals, describe, limited, restore, set_up_process, test
+from .sessions import job_prefix
+from .sweep import best_val_error
+from .train import StopFlag, Trainer, epoch_seed, young_gc_only
+
+log = logging.getLogger("mlprunner")
+
+# keys that may differ between the jobs of one group (everything else must be equal)
+FREE = (
+    "model.dropout",
+    "model.input_dropout",
+    "trainer.seed",
+    "trainer.early_stopping",
+    "trainer.grad_clip",
+    "trainer.tensorboard",
+    "trainer.progress",
+    "trainer.log_every_n_steps",
+    "trainer.checkpoint",
+    "eval",
+    "logger",
+)
+# of these groups only the class must be equal; every hyperparameter may differ
+CLASS_ONLY = ("optim", "scheduler")
+
+
+def unstackable(cfg: DictConfig) -> str | None:
+    """Why this job cannot train in a stacked group (it then trains alone), or None."""
+    model = cfg.model
+    if str(model.get("_target_")) != "mlprunner.models.MLP":
+        return f"model {model.get('_target_')} is not mlprun's MLP"
+    if model.get("batchnorm"):
+        return "model.batchnorm=true (per-job running statistics are not stacked)"
+    t = cfg.trainer
+    if t.get("swa") is not None and t.swa.enabled:
+        return "trainer.swa.enabled=true"
+    if t.compile:
+        return "trainer.compile=true"
+    if t.precision == "fp16":
+        return "trainer.precision=fp16 (one GradScaler per job)"
+    augment = cfg.dataset.get("augment")
+    if augment is not None and augment.get("enabled"):
+        return "dataset.augment.enabled=true"
+    if cfg.get("resume") is not None:
+        return "resume= is set"
+    if t.get("overfit_batches"):
+        return "trainer.overfit_batches is set (the same batches in order, not each job's data order)"
+    return None
+
+
+def group_key(cfg: DictConfig) -> str:
+    """Jobs with equal keys can train as one stacked group: the config without the keys that
+    may differ (FREE, and the hyperparameters of the optimizer and the scheduler)."""
+    data = OmegaConf.to_container(cfg, resolve=True)
+    for key in FREE:
+        parent, _, leaf = key.rpartition(".")
+        node = data
+        for part in parent.split(".") if parent else []:
+            node = node.get(part) or {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    for group in CLASS_ONLY:
+        node = data.get(group) or {}
+        data[group] = {"_target_": node.get("_target_")}
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def plan_groups(cfgs: list[DictConfig], max_models: int) -> list[list[int]]:
+    """Indices of the jobs in each group, in sweep order: equal group_key, at most max_models
+    each; a job that cannot be stacked is a group of its own."""
+    groups: list[list[int]] = []
+    open_groups: dict[str, list[int]] = {}
+    for i, cfg in enumerate(cfgs):
+        if unstackable(cfg) is not None or max_models <= 1:
+            groups.append([i])
+            continue
+        key = group_key(cfg)
+        group = open_groups.get(key)
+        if group is None or len(group) >= max_models:
+            group = open_groups[key] = []
+            groups.append(group)
+        group.append(i)
+    return groups
+
+
+# ------------------------------------------------------------------------------ memory
+def bytes_per_model(n_params: int, widths: list[int], num_features: int, batch_size: int) -> int:
+    """What one model adds to a group: weights, gradients and two optimizer buffers (Adam's;
+    SGD needs fewer) in fp32, plus its gathered batch, activations, dropout masks and their
+    gradients."""
+    activations = batch_size * (num_features + 4 * sum(widths))
+    return 4 * (4 * n_params + 2 * activations)
+
+
+def memory_limit(device: torch.device) -> int:
+    """Bytes a group may use: on CUDA 80% of the free device memory, on the CPU half of the
+    available memory (MemAvailable)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(0.8 * free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024 // 2
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def split_to_fit(n: int, per_model: int, limit: int) -> int:
+    """How many models of a group train at once: all n, or as many as `limit` holds (>= 1)."""
+    return max(1, min(n, limit // max(1, per_model)))
+
+
+# ------------------------------------------------------------------------------ the jobs
+@dataclass
+class Job:
+    """One sweep job the launcher prepared: its config, folder and overrides; resume_from its
+    checkpoints/last.pt when it continues; hydra its whole config (HydraConfig while its pieces
+    are made, so its TensorBoard folder and HParams are those of a solo job)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    overrides: list[str]
+    resume_from: Path | None = None
+    hydra: DictConfig | None = None
+    checkpoint: dict | None = None  # resume_from's contents when the caller has read it already
+
+
+class Member(Trainer):
+    """One job of a group: a Trainer (its checkpoints, evaluation, state) whose Linear weights
+    are views of the group's stacked tensors while it trains, and whose dropout masks come from
+    its own generator (saved as the checkpoint's torch RNG state, as a solo run saves the
+    global one)."""
+
+    job: Job
+    record: RunRecord
+    info: RunInfo  # what its loggers read at the end (loggers.Loggers.finish)
+    gen: torch.Generator
+    dropout: list[float]  # the rate after each hidden layer (0 = none)
+    input_dropout: float
+    done: bool = False
+    objective: float | None = None
+
+    def checkpoint_state(self) -> dict:
+        state = super().checkpoint_state()
+        state["rng"]["torch"] = self.gen.get_state()
+        return state
+
+    def linears(self) -> list[nn.Linear]:
+        return [m for m in self.model if isinstance(m, nn.Linear)]
+
+
+@dataclass
+class Stack:
+    """The stacked weights of the members training now: per Linear layer a (N, out, in) weight
+    and a (N, 1, out) bias, each member's parameters being views of its slice."""
+
+    members: list[Member]
+    weights: list[torch.Tensor] = field(default_factory=list)
+    biases: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self):
+        layers = [m.linears() for m in self.members]
+        for k in range(len(layers[0])):
+            w = torch.stack([ls[k].weight.detach() for ls in layers]).requires_grad_()
+            b = torch.stack([ls[k].bias.detach() for ls in layers]).unsqueeze(1).requires_grad_()
+            self.weights.append(w)
+            self.biases.append(b)
+            for i, ls in enumerate(layers):
+                ls[k].weight.data = w.data[i]
+                ls[k].bias.data = b.data[i, 0]
+        # the activation (the same in a group): the first layer that is neither Linear nor Dropout
+        self.act = next((x for x in self.members[0].model if not isinstance(x, (nn.Linear, nn.Dropout))), None)
+        self.in_rates = [m.input_dropout for m in self.members]
+        self.rates = [m.dropout for m in self.members]
+
+    def release(self) -> None:
+        """Each member's parameters get their own memory again (the stack is dropped)."""
+        for m in self.members:
+            for lin in m.linears():
+                lin.weight.data = lin.weight.data.clone()
+                lin.bias.data = lin.bias.data.clone()
+                lin.weight.grad = lin.bias.grad = None
+
+    def _dropout(self, h: torch.Tensor, rates: list[float]) -> torch.Tensor:
+        """Each member's dropout as its solo nn.Dropout draws it: bernoulli_(1 - p) on a tensor
+        of its batch's shape, from its own generator, divided by 1 - p."""
+        if not any(rates):
+            return h
+        masks = torch.ones_like(h)
+        for i, (m, p) in enumerate(zip(self.members, rates)):
+            if p > 0:
+                masks[i].bernoulli_(1 - p, generator=m.gen).div_(1 - p)
+        return h * masks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, batch, features) -> (N, batch, outputs), in training mode."""
+        h = self._dropout(x, self.in_rates)
+        last = len(self.weights) - 1
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b, h, w.transpose(1, 2))
+            if k < last:
+                h = self._dropout(self.act(h), [r[k] for r in self.rates])
+        return h
+
+    def hand_out_grads(self) -> None:
+        """Each member's parameter gradients: views of its slice of the stacked gradients."""
+        for i, m in enumerate(self.members):
+            for lin, w, b in zip(m.linears(), self.weights, self.biases):
+                lin.weight.grad = w.grad[i]
+                lin.bias.grad = b.grad[i, 0]
+        for t in (*self.weights, *self.biases):
+            t.grad = None
+
+
+# ------------------------------------------------------------------------------ logs
+class JobLogs(logging.Handler):
+    """While a group trains: each line logged for one member (inside `of(its folder)`: its
+    set-up, epoch lines, end) goes to that job's own log file, lines of the group as a whole to
+    every job's. Stands in for the file handler Hydra opened for the last job it prepared
+    (<run>/mlprun.log, job_logging's `file`), with its name, format and level; a logging set-up
+    without such a handler is left as it is."""
+
+    def __init__(self, folders: list[Path]):
+        super().__init__()
+        self.current: Path | None = None
+        self.logger = logging.getLogger("mlprunner")
+        inside = {Path(f).resolve() for f in folders}
+        self.replaced = [
+            h
+            for h in self.logger.handlers
+            if isinstance(h, logging.FileHandler) and Path(h.baseFilename).resolve().parent in inside
+        ]
+        self.files: dict[Path, logging.FileHandler] = {}
+        for template in self.replaced[:1]:
+            for f in folders:
+                h = logging.FileHandler(Path(f) / Path(template.baseFilename).name, mode="a", delay=True)
+                h.setFormatter(template.formatter)
+                h.setLevel(template.level)
+                self.files[Path(f)] = h
+
+    def __enter__(self) -> JobLogs:
+        if self.files:
+            for h in self.replaced:
+                self.logger.removeHandler(h)
+            self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.files:
+            self.logger.removeHandler(self)
+            for h in self.files.values():
+                h.close()
+            for h in self.replaced:
+                self.logger.addHandler(h)
+
+    @contextlib.contextmanager
+    def of(self, folder: Path):
+        """Lines logged meanwhile belong to the job in `folder`."""
+        before, self.current = self.current, Path(folder)
+        try:
+            yield
+        finally:
+            self.current = before
+
+    def emit(self, record: logging.LogRecord) -> None:
+        own = self.files.get(self.current) if self.current is not None else None
+        for h in [own] if own is not None else self.files.values():
+            if record.levelno >= h.level:
+                h.handle(record)
+
+
+# ------------------------------------------------------------------------------ the group
+class GroupProfiler(StepProfiler):
+    """trainer.profile=true in a group: one phase table for the group's work (the shared steps,
+    every member's validation and epoch end), written into every member's run folder as
+    profile.txt/profile.json (the torch.profiler trace into the first member's). The members'
+    own write() calls do nothing; the group writes once per epoch (write_all)."""
+
+    def __init__(self, members: list[Member], device: torch.device):
+        super().__init__(members[0].run_dir, device)
+        self.folders = [m.run_dir for m in members]
+
+    def summary(self) -> dict:
+        out = super().summary()
+        out["stacked_group"] = [str(f) for f in self.folders]
+        return out
+
+    def table(self, summary: dict | None = None) -> str:
+        s = summary or self.summary()
+        head = (
+            f"stacked group of {len(self.folders)} jobs ({', '.join(f.name for f in self.folders)}): each step "
+            f"trains all of them at once; validation and epoch_end are summed over the jobs\n"
+        )
+        text = super().table(s)
+        if s["trace"]:
+            text = text.replace(f": {s['trace']}", f": {self.run_dir / s['trace']}")
+        return head + text
+
+    def write(self) -> None:
+        pass
+
+    def write_all(self) -> None:
+        summary = self.summary()
+        table = self.table(summary)
+        for folder in self.folders:
+            atomic_write_json(folder / "profile.json", summary)
+            (folder / "profile.txt").write_text(table)
+
+
+class Group:
+    """Trains the members of one group epoch by epoch; each member ends on its own (early
+    stopping, divergence, completion); a signal stops them all."""
+
+    def __init__(self, members: list[Member], stop: StopFlag, logs: JobLogs | None = None):
+        self.members = members
+        self.stop = stop
+        self.logs = logs or JobLogs([])  # each member's lines to its own log file
+        self.stack: Stack | None = None
+        # trainer.profile (equal in a group): one profiler for the group's work, shared by the members
+        self.prof = GroupProfiler(members, members[0].device) if members[0].profiler.enabled else NullProfiler()
+        for m in members:
+            m.profiler = self.prof
+        self.t = members[0].t
+        self.device = members[0].device
+        self.train = members[0].data.train
+
+    def _restack(self, active: list[Member]) -> None:
+        if self.stack is not None and self.stack.members == active:
+            return
+        if self.stack is not None:
+            self.stack.release()
+        self.stack = Stack(active) if active else None
+
+    def fit(self) -> None:
+        with young_gc_only():
+            try:
+                epochs = int(self.t.epochs)
+                for m in self.members:
+                    if m.state.stopped_early or m.state.epoch >= epochs:
+                        self.finish(m)
+                start = min((m.state.epoch for m in self.members if not m.done), default=epochs)
+                for epoch in range(start + 1, epochs + 1):
+                    active = [m for m in self.members if not m.done and m.state.epoch == epoch - 1]
+                    if active:
+                        self.train_epoch(epoch, active)
+            finally:
+                if self.stack is not None:
+                    self.stack.release()
+                    self.stack = None
+
+    def train_epoch(self, epoch: int, active: list[Member]) -> None:
+        t0 = time.perf_counter()
+        n, bs = len(self.train), int(self.t.batch_size)
+        orders = {}
+        for m in active:
+            g = torch.Generator().manual_seed(epoch_seed(m.t.seed, epoch))
+            orders[id(m)] = torch.randperm(n, generator=g).to(self.device)
+            m.train_metrics.reset()
+            m.step_model.train()
+            if m.progress:
+                with self.logs.of(m.run_dir):
+                    m.progress.start_epoch(epoch)
+        self._restack(active)
+        log_every = int(self.t.log_every_n_steps)
+        window: list[torch.Tensor] = []
+        steps = self.train.num_batches(bs)
+        prof = self.prof
+        prof.begin_epoch(epoch)
+        for i, start in enumerate(range(0, n, bs), start=1):
+            members = self.stack.members
+            idx = torch.stack([orders[id(m)][start : start + bs] for m in members]).reshape(-1)
+            x = self.train.x.index_select(0, idx).view(len(members), -1, self.train.x.shape[1])
+            y = self.train.y.index_select(0, idx).view(len(members), -1)
+            prof.lap("data")
+            logits = self.stack.forward(x)
+            losses = [m.loss(logits[j], y[j]) for j, m in enumerate(members)]
+            prof.lap("forward")
+            torch.stack(losses).sum().backward()
+            prof.lap("backward")
+            self.stack.hand_out_grads()
+            for m in members:
+                if m.t.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(m.model.parameters(), m.t.grad_clip, foreach=True)
+                m.optimizer.step()
+                if m.scheduler is not None and m.interval == "step":
+                    m.scheduler.step()
+            prof.lap("optimizer")
+            detached = logits.detach()
+            for j, m in enumerate(members):
+                m.train_metrics.update(losses[j], m.loss.predict(detached[j]), y[j])
+                m.state.step += 1
+            window.append(torch.stack([loss.detach() for loss in losses]))
+            prof.lap("metrics")
+            if len(window) == log_every or i == steps:
+                self._flush(torch.stack(window), epoch, i, steps)
+                window = []
+                if self.stack is None:
+                    break  # every member failed
+            if members[0].first_step_at is None:
+                now = time.time()
+                for m in members:
+                    m.first_step_at = now
+            prof.lap("logging")
+            prof.end_step()
+            if self.stop.requested:
+                raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
+        prof.end_epoch()
+        for m in active:
+            if not m.done:
+                with self.logs.of(m.run_dir):
+                    self.end_epoch(m, epoch, t0)
+        if prof.enabled:
+            prof.write_all()
+        if self.stack is not None and self.stop.requested and epoch < int(self.t.epochs):
+            raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} after epoch {epoch}")
+
+    def _flush(self, losses: torch.Tensor, epoch: int, i: int, steps: int) -> None:
+        """Every log interval, per member: the finiteness check and the logged mean loss."""
+        finite = torch.isfinite(losses)
+        members = list(self.stack.members)
+        failed = []
+        for j, m in enumerate(members):
+            if not bool(finite[:, j].all()):
+                k, first = losses.shape[0], int((~finite[:, j]).nonzero()[0])
+                failed.append(m)
+                self.fail(
+                    m,
+                    DivergenceError(
+                        f"loss became non-finite at epoch {epoch}, step {i - k + 1 + first} of {steps} "
+                        f"(global step {m.state.step - k + 1 + first}); try a lower learning rate "
+                        f"(optim.lr={m.optimizer.defaults['lr']}) or set trainer.grad_clip"
+                    ),
+                )
+            elif m.logger is not None:
+                m.logger.step(
+                    m.state.step,
+                    {"Loss/train_step": float(losses[:, j].mean()), "LR/step": m.optimizer.param_groups[0]["lr"]},
+                )
+        if failed:
+            self._restack([m for m in members if m not in failed])
+
+    def end_epoch(self, m: Member, epoch: int, t0: float) -> None:
+        """The end of an epoch for one member, as a solo run's (Trainer.end_epoch: validation,
+        scheduler, best and early stopping, loggers, checkpoints, results.json); a non-finite
+        loss fails only this member; a member whose training is over leaves the group."""
+        try:
+            m.end_epoch(epoch, m.train_metrics.compute(), t0)
+        except DivergenceError as exc:
+            self.fail(m, exc)
+            return
+        if m.state.stopped_early or epoch >= int(m.t.epochs):
+            self.finish(m)
+
+    # ---------------------------------------------------------------------- how members end
+    def _leave(self, m: Member) -> None:
+        m.done = True
+        if self.stack is not None and m in self.stack.members:
+            self._restack([x for x in self.stack.members if x is not m])
+
+    def fail(self, m: Member, exc: BaseException) -> None:
+        """The member is recorded failed with its reason; the others go on."""
+        with self.logs.of(m.run_dir):
+            self._fail(m, exc)
+
+    def _fail(self, m: Member, exc: BaseException) -> None:
+        self._leave(m)
+        m.writer.wait(raise_error=False)
+        m.writer.close()
+        _, message = describe_exception(exc)
+        try:
+            with m.record.training():
+                raise exc
+        except BaseException:
+            pass
+        m.logger.abort("failed")
+        if m.progress:
+            m.progress.close()
+        log.error(f"job {m.run_dir.name} ({' '.join(m.job.overrides)}) failed: {message}")
+
+    def finish(self, m: Member) -> None:
+        """The member's training is over (all epochs, or stopped early): its files as a solo
+        run's end writes them, then results.json says completed."""
+        with self.logs.of(m.run_dir):
+            self._finish(m)
+
+    def _finish(self, m: Member) -> None:
+        self._leave(m)
+        try:
+            m.writer.wait()
+            m.writer.close()
+            if m.progress:
+                m.progress.close()
+            cfg, record = m.job.cfg, m.record
+            record.trained(m.state, None)
+            if cfg.get("eval") is not None and cfg.eval.test:
+                with record.testing():
+                    record.data["test"] = test(cfg, m.run_dir, m, m.logger)
+            learning_curves(
+                m.state.history,
+                m.run_dir / "learning_curves.png",
+                title=f"{cfg.dataset.name} {config_title(cfg.model)}",
+                best_epoch=m.state.best_epoch,
+            )
+            record.__exit__(None, None, None)
+            m.logger.finish(m.info)  # after results.json says completed, as a solo run
+            m.objective = best_val_error(record.data)
+        except Exception as exc:  # recorded like a solo run's failure; the group goes on
+            m.logger.abort("failed")
+            _, message = describe_exception(exc)
+            if m.record.data.get("status") != "failed":
+                m.record.results.update(status="failed", reason=message, wall_s=m.record.elapsed())
+            log.error(f"job {m.run_dir.name} ({' '.join(m.job.overrides)}) failed: {message}")
+
+    def interrupt(self, exc: BaseException) -> None:
+        """A signal stopped the group: every member still training is recorded interrupted
+        (its last.pt is its last finished epoch)."""
+        if self.stack is not None:
+            self.stack.release()
+            self.stack = None
+        for m in self.members:
+            if m.done:
+                continue
+            m.done = True
+            m.writer.wait(raise_error=False)
+            m.writer.close()
+            try:
+                with m.record.training():
+                    raise exc
+            except BaseException:
+                pass
+            m.logger.abort("interrupted")
+            if m.progress:
+                m.progress.close()
+
+
+# ------------------------------------------------------------------------------ entry point
+def open_member(job: Job, data, stop: StopFlag) -> Member:
+    """Everything a solo run sets up before Trainer.fit(), for one job of a group."""
+    cfg = job.cfg
+    validate(with_logger(cfg))
+    started = time.perf_counter()
+    if job.hydra is not None:
+        HydraConfig.instance().set_config(job.hydra)
+    device = set_up_process(cfg.trainer)  # seeds the global generator with the job's seed
+    ckpt = job.checkpoint
+    if ckpt is None and job.resume_from is not None:
+        ckpt = load_checkpoint(job.resume_from)
+    record = RunRecord(job.run_dir, device, job.overrides, resumed_from=ckpt, started=started).__enter__()
+    with record.building():
+        pieces = limited(cfg, build(cfg, device, data=data))
+    data = pieces.data
+    dropout_state = torch.get_rng_state()  # where the solo run's dropout draws would start
+    describe(record, cfg, pieces, job.run_dir, device)
+    bs = int(cfg.trainer.batch_size)
+    mode = "none" if cfg.trainer.progress == "none" else "plain"  # one live bar per job would clash
+    prefix = job_prefix(job.run_dir, job.overrides, beside_others=True)  # the group's lines interleave
+    progress = Progress(mode, int(cfg.trainer.epochs), data.train.num_batches(bs), bs, prefix=prefix)
+    info = RunInfo(cfg, job.run_dir, record.data, ckpt, list(job.overrides), pieces)
+    with record.building():
+        loggers = make_loggers(info)  # the job's own loggers (logger=...), as a solo run's
+    try:
+        m = Member(
+            cfg.trainer,
+            job.run_dir,
+            data,
+            pieces.model,
+            pieces.loss,
+            pieces.optimizer,
+            pieces.scheduler,
+            pieces.interval,
+            device,
+            logger=loggers,
+            progress=progress,
+            stop=stop,
+            on_epoch_end=record.epoch_done,
+            config=OmegaConf.to_container(cfg, resolve=True),
+        )
+        m.job, m.record, m.info = job, record, info
+        m.gen = torch.Generator()
+        m.gen.set_state(dropout_state)
+        m.dropout = [float(cfg.model.dropout)] * len(cfg.model.hidden)
+        m.input_dropout = float(cfg.model.input_dropout)
+        if ckpt is not None:
+            restore(m, ckpt, job.resume_from)
+            m.gen.set_state(ckpt["rng"]["torch"])
+    except BaseException:
+        loggers.abort("failed")
+        raise
+    return m
+
+
+def run_group(jobs: list[Job], solo) -> list[float | None]:
+    """Train the jobs of one group together; return each job's objective (best validation
+    error, None when it failed). `solo(job)` runs one job alone (the data cannot be stacked).
+    Raises Interrupted when a signal stopped the group (every member recorded interrupted)."""
+    cfg = jobs[0].cfg
+    device = resolve_device(cfg.trainer.device)
+    if cfg.trainer.get("threads"):
+        torch.set_num_threads(int(cfg.trainer.threads))
+    data = load_data(cfg.dataset, device)
+    if not isinstance(data.train, Split):
+        log.info("stacked launcher: this dataset streams from disk; its jobs train one at a time")
+        return [solo(job) for job in jobs]
+    widths = [int(h) for h in cfg.model.hidden]
+    probe = build(cfg, device, data=data).model  # only its size is read
+    per_model = bytes_per_model(count_parameters(probe), widths, data.num_features, int(cfg.trainer.batch_size))
+    limit = memory_limit(device)
+    size = split_to_fit(len(jobs), per_model, limit)
+    if size < len(jobs):
+        log.info(
+            f"stacked launcher: {len(jobs)} jobs need {len(jobs) * per_model / 2**20:.0f} MiB, over the limit of "
+            f"{limit / 2**20:.0f} MiB on {device}: trained {size} at a time"
+        )
+    out: list[float | None] = []
+    for lo in range(0, len(jobs), size):
+        out += _train_together(jobs[lo : lo + size], data)
+    return out
+
+
+def _train_together(jobs: list[Job], data) -> list[float | None]:
+    with JobLogs([job.run_dir for job in jobs]) as logs:
+        return _train_logged(jobs, data, logs)
+
+
+def _train_logged(jobs: list[Job], data, logs: JobLogs) -> list[float | None]:
+    stop = StopFlag()
+    members: list[Member] = []
+    results: dict[int, float | None] = {}
+    for k, job in enumerate(jobs):
+        with logs.of(job.run_dir):
+            try:
+                members.append(open_member(job, data, stop))
+            except Exception as exc:  # this job's setup failed (recorded by its RunRecord phase)
+                _, message = describe_exception(exc)
+                log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
+                results[k] = None
+    names = ", ".join(m.run_dir.name for m in members)
+    log.info(f"stacked group of {len(members)} job(s) on {members[0].device if members else '-'}: {names}")
+    group = Group(members, stop, logs)
+    signals = _Signals(stop).install()
+    try:
+        if members:
+            group.fit()
+    except (Interrupted, KeyboardInterrupt) as exc:
+        group.interrupt(exc if isinstance(exc, Interrupted) else Interrupted(str(exc) or "interrupted"))
+        n = sum(1 for m in members if m.record.data.get("status") == "interrupted")
+        raise Interrupted(
+            f"{exc}; {n} job(s) of the group interrupted; rerunning this sweep command into the same "
+            "hydra.sweep.dir continues them (each from its own checkpoints/last.pt)"
+        ) from None
+    finally:
+        signals.restore()
+        if group.prof.enabled:
+            group.prof.write_all()
+    it = iter(members)
+    return [results[k] if k in results else next(it).objective for k in range(len(jobs))]
