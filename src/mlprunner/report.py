@@ -22,6 +22,7 @@ from rich.table import Table
 from .checkpoint import atomic_write_text
 from .plots import _plt
 from .results import RESULTS, read_results, results_file_problem
+from .sessions import NOT_HPARAMS
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
 COLUMNS = [
@@ -173,7 +174,6 @@ def _choices(job_dir: Path) -> dict:
     return {str(g): str(o) for g, o in choices.items() if not str(g).startswith("hydra") and o is not None}
 
 
-# keys that do not change a job's result (as hydra.job.config.override_dirname.exclude_keys)
 NOT_PARAMS = re.compile(
     r"^(resume|logger\b.*|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|profile|tensorboard\..*)|dataset\.(root|download))$"
 )
@@ -185,7 +185,7 @@ def swept_keys(jobs: list[dict]) -> list[str]:
     keys: list[str] = []
     for job in jobs:
         for key in job["params"]:
-            if key not in keys and not NOT_PARAMS.match(key):
+            if key not in keys and not NOT_HPARAMS.match(key):
                 keys.append(key)
     for job in jobs:
         job["values"] = {k: effective_value(job, k) for k in keys}
