@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -186,7 +187,9 @@ def test_grid_basic_summary_rerun_and_report(workdir):
     check_summary_against_jobs(sweep)
     for png in ("val_error_vs_optim.png", "val_error_vs_model.activation.png", "val_curves.png"):
         assert (sweep / png).stat().st_size > 5000
-    assert "best val err %" in proc.stdout  # the rich table was printed
+    assert "val err %" in proc.stdout  # the rich table was printed (140 columns off a terminal), a line per job
+    rows = [line for line in proc.stdout.splitlines() if re.match(r" ?\d+  .* completed ", line)]
+    assert len(rows) == 4 and all(len(line) <= 140 for line in rows), rows
     # TensorBoard's HParams dashboard on the sweep folder lists every job with its metrics
     groups = hparams_session_groups(sweep)
     assert len(groups) == 4

@@ -54,6 +54,17 @@ def epoch_line(epoch: int, epochs: int, m: dict, seconds: float, samples_per_s: 
     return "  ".join(parts)
 
 
+def with_prefix(prefix: str, line: str, width: int = 80) -> str:
+    """`prefix` + an epoch or legend line in `width` columns: its double-spaced fields get single
+    spaces, then the last fields (samples/s, seconds) are dropped while it is still too wide."""
+    if len(prefix) + len(line) <= width:
+        return prefix + line
+    fields = line.split("  ")
+    while len(fields) > 3 and len(prefix) + len(" ".join(fields)) > width:
+        fields.pop()
+    return prefix + " ".join(fields)
+
+
 class Progress:
     """mode: rich (live bar + epoch lines), plain (epoch lines), none (silent), auto (rich on a TTY)."""
 
@@ -94,7 +105,7 @@ class Progress:
         self._epoch, self._done, self._loss = epoch, 0, None
         if not self._legend and self.mode != "none":
             self._legend = True
-            self._emit(LEGEND)
+            self._emit(LEGEND, fit=True)
         if self.mode == "rich" and self._live is None:
             self._live = Live(
                 self,
@@ -119,13 +130,16 @@ class Progress:
             self._live.stop()  # transient: the bar is erased
             self._live = None
 
-    def _emit(self, text: str) -> None:
+    def _emit(self, text: str, fit: bool = False) -> None:
+        """fit: an epoch or legend line, made to fit the terminal (80 columns off a terminal)
+        beside a parallel job's prefix."""
         self._stop_bar()
-        log.info(f"{self.prefix}{text}")
+        width = self._console.width if self._console is not None else 80
+        log.info(with_prefix(self.prefix, text, width) if fit else f"{self.prefix}{text}")
 
     def end_epoch(self, epoch: int, metrics: dict, seconds: float, samples: int) -> None:
         if self.mode != "none":
-            self._emit(epoch_line(epoch, self.epochs, metrics, seconds, samples / max(seconds, 1e-9)))
+            self._emit(epoch_line(epoch, self.epochs, metrics, seconds, samples / max(seconds, 1e-9)), fit=True)
 
     def message(self, text: str) -> None:
         if self.mode != "none":

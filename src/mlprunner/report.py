@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -226,9 +227,16 @@ def _value(job: dict, key: str):
     return (job.get("values") or {}).get(key, job["params"].get(key))
 
 
-def _label(job: dict, keys: list[str]) -> str:
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """{key: its last part} (`optim.lr` -> `lr`) where the last parts are unique, else the keys."""
+    last = [k.rpartition(".")[2] for k in keys]
+    return dict(zip(keys, last)) if len(set(last)) == len(last) else {k: k for k in keys}
+
+
+def _label(job: dict, keys: list[str], short: bool = False) -> str:
     if keys:
-        return " ".join(f"{k}={_value(job, k)}" for k in keys if _value(job, k) is not None)
+        names = short_keys(keys) if short else {k: k for k in keys}
+        return " ".join(f"{names[k]}={_value(job, k)}" for k in keys if _value(job, k) is not None)
     return " ".join(job["overrides"])
 
 
@@ -263,13 +271,14 @@ def has_test(jobs: list[dict]) -> bool:
     return any(j["test_error"] is not None for j in jobs)
 
 
-def table_rows(jobs: list[dict], keys: list[str], test: bool | None = None) -> list[list[str]]:
+def table_rows(jobs: list[dict], keys: list[str], test: bool | None = None, short: bool = False) -> list[list[str]]:
+    """short: the swept keys by their last part (the terminal's table, 80 columns)."""
     rows = []
     test = has_test(jobs) if test is None else test
     for i, job in enumerate(jobs, 1):
         row = [
             str(i),
-            _label(job, keys) or job["job"],
+            _label(job, keys, short) or job["job"],
             job["status"],
             _pct(job["best_val_error"]),
             _num(job["best_epoch"]),
@@ -284,6 +293,10 @@ def table_rows(jobs: list[dict], keys: list[str], test: bool | None = None) -> l
 
 
 HEADERS = ["#", "overrides", "status", "best val err %", "best epoch", "final train err %", "epochs", "wall s"]
+
+
+# the terminal's table is 80 columns wide: shorter headers there (summary.md keeps the long ones)
+TERMINAL_HEADERS = {"best val err %": "val err %", "best epoch": "at epoch", "final train err %": "train err %"}
 
 
 def headers(jobs: list[dict]) -> list[str]:
@@ -340,14 +353,19 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
         title = f"sweep {folder}: {len(jobs)} jobs ({counts(jobs)})"
         if len(groups) > 1:
             title = f"{folder}: dataset={name}, {len(group)} jobs ({counts(group)})"
-        table = Table(title=title)
+        # no column rules and one space between columns: 80 columns hold the whole table
+        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+        widths = {  # the status unbroken (the label folds where it must)
+            "status": max((len(j["status"]) for j in group), default=0),
+        }
         for h in headers(jobs):
             table.add_column(
-                h,
+                TERMINAL_HEADERS.get(h, h),
                 justify="left" if h in ("overrides", "status") else "right",
                 overflow="fold" if h == "overrides" else "ellipsis",
+                min_width=widths.get(h),
             )
-        for job, row in zip(group, table_rows(group, keys, has_test(jobs))):
+        for job, row in zip(group, table_rows(group, keys, has_test(jobs), short=True)):
             style = None if job["status"] == "completed" else "red"
             table.add_row(*row, style=style)
         console.print(table)

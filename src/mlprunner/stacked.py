@@ -682,8 +682,10 @@ def _train_logged(jobs: list[Job], data, logs: JobLogs) -> list[float | None]:
                 _, message = describe_exception(exc)
                 log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
                 results[k] = None
-    names = ", ".join(m.run_dir.name for m in members)
-    log.info(f"stacked group of {len(members)} job(s) on {members[0].device if members else '-'}: {names}")
+    log.info(
+        f"stacked group of {len(members)} job(s) on {members[0].device if members else '-'}; "
+        f"each job's lines start with its swept values"
+    )
     group = Group(members, stop, logs)
     signals = _Signals(stop).install()
     try:
