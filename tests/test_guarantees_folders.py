@@ -324,6 +324,33 @@ def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path):
     assert read_json(empty / "results.json")["status"] == "completed"
 
 
+def test_a_sweep_refuses_a_folder_of_someone_elses_files(tmp_path):
+    """A sweep's summary.csv, summary.md, plots and job folders never land among a user's files."""
+    cases = {
+        "summary": {"summary.csv": b"my own table", "summary.md": b"# mine"},
+        "plots": {"val_curves.png": b"my own figure"},
+        "subfolder": {"data/x.csv": b"1,2\n"},
+    }
+    for name, files in cases.items():
+        folder = tmp_path / name
+        for rel, data in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+        before = hashes(folder)
+        proc = run_mlprun("-m", *DIGITS, f"hydra.sweep.dir={folder}", cwd=tmp_path)
+        assert proc.returncode == 2, (name, proc.stderr)
+        one_error_line(proc, f"hydra.sweep.dir={folder}", "nothing was changed")
+        assert hashes(folder) == before and len(list(folder.rglob("*"))) == len(
+            {Path(r).parts[0] for r in files} | set(files)
+        ), name
+    a_file = tmp_path / "a_file"
+    a_file.write_text("mine")
+    proc = run_mlprun("-m", *DIGITS, f"hydra.sweep.dir={a_file}", cwd=tmp_path)
+    assert proc.returncode == 2
+    one_error_line(proc, f"hydra.sweep.dir={a_file}", "not a folder")
+    assert a_file.read_text() == "mine"
+
+
 # ----------------------------------------------------------------- 3. foreign checkpoints
 
 

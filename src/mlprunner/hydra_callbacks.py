@@ -15,7 +15,7 @@ from .errors import RunInUse, RunRefused, SweepFailed
 from .record import lock_run_dir
 from .report import ReportError, build_report, collect
 from .run import stop_if_signalled
-from .runs import refuse_existing, refuse_foreign_files
+from .runs import refuse_existing, refuse_foreign_files, refuse_foreign_sweep_folder
 from .sweep import clear_marks, failed_since, keep_multirun_yaml, marked_since, restore_multirun_yaml, results_stamps
 
 log = logging.getLogger("mlprunner")
@@ -94,6 +94,7 @@ class SweepSummary(Callback):
         folder = Path(str(config.hydra.sweep.dir))
         try:
             stop_if_signalled("before the sweep started; nothing was written")
+            refuse_foreign_sweep_folder(folder)
         except Exception as exc:
             raise RunRefused(exc) from exc
         folder.mkdir(parents=True, exist_ok=True)

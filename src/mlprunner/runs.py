@@ -98,6 +98,38 @@ def refuse_foreign_files(folder: Path) -> None:
         )
 
 
+# what only a sweep leaves in its folder (Hydra's multirun.yaml, mlprun's marks, Optuna's results)
+SWEEP_MARKS = {"multirun.yaml", ".mlprun_marks", "optimization_results.yaml"}
+
+
+def refuse_foreign_sweep_folder(folder: Path) -> None:
+    """A sweep starts in a new or empty folder, or in one an earlier sweep made (multirun.yaml,
+    mlprun's marks, Optuna's results or a job folder in it): a folder of someone's
+    own files is refused (ConfigError, exit 2, nothing changed), since the sweep's summary, plots
+    and job folders would be written beside or over them."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("hydra.sweep.dir", str(folder), message=f"hydra.sweep.dir={folder} is a file, not a folder")
+    if not folder.is_dir():
+        return
+    entries = list(folder.iterdir())
+    if not entries or any(p.name in SWEEP_MARKS for p in entries):
+        return
+    job_files = ("results.json", ".hydra", "mlprun.log")
+    if any(p.is_dir() and any((p / name).exists() for name in job_files) for p in entries):
+        return  # a job folder: a sweep's
+    names = sorted(p.name for p in entries)
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    raise ConfigError(
+        "hydra.sweep.dir",
+        str(folder),
+        message=(
+            f"hydra.sweep.dir={folder} is not empty ({shown}) and holds no sweep; nothing was changed: "
+            f"a sweep starts only in a new or empty folder or continues its own, choose another hydra.sweep.dir"
+        ),
+    )
+
+
 # a run folder's own files (a run folder: results.json, .hydra/config.yaml or checkpoints/ in it)
 # and a sweep folder's (multirun.yaml in it): never written by mlprun-eval/-predict, --force or not
 RUN_FILES = {"results.json", "learning_curves.png", "confusion_matrix.png", "mlprun.log", ".mlprun.lock"}
