@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -95,3 +96,28 @@ def workdir(tmp_path, monkeypatch):
     """A fresh folder to run mlprun in (runs/ is created inside it)."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def run_main_inprocess(args, env, monkeypatch, capsys):
+    """`mlprun ARGS` in this process (cli.main), env set for it: (exit code, stdout, stderr)."""
+    from mlprunner import cli, messages
+
+    monkeypatch.setattr(sys, "argv", ["mlprun"])
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # main() sets it; restored after the test
+    monkeypatch.setattr(messages, "_USER_FULL_ERROR", None)
+    monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    # Hydra configures logging in-process; give the loggers back as they were afterwards.
+    loggers = [logging.getLogger(), logging.getLogger("mlprunner")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli.main(list(args))
+    finally:
+        for lg, (handlers, level, propagate) in zip(loggers, saved):
+            lg.handlers[:] = handlers
+            lg.setLevel(level)
+            lg.propagate = propagate
+    out = capsys.readouterr()
+    return exited.value.code, out.out, out.err

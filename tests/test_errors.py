@@ -9,7 +9,6 @@ message names the offending key or file, and that no half-made run folder is lef
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, read_json, run_mlprun
+from conftest import QUICK, read_json, run_main_inprocess, run_mlprun
 
 MNIST_RAW = Path(os.environ.get("MLPRUN_DATA", "/nonexistent")) / "MNIST" / "raw"
 TINY = ["dataset=xor", "model=mlp", "model.hidden=[4]", "trainer.epochs=1", *QUICK]
@@ -314,30 +313,6 @@ def _fill(value: str, ctx: dict) -> str:
         pytest.skip(f"no {exc} here")
 
 
-def _inprocess(args, env, monkeypatch, capsys):
-    from mlprunner import cli, messages
-
-    monkeypatch.setattr(sys, "argv", ["mlprun"])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # main() sets it; restored after the test
-    monkeypatch.setattr(messages, "_USER_FULL_ERROR", None)
-    monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    # Hydra configures logging in-process; give the loggers back as they were afterwards.
-    loggers = [logging.getLogger(), logging.getLogger("mlprunner")]
-    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli.main(list(args))
-    finally:
-        for lg, (handlers, level, propagate) in zip(loggers, saved):
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-            lg.propagate = propagate
-    out = capsys.readouterr()
-    return exited.value.code, out.out, out.err
-
-
 @pytest.mark.parametrize("prog, args, code, names, how, env", CASES)
 def test_bad_input(bad, completed_run, prog, args, code, names, how, env, workdir, monkeypatch, capsys):
     args = [_fill(a, bad) for a in args]
@@ -359,7 +334,7 @@ def test_bad_input(bad, completed_run, prog, args, code, names, how, env, workdi
         proc = run_mlprun(*args, cwd=workdir, env=env, timeout=300)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     else:
-        rc, out, err = _inprocess(args, env, monkeypatch, capsys)
+        rc, out, err = run_main_inprocess(args, env, monkeypatch, capsys)
     both = out + err
     assert rc == code, both[-3000:]
     assert "Traceback" not in both

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, read_json, run_mlprun
+from conftest import QUICK, read_json, run_main_inprocess, run_mlprun
 
 BIN = Path(sys.executable).parent
 DIGITS = ["dataset=digits", "model.hidden=[16]", "trainer.epochs=1", "trainer.tensorboard.enabled=false", *QUICK]
@@ -223,29 +222,6 @@ def _fill(value: str, c: dict) -> str:
     return value.format(**c)
 
 
-def _inprocess(args, env, monkeypatch, capsys):
-    from mlprunner import cli, messages
-
-    monkeypatch.setattr(sys, "argv", ["mlprun"])
-    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # main() sets it; restored after the test
-    monkeypatch.setattr(messages, "_USER_FULL_ERROR", None)
-    monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    loggers = [logging.getLogger(), logging.getLogger("mlprunner")]
-    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
-    try:
-        with pytest.raises(SystemExit) as exited:
-            cli.main(list(args))
-    finally:
-        for lg, (handlers, level, propagate) in zip(loggers, saved):
-            lg.handlers[:] = handlers
-            lg.setLevel(level)
-            lg.propagate = propagate
-    out = capsys.readouterr()
-    return exited.value.code, out.out, out.err
-
-
 @pytest.mark.parametrize("prog, args, code, names, how, env", CASES)
 def test_odd_input_refused_in_one_line(ctx, prog, args, code, names, how, env, workdir, monkeypatch, capsys):
     args = [_fill(a, ctx) for a in args]
@@ -267,7 +243,7 @@ def test_odd_input_refused_in_one_line(ctx, prog, args, code, names, how, env, w
         proc = run_mlprun(*args, cwd=workdir, env=env, timeout=300)
         rc, out, err = proc.returncode, proc.stdout, proc.stderr
     else:
-        rc, out, err = _inprocess(args, env, monkeypatch, capsys)
+        rc, out, err = run_main_inprocess(args, env, monkeypatch, capsys)
     both = out + err
     assert rc == code, both[-3000:]
     assert "Traceback" not in both
