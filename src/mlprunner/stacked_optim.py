@@ -23,6 +23,11 @@ import torch
 CLASSES = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD)
 
 
+# a member's tensor with a multiple of this many elements is updated as part of a slice (see
+# StackedOptimizer.whole); others one tensor per member, as a solo optimizer steps them
+SLICE_ALIGN = 16
+
+
 def unsupported(optimizers: list[torch.optim.Optimizer], params: list[list[torch.Tensor]]) -> str | None:
     """Why these members' optimizers cannot be updated together (they then step one by one),
     or None. `params[i]` are member i's parameters in stacked order."""
@@ -63,6 +68,9 @@ class StackedOptimizer:
         self.params = params
         self.stacked = [t.detach() for t in stacked]
         self.sgd = isinstance(optimizers[0], torch.optim.SGD)
+        # slot k as one slice: when a member's tensor splits into whole vector blocks of the
+        # fused kernel (and its threads' chunks), so that no element takes the scalar tail path
+        self.whole = [t[0].numel() % SLICE_ALIGN == 0 for t in self.stacked]
         n, slots = len(optimizers), len(self.stacked)
         device = self.stacked[0].device
         with torch.no_grad():
@@ -117,6 +125,21 @@ class StackedOptimizer:
                         if isinstance(value, torch.Tensor):
                             state[key] = value.clone()
 
+    def _members(self, k: int, a: int, b: int) -> range:
+        return range(a, a + 1) if self.whole[k] else range(a, b)
+
+    def _picker(self, a: int, b: int):
+        """What the kernel gets of members a..b-1 of each stacked tensor: one slice where the
+        kernel's work on it is bitwise its work on each member's tensor, else one view per member."""
+
+        def pick(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+            out = []
+            for k, t in enumerate(tensors):
+                out += [t[a:b]] if self.whole[k] else [t[i] for i in range(a, b)]
+            return out
+
+        return pick
+
     def _key(self, i: int) -> tuple:
         g = self.optimizers[i].param_groups[0]
         if self.sgd:
@@ -159,14 +182,14 @@ class StackedOptimizer:
             self.steps.add_(1)
             self.count = [c + 1 for c in self.count]
         for a, b, key in runs:
-            params = [t[a:b] for t in self.stacked]
-            gs = [g[a:b] for g in grads]
+            pick = self._picker(a, b)
+            params, gs = pick(self.stacked), pick(grads)
             if self.sgd:
                 lr, momentum, dampening, nesterov, wd, started = key
                 torch._fused_sgd_(
                     params,
                     gs,
-                    [t[a:b] for t in self.buffers] if momentum != 0 else [],
+                    pick(self.buffers) if momentum != 0 else [],
                     weight_decay=wd,
                     momentum=momentum,
                     lr=lr,
@@ -178,13 +201,18 @@ class StackedOptimizer:
             else:
                 lr, beta1, beta2, eps, wd, decoupled, _count = key
                 fn = torch._fused_adamw_ if decoupled else torch._fused_adam_
+                steps = [
+                    self.steps[a if self.whole[k] else i, k]
+                    for k in range(len(self.stacked))
+                    for i in self._members(k, a, b)
+                ]
                 fn(
                     params,
                     gs,
-                    [t[a:b] for t in self.exp_avg],
-                    [t[a:b] for t in self.exp_avg_sq],
+                    pick(self.exp_avg),
+                    pick(self.exp_avg_sq),
                     [],
-                    [self.steps[a, k] for k in range(len(params))],
+                    steps,
                     amsgrad=False,
                     lr=lr,
                     beta1=beta1,
