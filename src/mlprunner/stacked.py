@@ -11,7 +11,9 @@ Trainer.end_epoch, as alone. Only the step is shared: the jobs'
 Linear weights are stacked into one (N, out, in) tensor per layer and each job's parameters
 become views of its slice, so one baddbmm per layer runs every job's forward and backward;
 each job's loss is computed on its own slice and the losses are summed, so each job's gradient
-is its solo gradient. Each job's own optimizer then steps its own views in place. Each job draws
+is its solo gradient. The jobs' optimizers (Adam, AdamW, SGD) are stepped by one fused update over
+the stacked tensors (stacked_optim: each job's optimizer state is a view of it, so its
+checkpoints are a solo run's); other optimizers step each job's views in place. Each job draws
 its solo data order (train.epoch_seed) and its solo dropout masks (its own generator, seeded as
 the global one would be at the start of its solo training), so the runs differ from solo runs
 only by the float rounding of baddbmm against addmm.
