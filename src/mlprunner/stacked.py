@@ -11,7 +11,9 @@ Trainer.end_epoch, as alone. Only the step is shared: the jobs'
 Linear weights are stacked into one (N, out, in) tensor per layer and each job's parameters
 become views of its slice, so one baddbmm per layer runs every job's forward and backward;
 each job's loss is computed on its own slice and the losses are summed, so each job's gradient
-is its solo gradient. Each job's own optimizer then steps its own views in place. Each job draws
+is its solo gradient. The jobs' optimizers (Adam, AdamW, SGD) are stepped by one fused update over
+the stacked tensors (stacked_optim: each job's optimizer state is a view of it, so its
+checkpoints are a solo run's); other optimizers step each job's views in place. Each job draws
 its solo data order (train.epoch_seed) and its solo dropout masks (its own generator, seeded as
 the global one would be at the start of its solo training), so the runs differ from solo runs
 only by the float rounding of baddbmm against addmm.
@@ -46,6 +48,7 @@ from .progress import Progress
 from .record import RunRecord
 from .run import _Signals, describe, limited, restore, set_up_process, test
 from .sessions import job_prefix
+from .stacked_optim import StackedOptimizer, clip_stacked, unsupported
 from .sweep import best_val_error
 from .train import StopFlag, Trainer, epoch_seed, young_gc_only
 
@@ -200,7 +203,9 @@ class Member(Trainer):
 @dataclass
 class Stack:
     """The stacked weights of the members training now: per Linear layer a (N, out, in) weight
-    and a (N, 1, out) bias, each member's parameters being views of its slice."""
+    and a (N, 1, out) bias, each member's parameters being views of its slice. `optim` updates
+    every member's optimizer at once (stacked_optim; None: each member steps its own); the
+    members' train metrics are accumulated here, batched, and handed to each member's Metrics by `hand_out_metrics`."""
 
     members: list[Member]
     weights: list[torch.Tensor] = field(default_factory=list)
@@ -220,9 +225,61 @@ class Stack:
         self.act = next((x for x in self.members[0].model if not isinstance(x, (nn.Linear, nn.Dropout))), None)
         self.in_rates = [m.input_dropout for m in self.members]
         self.rates = [m.dropout for m in self.members]
+        # stacked order of the parameters: weight, bias of each layer (model.parameters()' order)
+        self.stacked = [t for wb in zip(self.weights, self.biases) for t in wb]
+        params = [[p for lin in ls for p in (lin.weight, lin.bias)] for ls in layers]
+        self.optim_reason = unsupported([m.optimizer for m in self.members], params)
+        self.optim = None
+        if self.optim_reason is None:
+            self.optim = StackedOptimizer([m.optimizer for m in self.members], params, self.stacked)
+        first = self.members[0].train_metrics
+        self.num_classes = first.num_classes
+        self.confusion = torch.zeros(
+            len(self.members) * self.num_classes**2, dtype=torch.long, device=first.confusion.device
+        )
+        self.loss_sums = torch.zeros(len(self.members), dtype=first.loss_sum.dtype, device=first.loss_sum.device)
+        self.counted = 0
+        self._ones = torch.ones(0, dtype=torch.long, device=first.confusion.device)
+        self._offsets = (
+            torch.arange(len(self.members), device=first.confusion.device).unsqueeze(1) * self.num_classes**2
+        )
+
+    def losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """(N,) each member's loss on its slice, computed as alone (one call of the loss over
+        all slices, reduction="none" then a mean per member, was not bitwise the solo loss)."""
+        return torch.stack([m.loss(logits[j], y[j]) for j, m in enumerate(self.members)])
+
+    def update_metrics(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
+        """Each member's Metrics.update for this step, as one batched update."""
+        n, b = y.shape
+        c = self.num_classes
+        preds = self.members[0].loss.predict(logits.reshape(n * b, -1)).view(n, b)
+        self.loss_sums.add_(losses.detach().to(self.loss_sums.dtype), alpha=b)
+        self.counted += b
+        if self._ones.shape[0] < n * b:
+            self._ones = torch.ones(n * b, dtype=torch.long, device=self.confusion.device)
+        self.confusion.index_put_(((self._offsets + y * c + preds).reshape(-1),), self._ones[: n * b], accumulate=True)
+
+    def hand_out_metrics(self) -> None:
+        """Add what update_metrics gathered to each member's train metrics (then start over)."""
+        if not self.counted:
+            return
+        cc = self.num_classes**2
+        for i, m in enumerate(self.members):
+            tm = m.train_metrics
+            tm.confusion.add_(self.confusion[i * cc : (i + 1) * cc])
+            tm.loss_sum.add_(self.loss_sums[i])
+            tm.count += self.counted
+        self.confusion.zero_()
+        self.loss_sums.zero_()
+        self.counted = 0
 
     def release(self) -> None:
-        """Each member's parameters get their own memory again (the stack is dropped)."""
+        """Each member's parameters (and optimizer state) get their own memory again (the
+        stack is dropped); metrics gathered so far go to the members."""
+        self.hand_out_metrics()
+        if self.optim is not None:
+            self.optim.release()
         for m in self.members:
             for lin in m.linears():
                 lin.weight.data = lin.weight.data.clone()
@@ -250,14 +307,30 @@ class Stack:
                 h = self._dropout(self.act(h), [r[k] for r in self.rates])
         return h
 
-    def hand_out_grads(self) -> None:
-        """Each member's parameter gradients: views of its slice of the stacked gradients."""
+    def hand_out_grads(self) -> list[torch.Tensor]:
+        """Each member's parameter gradients: views of its slice of the stacked gradients;
+        returns the stacked gradients (in `stacked` order)."""
+        grads = [t.grad for t in self.stacked]
         for i, m in enumerate(self.members):
             for lin, w, b in zip(m.linears(), self.weights, self.biases):
                 lin.weight.grad = w.grad[i]
                 lin.bias.grad = b.grad[i, 0]
-        for t in (*self.weights, *self.biases):
+        for t in self.stacked:
             t.grad = None
+        return grads
+
+    def step(self) -> None:
+        """Clip each member's gradients (its own trainer.grad_clip) and step every member's
+        optimizer and per-step scheduler."""
+        grads = self.hand_out_grads()
+        clip_stacked(grads, [m.t.grad_clip for m in self.members])
+        if self.optim is not None:
+            self.optim.step(grads)
+        for m in self.members:
+            if self.optim is None:
+                m.optimizer.step()
+            if m.scheduler is not None and m.interval == "step":
+                m.scheduler.step()
 
 
 # ------------------------------------------------------------------------------ logs
@@ -355,6 +428,11 @@ class GroupProfiler(StepProfiler):
             (folder / "profile.txt").write_text(table)
 
 
+def _hyperparameters(m: Member) -> str:
+    group = m.optimizer.param_groups[0]
+    return repr(sorted((k, repr(v)) for k, v in group.items() if k != "params"))
+
+
 class Group:
     """Trains the members of one group epoch by epoch; each member ends on its own (early
     stopping, divergence, completion); a signal stops them all."""
@@ -373,6 +451,8 @@ class Group:
         self.train = members[0].data.train
 
     def _restack(self, active: list[Member]) -> None:
+        # members with equal optimizer hyperparameters next to each other: one update for them all
+        active = sorted(active, key=_hyperparameters)
         if self.stack is not None and self.stack.members == active:
             return
         if self.stack is not None:
@@ -421,23 +501,16 @@ class Group:
             y = self.train.y.index_select(0, idx).view(len(members), -1)
             prof.lap("data")
             logits = self.stack.forward(x)
-            losses = [m.loss(logits[j], y[j]) for j, m in enumerate(members)]
+            losses = self.stack.losses(logits, y)
             prof.lap("forward")
-            torch.stack(losses).sum().backward()
+            losses.sum().backward()
             prof.lap("backward")
-            self.stack.hand_out_grads()
-            for m in members:
-                if m.t.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(m.model.parameters(), m.t.grad_clip, foreach=True)
-                m.optimizer.step()
-                if m.scheduler is not None and m.interval == "step":
-                    m.scheduler.step()
+            self.stack.step()
             prof.lap("optimizer")
-            detached = logits.detach()
-            for j, m in enumerate(members):
-                m.train_metrics.update(losses[j], m.loss.predict(detached[j]), y[j])
+            self.stack.update_metrics(losses, logits.detach(), y)
+            for m in members:
                 m.state.step += 1
-            window.append(torch.stack([loss.detach() for loss in losses]))
+            window.append(losses.detach())
             prof.lap("metrics")
             if len(window) == log_every or i == steps:
                 self._flush(torch.stack(window), epoch, i, steps)
@@ -453,6 +526,8 @@ class Group:
             if self.stop.requested:
                 raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
         prof.end_epoch()
+        if self.stack is not None:
+            self.stack.hand_out_metrics()
         for m in active:
             if not m.done:
                 with self.logs.of(m.run_dir):
