@@ -31,6 +31,8 @@ SLICE_ALIGN = 16
 def unsupported(optimizers: list[torch.optim.Optimizer], params: list[list[torch.Tensor]]) -> str | None:
     """Why these members' optimizers cannot be updated together (they then step one by one),
     or None. `params[i]` are member i's parameters in stacked order."""
+    if not all(hasattr(torch, f) for f in ("_fused_adam_", "_fused_adamw_", "_fused_sgd_")):
+        return "this torch has no fused optimizer kernels (torch._fused_adam_, ...)"  # torch's internal ops
     kinds = {type(o) for o in optimizers}
     if len(kinds) != 1 or next(iter(kinds)) not in CLASSES:
         return f"optimizer {sorted(k.__name__ for k in kinds)} is not Adam, AdamW or SGD"
