@@ -35,7 +35,7 @@ from torch import nn
 
 from .build import build
 from .checkpoint import atomic_write_json, load_checkpoint
-from .config import validate
+from .config import available_memory, validate
 from .data import Split, load_data
 from .device import resolve_device
 from .errors import DivergenceError, Interrupted
@@ -141,19 +141,13 @@ def bytes_per_model(n_params: int, widths: list[int], num_features: int, batch_s
 
 
 def memory_limit(device: torch.device) -> int:
-    """Bytes a group may use: on CUDA 80% of the free device memory, on the CPU half of the
-    available memory (MemAvailable)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return int(0.8 * free)
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024 // 2
-    except OSError:
-        pass
-    return 4 * 2**30
+    """Bytes a group may use: 80% of the free device memory on CUDA, half of the available memory
+    on the CPU (config.available_memory: MemAvailable and the cgroup's limit); 4 GiB when
+    neither can be read."""
+    available = available_memory(device)
+    if available is None:
+        return 4 * 2**30
+    return int((0.8 if device.type == "cuda" else 0.5) * available)
 
 
 def split_to_fit(n: int, per_model: int, limit: int) -> int:
