@@ -27,6 +27,7 @@ from omegaconf import OmegaConf, open_dict
 from .config import validate
 from .errors import ConfigError, MlprunError
 from .results import read_results
+from .run import STARTUP
 from .sweep import best_val_error, claim_run_dir, in_use_since, mark_job, record_end, record_failure, results_stamps
 
 log = logging.getLogger("mlprunner")
@@ -249,6 +250,8 @@ def _wait(
     warned: set[str] = set()
     answered = time.monotonic()  # when SLURM last told a job state
     while waiting:
+        if STARTUP.requested:  # Ctrl-C/SIGTERM: mlprun's early handler only noted it (run.py)
+            raise KeyboardInterrupt
         states = slurm_states(list(waiting))
         now = time.monotonic()
         if states:

@@ -456,6 +456,8 @@ def _optimizer_state_ratio(cfg: DictConfig) -> float:
     probe = torch.zeros(64, requires_grad=True)
     probe.grad = torch.zeros_like(probe)
     optimizer = instantiate(cfg.optim)([probe])
+    for group in optimizer.param_groups:  # the state's size does not depend on the lr; a huge one
+        group["lr"] = 0.0  # (optim.lr=1e38) would overflow float32 in this probe step
     optimizer.step()
     state = optimizer.state.get(probe, {})
     return sum(t.numel() for t in state.values() if torch.is_tensor(t) and t.numel() == probe.numel()) / 64
