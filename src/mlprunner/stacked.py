@@ -581,17 +581,8 @@ class Group:
 
     def _fail(self, m: Member, exc: BaseException) -> None:
         self._leave(m)
-        m.writer.wait(raise_error=False)
-        m.writer.close()
         _, message = describe_exception(exc)
-        try:
-            with m.record.training():
-                raise exc
-        except BaseException:
-            pass
-        m.logger.abort("failed")
-        if m.progress:
-            m.progress.close()
+        self._record_end(m, exc, "failed")
         log.error(f"job {m.run_dir.name} ({' '.join(m.job.overrides)}) failed: {message}")
 
     def finish(self, m: Member) -> None:
@@ -638,16 +629,22 @@ class Group:
             if m.done:
                 continue
             m.done = True
-            m.writer.wait(raise_error=False)
-            m.writer.close()
-            try:
-                with m.record.training():
-                    raise exc
-            except BaseException:
-                pass
-            m.logger.abort("interrupted")
-            if m.progress:
-                m.progress.close()
+            self._record_end(m, exc, "interrupted")
+
+    @staticmethod
+    def _record_end(m: Member, exc: BaseException, status: str) -> None:
+        """A member that ends by `exc` (failure or signal): its pending checkpoint written, its
+        results.json saying what RunRecord.training() makes of `exc`, its loggers aborted."""
+        m.writer.wait(raise_error=False)
+        m.writer.close()
+        try:
+            with m.record.training():
+                raise exc
+        except BaseException:
+            pass
+        m.logger.abort(status)
+        if m.progress:
+            m.progress.close()
 
 
 # ------------------------------------------------------------------------------ entry point
