@@ -141,6 +141,20 @@ def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, loggers: Loggers) -> 
     return metrics
 
 
+def test_and_plot(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord, loggers: Loggers) -> None:
+    """After training (a solo run's or a stacked group member's): the test evaluation when
+    eval.test, into results.json, and learning_curves.png."""
+    if cfg.get("eval") is not None and cfg.eval.test:
+        with record.testing():
+            record.data["test"] = test(cfg, run_dir, trainer, loggers)
+    learning_curves(
+        trainer.state.history,
+        run_dir / "learning_curves.png",
+        title=f"{cfg.dataset.name} {config_title(cfg.model)}",
+        best_epoch=trainer.state.best_epoch,
+    )
+
+
 def limited(cfg: DictConfig, pieces: Pieces) -> Pieces:
     """The pieces with the data cut to trainer.limit_*_batches / overfit_batches (debug presets);
     overfitting trains without augmentation."""
@@ -228,15 +242,7 @@ def run(
                 state = fit(trainer, stop, progress)
             record.trained(state, trainer.swa_result)
             stop_if_signalled("after training, before the test evaluation and plots")
-            if cfg.get("eval") is not None and cfg.eval.test:
-                with record.testing():
-                    record.data["test"] = test(cfg, run_dir, trainer, loggers)
-            learning_curves(
-                state.history,
-                run_dir / "learning_curves.png",
-                title=f"{cfg.dataset.name} {config_title(cfg.model)}",
-                best_epoch=state.best_epoch,
-            )
+            test_and_plot(cfg, run_dir, trainer, record, loggers)
             stop_if_signalled("after training, before the run's results were complete")
     except BaseException as exc:
         loggers.abort("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed")

@@ -41,12 +41,11 @@ from .device import resolve_device
 from .errors import DivergenceError, Interrupted
 from .loggers import RunInfo, make_loggers, with_logger
 from .messages import describe_exception
-from .models import config_title, count_parameters
-from .plots import learning_curves
+from .models import count_parameters
 from .profiling import NullProfiler, StepProfiler
 from .progress import Progress
 from .record import RunRecord
-from .run import _Signals, describe, limited, restore, set_up_process, test
+from .run import _Signals, describe, limited, restore, set_up_process, test_and_plot
 from .sessions import job_prefix
 from .stacked_optim import StackedOptimizer, clip_stacked, unsupported
 from .sweep import best_val_error
@@ -600,15 +599,7 @@ class Group:
                 m.progress.close()
             cfg, record = m.job.cfg, m.record
             record.trained(m.state, None)
-            if cfg.get("eval") is not None and cfg.eval.test:
-                with record.testing():
-                    record.data["test"] = test(cfg, m.run_dir, m, m.logger)
-            learning_curves(
-                m.state.history,
-                m.run_dir / "learning_curves.png",
-                title=f"{cfg.dataset.name} {config_title(cfg.model)}",
-                best_epoch=m.state.best_epoch,
-            )
+            test_and_plot(cfg, m.run_dir, m, record, m.logger)
             record.__exit__(None, None, None)
             m.logger.finish(m.info)  # after results.json says completed, as a solo run
             m.objective = best_val_error(record.data)
