@@ -700,15 +700,20 @@ def _two_classes(folder: Path, key: str) -> None:
         )
 
 
+def _open_image_folder(folder: Path, key: str):
+    """torchvision's ImageFolder over `folder` (the config key `key`), or one DatasetError line."""
+    if not folder.is_dir():
+        raise DatasetError(f"{key}: folder not found: {folder}")
+    try:
+        return _image_folder_dataset(folder)
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise DatasetError(f"{key}={folder}: {str(exc).splitlines()[0]}") from None
+
+
 @loader(preflight=_image_folder_present, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
 def load_image_folder(cfg: DictConfig, device) -> Data:
     image_dir = Path(str(cfg.image_dir)).expanduser()
-    if not image_dir.is_dir():
-        raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
-    try:
-        folder = _image_folder_dataset(image_dir)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise DatasetError(f"dataset.image_dir={image_dir}: {str(exc).splitlines()[0]}") from None
+    folder = _open_image_folder(image_dir, "dataset.image_dir")
     size, gray = list(cfg.image_size), bool(cfg.grayscale)
     channels = 1 if gray else 3
     _two_classes(image_dir, "dataset.image_dir")
@@ -719,12 +724,7 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
 
     def load_test_raw():
         test_dir = Path(str(cfg.test_dir)).expanduser()
-        if not test_dir.is_dir():
-            raise DatasetError(f"dataset.test_dir: folder not found: {test_dir}")
-        try:
-            test = _image_folder_dataset(test_dir)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DatasetError(f"dataset.test_dir={test_dir}: {str(exc).splitlines()[0]}") from None
+        test = _open_image_folder(test_dir, "dataset.test_dir")
         if list(test.classes) != names:
             raise DatasetError(
                 f"dataset.test_dir={test_dir}: classes {test.classes} differ from the training folder's {names}"

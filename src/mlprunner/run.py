@@ -141,6 +141,27 @@ def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, loggers: Loggers) -> 
     return metrics
 
 
+def make_trainer(cls, cfg, run_dir, pieces, device, record, loggers, progress, stop):
+    """A Trainer (or stacked.Member) over the built pieces; each finished epoch goes to `record`."""
+    return cls(
+        cfg.trainer,
+        run_dir,
+        pieces.data,
+        pieces.model,
+        pieces.loss,
+        pieces.optimizer,
+        pieces.scheduler,
+        pieces.interval,
+        device,
+        logger=loggers,
+        progress=progress,
+        stop=stop,
+        augment=pieces.augment,
+        on_epoch_end=record.epoch_done,
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
 def test_and_plot(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunRecord, loggers: Loggers) -> None:
     """After training (a solo run's or a stacked group member's): the test evaluation when
     eval.test, into results.json, and learning_curves.png."""
@@ -202,7 +223,7 @@ def run(
             with record.building():
                 pieces = limited(cfg, build(cfg, device))
             describe(record, cfg, pieces, run_dir, device)
-            data, model = pieces.data, pieces.model
+            data = pieces.data
 
             batch_size = int(cfg.trainer.batch_size)
             progress = Progress(
@@ -216,23 +237,7 @@ def run(
             info = RunInfo(cfg, run_dir, record.data, ckpt, list(overrides), pieces)
             with record.building():
                 loggers = make_loggers(info)
-            trainer = Trainer(
-                cfg.trainer,
-                run_dir,
-                data,
-                model,
-                pieces.loss,
-                pieces.optimizer,
-                pieces.scheduler,
-                pieces.interval,
-                device,
-                logger=loggers,
-                progress=progress,
-                stop=stop,
-                augment=pieces.augment,
-                on_epoch_end=record.epoch_done,
-                config=OmegaConf.to_container(cfg, resolve=True),
-            )
+            trainer = make_trainer(Trainer, cfg, run_dir, pieces, device, record, loggers, progress, stop)
             if pieces.augment is not None:
                 log.info(f"augmentation: {pieces.augment} on each training batch")
             if ckpt is not None:

@@ -87,7 +87,7 @@ def refuse_foreign_files(folder: Path) -> None:
         return
     others = sorted(p.name for p in folder.iterdir() if p.name not in _OWN_START_FILES)
     if others:
-        shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+        shown = _some(others)
         raise ConfigError(
             "hydra.run.dir",
             str(folder),
@@ -96,6 +96,11 @@ def refuse_foreign_files(folder: Path) -> None:
                 f"changed: a run starts only in a new or empty folder, choose another hydra.run.dir"
             ),
         )
+
+
+def _some(names: list[str]) -> str:
+    """The first three names, and how many more."""
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 # what only a sweep leaves in its folder (Hydra's multirun.yaml, mlprun's marks, Optuna's results)
@@ -118,8 +123,7 @@ def refuse_foreign_sweep_folder(folder: Path) -> None:
     job_files = ("results.json", ".hydra", "mlprun.log")
     if any(p.is_dir() and any((p / name).exists() for name in job_files) for p in entries):
         return  # a job folder: a sweep's
-    names = sorted(p.name for p in entries)
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    shown = _some(sorted(p.name for p in entries))
     raise ConfigError(
         "hydra.sweep.dir",
         str(folder),

@@ -45,7 +45,7 @@ from .models import count_parameters
 from .profiling import NullProfiler, StepProfiler
 from .progress import Progress
 from .record import RunRecord
-from .run import _Signals, describe, limited, restore, set_up_process, test_and_plot
+from .run import _Signals, describe, limited, make_trainer, restore, set_up_process, test_and_plot
 from .sessions import job_prefix
 from .stacked_optim import StackedOptimizer, clip_stacked, unsupported
 from .sweep import best_val_error
@@ -664,22 +664,7 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     with record.building():
         loggers = make_loggers(info)  # the job's own loggers (logger=...), as a solo run's
     try:
-        m = Member(
-            cfg.trainer,
-            job.run_dir,
-            data,
-            pieces.model,
-            pieces.loss,
-            pieces.optimizer,
-            pieces.scheduler,
-            pieces.interval,
-            device,
-            logger=loggers,
-            progress=progress,
-            stop=stop,
-            on_epoch_end=record.epoch_done,
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
+        m = make_trainer(Member, cfg, job.run_dir, pieces, device, record, loggers, progress, stop)
         m.job, m.record, m.info = job, record, info
         m.gen = torch.Generator()
         m.gen.set_state(dropout_state)
