@@ -9,12 +9,14 @@ in a rotating order, and the table shows the best round, so a noisy machine slow
 
 Whole steps (forward, cross-entropy, backward, Adam):
   solo           one job's nn.Linear model and fused Adam, as a basic-launcher job trains
-  stacked        the group as mlprun trains it: baddbmm per layer, each job's loss on its own
-                 slice, one fused Adam call over the stacked tensors (equal hyperparameters: the
-                 fewest calls possible)
+  stacked        the group as mlprun trains it: baddbmm per layer (mlprunner.stacked.StackedLinear),
+                 each job's loss on its own slice, one fused Adam call over the stacked tensors
+                 (equal hyperparameters: the fewest calls possible)
 Forward + backward only, the formulations the issue asks about:
   per-job addmm  one F.linear per job and layer
-  baddbmm        one batched product per layer over (N, batch, in) batches (mlprun's choice)
+  StackedLinear  one batched product per layer over (N, batch, in) batches (mlprun's choice)
+  baddbmm        the same with autograd's own baddbmm backward (its weight gradient is transposed
+                 and then copied into the weights' layout)
   vmap F.linear  torch.func.vmap over the jobs
   wide first     jobs that share a data order (same trainer.seed) as one wide GEMM in the first
                  layer (lr x seed sweeps: jobs/4 seeds); the other layers by baddbmm
@@ -34,6 +36,8 @@ import time
 import torch
 import torch.nn.functional as F
 from torch.func import vmap
+
+from mlprunner.stacked import StackedLinear
 
 SIZES = [784, 500, 300, 10]
 
@@ -83,9 +87,9 @@ def ways(n: int, device: torch.device, seeds: int) -> dict:
     views_b = [[b[j, 0] for b in bs] for j in range(n)]
     share = max(1, n // seeds)  # jobs per data order
 
-    def stacked_forward(h, first=0):
+    def stacked_forward(h, first=0, linear=StackedLinear.apply):
         for k in range(first, 3):
-            h = torch.baddbmm(bs[k], h, ws[k].transpose(1, 2))
+            h = linear(h, ws[k], bs[k])
             if k < 2:
                 h = torch.relu(h)
         return h
@@ -115,8 +119,14 @@ def ways(n: int, device: torch.device, seeds: int) -> dict:
         for t in stacked:
             t.grad = None
 
-    def baddbmm():
+    def stacked_linear():
         logits = stacked_forward(x)
+        torch.stack([F.cross_entropy(logits[j], y[j]) for j in range(n)]).sum().backward()
+        for t in stacked:
+            t.grad = None
+
+    def baddbmm():
+        logits = stacked_forward(x, linear=lambda h, w, b: torch.baddbmm(b, h, w.transpose(1, 2)))
         torch.stack([F.cross_entropy(logits[j], y[j]) for j in range(n)]).sum().backward()
         for t in stacked:
             t.grad = None
@@ -168,6 +178,7 @@ def ways(n: int, device: torch.device, seeds: int) -> dict:
         "solo": solo_step,
         "stacked": stacked_step,
         "per-job addmm": per_job_addmm,
+        "StackedLinear": stacked_linear,
         "baddbmm": baddbmm,
         "vmap F.linear": vmapped,
         "wide first": wide_first,

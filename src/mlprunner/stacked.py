@@ -304,10 +304,12 @@ class Stack:
         of its batch's shape, from its own generator, divided by 1 - p."""
         if not any(rates):
             return h
-        masks = torch.ones_like(h)
+        masks = torch.empty_like(h)
         for i, (m, p) in enumerate(zip(self.members, rates)):
             if p > 0:
                 masks[i].bernoulli_(1 - p, generator=m.gen).div_(1 - p)
+            else:
+                masks[i].fill_(1)
         return h * masks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
