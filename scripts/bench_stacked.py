@@ -57,21 +57,35 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--max-models", type=int, default=64)
+    p.add_argument(
+        "--basic-jobs",
+        type=int,
+        default=None,
+        help="jobs the basic launcher runs (default: all); it trains one job after another, so a "
+        "part of the sweep gives its rate (e.g. 16 of 64 jobs on a GPU)",
+    )
     a = p.parse_args()
     base = sweep_args(a.jobs, a.epochs, a.subset, a.device)
-    n_jobs = len(base[1].split(",")) * len(base[2].split(","))
-    model_epochs = n_jobs * a.epochs
+    basic = sweep_args(a.basic_jobs or a.jobs, a.epochs, a.subset, a.device)
+
+    def count(args: list[str]) -> int:
+        return len(args[1].split(",")) * len(args[2].split(","))
+
+    model_epochs = {"stacked": count(base) * a.epochs, "basic": count(basic) * a.epochs}
     ways = {
         "stacked": [*base, "hydra/launcher=stacked", f"hydra.launcher.max_models={a.max_models}"],
-        "basic": base,
+        "basic": basic,
     }
-    print(f"{n_jobs} jobs x {a.epochs} epochs (subset {a.subset or 'all'}), device {a.device}")
+    print(
+        f"{count(base)} jobs x {a.epochs} epochs (subset {a.subset or 'all'}), device {a.device}; "
+        f"the basic launcher runs {count(basic)} of them"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.rounds):
             order = ["stacked", "basic"] if r % 2 == 0 else ["basic", "stacked"]
             secs = {w: timed(ways[w], Path(tmp) / f"{w}{r}") for w in order}
-            rate = {w: model_epochs / s for w, s in secs.items()}
+            rate = {w: model_epochs[w] / s for w, s in secs.items()}
             rows.append(rate)
             print(
                 f"round {r + 1}: stacked {rate['stacked']:.3f} model-epochs/s ({secs['stacked']:.1f} s), "

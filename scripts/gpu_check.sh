@@ -4,7 +4,8 @@
 # root with a kit folder prepared on a machine with the package registry:
 #   .gpu/whl/    hydra-core, omegaconf, antlr4 wheels and this project's wheel
 #   .gpu/mnist/  MNIST's four .gz files
-# Results go to $OUT: pytest.txt, bench.json/bench.txt, first_epochs.json, cuda_graph.json.
+# Results go to $OUT: pytest.txt, bench.json/bench.txt, first_epochs.json, cuda_graph.json,
+# pytest_stacked.txt, bench_stacked.txt (STACKED=0 leaves the stacked checks out).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 KIT=${KIT:-$PWD/.gpu}
@@ -69,4 +70,17 @@ for variant in "auto" "false" "auto trainer.tensorboard.enabled=false"; do
     cp "$OUT/$name/results.json" "$OUT/$name.json" 2>/dev/null
     rm -rf "${OUT:?}/$name"
 done
+
+if [ "${STACKED:-1}" = 1 ]; then
+    step stacked-tests
+    # issue 16 on CUDA: the stacked tests (they run on the default device, here the GPU)
+    timeout "${STACKED_TEST_TIMEOUT:-240}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_stacked.py \
+        tests/test_stacked_optim.py >"$OUT/pytest_stacked.txt" 2>&1
+    step "stacked-tests rc=$?"
+    step stacked-bench
+    # 64 jobs stacked against the basic launcher's rate on 16 of them (it trains one job at a time)
+    timeout "${STACKED_BENCH_TIMEOUT:-300}" $PY scripts/bench_stacked.py --jobs 64 --basic-jobs 16 --epochs 2 \
+        --rounds 1 --device cuda >"$OUT/bench_stacked.txt" 2>&1
+    step "stacked-bench rc=$?"
+fi
 step done
