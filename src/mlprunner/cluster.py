@@ -272,6 +272,8 @@ def _plan(launcher, job_overrides, initial_job_idx, sweep_dir: Path, returns: di
 def _group(todo: list, max_models: int) -> list[list]:
     """`todo` in SLURM jobs: one combination each, or with max_models > 1 the groups
     hydra/launcher=stacked would train together (stacked.plan_groups)."""
+    if max_models <= 1:
+        return [[t] for t in todo]
     cfgs = [OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) for _, _, cfg, _ in todo]
     return [[todo[k] for k in group] for group in plan_groups(cfgs, max_models)]
 
