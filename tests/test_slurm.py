@@ -374,3 +374,82 @@ def test_ctrl_c_with_cancel_on_interrupt_cancels_the_running_job(tmp_path):
     assert proc.returncode == 130, text
     assert f"interrupted: cancelled SLURM job(s) {job_id}" in text
     wait_for("the job to be cancelled", lambda: job_state(job_id)[0] == "CANCELLED", 30)
+
+
+# ------------------------------------------------------------------ stacked groups on SLURM
+GRID = ["model.activation=relu,tanh", "optim.lr=0.01,0.02", "trainer.seed=0,1", "trainer.epochs=2"]
+
+
+def history(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in rec.items() if k != "time_s"} for rec in read_json(run_dir / "results.json")["history"]]
+
+
+@pytest.mark.slow
+def test_stacked_groups_are_one_slurm_job_each_and_train_bitwise_as_the_stacked_launcher(tmp_path):
+    """hydra.launcher.max_models=4 on 2 activations x 2 lrs x 2 seeds: two SLURM jobs (the
+    activations do not stack), each holding one activation's 4 lr x seed combinations; every
+    combination gets its own folder, .hydra/, checkpoints and a completed results.json whose
+    per-epoch history is bitwise that of the same sweep with hydra/launcher=stacked; a rerun
+    submits nothing."""
+    sweep = tmp_path / "sweep"
+    rc, text = run_sweep(sweep, *GRID, "hydra.launcher.max_models=4")
+    assert rc == 0, text
+    assert "8 combination(s) in 2 stacked group(s) of up to 4, one SLURM job each (sizes 4, 4)" in text, text
+    ids = re.search(r"submitted 2 SLURM job\(s\): ([0-9_, ]+);", text).group(1).split(", ")
+    array = ids[0].split("_")[0]  # the array's own folder holds its submission script
+    assert sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name != array) == sorted(ids)
+    for job_id in ids:
+        held = re.findall(rf"^  {job_id}: #\d+ .*model\.activation=(\w+)", text, re.M)
+        assert len(held) == 4 and len(set(held)) == 1, text
+        assert job_state(job_id)[0] == "COMPLETED"
+        assert "stacked group of 4 job(s)" in next((sweep / ".submitit" / job_id).glob("*_log.out")).read_text()
+    assert text.count("): completed") == 8
+
+    ref = tmp_path / "ref"
+    rc, ref_text = run_sweep(ref, *GRID, "hydra/launcher=stacked", "hydra.launcher.max_models=4", job=LOCAL)
+    assert rc == 0, ref_text
+    dirs = job_dirs(sweep)
+    assert [d.name for d in dirs] == [d.name for d in job_dirs(ref)] and len(dirs) == 8
+    for d in dirs:
+        assert read_json(d / "results.json")["status"] == "completed"
+        assert (d / "checkpoints" / "last.pt").is_file() and (d / ".hydra" / "config.yaml").is_file()
+        assert history(d) == history(ref / d.name), d.name
+
+    rc, text = run_sweep(sweep, *GRID, "hydra.launcher.max_models=4")
+    assert rc == 0, text
+    assert "SLURM job(s)" not in text and text.count("already completed") == 8
+
+
+@pytest.mark.slow
+def test_time_limit_requeue_of_a_stacked_group_resumes_every_member(tmp_path):
+    """SIGUSR2 (the time limit, as in test_time_limit_requeue_resumes_from_checkpoint) on the
+    SLURM job of a group of two: the job is requeued with the group, both members are recorded
+    interrupted, and the requeued job resumes each from its own last.pt and completes both."""
+    sweep = tmp_path / "sweep"
+    proc, out = start_sweep(
+        sweep, "trainer.epochs=40", "hydra.launcher.timeout_min=5", "optim.lr=0.01,0.02", "hydra.launcher.max_models=2"
+    )
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    dirs = wait_for(
+        "both job folders", lambda: len(job_dirs(sweep)) == 2 and job_dirs(sweep) if sweep.is_dir() else None
+    )
+    wait_for("a few epochs in both jobs", lambda: all(epochs_done(d) >= 3 for d in dirs))
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True, timeout=20)
+    release_when_requeued(job_id)
+    text = finish(proc, out)
+    assert proc.returncode == 0, text
+    for d in dirs:
+        res = read_json(d / "results.json")
+        assert res["status"] == "completed" and res["epochs_completed"] == 40
+        assert len(res["resumed"]) == 1 and res["resumed"][0]["from_epoch"] >= 3
+    assert text.count(f"SLURM job {job_id} (#") == 2 and "failed" not in text
+
+
+@pytest.mark.parametrize("value", ["0", "x"])
+def test_bad_max_models_is_a_one_line_error_and_submits_nothing(tmp_path, value):
+    sweep = tmp_path / "sweep"
+    rc, text = run_sweep(sweep, "optim.lr=0.01,0.02", f"hydra.launcher.max_models={value}", timeout=60)
+    assert rc == 2, text
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(f"mlprun: error: hydra.launcher.max_models={value}:"), text
+    assert "SLURM job" not in text and not (sweep / ".submitit").exists()

@@ -8,8 +8,12 @@ SLURM's own job states (`squeue`, then `scontrol`; `sacct` only where accounting
 job that is requeued (time limit, `scontrol requeue`, preemption) is waited for again, and a job
 that ends without a result (cancelled, killed, lost node) is reported with its state and log
 instead of being waited on forever. A job pending longer than `pending_warn_s` is reported with
-SLURM's reason. Ctrl-C says which jobs are still queued or running and how to cancel them (or
-cancels them with `cancel_on_interrupt`). The outcome of every job is in its results.json:
+SLURM's reason. With `max_models` > 1 the combinations left to run are grouped as
+hydra/launcher=stacked groups them (stacked.plan_groups) and each group is one SLURM job (one
+task of the array) that trains its members together (mlprun_stacked.run_group_jobs); each
+member keeps its own folder and results.json, which the wait reads one by one. Ctrl-C says
+which jobs are still queued or running and how to cancel them (or cancels them with
+`cancel_on_interrupt`). The outcome of every job is in its results.json:
 completed, failed, interrupted, cancelled or lost; `SweepSummary` turns it into the exit code.
 """
 
@@ -28,7 +32,17 @@ from .config import validate
 from .errors import ConfigError, MlprunError
 from .results import read_results
 from .run import STARTUP
-from .sweep import best_val_error, claim_run_dir, in_use_since, mark_job, record_end, record_failure, results_stamps
+from .stacked import plan_groups
+from .sweep import (
+    best_val_error,
+    claim_run_dir,
+    in_use_since,
+    mark_job,
+    record_end,
+    record_failure,
+    record_requeue,
+    results_stamps,
+)
 
 log = logging.getLogger("mlprunner")
 
@@ -157,11 +171,50 @@ def claimed_in_job(launcher, sweep_overrides, job_num: int, singleton_state) -> 
     e.g. an older sweep's job, trains there: then the job ends without touching the folder."""
     Singleton.set_state(singleton_state)
     setup_globals()
+    return _claimed(launcher, sweep_overrides, job_num) is not None
+
+
+def _claimed(launcher, sweep_overrides, job_num: int):
+    """The job's config when this process took its run folder's lock, else None."""
     cfg = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(sweep_overrides))
     with open_dict(cfg.hydra.job):
         cfg.hydra.job.num = job_num
     sweep_dir = Path(str(cfg.hydra.sweep.dir))
-    return claim_run_dir(sweep_dir / str(cfg.hydra.sweep.subdir), sweep_dir)
+    return cfg if claim_run_dir(sweep_dir / str(cfg.hydra.sweep.subdir), sweep_dir) else None
+
+
+def claimed_group_in_job(launcher, group_overrides, job_nums, singleton_state, slurm_job_id: str) -> list:
+    """claimed_in_job for each member of a stacked group (call it under record.holding_locks, so
+    every lock stays held): the configs of the members whose folder this job holds now; a member
+    whose folder another running process holds is left untouched (reported "in use")."""
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    configs = []
+    for overrides, job_num in zip(group_overrides, job_nums):
+        cfg = _claimed(launcher, overrides, job_num)
+        if cfg is not None:
+            with open_dict(cfg.hydra.job):
+                cfg.hydra.job.id = slurm_job_id
+            configs.append(cfg)
+    return configs
+
+
+def requeued_group(configs) -> None:
+    """submitit's SIGUSR2 handler (time limit, preemption) saved the group's job for a requeue
+    and leaves with SystemExit: each unfinished member is interrupted, not failed, and resumes
+    from its own checkpoints/last.pt in the requeued job (as sweep.run_sweep_job does alone)."""
+    for cfg in configs:
+        record_requeue(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+
+
+def failed_members(configs) -> list[str]:
+    """The members of a group whose results.json says failed, as `#num overrides`."""
+    out = []
+    for cfg in configs:
+        run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        if (read_results(run_dir) or {}).get("status") == "failed":
+            out.append(f"#{cfg.hydra.job.num} {' '.join(filter_overrides(list(cfg.hydra.overrides.task)))}")
+    return out
 
 
 def _tidy(folder: Path) -> None:
@@ -182,10 +235,12 @@ def _give_up(waiting: dict, silent_s: float, sweep_dir: Path, initial_job_idx: i
         f"not collected: SLURM job(s) {' '.join(left)}; they may still run: {how}"
     )
     for job_id in left:
-        job, (i, overrides, cfg, run_dir) = waiting.pop(job_id)
-        log.error(f"  {job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}: not collected")
-        mark_job(sweep_dir, run_dir, "not collected", f"SLURM job {job_id} not collected (SLURM did not answer); {how}")
-        returns[i] = _job_return(overrides, cfg, run_dir, None)
+        job, members = waiting.pop(job_id)
+        for i, overrides, cfg, run_dir in members:
+            log.error(f"  {job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}: not collected")
+            reason = f"SLURM job {job_id} not collected (SLURM did not answer); {how}"
+            mark_job(sweep_dir, run_dir, "not collected", reason)
+            returns[i] = _job_return(overrides, cfg, run_dir, None)
 
 
 def _plan(launcher, job_overrides, initial_job_idx, sweep_dir: Path, returns: dict) -> list:
@@ -214,8 +269,34 @@ def _plan(launcher, job_overrides, initial_job_idx, sweep_dir: Path, returns: di
     return todo
 
 
-def _submit(launcher, todo: list, initial_job_idx, sweep_dir: Path) -> list:
-    """One SLURM job array for `todo`; prints the job ids and where their logs go."""
+def _group(todo: list, max_models: int) -> list[list]:
+    """`todo` in SLURM jobs: one combination each, or with max_models > 1 the groups
+    hydra/launcher=stacked would train together (stacked.plan_groups)."""
+    if max_models <= 1:
+        return [[t] for t in todo]
+    cfgs = [OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) for _, _, cfg, _ in todo]
+    return [[todo[k] for k in group] for group in plan_groups(cfgs, max_models)]
+
+
+def _task_args(group: list, initial_job_idx, state) -> tuple:
+    """The launcher's __call__ arguments for one SLURM job: a combination's (as submitit_slurm
+    passes them), or a group's (its members' overrides and job numbers as lists)."""
+    if len(group) == 1:
+        ((i, o, _, _),) = group
+        return list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}", state
+    first = initial_job_idx + group[0][0]
+    return (
+        [list(o) for _, o, _, _ in group],
+        "hydra.sweep.dir",
+        [initial_job_idx + i for i, *_ in group],
+        (f"job_id_for_{first}"),
+        state,
+    )
+
+
+def _submit(launcher, groups: list, initial_job_idx, sweep_dir: Path) -> list:
+    """One SLURM job array, one task per group of `groups`; prints the job ids, the
+    combinations each holds and where their logs go."""
     import submitit  # lazy: a heavy import, only for SLURM sweeps
 
     params = dict(launcher.params)
@@ -227,24 +308,29 @@ def _submit(launcher, todo: list, initial_job_idx, sweep_dir: Path) -> list:
     base = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name"}
     executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()})
     state = Singleton.get_state()
-    args = [
-        (list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}", state)
-        for i, o, _, _ in todo
-    ]
+    args = [_task_args(group, initial_job_idx, state) for group in groups]
     jobs = executor.map_array(launcher, *zip(*args))
     _tidy(Path(str(jobs[0].paths.folder)).parent if jobs else sweep_dir)
     ids = [str(j.job_id) for j in jobs]
+    if any(len(group) > 1 for group in groups):
+        n = sum(len(group) for group in groups)
+        log.info(
+            f"{n} combination(s) in {len(groups)} stacked group(s) of up to {launcher.max_models}, one SLURM job "
+            f"each (sizes {', '.join(str(len(group)) for group in groups)})"
+        )
     log.info(f"submitted {len(jobs)} SLURM job(s): {', '.join(ids)}; logs: {jobs[0].paths.folder.parent}")
-    for job, (i, overrides, _, _) in zip(jobs, todo):
-        log.info(f"  {job.job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}")
+    for job, group in zip(jobs, groups):
+        for i, overrides, _, _ in group:
+            log.info(f"  {job.job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}")
     return jobs
 
 
 def _wait(
     waiting: dict, returns: dict, sweep_dir: Path, before: dict, initial_job_idx, poll_s, pending_warn_s, unreachable_s
 ) -> None:
-    """Poll SLURM's job states until every job in `waiting` ({job id: (job, todo entry)}) has a
-    final one (requeued jobs are waited for again), or SLURM stops answering for `unreachable_s`."""
+    """Poll SLURM's job states until every job in `waiting` ({job id: (job, its combinations as
+    todo entries)}) has a final one (requeued jobs are waited for again), or SLURM stops
+    answering for `unreachable_s`."""
     seen: dict[str, str] = {}
     since: dict[str, float] = {}
     warned: set[str] = set()
@@ -260,7 +346,7 @@ def _wait(
             _give_up(waiting, now - answered, sweep_dir, initial_job_idx, returns)
             return
         for job_id, (st, reason) in states.items():
-            job, (i, overrides, cfg, run_dir) = waiting[job_id]
+            job, members = waiting[job_id]
             if seen.get(job_id) != st:
                 if seen.get(job_id) is not None or st != "PENDING":
                     log.info(f"SLURM job {job_id}: {st}{f' ({reason})' if st == 'PENDING' else ''}")
@@ -273,14 +359,15 @@ def _wait(
                     log.warning(f"SLURM job {job_id} pending for {now - since[job_id]:.0f} s: Reason={reason}{hint}")
             if st in FINAL_STATES:
                 in_use = in_use_since(sweep_dir, before)
-                outcome = _outcome(job, run_dir, overrides, st, reason, in_use)
-                line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
-                why = in_use.get(str(run_dir.resolve())) or (read_results(run_dir) or {}).get("reason")
-                (log.info if outcome == "completed" else log.error)(
-                    line + ("" if outcome == "completed" else f": {why}")
-                )
-                value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
-                returns[i] = _job_return(overrides, cfg, run_dir, value)
+                for i, overrides, cfg, run_dir in members:  # a group's members: each its own outcome
+                    outcome = _outcome(job, run_dir, overrides, st, reason, in_use)
+                    line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
+                    why = in_use.get(str(run_dir.resolve())) or (read_results(run_dir) or {}).get("reason")
+                    (log.info if outcome == "completed" else log.error)(
+                        line + ("" if outcome == "completed" else f": {why}")
+                    )
+                    value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
+                    returns[i] = _job_return(overrides, cfg, run_dir, value)
                 del waiting[job_id]
         if waiting:
             time.sleep(poll_s)
@@ -296,7 +383,8 @@ def launch_on_slurm(
     unreachable_s=300.0,
 ):
     """The launch() of hydra_plugins.mlprun_launcher.MlprunSlurmLauncher (see the module doc):
-    plan (skip completed, refuse invalid), submit one job array, wait on SLURM's job states."""
+    plan (skip completed, refuse invalid), group (launcher.max_models), submit one job array
+    (one task per group), wait on SLURM's job states."""
     sweep_dir = Path(str(launcher.config.hydra.sweep.dir))
     sweep_dir.mkdir(parents=True, exist_ok=True)
     returns: dict[int, JobReturn] = {}
@@ -304,8 +392,9 @@ def launch_on_slurm(
     if not todo:
         return [returns[i] for i in range(len(job_overrides))]
     before = results_stamps(sweep_dir)  # tells this sweep's in-use markers from older ones
-    jobs = _submit(launcher, todo, initial_job_idx, sweep_dir)
-    waiting = {str(j.job_id): (j, t) for j, t in zip(jobs, todo)}
+    groups = _group(todo, launcher.max_models)
+    jobs = _submit(launcher, groups, initial_job_idx, sweep_dir)
+    waiting = {str(j.job_id): (j, group) for j, group in zip(jobs, groups)}
     try:
         _wait(waiting, returns, sweep_dir, before, initial_job_idx, poll_s, pending_warn_s, unreachable_s)
     except KeyboardInterrupt:

@@ -127,6 +127,8 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         exc = exc.error
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, HydraException) and isinstance(exc.__cause__, MlprunError):
+        exc = exc.__cause__  # raised while Hydra instantiated a class of mlprun's (a launcher's checks)
     if isinstance(exc, MlprunError):
         return exc.exit_code, _first_line(str(exc))
     text = str(exc)

@@ -38,7 +38,7 @@ from .checkpoint import atomic_write_json, load_checkpoint
 from .config import available_memory, validate
 from .data import Split, load_data
 from .device import resolve_device
-from .errors import DivergenceError, Interrupted
+from .errors import ConfigError, DivergenceError, Interrupted
 from .loggers import RunInfo, make_loggers, with_logger
 from .messages import describe_exception
 from .models import count_parameters
@@ -110,6 +110,21 @@ def group_key(cfg: DictConfig) -> str:
         node = data.get(group) or {}
         data[group] = {"_target_": node.get("_target_")}
     return json.dumps(data, sort_keys=True, default=str)
+
+
+def check_max_models(value) -> int:
+    """hydra.launcher.max_models (hydra/launcher=stacked, hydra/launcher=slurm) as an int >= 1."""
+    try:
+        n = int(value) if not isinstance(value, (bool, float)) else None
+    except (TypeError, ValueError):
+        n = None
+    if n is None or n < 1:
+        raise ConfigError(
+            "hydra.launcher.max_models",
+            message=f"hydra.launcher.max_models={value}: not a number of jobs per group; allowed: an integer >= 1 "
+            f"(1 = every job alone)",
+        )
+    return n
 
 
 def plan_groups(cfgs: list[DictConfig], max_models: int) -> list[list[int]]:

@@ -333,7 +333,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
         # submitit's SIGUSR2 handler (SLURM time limit or preemption) has saved the job for a
         # requeue and leaves with SystemExit: the run is interrupted, not failed, and the
         # requeued job resumes it from checkpoints/last.pt.
-        _record_requeue(run_dir)
+        record_requeue(run_dir)
         raise
     except BaseException as exc:
         code, message = describe_exception(exc)
@@ -353,7 +353,7 @@ def in_slurm_job() -> bool:
     return bool(os.environ.get("SLURM_JOB_ID")) and bool(os.environ.get("SUBMITIT_FOLDER"))
 
 
-def _record_requeue(run_dir: Path) -> None:
+def record_requeue(run_dir: Path) -> None:
     data = read_results(run_dir)
     if data is None or data.get("status") == "completed":
         return

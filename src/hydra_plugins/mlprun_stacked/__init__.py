@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from mlprunner.cli import launch_relative_paths, mlprun_hydra
 from mlprunner.errors import Interrupted
 from mlprunner.record import holding_locks
-from mlprunner.stacked import Job, plan_groups, run_group
+from mlprunner.stacked import Job, check_max_models, plan_groups, run_group
 from mlprunner.sweep import hydra_files, prepare_sweep_job, run_sweep_job
 
 log = logging.getLogger("mlprunner")
@@ -33,7 +33,7 @@ class StackedLauncher(BasicLauncher):
 
     def __init__(self, max_models: int = 16, cpu: str = "stacked") -> None:
         super().__init__()
-        self.max_models = int(max_models)
+        self.max_models = check_max_models(max_models)
         self.cpu = str(cpu)
 
     def launch(self, job_overrides, initial_job_idx):
@@ -83,55 +83,65 @@ class StackedLauncher(BasicLauncher):
         return returns
 
     def _run_job(self, sweep_config, task_function) -> JobReturn:
-        return run_job(
-            hydra_context=self.hydra_context,
-            task_function=task_function,
-            config=sweep_config,
-            job_dir_key="hydra.sweep.dir",
-            job_subdir_key="hydra.sweep.subdir",
-        )
+        return _run_job(self.hydra_context, sweep_config, task_function)
 
     def _run_group(self, configs, where) -> None:
-        """Hydra's run_job for each job (its folder, .hydra/, its log file) with a task that
-        only prepares it (sweep.prepare_sweep_job: skip, resume or start afresh), then the
-        group's training."""
-        returns, indices = where
-        prepared: list[tuple[int, Job]] = []
-        for k, sweep_config in enumerate(configs):
-            holder = {}
+        run_group_jobs(self.hydra_context, configs, where)
 
-            def prepare(cfg, holder=holder):
-                hc = HydraConfig.get()
-                run_dir = Path(hc.runtime.output_dir)
-                saved = hydra_files(cfg)  # as composed, before any change (cli.hydra_app does the same)
-                if hc.job.chdir:
-                    launch_relative_paths(cfg, Path(hc.runtime.cwd))
-                train, value, ckpt = prepare_sweep_job(run_dir, saved)
-                if not train:
-                    return value  # the objective of a completed job, or None
-                holder["job"] = Job(cfg, run_dir, list(hc.overrides.task), value, checkpoint=ckpt)
-                return None
 
-            ret = self._run_job(sweep_config, prepare)
-            returns[indices[k]] = ret
-            if ret.status == JobStatus.FAILED and isinstance(ret._return_value, (Interrupted, KeyboardInterrupt)):
-                raise ret._return_value  # a signal before the group trained: the sweep stops
-            if holder.get("job") is not None:
-                holder["job"].hydra = sweep_config
-                prepared.append((indices[k], holder["job"]))
-        if not prepared:
-            return
+def _run_job(hydra_context, sweep_config, task_function) -> JobReturn:
+    return run_job(
+        hydra_context=hydra_context,
+        task_function=task_function,
+        config=sweep_config,
+        job_dir_key="hydra.sweep.dir",
+        job_subdir_key="hydra.sweep.subdir",
+    )
 
-        def solo(job: Job):
-            HydraConfig.instance().set_config(job.hydra)
-            return run_sweep_job(job.cfg, job.run_dir, job.overrides)
 
-        if len(prepared) == 1:
-            values = [solo(prepared[0][1])]
-        else:
-            values = run_group([job for _, job in prepared], solo)
-        for (i, _job), value in zip(prepared, values):
-            returns[i].return_value = value
+def run_group_jobs(hydra_context, configs, where) -> None:
+    """One stacked group, in whichever process trains it (this launcher's, or a SLURM job of
+    hydra/launcher=slurm with max_models > 1): Hydra's run_job for each job (its folder, .hydra/,
+    its log file) with a task that only prepares it (sweep.prepare_sweep_job: skip, resume or
+    start afresh), then the group's training. where = (returns, indices): each job's JobReturn
+    goes to returns[indices[k]]."""
+    returns, indices = where
+    prepared: list[tuple[int, Job]] = []
+    for k, sweep_config in enumerate(configs):
+        holder = {}
+
+        def prepare(cfg, holder=holder):
+            hc = HydraConfig.get()
+            run_dir = Path(hc.runtime.output_dir)
+            saved = hydra_files(cfg)  # as composed, before any change (cli.hydra_app does the same)
+            if hc.job.chdir:
+                launch_relative_paths(cfg, Path(hc.runtime.cwd))
+            train, value, ckpt = prepare_sweep_job(run_dir, saved)
+            if not train:
+                return value  # the objective of a completed job, or None
+            holder["job"] = Job(cfg, run_dir, list(hc.overrides.task), value, checkpoint=ckpt)
+            return None
+
+        ret = _run_job(hydra_context, sweep_config, prepare)
+        returns[indices[k]] = ret
+        if ret.status == JobStatus.FAILED and isinstance(ret._return_value, (Interrupted, KeyboardInterrupt)):
+            raise ret._return_value  # a signal before the group trained: the sweep stops
+        if holder.get("job") is not None:
+            holder["job"].hydra = sweep_config
+            prepared.append((indices[k], holder["job"]))
+    if not prepared:
+        return
+
+    def solo(job: Job):
+        HydraConfig.instance().set_config(job.hydra)
+        return run_sweep_job(job.cfg, job.run_dir, job.overrides)
+
+    if len(prepared) == 1:
+        values = [solo(prepared[0][1])]
+    else:
+        values = run_group([job for _, job in prepared], solo)
+    for (i, _job), value in zip(prepared, values):
+        returns[i].return_value = value
 
 
 def rerun_command(sweep_dir: str) -> str:
