@@ -175,6 +175,8 @@ def test_two_jobs_through_slurm_failure_isolated_and_rerun_submits_nothing(tmp_p
     assert sorted(states.values()) == ["COMPLETED", "COMPLETED", "FAILED"], states
     by_lr = {d.name.split("optim.lr=")[1].split(",")[0]: read_json(d / "results.json") for d in job_dirs(sweep)}
     assert by_lr.pop("0.001")["status"] == by_lr.pop("0.01")["status"] == "completed"
+    for d in job_dirs(sweep):  # torch's threads in the job: hydra.launcher.cpus_per_task=1
+        assert ": 1 torch thread(s)" in (d / "mlprun.log").read_text(), d
     ((_, diverged),) = by_lr.items()
     assert diverged["status"] == "failed" and "non-finite" in diverged["reason"]
     assert "1 job(s) failed in this sweep" in text

@@ -122,6 +122,8 @@ def test_threads_split_between_parallel_jobs():
         {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task": 6}
     )
     assert launcher_threads(slurm, n_cores=64) == 6
+    slurm._target_ = "hydra_plugins.mlprun_launcher.MlprunSlurmLauncher"  # hydra/launcher=slurm
+    assert launcher_threads(slurm, n_cores=64) == 6
     local = OmegaConf.create(
         {"_target_": "hydra_plugins.hydra_submitit_launcher.submitit_launcher.LocalLauncher", "cpus_per_task": None}
     )

@@ -48,7 +48,7 @@ from .record import RunRecord
 from .run import _Signals, describe, limited, make_trainer, restore, set_up_process, test_and_plot
 from .sessions import job_prefix
 from .stacked_optim import StackedOptimizer, clip_stacked, unsupported
-from .sweep import best_val_error
+from .sweep import best_val_error, sweep_threads
 from .train import StopFlag, Trainer, epoch_seed, young_gc_only
 
 log = logging.getLogger("mlprunner")
@@ -722,8 +722,9 @@ def run_group(jobs: list[Job], solo) -> list[float | None]:
     Raises Interrupted when a signal stopped the group (every member recorded interrupted)."""
     cfg = jobs[0].cfg
     device = resolve_device(cfg.trainer.device)
-    if cfg.trainer.get("threads"):
-        torch.set_num_threads(int(cfg.trainer.threads))
+    threads = cfg.trainer.get("threads") or sweep_threads()  # on SLURM: hydra.launcher.cpus_per_task
+    if threads:
+        torch.set_num_threads(int(threads))
     data = load_data(cfg.dataset, device)
     if not isinstance(data.train, Split):
         log.info("stacked launcher: this dataset streams from disk; its jobs train one at a time")

@@ -60,12 +60,21 @@ def launcher_threads(launcher: DictConfig | None, n_cores: int | None = None) ->
         if n_jobs < 0:
             n_jobs = max(1, n_cores + 1 + n_jobs)
         return max(1, n_cores // max(1, n_jobs))
-    if "submitit" in target:
+    if "submitit" in target or target.endswith("MlprunSlurmLauncher"):  # mlprun's is submitit_slurm's subclass
         cpus = launcher.get("cpus_per_task")
         if cpus:
             return int(cpus)
         return 1 if "LocalLauncher" in target else None
     return None
+
+
+def sweep_threads() -> int | None:
+    """launcher_threads for the launcher of the sweep this process runs a job of (None outside
+    one, e.g. when called directly without Hydra)."""
+    try:
+        return launcher_threads(HydraConfig.get().launcher)
+    except ValueError:  # no Hydra config
+        return None
 
 
 def best_val_error(results: dict | None):
@@ -318,10 +327,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
         return resume_from  # the objective of a completed job, or None (folder in use, refused)
 
     if cfg.trainer.get("threads") is None:
-        try:
-            threads = launcher_threads(HydraConfig.get().launcher)
-        except ValueError:  # no Hydra config (called directly)
-            threads = None
+        threads = sweep_threads()
         if threads:
             with open_dict(cfg):
                 OmegaConf.set_readonly(cfg, False)
