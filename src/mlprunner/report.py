@@ -557,11 +557,10 @@ def build_report(
             if not console.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
                 console = Console(width=140)
         print_table(folder, jobs, keys, console)
-        console.print(
-            f"summary: {csv_path}, {md_path}; plots: {', '.join(p.name for p in made) or 'none'}; "
-            f"HParams: tensorboard --logdir {folder}",
-            highlight=False,
-        )
+        # one line each, the files by name (they are all in the sweep folder): fits 80 columns
+        console.print(f"summary: {csv_path}, {md_path.name}", highlight=False)
+        console.print(f"plots:   {', '.join(p.name for p in made) or 'none'}", highlight=False)
+        console.print(f"HParams: tensorboard --logdir {folder}", highlight=False)
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}
 
 
