@@ -354,7 +354,7 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
         if len(groups) > 1:
             title = f"{folder}: dataset={name}, {len(group)} jobs ({counts(group)})"
         # no column rules and one space between columns: 80 columns hold the whole table
-        table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 1, 0, 0))
+        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
         widths = {  # the status unbroken (the label folds where it must)
             "status": max((len(j["status"]) for j in group), default=0),
         }
@@ -559,7 +559,7 @@ def build_report(
         print_table(folder, jobs, keys, console)
         # one line each, the files by name (they are all in the sweep folder): fits 80 columns
         console.print(f"summary: {csv_path}, {md_path.name}", highlight=False)
-        console.print(f"plots:   {', '.join(p.name for p in made) or 'none'}", highlight=False)
+        console.print(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}", highlight=False)
         console.print(f"HParams: tensorboard --logdir {folder}", highlight=False)
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}
 
