@@ -14,9 +14,9 @@ each job's loss is computed on its own slice and the losses are summed, so each 
 is its solo gradient. The jobs' optimizers (Adam, AdamW, SGD) are stepped by one fused update over
 the stacked tensors (stacked_optim: each job's optimizer state is a view of it, so its
 checkpoints are a solo run's); other optimizers step each job's views in place. Each job draws
-its solo data order (train.epoch_seed) and its solo dropout masks (its own generator, seeded as
-the global one would be at the start of its solo training), so the runs differ from solo runs
-only by the float rounding of baddbmm against addmm.
+its solo data order (train.epoch_seed) and its solo dropout masks (F.dropout with the device's
+generator in the state the job's solo run would have, DropoutRNG), so the runs differ from solo
+runs at most by the float rounding of baddbmm against addmm (none measured on the CPU).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -184,16 +185,63 @@ class Job:
     checkpoint: dict | None = None  # resume_from's contents when the caller has read it already
 
 
+class DropoutRNG:
+    """A member's own stream of the random numbers its solo run's dropout would draw: the state of
+    the device's default generator (the one nn.Dropout uses), swapped in around each draw, so
+    that F.dropout on the member's slice is the solo run's call with the solo run's generator
+    state (bitwise the same masks, on the CPU and, by construction, with CUDA's fused dropout)."""
+
+    def __init__(self, device: torch.device, state: torch.Tensor | None = None):
+        self.device = device
+        self.state = self._get() if state is None else state
+
+    def _get(self) -> torch.Tensor:
+        return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()
+
+    def _set(self, state: torch.Tensor) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.set_rng_state(state, self.device)
+        else:
+            torch.set_rng_state(state)
+
+    def draw(self, fn, *args):
+        outer = self._get()
+        self._set(self.state)
+        try:
+            return fn(*args)
+        finally:
+            self.state = self._get()
+            self._set(outer)
+
+    def save_into(self, rng: dict) -> None:
+        """Into a checkpoint's "rng" (checkpoint.capture_rng): where the solo run keeps this state."""
+        if self.device.type == "cuda":
+            rng["cuda"] = list(rng.get("cuda") or torch.cuda.get_rng_state_all())
+            rng["cuda"][_cuda_index(self.device)] = self.state
+        else:
+            rng["torch"] = self.state
+
+    @classmethod
+    def from_checkpoint(cls, device: torch.device, rng: dict) -> DropoutRNG:
+        if device.type == "cuda":
+            return cls(device, rng["cuda"][_cuda_index(device)])
+        return cls(device, rng["torch"])
+
+
+def _cuda_index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 class Member(Trainer):
     """One job of a group: a Trainer (its checkpoints, evaluation, state) whose Linear weights
     are views of the group's stacked tensors while it trains, and whose dropout masks come from
-    its own generator (saved as the checkpoint's torch RNG state, as a solo run saves the
+    its own DropoutRNG (saved as the checkpoint's RNG state of its device, as a solo run saves the
     global one)."""
 
     job: Job
     record: RunRecord
     info: RunInfo  # what its loggers read at the end (loggers.Loggers.finish)
-    gen: torch.Generator
+    rng: DropoutRNG
     dropout: list[float]  # the rate after each hidden layer (0 = none)
     input_dropout: float
     done: bool = False
@@ -201,7 +249,7 @@ class Member(Trainer):
 
     def checkpoint_state(self) -> dict:
         state = super().checkpoint_state()
-        state["rng"]["torch"] = self.gen.get_state()
+        self.rng.save_into(state["rng"])
         return state
 
     def linears(self) -> list[nn.Linear]:
@@ -315,17 +363,12 @@ class Stack:
                 lin.weight.grad = lin.bias.grad = None
 
     def _dropout(self, h: torch.Tensor, rates: list[float]) -> torch.Tensor:
-        """Each member's dropout as its solo nn.Dropout draws it: bernoulli_(1 - p) on a tensor
-        of its batch's shape, from its own generator, divided by 1 - p."""
+        """Each member's dropout as its solo nn.Dropout draws it: F.dropout on its slice (the
+        same shape), with the device's default generator in the member's own state."""
         if not any(rates):
             return h
-        masks = torch.empty_like(h)
-        for i, (m, p) in enumerate(zip(self.members, rates)):
-            if p > 0:
-                masks[i].bernoulli_(1 - p, generator=m.gen).div_(1 - p)
-            else:
-                masks[i].fill_(1)
-        return h * masks
+        parts = [m.rng.draw(F.dropout, h[i], p) if p > 0 else h[i] for i, (m, p) in enumerate(zip(self.members, rates))]
+        return torch.stack(parts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, batch, features) -> (N, batch, outputs), in training mode."""
@@ -691,7 +734,7 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     with record.building():
         pieces = limited(cfg, build(cfg, device, data=data))
     data = pieces.data
-    dropout_state = torch.get_rng_state()  # where the solo run's dropout draws would start
+    rng = DropoutRNG(device)  # where the solo run's dropout draws would start
     describe(record, cfg, pieces, job.run_dir, device)
     bs = int(cfg.trainer.batch_size)
     mode = "none" if cfg.trainer.progress == "none" else "plain"  # one live bar per job would clash
@@ -703,13 +746,12 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     try:
         m = make_trainer(Member, cfg, job.run_dir, pieces, device, record, loggers, progress, stop)
         m.job, m.record, m.info = job, record, info
-        m.gen = torch.Generator()
-        m.gen.set_state(dropout_state)
+        m.rng = rng
         m.dropout = [float(cfg.model.dropout)] * len(cfg.model.hidden)
         m.input_dropout = float(cfg.model.input_dropout)
         if ckpt is not None:
             restore(m, ckpt, job.resume_from)
-            m.gen.set_state(ckpt["rng"]["torch"])
+            m.rng = DropoutRNG.from_checkpoint(device, ckpt["rng"])
     except BaseException:
         loggers.abort("failed")
         raise
