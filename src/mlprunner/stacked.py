@@ -611,13 +611,16 @@ class Group:
             raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} after epoch {epoch}")
 
     def _flush(self, losses: torch.Tensor, epoch: int, i: int, steps: int) -> None:
-        """Every log interval, per member: the finiteness check and the logged mean loss."""
-        finite = torch.isfinite(losses)
+        """Every log interval, per member: the finiteness check and the logged mean loss (two
+        host syncs for the group, not two per member)."""
+        per_member = losses.t().contiguous()  # each member's window as one row, as a solo run's window
+        finite = torch.isfinite(per_member)
+        ok, means = finite.all(1).tolist(), per_member.mean(1).tolist()
         members = list(self.stack.members)
         failed = []
         for j, m in enumerate(members):
-            if not bool(finite[:, j].all()):
-                k, first = losses.shape[0], int((~finite[:, j]).nonzero()[0])
+            if not ok[j]:
+                k, first = losses.shape[0], int((~finite[j]).nonzero()[0])
                 failed.append(m)
                 self.fail(
                     m,
@@ -630,7 +633,7 @@ class Group:
             elif m.logger is not None:
                 m.logger.step(
                     m.state.step,
-                    {"Loss/train_step": float(losses[:, j].mean()), "LR/step": m.optimizer.param_groups[0]["lr"]},
+                    {"Loss/train_step": means[j], "LR/step": m.optimizer.param_groups[0]["lr"]},
                 )
         if failed:
             self._restack([m for m in members if m not in failed])
