@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .build import build
-from .checkpoint import atomic_write_json, load_checkpoint
+from .checkpoint import atomic_write_json, capture_rng, load_checkpoint
 from .config import available_memory, validate
 from .data import Split, load_data
 from .device import resolve_device
@@ -189,11 +189,16 @@ class DropoutRNG:
     """A member's own stream of the random numbers its solo run's dropout would draw: the state of
     the device's default generator (the one nn.Dropout uses), swapped in around each draw, so
     that F.dropout on the member's slice is the solo run's call with the solo run's generator
-    state (bitwise the same masks, on the CPU and, by construction, with CUDA's fused dropout)."""
+    state (bitwise the same masks, on the CPU and, by construction, with CUDA's fused dropout).
+    Its checkpoint "rng" is the solo run's: every generator as the run left it after building its
+    pieces (nothing else draws while it trains), the dropout stream where it is now."""
 
-    def __init__(self, device: torch.device, state: torch.Tensor | None = None):
+    def __init__(self, device: torch.device, saved: dict | None = None):
+        """saved: a checkpoint's "rng" to continue from; None: the generators as they are now
+        (right after the member's pieces were built: where its solo run would start training)."""
         self.device = device
-        self.state = self._get() if state is None else state
+        self.saved = capture_rng() if saved is None else saved
+        self.state = self.saved["cuda"][_cuda_index(device)] if device.type == "cuda" else self.saved["torch"]
 
     def _get(self) -> torch.Tensor:
         return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()
@@ -213,19 +218,15 @@ class DropoutRNG:
             self.state = self._get()
             self._set(outer)
 
-    def save_into(self, rng: dict) -> None:
-        """Into a checkpoint's "rng" (checkpoint.capture_rng): where the solo run keeps this state."""
+    def checkpoint(self) -> dict:
+        """The checkpoint's "rng" (checkpoint.capture_rng's form), as the solo run would save it now."""
+        rng = dict(self.saved)
         if self.device.type == "cuda":
-            rng["cuda"] = list(rng.get("cuda") or torch.cuda.get_rng_state_all())
+            rng["cuda"] = list(rng["cuda"])
             rng["cuda"][_cuda_index(self.device)] = self.state
         else:
             rng["torch"] = self.state
-
-    @classmethod
-    def from_checkpoint(cls, device: torch.device, rng: dict) -> DropoutRNG:
-        if device.type == "cuda":
-            return cls(device, rng["cuda"][_cuda_index(device)])
-        return cls(device, rng["torch"])
+        return rng
 
 
 def _cuda_index(device: torch.device) -> int:
@@ -235,8 +236,8 @@ def _cuda_index(device: torch.device) -> int:
 class Member(Trainer):
     """One job of a group: a Trainer (its checkpoints, evaluation, state) whose Linear weights
     are views of the group's stacked tensors while it trains, and whose dropout masks come from
-    its own DropoutRNG (saved as the checkpoint's RNG state of its device, as a solo run saves the
-    global one)."""
+    its own DropoutRNG (whose state is its checkpoint's "rng", as a solo run saves the global
+    generators')."""
 
     job: Job
     record: RunRecord
@@ -249,7 +250,7 @@ class Member(Trainer):
 
     def checkpoint_state(self) -> dict:
         state = super().checkpoint_state()
-        self.rng.save_into(state["rng"])
+        state["rng"] = self.rng.checkpoint()
         return state
 
     def linears(self) -> list[nn.Linear]:
@@ -754,7 +755,7 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
         m.input_dropout = float(cfg.model.input_dropout)
         if ckpt is not None:
             restore(m, ckpt, job.resume_from)
-            m.rng = DropoutRNG.from_checkpoint(device, ckpt["rng"])
+            m.rng = DropoutRNG(device, ckpt["rng"])
     except BaseException:
         loggers.abort("failed")
         raise
