@@ -121,3 +121,27 @@ def run_main_inprocess(args, env, monkeypatch, capsys):
             lg.propagate = propagate
     out = capsys.readouterr()
     return exited.value.code, out.out, out.err
+
+
+def mlprun_inprocess(*args: str, monkeypatch, capsys, env: dict | None = None) -> subprocess.CompletedProcess:
+    """run_main_inprocess as a CompletedProcess (returncode, stdout, stderr), a drop-in for
+    run_mlprun's result where the subprocess itself is not what a test checks (its start-up costs
+    seconds: torch, Hydra and the plugins imported again)."""
+    code, out, err = run_main_inprocess(args, env or {}, monkeypatch, capsys)
+    return subprocess.CompletedProcess(["mlprun", *args], code, out, err)
+
+
+def tool_inprocess(prog: str, *args: str, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """`mlprun-eval` / `mlprun-predict` ARGS in this process (cli.eval_main / cli.predict_main)."""
+    from mlprunner import cli, messages
+
+    entry = {"mlprun-eval": cli.eval_main, "mlprun-predict": cli.predict_main}[prog]
+    monkeypatch.setattr(messages, "_USER_FULL_ERROR", None)
+    monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
+    code = 0
+    try:
+        entry(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([prog, *args], code, out.out, out.err)
