@@ -145,3 +145,16 @@ def tool_inprocess(prog: str, *args: str, monkeypatch, capsys) -> subprocess.Com
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     out = capsys.readouterr()
     return subprocess.CompletedProcess([prog, *args], code, out.out, out.err)
+
+
+@pytest.fixture
+def mlprun_here(tmp_path, monkeypatch, capsys):
+    """mlprun_here(*args, env=None): mlprun's entry point in this process with tmp_path as the
+    working folder (mlprun_inprocess). The test's later subprocesses would inherit its
+    HYDRA_FULL_ERROR=1 (tracebacks on error); Hydra must not be initialised (compose_cfg)."""
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return mlprun_inprocess(*args, monkeypatch=monkeypatch, capsys=capsys, env=env)
+
+    return call

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import mlprun_inprocess, read_json, requires_mnist, run_mlprun
+from conftest import read_json, requires_mnist, run_mlprun
 from mlprunner.errors import ConfigError
 from mlprunner.run import run
 from mlprunner.runs import find_latest
@@ -21,15 +21,10 @@ TINY = ["dataset=digits", "trainer.epochs=1", "trainer.progress=plain", "trainer
 
 
 @pytest.fixture
-def mlprun(tmp_path, monkeypatch, capsys):
-    """mlprun(*args, env=None): mlprun's entry point in this process, in tmp_path (a subprocess
-    would add seconds of start-up to every case and check nothing more here)."""
-    monkeypatch.chdir(tmp_path)
-
-    def call(*args: str, env: dict | None = None):
-        return mlprun_inprocess(*args, monkeypatch=monkeypatch, capsys=capsys, env=env)
-
-    return call
+def mlprun(mlprun_here):
+    """mlprun's entry point in this process, in tmp_path (a subprocess would add seconds of
+    start-up to every case and check nothing more here)."""
+    return mlprun_here
 
 
 def subprocess_mlprun(tmp_path: Path):
