@@ -158,3 +158,42 @@ def mlprun_here(tmp_path, monkeypatch, capsys):
         return mlprun_inprocess(*args, monkeypatch=monkeypatch, capsys=capsys, env=env)
 
     return call
+
+
+def run_mlprun_together(*arg_lists: list[str], cwd: Path, timeout: float = 600, check: bool = False) -> list:
+    """run_mlprun for independent commands started at once (their start-up and training share the
+    cores instead of waiting for each other); a CompletedProcess per command, in order. Only for
+    runs whose results do not depend on their pace."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLPRUN_DEBUG", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlprunner", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in arg_lists
+    ]
+    done = []
+    try:
+        for args, proc in zip(arg_lists, procs):
+            out, err = proc.communicate(timeout=timeout)
+            done.append(
+                subprocess.CompletedProcess([sys.executable, "-m", "mlprunner", *args], proc.returncode, out, err)
+            )
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if check:
+        for result in done:
+            if result.returncode != 0:
+                raise AssertionError(
+                    f"mlprun {' '.join(result.args[3:])} exited {result.returncode}\n"
+                    f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+                )
+    return done

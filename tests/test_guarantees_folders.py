@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, mlprun_inprocess, read_json, run_mlprun, scalars, tool_inprocess
+from conftest import QUICK, mlprun_inprocess, read_json, run_mlprun, run_mlprun_together, scalars, tool_inprocess
 
 DIGITS = ["dataset=digits", "model=mlp_100", "trainer.epochs=1", "trainer.deterministic=true", *QUICK]
 GRID = ["optim.lr=0.01,0.001"]
@@ -68,9 +68,13 @@ class Held:
 def made(tmp_path_factory):
     """Completed runs and a completed sweep, made once; tests work on copies."""
     base = tmp_path_factory.mktemp("made")
-    run_mlprun(*DIGITS, f"hydra.run.dir={base / 'run'}", cwd=base, check=True)
-    run_mlprun(*DIGITS, "optim.lr=0.01", f"hydra.run.dir={base / 'other'}", cwd=base, check=True)
-    run_mlprun("-m", *DIGITS, *GRID, f"hydra.sweep.dir={base / 'sweep'}", cwd=base, check=True)
+    run_mlprun_together(
+        [*DIGITS, f"hydra.run.dir={base / 'run'}"],
+        [*DIGITS, "optim.lr=0.01", f"hydra.run.dir={base / 'other'}"],
+        ["-m", *DIGITS, *GRID, f"hydra.sweep.dir={base / 'sweep'}"],
+        cwd=base,
+        check=True,
+    )
     return base
 
 
