@@ -121,3 +121,79 @@ def run_main_inprocess(args, env, monkeypatch, capsys):
             lg.propagate = propagate
     out = capsys.readouterr()
     return exited.value.code, out.out, out.err
+
+
+def mlprun_inprocess(*args: str, monkeypatch, capsys, env: dict | None = None) -> subprocess.CompletedProcess:
+    """run_main_inprocess as a CompletedProcess (returncode, stdout, stderr), a drop-in for
+    run_mlprun's result where the subprocess itself is not what a test checks (its start-up costs
+    seconds: torch, Hydra and the plugins imported again)."""
+    code, out, err = run_main_inprocess(args, env or {}, monkeypatch, capsys)
+    return subprocess.CompletedProcess(["mlprun", *args], code, out, err)
+
+
+def tool_inprocess(prog: str, *args: str, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """`mlprun-eval` / `mlprun-predict` ARGS in this process (cli.eval_main / cli.predict_main)."""
+    from mlprunner import cli, messages
+
+    entry = {"mlprun-eval": cli.eval_main, "mlprun-predict": cli.predict_main}[prog]
+    monkeypatch.setattr(messages, "_USER_FULL_ERROR", None)
+    monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
+    code = 0
+    try:
+        entry(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([prog, *args], code, out.out, out.err)
+
+
+@pytest.fixture
+def mlprun_here(tmp_path, monkeypatch, capsys):
+    """mlprun_here(*args, env=None): mlprun's entry point in this process with tmp_path as the
+    working folder (mlprun_inprocess). The test's later subprocesses would inherit its
+    HYDRA_FULL_ERROR=1 (tracebacks on error); Hydra must not be initialised (compose_cfg)."""
+    monkeypatch.chdir(tmp_path)
+
+    def call(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        return mlprun_inprocess(*args, monkeypatch=monkeypatch, capsys=capsys, env=env)
+
+    return call
+
+
+def run_mlprun_together(*arg_lists: list[str], cwd: Path, timeout: float = 600, check: bool = False) -> list:
+    """run_mlprun for independent commands started at once (their start-up and training share the
+    cores instead of waiting for each other); a CompletedProcess per command, in order. Only for
+    runs whose results do not depend on their pace."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLPRUN_DEBUG", None)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mlprunner", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in arg_lists
+    ]
+    done = []
+    try:
+        for args, proc in zip(arg_lists, procs):
+            out, err = proc.communicate(timeout=timeout)
+            done.append(
+                subprocess.CompletedProcess([sys.executable, "-m", "mlprunner", *args], proc.returncode, out, err)
+            )
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if check:
+        for result in done:
+            if result.returncode != 0:
+                raise AssertionError(
+                    f"mlprun {' '.join(result.args[3:])} exited {result.returncode}\n"
+                    f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
+                )
+    return done

@@ -103,28 +103,26 @@ def test_checkpointed_optimizer_state_is_not_capturable():
     assert opt.param_groups[0]["capturable"] is True  # the live optimizer is untouched
 
 
-def test_cuda_graph_true_on_cpu_says_why_it_is_off(workdir):
+def test_cuda_graph_true_on_cpu_says_why_it_is_off(mlprun_here):
     if torch.cuda.is_available():
         pytest.skip("CUDA is present here")
-    proc = run_mlprun(
+    proc = mlprun_here(
         "dataset=digits",
         "model=mlp_100",
         "trainer.epochs=1",
         "trainer.cuda_graph=true",
         "trainer.progress=plain",
         "trainer.tensorboard.enabled=false",
-        cwd=workdir,
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
     assert "CUDA graph off: needs a CUDA device (this run is on cpu); training steps run eagerly" in out
-    quiet = run_mlprun(
+    quiet = mlprun_here(
         "dataset=digits",
         "model=mlp_100",
         "trainer.epochs=1",
         "trainer.progress=plain",
         "trainer.tensorboard.enabled=false",
-        cwd=workdir,
     )
     assert quiet.returncode == 0 and "CUDA graph" not in quiet.stdout + quiet.stderr  # auto on CPU
 

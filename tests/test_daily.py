@@ -130,21 +130,15 @@ def test_tensorboard_server_shows_the_sweep_as_one_hparams_table(workdir):
         assert group["hparams"]["trainer.epochs"] == 2
 
 
-def test_single_run_is_one_tensorboard_run_with_step_and_epoch_tags(workdir):
+def test_single_run_is_one_tensorboard_run_with_step_and_epoch_tags(workdir, mlprun_here):
     """One run folder is one TensorBoard run: epoch tags (step = epoch) and step tags
     (step = global step) in `tensorboard/`, no `steps/` sub-folder; real booleans in HParams."""
     from conftest import scalars
     from test_train import hparams
 
     run_dir = workdir / "run"
-    run_mlprun(
-        *DIGITS,
-        "model.batchnorm=true",
-        "trainer.log_every_n_steps=5",
-        f"hydra.run.dir={run_dir}",
-        cwd=workdir,
-        check=True,
-    )
+    proc = mlprun_here(*DIGITS, "model.batchnorm=true", "trainer.log_every_n_steps=5", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     tb = run_dir / "tensorboard"
     assert not (tb / "steps").exists()
     assert [p.name for p in tb.iterdir() if p.is_dir()] == []
@@ -325,15 +319,17 @@ def test_no_colour_codes_when_piped(workdir):
 
 
 @pytest.mark.slow
-def test_report_fills_defaults_groups_datasets_and_shows_test_error(workdir):
+def test_report_fills_defaults_groups_datasets_and_shows_test_error(workdir, mlprun_here):
     """A folder of single runs: one with optim=sgd, one at the default optimizer (Adam), one on
     XOR scored on its test set. summary.csv says optim=adam for the default run, the tables are
     grouped by dataset, and a test-error column appears."""
     runs = workdir / "runs"
     one = ["trainer.epochs=1", *QUICK, "trainer.tensorboard.enabled=false"]
-    run_mlprun("dataset=digits", "optim=sgd", *one, f"hydra.run.dir={runs}/a", cwd=workdir, check=True)
-    run_mlprun("dataset=digits", "model.dropout=0.1", *one, f"hydra.run.dir={runs}/b", cwd=workdir, check=True)
-    run_mlprun("dataset=xor", "eval.test=true", *one, f"hydra.run.dir={runs}/c", cwd=workdir, check=True)
+    jobs = {"a": ["dataset=digits", "optim=sgd"], "b": ["dataset=digits", "model.dropout=0.1"]}
+    jobs["c"] = ["dataset=xor", "eval.test=true"]
+    for name, args in jobs.items():  # (in this process: the report is what this test is about)
+        proc = mlprun_here(*args, *one, f"hydra.run.dir={runs}/{name}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
     proc = subprocess.run(
         [sys.executable, "-m", "mlprunner.report", str(runs)], capture_output=True, text=True, timeout=120, check=True
     )

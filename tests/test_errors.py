@@ -367,7 +367,7 @@ def _tree_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def test_refused_start_leaves_completed_run_byte_for_byte_unchanged(tmp_path, completed_run):
+def test_refused_start_leaves_completed_run_byte_for_byte_unchanged(tmp_path, completed_run, mlprun_here):
     run_dir = completed_run
     before = _tree_hashes(run_dir)
     assert {".hydra/config.yaml", ".hydra/overrides.yaml", "results.json", "checkpoints/last.pt", "mlprun.log"} <= set(
@@ -375,15 +375,15 @@ def test_refused_start_leaves_completed_run_byte_for_byte_unchanged(tmp_path, co
     )
     # Same and different settings, both refused before Hydra writes anything.
     for extra in ([], ["optim.lr=0.5", "trainer.epochs=2"]):
-        proc = run_mlprun(*TINY, *extra, f"hydra.run.dir={run_dir}", cwd=tmp_path)
+        proc = mlprun_here(*TINY, *extra, f"hydra.run.dir={run_dir}")
         assert proc.returncode == 2, proc.stderr
         assert f"resume={run_dir}" in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
     assert _tree_hashes(run_dir) == before
     assert not (tmp_path / "runs").exists()
 
 
-def test_config_error_leaves_no_run_folder(workdir):
-    proc = run_mlprun("dataset=xor", "optim.lr=0", cwd=workdir)
+def test_config_error_leaves_no_run_folder(workdir, mlprun_here):
+    proc = mlprun_here("dataset=xor", "optim.lr=0")
     assert proc.returncode == 2 and "optim.lr=0" in proc.stderr
     assert list(workdir.iterdir()) == []  # not even runs/ or a log file
 

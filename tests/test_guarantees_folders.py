@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, read_json, run_mlprun, scalars
+from conftest import QUICK, mlprun_inprocess, read_json, run_mlprun, run_mlprun_together, scalars, tool_inprocess
 
 DIGITS = ["dataset=digits", "model=mlp_100", "trainer.epochs=1", "trainer.deterministic=true", *QUICK]
 GRID = ["optim.lr=0.01,0.001"]
@@ -50,21 +50,6 @@ def one_error_line(proc, *needles: str) -> str:
     return lines[0]
 
 
-def tool(prog: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """mlprun-eval / mlprun-predict in a subprocess."""
-    entry = {"mlprun-eval": "eval_main", "mlprun-predict": "predict_main"}[prog]
-    env = {**os.environ}
-    env.pop("MLPRUN_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-c", f"from mlprunner.cli import {entry}; {entry}()", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 class Held:
     """The run folder's lock, held by this test process as a running mlprun process holds it."""
 
@@ -83,9 +68,13 @@ class Held:
 def made(tmp_path_factory):
     """Completed runs and a completed sweep, made once; tests work on copies."""
     base = tmp_path_factory.mktemp("made")
-    run_mlprun(*DIGITS, f"hydra.run.dir={base / 'run'}", cwd=base, check=True)
-    run_mlprun(*DIGITS, "optim.lr=0.01", f"hydra.run.dir={base / 'other'}", cwd=base, check=True)
-    run_mlprun("-m", *DIGITS, *GRID, f"hydra.sweep.dir={base / 'sweep'}", cwd=base, check=True)
+    run_mlprun_together(
+        [*DIGITS, f"hydra.run.dir={base / 'run'}"],
+        [*DIGITS, "optim.lr=0.01", f"hydra.run.dir={base / 'other'}"],
+        ["-m", *DIGITS, *GRID, f"hydra.sweep.dir={base / 'sweep'}"],
+        cwd=base,
+        check=True,
+    )
     return base
 
 
@@ -151,11 +140,20 @@ def test_concurrent_sweeps_and_a_rerun_leave_the_training_job_unharmed(tmp_path)
     say "in use" in one line each, exit 1 and write nothing into the job's folder."""
     args = ["-m", *DIGITS, "trainer.epochs=8", "optim.lr=0.01"]
     ref = tmp_path / "ref"
-    run_mlprun(*args, f"hydra.sweep.dir={ref}", cwd=tmp_path, check=True)
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPRUN_TEST_SLOW_CHECKPOINT": "1.0"}  # ~2 s per epoch
     env.pop("MLPRUN_DEBUG", None)
     procs = []
+    # the sweep left alone, at full speed beside the others (they mostly wait in their slowed writes)
+    ref_env = {k: v for k, v in env.items() if k != "MLPRUN_TEST_SLOW_CHECKPOINT"}
+    with open(tmp_path / "ref.out", "w") as fh:
+        ref_proc = subprocess.Popen(
+            [sys.executable, "-m", "mlprunner", *args, f"hydra.sweep.dir={ref}"],
+            cwd=tmp_path,
+            env=ref_env,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
 
     def start(name: str):
         out = tmp_path / f"{name}.out"
@@ -193,8 +191,9 @@ def test_concurrent_sweeps_and_a_rerun_leave_the_training_job_unharmed(tmp_path)
         c, c_out = start("c")
         for p, _ in procs:
             p.wait(timeout=300)
+        assert ref_proc.wait(timeout=300) == 0, (tmp_path / "ref.out").read_text()[-3000:]
     finally:
-        for p, _ in procs:
+        for p in [ref_proc, *(p for p, _ in procs)]:
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -256,7 +255,8 @@ def test_sweep_reruns_leave_completed_jobs_byte_for_byte(tmp_path):
     assert len(job_dirs(sweep)) == 3
 
 
-def test_eval_and_predict_never_write_over_a_runs_files(made, tmp_path):
+def test_eval_and_predict_never_write_over_a_runs_files(made, tmp_path, monkeypatch, capsys):
+    """(mlprun-eval and mlprun-predict in this process: their refusals come before any work.)"""
     from PIL import Image
 
     run = copy(made, "run", tmp_path)
@@ -274,7 +274,7 @@ def test_eval_and_predict_never_write_over_a_runs_files(made, tmp_path):
         ("mlprun-predict", [str(run), str(image), "--csv", str(run / "mlprun.log")], "mlprun.log"),
     ]
     for prog, args, name in refused:
-        proc = tool(prog, *args, cwd=tmp_path)
+        proc = tool_inprocess(prog, *args, monkeypatch=monkeypatch, capsys=capsys)
         assert proc.returncode == 2, (prog, args, proc.stderr)
         one_error_line(proc, name, "never writes over")
     # an existing file of the user's: only with --force
@@ -282,18 +282,23 @@ def test_eval_and_predict_never_write_over_a_runs_files(made, tmp_path):
         ("mlprun-eval", [str(run), "--json", str(mine)]),
         ("mlprun-predict", [str(run), str(image), "--csv", str(mine)]),
     ):
-        proc = tool(prog, *args, cwd=tmp_path)
+        proc = tool_inprocess(prog, *args, monkeypatch=monkeypatch, capsys=capsys)
         assert proc.returncode == 2, proc.stderr
         one_error_line(proc, str(mine), "--force")
     assert mine.read_text() == '{"my": "notes"}'
     assert hashes(run) == own
-    proc = tool("mlprun-eval", str(run), "--json", str(mine), "--force", cwd=tmp_path)
+    proc = tool_inprocess(
+        "mlprun-eval", str(run), "--json", str(mine), "--force", monkeypatch=monkeypatch, capsys=capsys
+    )
     assert proc.returncode == 0, proc.stderr
     assert "error" in json.loads(mine.read_text())
     assert hashes(run) == own  # results.json is never modified by mlprun-eval
 
 
-def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path):
+def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path, monkeypatch, capsys):
+    """(The refusals in this process, as mlprun's entry point runs them; the run into the empty
+    folder as a real process.)"""
+    monkeypatch.chdir(tmp_path)
     cases = {
         "pictures": {"learning_curves.png": b"my own figure", "notes.txt": b"mine"},
         "subfolder": {"data/x.csv": b"1,2\n"},
@@ -305,7 +310,7 @@ def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path):
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
         before = hashes(folder)
-        proc = run_mlprun(*DIGITS, f"hydra.run.dir={folder}", cwd=tmp_path)
+        proc = mlprun_inprocess(*DIGITS, f"hydra.run.dir={folder}", monkeypatch=monkeypatch, capsys=capsys)
         assert proc.returncode == 2, (name, proc.stderr)
         one_error_line(proc, f"hydra.run.dir={folder}", "nothing was changed")
         assert hashes(folder) == before and sorted(p.name for p in folder.rglob("*")) == sorted(
@@ -313,7 +318,7 @@ def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path):
         ), name
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
-    proc = run_mlprun(*DIGITS, f"hydra.run.dir={a_file}", cwd=tmp_path)
+    proc = mlprun_inprocess(*DIGITS, f"hydra.run.dir={a_file}", monkeypatch=monkeypatch, capsys=capsys)
     assert proc.returncode == 2
     one_error_line(proc, f"hydra.run.dir={a_file}", "not a folder")
     assert a_file.read_text() == "mine"
@@ -324,8 +329,10 @@ def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path):
     assert read_json(empty / "results.json")["status"] == "completed"
 
 
-def test_a_sweep_refuses_a_folder_of_someone_elses_files(tmp_path):
-    """A sweep's summary.csv, summary.md, plots and job folders never land among a user's files."""
+def test_a_sweep_refuses_a_folder_of_someone_elses_files(tmp_path, monkeypatch, capsys):
+    """A sweep's summary.csv, summary.md, plots and job folders never land among a user's files.
+    (Refused before any job starts: in this process, as mlprun's entry point runs it.)"""
+    monkeypatch.chdir(tmp_path)
     cases = {
         "summary": {"summary.csv": b"my own table", "summary.md": b"# mine"},
         "plots": {"val_curves.png": b"my own figure"},
@@ -337,7 +344,7 @@ def test_a_sweep_refuses_a_folder_of_someone_elses_files(tmp_path):
             (folder / rel).parent.mkdir(parents=True, exist_ok=True)
             (folder / rel).write_bytes(data)
         before = hashes(folder)
-        proc = run_mlprun("-m", *DIGITS, f"hydra.sweep.dir={folder}", cwd=tmp_path)
+        proc = mlprun_inprocess("-m", *DIGITS, f"hydra.sweep.dir={folder}", monkeypatch=monkeypatch, capsys=capsys)
         assert proc.returncode == 2, (name, proc.stderr)
         one_error_line(proc, f"hydra.sweep.dir={folder}", "nothing was changed")
         assert hashes(folder) == before and len(list(folder.rglob("*"))) == len(
@@ -345,7 +352,7 @@ def test_a_sweep_refuses_a_folder_of_someone_elses_files(tmp_path):
         ), name
     a_file = tmp_path / "a_file"
     a_file.write_text("mine")
-    proc = run_mlprun("-m", *DIGITS, f"hydra.sweep.dir={a_file}", cwd=tmp_path)
+    proc = mlprun_inprocess("-m", *DIGITS, f"hydra.sweep.dir={a_file}", monkeypatch=monkeypatch, capsys=capsys)
     assert proc.returncode == 2
     one_error_line(proc, f"hydra.sweep.dir={a_file}", "not a folder")
     assert a_file.read_text() == "mine"
@@ -364,7 +371,10 @@ def _edited(src: Path, dst: Path, key: str, value) -> None:
     torch.save(state, dst)
 
 
-def test_a_checkpoint_from_another_run_does_not_take_a_folder_over(made, tmp_path):
+def test_a_checkpoint_from_another_run_does_not_take_a_folder_over(made, tmp_path, monkeypatch, capsys):
+    """(The refused resumes in this process: refused before training; the accepted ones as real
+    processes.)"""
+    monkeypatch.chdir(tmp_path)
     run = copy(made, "run", tmp_path)
     other = made / "other" / "checkpoints"
     cases = [
@@ -378,7 +388,7 @@ def test_a_checkpoint_from_another_run_does_not_take_a_folder_over(made, tmp_pat
         make(run / "checkpoints" / name)
         before = hashes(run)
         target = run if name == "last.pt" else run / "checkpoints" / name
-        proc = run_mlprun(f"resume={target}", "trainer.epochs=3", cwd=tmp_path)
+        proc = mlprun_inprocess(f"resume={target}", "trainer.epochs=3", monkeypatch=monkeypatch, capsys=capsys)
         assert proc.returncode == 1, (name, key, proc.stderr)
         one_error_line(proc, str(run / "checkpoints" / name), f"was not trained in {run}", key)
         assert hashes(run) == before

@@ -20,9 +20,23 @@ from mlprunner.runs import find_latest
 TINY = ["dataset=digits", "trainer.epochs=1", "trainer.progress=plain", "trainer.tensorboard.enabled=false"]
 
 
-def refused(tmp_path: Path, *args: str, env: dict | None = None) -> str:
+@pytest.fixture
+def mlprun(mlprun_here):
+    """mlprun's entry point in this process, in tmp_path (a subprocess would add seconds of
+    start-up to every case and check nothing more here)."""
+    return mlprun_here
+
+
+def subprocess_mlprun(tmp_path: Path):
+    """The same call as the `mlprun` fixture, as a real process (where a test goes on with
+    subprocesses or Hydra's compose API in this process: an in-process run would leave them
+    HYDRA_FULL_ERROR=1 or find Hydra already initialised)."""
+    return lambda *args, env=None: run_mlprun(*args, cwd=tmp_path, env=env, timeout=300)
+
+
+def refused(mlprun, tmp_path: Path, *args: str, env: dict | None = None) -> str:
     """Run mlprun; assert exit 2, exactly one stderr line, no traceback and nothing on disk."""
-    proc = run_mlprun(*args, cwd=tmp_path, env=env, timeout=300)
+    proc = mlprun(*args, env=env)
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
     assert len(lines) == 1 and lines[0].startswith("mlprun: error: "), proc.stderr
@@ -31,9 +45,10 @@ def refused(tmp_path: Path, *args: str, env: dict | None = None) -> str:
     return lines[0]
 
 
-def completed(tmp_path: Path, *args: str, env: dict | None = None) -> tuple[Path, dict]:
+def completed(mlprun, tmp_path: Path, *args: str, env: dict | None = None) -> tuple[Path, dict]:
     """Run mlprun to completion; return its run folder and results.json."""
-    proc = run_mlprun(*args, cwd=tmp_path, env=env, timeout=300, check=True)
+    proc = mlprun(*args, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     folders = [p.parent for p in tmp_path.glob("runs/*/*/results.json")]
     assert len(folders) == 1, (folders, proc.stdout[-2000:])
     return folders[0], read_json(folders[0] / "results.json")
@@ -45,50 +60,50 @@ def saved_trainer(run_dir: Path) -> dict:
     return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)["config"]["trainer"]
 
 
-def test_delete_nullable_key_that_holds_null_is_refused_naming_it(tmp_path):
+def test_delete_nullable_key_that_holds_null_is_refused_naming_it(mlprun, tmp_path):
     """Hydra deletes only a key that holds a value (null counts as absent): say so, not
     "no such key; did you mean trainer.grad_clip?"."""
-    line = refused(tmp_path, *TINY, "~trainer.grad_clip")
+    line = refused(mlprun, tmp_path, *TINY, "~trainer.grad_clip")
     assert "~trainer.grad_clip" in line and "null already" in line
     assert "no such" not in line and "did you mean" not in line
 
 
-def test_delete_nullable_key_with_a_value_means_null(tmp_path):
+def test_delete_nullable_key_with_a_value_means_null(mlprun, tmp_path):
     """`~trainer.grad_clip` after an earlier value: deleted, i.e. no clipping (null)."""
-    run_dir, results = completed(tmp_path, *TINY, "trainer.grad_clip=1.0", "~trainer.grad_clip")
+    run_dir, results = completed(mlprun, tmp_path, *TINY, "trainer.grad_clip=1.0", "~trainer.grad_clip")
     assert results["status"] == "completed"
     assert saved_trainer(run_dir)["grad_clip"] is None
 
 
-def test_delete_required_key_is_refused_before_any_folder(tmp_path):
-    line = refused(tmp_path, *TINY, "~trainer.seed")
+def test_delete_required_key_is_refused_before_any_folder(mlprun, tmp_path):
+    line = refused(mlprun, tmp_path, *TINY, "~trainer.seed")
     assert "trainer.seed is required" in line and "trainer.seed=0" in line
     assert "not in struct" not in line
 
 
-def test_unknown_trainer_key_is_refused_with_the_keys(tmp_path):
-    line = refused(tmp_path, *TINY, "+trainer.foo=3")
+def test_unknown_trainer_key_is_refused_with_the_keys(mlprun, tmp_path):
+    line = refused(mlprun, tmp_path, *TINY, "+trainer.foo=3")
     assert "trainer.foo: no such key in trainer" in line
     assert "epochs" in line and "grad_clip" in line and "early_stopping" in line
 
 
 @pytest.mark.parametrize("epochs_env", [None, "2"])
-def test_interpolated_value_resolves_before_validation(tmp_path, monkeypatch, epochs_env):
+def test_interpolated_value_resolves_before_validation(mlprun, tmp_path, monkeypatch, epochs_env):
     env = {"EPOCHS": epochs_env} if epochs_env else {}
     monkeypatch.delenv("EPOCHS", raising=False)
     args = ["dataset=digits", "trainer.progress=plain", "trainer.epochs=${oc.env:EPOCHS,1}"]
-    run_dir, results = completed(tmp_path, *args, env=env)
+    run_dir, results = completed(mlprun, tmp_path, *args, env=env)
     want = int(epochs_env or 1)
     assert results["epochs_completed"] == want and saved_trainer(run_dir)["epochs"] == want
 
 
-def test_interpolated_non_number_is_the_usual_error(tmp_path):
-    line = refused(tmp_path, *TINY, "trainer.epochs=${oc.env:EPOCHS}", env={"EPOCHS": "abc"})
+def test_interpolated_non_number_is_the_usual_error(mlprun, tmp_path):
+    line = refused(mlprun, tmp_path, *TINY, "trainer.epochs=${oc.env:EPOCHS}", env={"EPOCHS": "abc"})
     assert line == "mlprun: error: trainer.epochs='abc' is invalid; allowed: an integer in [1, inf)"
 
 
-def test_resume_latest_skips_folders_without_a_run(tmp_path):
-    run_dir, _ = completed(tmp_path, *TINY)
+def test_resume_latest_skips_folders_without_a_run(mlprun, tmp_path):
+    run_dir, _ = completed(mlprun, tmp_path, *TINY)
     empty = tmp_path / "runs" / "2099-01-01" / "00-00-00-1" / ".hydra"  # a refused start's leftovers
     empty.mkdir(parents=True)
     (empty / "config.yaml").write_text("trainer: {}\n")
@@ -124,7 +139,7 @@ def _hashes(folder: Path) -> dict[str, str]:
 
 
 def test_rerun_from_saved_config_keeps_mlprun_setup_and_never_overwrites(tmp_path):
-    run_dir, _ = completed(tmp_path, *TINY)
+    run_dir, _ = completed(subprocess_mlprun(tmp_path), tmp_path, *TINY)
     before = _hashes(run_dir)
     saved = ["--config-path", str(run_dir.resolve() / ".hydra"), "--config-name", "config"]
     # into the run's own folder: refused in one line, the folder byte for byte unchanged
@@ -145,7 +160,7 @@ def test_rerun_from_saved_config_keeps_mlprun_setup_and_never_overwrites(tmp_pat
 
 def test_a_new_run_inside_mlprun_never_writes_into_a_run(tmp_path, compose_cfg):
     """The check lives in the run itself (RunRecord), not only in the Hydra callback."""
-    run_dir, _ = completed(tmp_path, *TINY)
+    run_dir, _ = completed(subprocess_mlprun(tmp_path), tmp_path, *TINY)
     before = _hashes(run_dir)
     with pytest.raises(ConfigError, match="already holds a run"):
         run(compose_cfg(*TINY), run_dir)

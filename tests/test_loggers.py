@@ -149,13 +149,7 @@ def test_a_saved_config_without_logger_key_resumes_with_tensorboard(tmp_path):
     assert [s for s, _ in scalars(old / "tensorboard")["Error/val"]] == [1, 2]
 
 
-def test_unknown_logger_and_missing_mlflow_are_one_line_errors(tmp_path):
-    proc = run_mlprun(*DIGITS, "logger=wandb", cwd=tmp_path)
-    assert proc.returncode == 2
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, proc.stderr
-    assert "logger=wandb" in lines[0] and "csv, many, mlflow, none, tensorboard" in lines[0]
-
+def test_unknown_logger_and_missing_mlflow_are_one_line_errors(tmp_path, mlprun_here):
     fake = tmp_path / "no_mlflow" / "mlflow"  # an environment where `import mlflow` fails
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError(\"No module named 'mlflow'\")\n")
@@ -163,6 +157,12 @@ def test_unknown_logger_and_missing_mlflow_are_one_line_errors(tmp_path):
     assert proc.returncode == 1
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "logger=mlflow" in lines[0] and "pip install 'mlprunner[mlflow]'" in lines[0], lines
+
+    proc = mlprun_here(*DIGITS, "logger=wandb")  # (in this process, after the subprocess: see mlprun_here)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "logger=wandb" in lines[0] and "csv, many, mlflow, none, tensorboard" in lines[0]
     assert not (tmp_path / "runs").exists()
 
 
@@ -175,9 +175,10 @@ def only_run(tmp_path: Path) -> Path:
     return found[0]
 
 
-def test_fast_dev_run_is_one_batch_of_each_and_writes_no_checkpoints(tmp_path):
+def test_fast_dev_run_is_one_batch_of_each_and_writes_no_checkpoints(tmp_path, mlprun_here):
     args = ["debug=fast_dev_run", "logger=csv", "eval.test=true", "trainer.eval_batch_size=50"]
-    proc = run_mlprun(*DIGITS, *args, cwd=tmp_path, check=True)
+    proc = mlprun_here(*DIGITS, *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run(tmp_path)  # under runs/debug/
     res = read_json(run_dir / "results.json")
     assert res["status"] == "completed" and res["epochs_completed"] == 1
@@ -188,17 +189,16 @@ def test_fast_dev_run_is_one_batch_of_each_and_writes_no_checkpoints(tmp_path):
     assert "debug: training on 100 samples" in proc.stdout + proc.stderr
 
 
-def test_limit_caps_the_batches_of_each_split(tmp_path):
-    run_mlprun(
+def test_limit_caps_the_batches_of_each_split(tmp_path, mlprun_here):
+    proc = mlprun_here(
         *DIGITS,
         "debug=limit",
         "logger=csv",
         "trainer.limit_train_batches=2",
         "trainer.eval_batch_size=50",
         "eval.test=true",
-        cwd=tmp_path,
-        check=True,
     )
+    assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run(tmp_path)
     res = read_json(run_dir / "results.json")
     assert res["epochs_completed"] == 3
@@ -206,8 +206,9 @@ def test_limit_caps_the_batches_of_each_split(tmp_path):
     assert res["dataset"]["n_train"] == 200 and res["dataset"]["n_val"] == 100 and res["test"]["n"] == 100
 
 
-def test_overfit_reaches_zero_training_error(tmp_path):
-    run_mlprun(*DIGITS, "debug=overfit", cwd=tmp_path, check=True)
+def test_overfit_reaches_zero_training_error(tmp_path, mlprun_here):
+    proc = mlprun_here(*DIGITS, "debug=overfit")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run(tmp_path)
     res = read_json(run_dir / "results.json")
     assert res["dataset"]["n_train"] == 300 and res["dataset"]["n_val"] == 300  # validated on the same batches
@@ -216,14 +217,15 @@ def test_overfit_reaches_zero_training_error(tmp_path):
 
 
 @pytest.mark.parametrize("key", ["trainer.limit_train_batches", "trainer.overfit_batches"])
-def test_limits_are_checked(tmp_path, key):
-    proc = run_mlprun(*DIGITS, f"{key}=0", cwd=tmp_path)
+def test_limits_are_checked(tmp_path, key, mlprun_here):
+    proc = mlprun_here(*DIGITS, f"{key}=0")
     assert proc.returncode == 2 and key in proc.stderr and "an integer >= 1" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
-def test_profile_preset_writes_the_profile(tmp_path):
-    run_mlprun(*DIGITS, "debug=profile", "logger=none", cwd=tmp_path, check=True)
+def test_profile_preset_writes_the_profile(tmp_path, mlprun_here):
+    proc = mlprun_here(*DIGITS, "debug=profile", "logger=none")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     run_dir = only_run(tmp_path)
     assert read_json(run_dir / "results.json")["epochs_completed"] == 1
     assert json.loads((run_dir / "profile.json").read_text())

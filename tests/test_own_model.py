@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, read_json, run_mlprun
+from conftest import QUICK, mlprun_inprocess, read_json, run_mlprun
 
 NETS = textwrap.dedent(
     """
@@ -194,10 +194,21 @@ def test_own_model_yaml_through_config_dir_and_tampering_refused(own, tmp_path):
     assert proc.returncode == 1 and "model._target_='mynets.Net'" in one_line_error(proc, "mlprun-eval")
 
 
-def test_own_model_refusals_in_one_line(own):
+def test_own_model_refusals_in_one_line(own, monkeypatch, capsys):
+    """(In this process, with the user's package on sys.path: every case is refused before
+    training, and a subprocess would only add its start-up.)"""
     work, env = own
+    monkeypatch.chdir(work)
+    monkeypatch.syspath_prepend(env["PYTHONPATH"].split(os.pathsep)[0])
+    try:
+        _refusals(work, lambda *args: mlprun_inprocess(*args, monkeypatch=monkeypatch, capsys=capsys))
+    finally:
+        sys.modules.pop("mynets", None)  # the next test's package of the same name is another folder
+
+
+def _refusals(work: Path, mlprun) -> None:
     # no module: refused before anything is written
-    proc = run_mlprun(*FAST, "model._target_=nosuch.Net", "hydra.run.dir=r1", cwd=work, env=env)
+    proc = mlprun(*FAST, "model._target_=nosuch.Net", "hydra.run.dir=r1")
     assert proc.returncode == 2
     line = one_line_error(proc)
     assert "model._target_='nosuch.Net'" in line and "No module named 'nosuch'" in line
@@ -207,14 +218,14 @@ def test_own_model_refusals_in_one_line(own):
         (["model._target_=mynets.Net", "+model.widht=3"], ["model.widht", "width"]),
         (["model._target_=mynets.Deep"], ["model.depth is required by mynets.Deep", "+model.depth="]),
     ):
-        proc = run_mlprun(*FAST, *args, "hydra.run.dir=r1", cwd=work, env=env)
+        proc = mlprun(*FAST, *args, "hydra.run.dir=r1")
         assert proc.returncode == 2, proc.stderr
         line = one_line_error(proc)
         assert all(w in line for w in words), line
     assert not (work / "r1").exists()
 
     # the wrong number of outputs: found by a forward pass once the data's size is known
-    proc = run_mlprun(*FAST, "model._target_=mynets.Three", "trainer.epochs=1", "hydra.run.dir=r2", cwd=work, env=env)
+    proc = mlprun(*FAST, "model._target_=mynets.Three", "trainer.epochs=1", "hydra.run.dir=r2")
     assert proc.returncode == 2
     line = one_line_error(proc)
     assert "model._target_='mynets.Three'" in line and "(2, 3)" in line and "10 classes" in line

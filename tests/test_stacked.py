@@ -22,7 +22,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import QUICK, read_json, run_mlprun
+from conftest import QUICK, read_json, run_mlprun, run_mlprun_together
 from mlprunner.build import build
 from mlprunner.checkpoint import load_checkpoint
 from mlprunner.run import set_up_process
@@ -77,10 +77,14 @@ def test_initial_weights_bitwise_equal_to_solo(compose_cfg, tmp_path):
 @pytest.mark.slow
 def test_stacked_sweep_matches_solo_jobs(workdir):
     stacked, basic = workdir / "stacked", workdir / "basic"
-    proc = run_mlprun("-m", *SWEEP, *QUICK, "hydra/launcher=stacked", f"hydra.sweep.dir={stacked}", cwd=workdir)
+    proc, solo = run_mlprun_together(
+        ["-m", *SWEEP, *QUICK, "hydra/launcher=stacked", f"hydra.sweep.dir={stacked}"],
+        ["-m", *SWEEP, *QUICK, f"hydra.sweep.dir={basic}"],
+        cwd=workdir,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "stacked group of 4 job(s)" in proc.stdout
-    run_mlprun("-m", *SWEEP, *QUICK, f"hydra.sweep.dir={basic}", cwd=workdir, check=True)
+    assert solo.returncode == 0, solo.stdout[-3000:] + solo.stderr[-3000:]
     a, b = jobs_of(stacked), jobs_of(basic)
     assert sorted(a) == sorted(b) and len(a) == 4
     worst = 0.0
