@@ -100,6 +100,8 @@ def test_stacked_sweep_matches_solo_jobs(workdir):
         assert ca.keys() == cb.keys() and ca["model"].keys() == cb["model"].keys()
         assert ca["optimizer"]["param_groups"][0]["lr"] == cb["optimizer"]["param_groups"][0]["lr"]
         assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])  # the same dropout draws
+        assert ca["rng"]["python"] == cb["rng"]["python"]  # every generator as the solo run leaves it
+        assert torch.equal(ca["rng"]["numpy"]["keys"], cb["rng"]["numpy"]["keys"])
         assert (a[name] / ra["tensorboard"]).is_dir()
     print(f"largest per-epoch loss difference stacked vs solo: {worst:.2e}")
     assert worst < LOSS_TOL
