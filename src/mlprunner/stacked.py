@@ -188,8 +188,9 @@ class Job:
 class DropoutRNG:
     """A member's own stream of the random numbers its solo run's dropout would draw: the state of
     the device's default generator (the one nn.Dropout uses), swapped in around each draw, so
-    that F.dropout on the member's slice is the solo run's call with the solo run's generator
-    state (bitwise the same masks, on the CPU and, by construction, with CUDA's fused dropout).
+    that the member's dropout noise is drawn as its solo run draws it, from the same generator
+    state (Stack._dropout: bitwise the solo masks on the CPU; on CUDA, by construction, F.dropout's
+    fused kernel with the solo run's state).
     Its checkpoint "rng" is the solo run's: every generator as the run left it after building its
     pieces (nothing else draws while it trains), the dropout stream where it is now."""
 
@@ -261,7 +262,7 @@ class StackedLinear(torch.autograd.Function):
     """Every member's Linear layer at once: baddbmm(b, h, wᵀ) over (N, batch, in) inputs, (N, out, in)
     weights and (N, 1, out) biases. Written out because autograd's own baddbmm backward gives the
     weight gradient as the transpose of an (N, in, out) product, which AccumulateGrad then copies
-    into the weights' layout (an eighth of a 16-job CPU step in torch.profiler); here it is one
+    into the weights' layout (16% of a 16-job CPU step's time in torch.profiler); here it is one
     (N, out, batch) x (N, batch, in) product, the batched form of the product a solo nn.Linear's
     backward computes (gradᵀ x input)."""
 
