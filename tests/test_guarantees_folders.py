@@ -295,6 +295,14 @@ def test_eval_and_predict_never_write_over_a_runs_files(made, tmp_path, monkeypa
     assert hashes(run) == own  # results.json is never modified by mlprun-eval
 
 
+def users_folder(folder: Path, files: dict[str, bytes]) -> Path:
+    """A folder of a user's own files ({relative path: bytes}), none of them mlprun's."""
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+    return folder
+
+
 def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path, monkeypatch, capsys):
     """(The refusals in this process, as mlprun's entry point runs them; the run into the empty
     folder as a real process.)"""
@@ -305,10 +313,7 @@ def test_a_new_run_refuses_a_folder_of_someone_elses_files(tmp_path, monkeypatch
         "not_ours": {"results.json": b"[1, 2, 3]"},
     }
     for name, files in cases.items():
-        folder = tmp_path / name
-        for rel, data in files.items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(data)
+        folder = users_folder(tmp_path / name, files)
         before = hashes(folder)
         proc = mlprun_inprocess(*DIGITS, f"hydra.run.dir={folder}", monkeypatch=monkeypatch, capsys=capsys)
         assert proc.returncode == 2, (name, proc.stderr)
@@ -339,10 +344,7 @@ def test_a_sweep_refuses_a_folder_of_someone_elses_files(tmp_path, monkeypatch, 
         "subfolder": {"data/x.csv": b"1,2\n"},
     }
     for name, files in cases.items():
-        folder = tmp_path / name
-        for rel, data in files.items():
-            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-            (folder / rel).write_bytes(data)
+        folder = users_folder(tmp_path / name, files)
         before = hashes(folder)
         proc = mlprun_inprocess("-m", *DIGITS, f"hydra.sweep.dir={folder}", monkeypatch=monkeypatch, capsys=capsys)
         assert proc.returncode == 2, (name, proc.stderr)
