@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import mlprunner.train as train_module
 from conftest import read_json, run_mlprun
 from mlprunner.cudagraph import checkpoint_optimizer_state, fallback_reason, supports_capture
-from mlprunner.train import Metrics
 from test_bench import run_in_process
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -81,18 +81,16 @@ def test_which_optimizers_can_be_captured():
     assert not supports_capture(torch.optim.Adagrad(params))
 
 
-def test_dense_metrics_equal_the_indexed_ones():
-    g = torch.Generator().manual_seed(1)
-    for num_classes in (2, 10, 37):
-        a, b = Metrics(num_classes, "cpu"), Metrics(num_classes, "cpu")
-        for n in (100, 100, 17):
-            y = torch.randint(0, num_classes, (n,), generator=g)
-            p = torch.where(torch.rand(n, generator=g) < 0.7, y, torch.randint(0, num_classes, (n,), generator=g))
-            loss = torch.rand((), generator=g)
-            a.update(loss, p, y)
-            b.update_dense(loss, p, y)
-            b.add_count(n)
-        assert a.compute() == b.compute()
+def test_the_graph_step_run_eagerly_on_the_cpu_equals_the_eager_loop(tmp_path, monkeypatch, caplog):
+    """The captured step's own code (GraphedSteps._body: gather by a device cursor, the epoch's
+    predictions counted at its end) without the capture: bitwise the eager loop's metrics."""
+    common = ["model=mlp_500_300", "trainer.epochs=2", "trainer.batch_size=64", "trainer.tensorboard.enabled=false"]
+    eager = run_in_process(tmp_path / "eager", *common)
+    monkeypatch.setattr(train_module, "fallback_reason", lambda *a, **k: None)
+    caplog.set_level(logging.INFO, logger="mlprunner")
+    body = run_in_process(tmp_path / "body", *common)
+    assert "CUDA graph: each training step is captured" in caplog.text  # GraphedSteps ran
+    assert body["history"] and _max_history_diff(eager, body) == 0.0
 
 
 def test_checkpointed_optimizer_state_is_not_capturable():
@@ -113,6 +111,7 @@ def test_cuda_graph_true_on_cpu_says_why_it_is_off(mlprun_here):
         "trainer.cuda_graph=true",
         "trainer.progress=plain",
         "trainer.tensorboard.enabled=false",
+        "hydra.run.dir=asked",  # the default folder is named by the second: two runs may share it
     )
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout + proc.stderr
@@ -123,8 +122,10 @@ def test_cuda_graph_true_on_cpu_says_why_it_is_off(mlprun_here):
         "trainer.epochs=1",
         "trainer.progress=plain",
         "trainer.tensorboard.enabled=false",
+        "hydra.run.dir=auto",
     )
-    assert quiet.returncode == 0 and "CUDA graph" not in quiet.stdout + quiet.stderr  # auto on CPU
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert "CUDA graph" not in quiet.stdout + quiet.stderr  # auto on CPU
 
 
 # ----------------------------------------------------------------------------- on a CUDA device

@@ -104,10 +104,98 @@ def checkpoint_optimizer_state(optimizer: torch.optim.Optimizer) -> dict:
     return state
 
 
-class GraphedSteps:
-    """Runs the training steps of an epoch through captured graphs, one per batch size."""
+class CapturedSteps:
+    """Runs training steps through captured graphs, one per batch size; a subclass defines the
+    step (`_body(n)`: the same code runs eagerly and captured) and what it needs around it.
 
-    def __init__(self, model, loss_fn, optimizer, metrics, split, grad_clip, autocast_dtype, device: torch.device):
+    `capture=False` (any device but CUDA) runs `_body` eagerly every step: the same step,
+    without the graph (what the CPU tests check the step's arithmetic with)."""
+
+    def __init__(self, device: torch.device, capture: bool = True):
+        self.device = device
+        self.capture = capture and device.type == "cuda"
+        self.cursor = torch.zeros((), dtype=torch.long, device=device)  # start of the next batch
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, object]] = {}
+        self.eager_steps: dict[int, int] = {}
+        self.side = torch.cuda.Stream(device) if self.capture else None
+
+    # what a subclass provides
+    def _body(self, n: int):
+        raise NotImplementedError
+
+    def _zero_grad(self) -> None:
+        """Before an eager step or a capture: gradients set to None, so that the step's backward
+        allocates them (inside the graph's pool when captured)."""
+
+    def _before_capture(self) -> None:
+        """Once before each capture (e.g. the optimizer made capturable)."""
+
+    def _generators(self) -> list[torch.Generator]:
+        """Generator states besides the device's default one that the step draws from (each is
+        registered with the graph, so replays advance it as eager draws would)."""
+        return []
+
+    def _replayed(self, n: int) -> None:
+        """Host-side bookkeeping that the step's Python does eagerly and a replay does not."""
+
+    # the machinery
+    def step(self, n: int):
+        """Train on the next `n` samples of the epoch's order; returns the body's output."""
+        if not self.capture:
+            self._zero_grad()
+            return self._body(n)
+        entry = self.graphs.get(n)
+        if entry is None and self.eager_steps.get(n, 0) < WARMUP_STEPS:
+            self.eager_steps[n] = self.eager_steps.get(n, 0) + 1
+            return self._eager(n)
+        graph, out = entry or self._capture(n)
+        graph.replay()  # a capture records the step without running it
+        self._replayed(n)
+        return out
+
+    def drop_graphs(self) -> None:
+        """Capture again at the next steps (e.g. a learning rate baked into a captured kernel changed)."""
+        self.graphs.clear()
+
+    def _eager(self, n: int):
+        main = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(main)
+        with torch.cuda.stream(self.side), warnings.catch_warnings():
+            # after a capture the optimizer is capturable; its one-time "running uncaptured"
+            # warning is about speed, and these eager steps are few
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            self._zero_grad()
+            out = self._body(n)
+        main.wait_stream(self.side)
+        return out
+
+    def _capture(self, n: int):
+        self._before_capture()
+        self._zero_grad()
+        graph = torch.cuda.CUDAGraph()
+        for gen in self._generators():
+            graph.register_generator_state(gen)
+        try:
+            with torch.cuda.graph(graph):
+                out = self._body(n)
+        except RuntimeError as exc:
+            # no eager fallback here: a failed capture can leave torch's CUDA generator mid-capture
+            raise MlprunError(
+                f"CUDA graph capture failed for batches of {n} ({str(exc).splitlines()[0][:160]}); "
+                "the last checkpoint is intact: resume with trainer.cuda_graph=false"
+            ) from None
+        self.graphs[n] = (graph, out)
+        return self.graphs[n]
+
+
+class GraphedSteps(CapturedSteps):
+    """A solo run's training step (Trainer): gather, forward, loss, backward, clip, optimizer
+    step, loss sum and the step's predictions kept for the epoch's confusion matrix."""
+
+    def __init__(
+        self, model, loss_fn, optimizer, metrics, split, grad_clip, autocast_dtype, device, capture: bool = True
+    ):
+        super().__init__(device, capture)
         self.model = model
         self.loss_fn = loss_fn
         self.optimizer = optimizer
@@ -115,16 +203,15 @@ class GraphedSteps:
         self.x, self.y = split.x, split.y
         self.grad_clip = float(grad_clip) if grad_clip else None
         self.autocast_dtype = autocast_dtype
-        self.device = device
         self.params = [p for p in model.parameters() if p.requires_grad]
         n = self.y.shape[0]
         self.order = torch.zeros(n, dtype=torch.long, device=device)  # this epoch's permutation
-        self.cursor = torch.zeros((), dtype=torch.long, device=device)  # start of the next batch
         self.arange = torch.arange(n, device=device)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.eager_steps: dict[int, int] = {}
+        # each sample's prediction, at its place in the epoch's order: the confusion matrix is
+        # counted once at the epoch's end (one index_put_), not per step inside the graph
+        self.preds = torch.zeros(n, dtype=torch.long, device=device)
         self.captured_lrs = None
-        self.side = torch.cuda.Stream(device)
+        self.filled = 0
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -134,7 +221,8 @@ class GraphedSteps:
 
     def _body(self, n: int) -> torch.Tensor:
         """One step on the next `n` samples of the order; the same code runs eagerly and captured."""
-        idx = self.order.index_select(0, self.cursor + self.arange[:n])
+        pos = self.cursor + self.arange[:n]
+        idx = self.order.index_select(0, pos)
         xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
         with self._autocast():
             logits = self.model(xb)
@@ -143,55 +231,34 @@ class GraphedSteps:
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         self.optimizer.step()
-        self.metrics.update_dense(loss, self.loss_fn.predict(logits.detach()), yb)
+        self.metrics.add_loss(loss, n)
+        self.preds.index_copy_(0, pos, self.loss_fn.predict(logits.detach()))
         self.cursor.add_(n)
         return loss.detach()
+
+    def _zero_grad(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _before_capture(self) -> None:
+        _make_capturable(self.optimizer)
 
     def begin_epoch(self, order: torch.Tensor) -> None:
         self.order.copy_(order)
         self.cursor.zero_()
+        self.filled = 0  # host: samples of the epoch trained so far
         lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
         if self.graphs and lrs != self.captured_lrs:
-            self.graphs.clear()  # the old lr is baked into the captured optimizer kernels
+            self.drop_graphs()  # the old lr is baked into the captured optimizer kernels
         self.captured_lrs = lrs
 
     def step(self, n: int) -> torch.Tensor:
         """Train on the next `n` samples; returns the step's loss (a device scalar)."""
-        entry = self.graphs.get(n)
-        if entry is None and self.eager_steps.get(n, 0) < WARMUP_STEPS:
-            self.eager_steps[n] = self.eager_steps.get(n, 0) + 1
-            loss = self._eager(n)
-        else:
-            graph, loss = entry or self._capture(n)
-            graph.replay()  # a capture records the step without running it
-        self.metrics.add_count(n)
+        loss = super().step(n)
+        self.metrics.count += n
+        self.filled += n
         return loss
 
-    def _eager(self, n: int) -> torch.Tensor:
-        main = torch.cuda.current_stream(self.device)
-        self.side.wait_stream(main)
-        with torch.cuda.stream(self.side), warnings.catch_warnings():
-            # after a capture the optimizer is capturable; its one-time "running uncaptured"
-            # warning is about speed, and these eager steps are few
-            warnings.filterwarnings("ignore", message=".*capturable=True.*")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = self._body(n)
-        main.wait_stream(self.side)
-        return loss
-
-    def _capture(self, n: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        _make_capturable(self.optimizer)
-        # gradients are allocated inside the graph's pool by the captured backward
-        self.optimizer.zero_grad(set_to_none=True)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph):
-                loss = self._body(n)
-        except RuntimeError as exc:
-            # no eager fallback here: a failed capture can leave torch's CUDA generator mid-capture
-            raise MlprunError(
-                f"CUDA graph capture failed for batches of {n} ({str(exc).splitlines()[0][:160]}); "
-                "the last checkpoint is intact: resume with trainer.cuda_graph=false"
-            ) from None
-        self.graphs[n] = (graph, loss)
-        return self.graphs[n]
+    def end_epoch(self) -> None:
+        """The epoch's predictions into the train metrics' confusion matrix."""
+        k = self.filled
+        self.metrics.add_predictions(self.preds[:k], self.y.index_select(0, self.order[:k]))

@@ -64,9 +64,8 @@ class Metrics:
     """Loss, accuracy (micro) and macro F1 of a split, accumulated on the device.
 
     A step adds its predictions to one (C, C) confusion matrix and its loss to a device scalar,
-    so nothing in a step waits for the device; `compute()` reads them once per epoch.
-    `update()` counts with one index_put_; `update_dense()` does the same with comparisons and
-    a matrix product instead, which a CUDA graph can capture (no data-dependent indexing).
+    so nothing in a step waits for the device; `compute()` reads them once per epoch. A captured
+    step (cudagraph.py) keeps its predictions for the epoch and counts them at its end.
     """
 
     def __init__(self, num_classes: int, device):
@@ -77,38 +76,27 @@ class Metrics:
         acc_dtype = torch.float32 if device.type == "mps" else torch.float64
         self.loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
         self.count = 0
-        self._dense = None  # (C, C) float64 counts from update_dense, created on first use
-        self._classes = torch.arange(self.num_classes, device=device)
 
     def update(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
         n = y.shape[0]
-        self.loss_sum.add_(loss.detach(), alpha=n)
+        self.add_loss(loss, n)
         self.count += n
+        self.add_predictions(preds, y)
+
+    def add_loss(self, loss: torch.Tensor, n: int) -> None:
+        """The loss sum alone (a captured step adds its loss here; the host counts its samples)."""
+        self.loss_sum.add_(loss.detach(), alpha=n)
+
+    def add_predictions(self, preds: torch.Tensor, y: torch.Tensor) -> None:
+        """Predictions and true classes into the confusion matrix, for any number of samples."""
+        n = y.shape[0]
         if self._ones.shape[0] < n:
             self._ones = torch.ones(n, dtype=torch.long, device=self.confusion.device)
         # row = true class, column = predicted class; accumulate=True is deterministic on CUDA
         self.confusion.index_put_((y * self.num_classes + preds,), self._ones[:n], accumulate=True)
 
-    def update_dense(self, loss: torch.Tensor, preds: torch.Tensor, y: torch.Tensor) -> None:
-        """As update(), but the host-side sample count is left to the caller (a replayed graph
-        runs no Python): call `add_count(n)` once per step."""
-        if self._dense is None:
-            self._dense = torch.zeros(
-                self.num_classes, self.num_classes, dtype=torch.float64, device=self.confusion.device
-            )
-        self.loss_sum.add_(loss.detach(), alpha=y.shape[0])
-        true = (y.unsqueeze(1) == self._classes).float()
-        pred = (preds.unsqueeze(1) == self._classes).float()
-        # 0/1 products summed in fp32: exact counts for any batch below 2**24 samples
-        self._dense.add_(true.t() @ pred)
-
-    def add_count(self, n: int) -> None:
-        self.count += n
-
     def compute(self) -> dict:
         cm = self.confusion.view(self.num_classes, self.num_classes)
-        if self._dense is not None:
-            cm = cm + self._dense.round().long()
         acc, f1 = accuracy_f1(cm.cpu())
         out = {"loss": float(self.loss_sum) / max(self.count, 1), "accuracy": acc, "error": 1.0 - acc, "f1": f1}
         self.reset()
@@ -116,8 +104,6 @@ class Metrics:
 
     def reset(self) -> None:
         self.confusion.zero_()
-        if self._dense is not None:
-            self._dense.zero_()
         self.loss_sum.zero_()
         self.count = 0
 
@@ -365,6 +351,8 @@ class Trainer:
             if self.stop.requested:
                 raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
         prof.end_epoch()
+        if self.graphed is not None:
+            self.graphed.end_epoch()
         return self.train_metrics.compute()
 
     def _graphed_steps(self, order: torch.Tensor, bs: int):
