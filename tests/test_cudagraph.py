@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import mlprunner.train as train_module
-from conftest import read_json, run_mlprun
+from conftest import read_json, run_mlprun, run_mlprun_together
 from mlprunner.cudagraph import checkpoint_optimizer_state, fallback_reason, supports_capture
 from test_bench import run_in_process
 
@@ -277,3 +277,44 @@ def test_sigkill_then_resume_with_graphs_equals_the_uninterrupted_run(tmp_path):
         {"killed_after_epoch": killed_after, "max_abs_metric_diff": worst, "max_abs_weight_diff": weight_diff},
     )
     assert worst == 0.0 and weight_diff == 0.0
+
+
+@requires_cuda
+def test_stacked_group_graph_matches_eager_and_solo(tmp_path):
+    """A stacked group of 4 jobs on the GPU (dropout, grad clip, a partial last batch): captured
+    as one graph per batch size against the same group eager and each job alone (graphed)."""
+    sweep = [
+        "-m",
+        "dataset=digits",
+        "model=mlp_500_300",
+        "model.dropout=0.2",
+        "trainer.grad_clip=1.0",
+        "trainer.batch_size=64",
+        "trainer.epochs=4",
+        "optim.lr=0.001,0.003",
+        "trainer.seed=0,1",
+        "trainer.device=cuda",
+        "trainer.progress=plain",
+        "trainer.tensorboard.enabled=false",
+    ]
+    dirs = {k: tmp_path / k for k in ("graph", "eager", "solo")}
+    graph, eager, solo = run_mlprun_together(
+        [*sweep, "hydra/launcher=stacked", "trainer.cuda_graph=true", f"hydra.sweep.dir={dirs['graph']}"],
+        [*sweep, "hydra/launcher=stacked", "trainer.cuda_graph=false", f"hydra.sweep.dir={dirs['eager']}"],
+        [*sweep, "trainer.cuda_graph=true", f"hydra.sweep.dir={dirs['solo']}"],
+        cwd=tmp_path,
+    )
+    for proc in (graph, eager, solo):
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "CUDA graph: the group's step is captured" in graph.stdout + graph.stderr
+    assert "stacked group of 4 job(s)" in graph.stdout + graph.stderr
+    jobs = {k: {p.name: p for p in d.iterdir() if (p / "results.json").is_file()} for k, d in dirs.items()}
+    assert len(jobs["graph"]) == 4 and sorted(jobs["graph"]) == sorted(jobs["eager"]) == sorted(jobs["solo"])
+    vs_eager = vs_solo = 0.0
+    for name, folder in jobs["graph"].items():
+        g = read_json(folder / "results.json")
+        assert g["status"] == "completed" and g["epochs_completed"] == 4
+        vs_eager = max(vs_eager, _max_history_diff(g, read_json(jobs["eager"][name] / "results.json")))
+        vs_solo = max(vs_solo, _max_history_diff(g, read_json(jobs["solo"][name] / "results.json")))
+    _report("stacked_group", {"max_abs_metric_diff_vs_eager_group": vs_eager, "max_abs_metric_diff_vs_solo": vs_solo})
+    assert vs_eager <= 1e-5 and vs_solo <= 1e-4

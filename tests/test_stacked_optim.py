@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlprunner.stacked_optim import StackedOptimizer, clip_stacked, unsupported
+from mlprunner.stacked_optim import StackedOptimizer, clip_limits, clip_stacked, unsupported
 
 SHAPES = [(8, 6), (1, 8), (3, 8), (1, 3)]  # weight (out, in), bias (1, out); 48 elements: updated as a slice
 
@@ -164,7 +164,7 @@ def test_clip_matches_clip_grad_norm_per_member():
                 p.grad = g
             torch.nn.utils.clip_grad_norm_(ps, limits[i], foreach=True)
         expected.append(own)
-    clip_stacked(grads, limits)
+    clip_stacked(grads, clip_limits(limits, grads[0].device))
     worst = max(float((grads[k][i] - expected[i][k]).abs().max()) for i in range(n) for k in range(len(SHAPES)))
     for i in range(n):
         for k in range(len(SHAPES)):

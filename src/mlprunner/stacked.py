@@ -37,6 +37,7 @@ from torch import nn
 from .build import build
 from .checkpoint import atomic_write_json, capture_rng, load_checkpoint
 from .config import available_memory, validate
+from .cudagraph import CapturedSteps
 from .data import Split, load_data
 from .device import resolve_device
 from .errors import ConfigError, DivergenceError, Interrupted
@@ -48,7 +49,7 @@ from .progress import Progress
 from .record import RunRecord
 from .run import _Signals, describe, limited, make_trainer, restore, set_up_process, test_and_plot
 from .sessions import job_prefix
-from .stacked_optim import StackedOptimizer, clip_stacked, unsupported
+from .stacked_optim import StackedOptimizer, clip_limits, clip_stacked, unsupported
 from .sweep import best_val_error, sweep_threads
 from .train import StopFlag, Trainer, epoch_seed, young_gc_only
 
@@ -186,11 +187,14 @@ class Job:
 
 
 class DropoutRNG:
-    """A member's own stream of the random numbers its solo run's dropout would draw: the state of
-    the device's default generator (the one nn.Dropout uses), swapped in around each draw, so
-    that the member's dropout noise is drawn as its solo run draws it, from the same generator
+    """A member's own stream of the random numbers its solo run's dropout would draw: the device's
+    default generator (the one nn.Dropout uses) is put in the member's state around each draw,
+    so that the member's dropout noise is drawn as its solo run draws it, from the same generator
     state (Stack._dropout: bitwise the solo masks on the CPU; on CUDA, by construction, F.dropout's
     fused kernel with the solo run's state).
+    On CUDA the state is a generator state of its own that the default generator is pointed at
+    (graphsafe_set_state): that also works while a CUDA graph is captured, where the graph is told
+    of it (GroupSteps._generators) and each replay advances it as the eager draws would.
     Its checkpoint "rng" is the solo run's: every generator as the run left it after building its
     pieces (nothing else draws while it trains), the dropout stream where it is now."""
 
@@ -199,32 +203,36 @@ class DropoutRNG:
         (right after the member's pieces were built: where its solo run would start training)."""
         self.device = device
         self.saved = capture_rng() if saved is None else saved
-        self.state = self.saved["cuda"][_cuda_index(device)] if device.type == "cuda" else self.saved["torch"]
-
-    def _get(self) -> torch.Tensor:
-        return torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else torch.get_rng_state()
-
-    def _set(self, state: torch.Tensor) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state, self.device)
+        if device.type == "cuda":
+            default = torch.cuda.default_generators[_cuda_index(device)]
+            self.generator = default.clone_state()
+            self.generator.set_state(self.saved["cuda"][_cuda_index(device)])
         else:
-            torch.set_rng_state(state)
+            self.state = self.saved["torch"]
 
     def draw(self, fn, *args):
-        outer = self._get()
-        self._set(self.state)
+        if self.device.type == "cuda":
+            default = torch.cuda.default_generators[_cuda_index(self.device)]
+            outer = default.graphsafe_get_state()
+            default.graphsafe_set_state(self.generator)
+            try:
+                return fn(*args)
+            finally:
+                default.graphsafe_set_state(outer)
+        outer = torch.get_rng_state()
+        torch.set_rng_state(self.state)
         try:
             return fn(*args)
         finally:
-            self.state = self._get()
-            self._set(outer)
+            self.state = torch.get_rng_state()
+            torch.set_rng_state(outer)
 
     def checkpoint(self) -> dict:
         """The checkpoint's "rng" (checkpoint.capture_rng's form), as the solo run would save it now."""
         rng = dict(self.saved)
         if self.device.type == "cuda":
             rng["cuda"] = list(rng["cuda"])
-            rng["cuda"][_cuda_index(self.device)] = self.state
+            rng["cuda"][_cuda_index(self.device)] = self.generator.get_state()
         else:
             rng["torch"] = self.state
         return rng
@@ -283,7 +291,8 @@ class Stack:
     """The stacked weights of the members training now: per Linear layer a (N, out, in) weight
     and a (N, 1, out) bias, each member's parameters being views of its slice. `optim` updates
     every member's optimizer at once (stacked_optim; None: each member steps its own); the
-    members' train metrics are accumulated here, batched, and handed to each member's Metrics by `hand_out_metrics`."""
+    members' train metrics are accumulated here, batched (GroupSteps), and handed to each member's
+    Metrics by `hand_out_metrics`."""
 
     members: list[Member]
     weights: list[torch.Tensor] = field(default_factory=list)
@@ -321,6 +330,7 @@ class Stack:
         self._offsets = (
             torch.arange(len(self.members), device=first.confusion.device).unsqueeze(1) * self.num_classes**2
         )
+        self.clip_limit = clip_limits([m.t.grad_clip for m in self.members], first.confusion.device)
 
     def losses(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """(N,) each member's loss on its slice, computed as alone (one call of the loss over
@@ -328,19 +338,17 @@ class Stack:
         # unbind, not logits[j]: the backward of N selects would be N zero-filled (N, batch, classes) tensors
         return torch.stack([m.loss(lj, y[j]) for j, (m, lj) in enumerate(zip(self.members, logits.unbind(0)))])
 
-    def update_metrics(self, losses: torch.Tensor, logits: torch.Tensor, y: torch.Tensor) -> None:
-        """Each member's Metrics.update for this step, as one batched update."""
-        n, b = y.shape
-        c = self.num_classes
-        preds = self.members[0].loss.predict(logits.reshape(n * b, -1)).view(n, b)
-        self.loss_sums.add_(losses.detach().to(self.loss_sums.dtype), alpha=b)
-        self.counted += b
-        if self._ones.shape[0] < n * b:
-            self._ones = torch.ones(n * b, dtype=torch.long, device=self.confusion.device)
-        self.confusion.index_put_(((self._offsets + y * c + preds).reshape(-1),), self._ones[: n * b], accumulate=True)
+    def count_predictions(self, preds: torch.Tensor, y: torch.Tensor) -> None:
+        """(N, k) predictions and true classes of k samples per member into each member's confusion matrix."""
+        n, k = y.shape
+        if self._ones.shape[0] < n * k:
+            self._ones = torch.ones(n * k, dtype=torch.long, device=self.confusion.device)
+        index = (self._offsets + y * self.num_classes + preds).reshape(-1)
+        self.confusion.index_put_((index,), self._ones[: n * k], accumulate=True)
+        self.counted += k
 
     def hand_out_metrics(self) -> None:
-        """Add what update_metrics gathered to each member's train metrics (then start over)."""
+        """Add what was gathered (loss sums, count_predictions) to each member's train metrics (then start over)."""
         if not self.counted:
             return
         cc = self.num_classes**2
@@ -412,7 +420,7 @@ class Stack:
         """Clip each member's gradients (its own trainer.grad_clip) and step every member's
         optimizer and per-step scheduler."""
         grads = self.hand_out_grads()
-        clip_stacked(grads, [m.t.grad_clip for m in self.members])
+        clip_stacked(grads, self.clip_limit)
         if self.optim is not None:
             self.optim.step(grads)
         for m in self.members:
@@ -420,6 +428,83 @@ class Stack:
                 m.optimizer.step()
             if m.scheduler is not None and m.interval == "step":
                 m.scheduler.step()
+
+
+class GroupSteps(CapturedSteps):
+    """The group's training step: each member's batch gathered by its own data order, the
+    stacked forward, each member's loss, one backward, every member's update, the loss sums and
+    each sample's prediction kept for the epoch's confusion matrices. On a GPU it is captured
+    as one CUDA graph per batch size and replayed (cudagraph.CapturedSteps); elsewhere, and
+    when a member's settings rule graphs out, the same code runs eagerly.
+    One GroupSteps per Stack: when members leave, the next stack gets its own."""
+
+    def __init__(self, stack: Stack, train: Split, prof, capture: bool):
+        super().__init__(stack.weights[0].device, capture)
+        self.stack = stack
+        self.x, self.y = train.x, train.y
+        self.prof = prof
+        n_members, n = len(stack.members), self.y.shape[0]
+        self.orders = torch.zeros(n_members, n, dtype=torch.long, device=self.device)  # each member's order
+        self.preds = torch.zeros(n_members, n, dtype=torch.long, device=self.device)
+        self.arange = torch.arange(n, device=self.device)
+        self.start = self.filled = 0  # host: positions of the epoch handed out / trained so far
+        self.captured_lrs = None
+
+    def begin_epoch(self, orders: torch.Tensor, start: int = 0) -> None:
+        """This epoch's (members, samples) orders; `start`: the first position still to train
+        (a stack made when members left mid-epoch continues where the old one stopped)."""
+        self.orders.copy_(orders)
+        self.cursor.fill_(start)
+        self.start = self.filled = start
+        lrs = tuple(float(g["lr"]) for m in self.stack.members for g in m.optimizer.param_groups)
+        if self.graphs and lrs != self.captured_lrs:
+            self.drop_graphs()  # the old learning rates are baked into the captured update
+        self.captured_lrs = lrs
+
+    def _body(self, b: int) -> torch.Tensor:
+        stack, prof = self.stack, self.prof
+        n_members = len(stack.members)
+        pos = self.cursor + self.arange[:b]
+        idx = self.orders.index_select(1, pos).reshape(-1)
+        x = self.x.index_select(0, idx).view(n_members, b, -1)
+        y = self.y.index_select(0, idx).view(n_members, b)
+        prof.lap("data")
+        logits = stack.forward(x)
+        losses = stack.losses(logits, y)
+        prof.lap("forward")
+        losses.sum().backward()
+        prof.lap("backward")
+        stack.step()
+        prof.lap("optimizer")
+        stack.loss_sums.add_(losses.detach().to(stack.loss_sums.dtype), alpha=b)
+        preds = stack.members[0].loss.predict(logits.detach().reshape(n_members * b, -1)).view(n_members, b)
+        self.preds.index_copy_(1, pos, preds)
+        self.cursor.add_(b)
+        return losses.detach()
+
+    def _generators(self) -> list[torch.Generator]:
+        return [m.rng.generator for m in self.stack.members]
+
+    def _replayed(self, n: int) -> None:
+        if self.stack.optim is not None:
+            self.stack.optim.replayed()
+
+    def step(self, n: int) -> torch.Tensor:
+        """Train every member on its next `n` samples; returns the (N,) losses (device)."""
+        losses = super().step(n)
+        self.filled += n
+        return losses
+
+    def hand_out(self) -> None:
+        """The predictions since the last hand-out into each member's confusion matrix, and the
+        stack's metrics to the members' train metrics."""
+        a, b = self.start, self.filled
+        if b > a:
+            n_members = len(self.stack.members)
+            y = self.y.index_select(0, self.orders[:, a:b].reshape(-1)).view(n_members, b - a)
+            self.stack.count_predictions(self.preds[:, a:b], y)
+        self.start = b
+        self.stack.hand_out_metrics()
 
 
 # ------------------------------------------------------------------------------ logs
@@ -538,15 +623,53 @@ class Group:
         self.t = members[0].t
         self.device = members[0].device
         self.train = members[0].data.train
+        self.steps: GroupSteps | None = None
+        self.orders: dict[int, torch.Tensor] = {}  # this epoch's data order of each member (by id)
+        # the members' own reasons against a CUDA graph (their settings; equal in a group but
+        # grad clip and the scheduler's interval), else the stacked update's
+        self.graph_reason = next((m.graph_reason for m in members if m.graph_reason), None)
+        self.graph_logged = False
 
-    def _restack(self, active: list[Member]) -> None:
+    def _restack(self, active: list[Member], epoch_start: bool = False) -> None:
+        """The stack (and its step) for these members: at the epoch's start, or when members left
+        mid-epoch (the new stack continues at the position the old one reached)."""
         # members with equal optimizer hyperparameters next to each other: one update for them all
         active = sorted(active, key=_hyperparameters)
-        if self.stack is not None and self.stack.members == active:
+        start = 0 if epoch_start or self.steps is None else self.steps.filled
+        if self.stack is None or self.stack.members != active:
+            self._drop_stack()
+            if not active:
+                return
+            self.stack = Stack(active)
+            self.steps = GroupSteps(self.stack, self.train, self.prof, capture=self._capture())
+        elif not epoch_start:
             return
+        self.steps.begin_epoch(torch.stack([self.orders[id(m)] for m in self.stack.members]), start)
+
+    def _drop_stack(self) -> None:
+        """Metrics gathered so far to the members, each member's parameters its own again."""
+        if self.steps is not None:
+            self.steps.hand_out()
+            self.steps = None
         if self.stack is not None:
             self.stack.release()
-        self.stack = Stack(active) if active else None
+            self.stack = None
+
+    def _capture(self) -> bool:
+        """Whether the new stack's step is captured as CUDA graphs; one log line on it per group."""
+        reason = self.graph_reason
+        if reason is None and self.stack.optim is None:
+            reason = f"the members' optimizers are updated one by one ({self.stack.optim_reason})"
+        setting = self.t.get("cuda_graph", "auto")
+        if not self.graph_logged and (setting is True or (setting == "auto" and self.device.type == "cuda")):
+            self.graph_logged = True
+            if reason is None:
+                log.info(
+                    "CUDA graph: the group's step is captured once per batch size and replayed (trainer.cuda_graph)"
+                )
+            else:
+                log.info(f"CUDA graph off: {reason}; the group's steps run eagerly")
+        return reason is None
 
     def fit(self) -> None:
         with young_gc_only():
@@ -561,23 +684,21 @@ class Group:
                     if active:
                         self.train_epoch(epoch, active)
             finally:
-                if self.stack is not None:
-                    self.stack.release()
-                    self.stack = None
+                self._drop_stack()
 
     def train_epoch(self, epoch: int, active: list[Member]) -> None:
         t0 = time.perf_counter()
         n, bs = len(self.train), int(self.t.batch_size)
-        orders = {}
+        self.orders = {}
         for m in active:
             g = torch.Generator().manual_seed(epoch_seed(m.t.seed, epoch))
-            orders[id(m)] = torch.randperm(n, generator=g).to(self.device)
+            self.orders[id(m)] = torch.randperm(n, generator=g).to(self.device)
             m.train_metrics.reset()
             m.step_model.train()
             if m.progress:
                 with self.logs.of(m.run_dir):
                     m.progress.start_epoch(epoch)
-        self._restack(active)
+        self._restack(active, epoch_start=True)
         log_every = int(self.t.log_every_n_steps)
         window: list[torch.Tensor] = []
         steps = self.train.num_batches(bs)
@@ -585,21 +706,10 @@ class Group:
         prof.begin_epoch(epoch)
         for i, start in enumerate(range(0, n, bs), start=1):
             members = self.stack.members
-            idx = torch.stack([orders[id(m)][start : start + bs] for m in members]).reshape(-1)
-            x = self.train.x.index_select(0, idx).view(len(members), -1, self.train.x.shape[1])
-            y = self.train.y.index_select(0, idx).view(len(members), -1)
-            prof.lap("data")
-            logits = self.stack.forward(x)
-            losses = self.stack.losses(logits, y)
-            prof.lap("forward")
-            losses.sum().backward()
-            prof.lap("backward")
-            self.stack.step()
-            prof.lap("optimizer")
-            self.stack.update_metrics(losses, logits.detach(), y)
+            # a replayed graph returns the same tensor each step: the window keeps copies
+            window.append(self.steps.step(min(bs, n - start)).clone())
             for m in members:
                 m.state.step += 1
-            window.append(losses.detach())
             prof.lap("metrics")
             if len(window) == log_every or i == steps:
                 self._flush(torch.stack(window), epoch, i, steps)
@@ -615,8 +725,8 @@ class Group:
             if self.stop.requested:
                 raise Interrupted(f"stopped by {self.stop.signal_name or 'signal'} during epoch {epoch}")
         prof.end_epoch()
-        if self.stack is not None:
-            self.stack.hand_out_metrics()
+        if self.steps is not None:
+            self.steps.hand_out()
         for m in active:
             if not m.done:
                 with self.logs.of(m.run_dir):
@@ -712,9 +822,7 @@ class Group:
     def interrupt(self, exc: BaseException) -> None:
         """A signal stopped the group: every member still training is recorded interrupted
         (its last.pt is its last finished epoch)."""
-        if self.stack is not None:
-            self.stack.release()
-            self.stack = None
+        self._drop_stack()
         for m in self.members:
             if m.done:
                 continue

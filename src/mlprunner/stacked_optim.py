@@ -176,6 +176,11 @@ class StackedOptimizer:
                 out.append((i, i + 1, key))
         return out
 
+    def replayed(self) -> None:
+        """A captured step was replayed: its device step counters advanced, the host's count follows."""
+        if not self.sgd:
+            self.count = [c + 1 for c in self.count]
+
     @torch.no_grad()
     def step(self, grads: list[torch.Tensor]) -> None:
         """Every member's optimizer step; grads[k] is the stacked gradient of stacked[k]."""
@@ -232,17 +237,24 @@ class StackedOptimizer:
                     self._attach(i)
 
 
-@torch.no_grad()
-def clip_stacked(grads: list[torch.Tensor], max_norms: list[float | None]) -> None:
-    """Per member, as torch.nn.utils.clip_grad_norm_ on its own parameters: the total 2-norm of
-    member i's gradients (slice i of every stacked gradient) scaled down to max_norms[i] when
-    above it; a member without a limit (None or 0) is left as it is."""
+def clip_limits(max_norms: list[float | None], device) -> torch.Tensor | None:
+    """Each member's trainer.grad_clip as the device tensor clip_stacked reads (inf: no limit), made
+    once (a step captured in a CUDA graph cannot copy from the host); None when no member clips."""
     if not any(max_norms):
+        return None
+    return torch.tensor([float(c) if c else float("inf") for c in max_norms], device=device)
+
+
+@torch.no_grad()
+def clip_stacked(grads: list[torch.Tensor], limit: torch.Tensor | None) -> None:
+    """Per member, as torch.nn.utils.clip_grad_norm_ on its own parameters: the total 2-norm of
+    member i's gradients (slice i of every stacked gradient) scaled down to limit[i] when
+    above it (clip_limits); limit None: nothing to clip."""
+    if limit is None:
         return
     n = grads[0].shape[0]
     norms = torch.stack([torch.linalg.vector_norm(g.reshape(n, -1), 2, dim=1) for g in grads], dim=1)
     total = torch.linalg.vector_norm(norms, 2, dim=1)
-    limit = torch.tensor([float(c) if c else float("inf") for c in max_norms], device=total.device)
     coef = torch.clamp(limit / (total + 1e-6), max=1.0)
     for g in grads:
         g.mul_(coef.view(n, *([1] * (g.dim() - 1))))
