@@ -4,7 +4,7 @@
 # root with a kit folder prepared on a machine with the package registry:
 #   .gpu/whl/    hydra-core, omegaconf, antlr4 wheels and this project's wheel
 #   .gpu/mnist/  MNIST's four .gz files
-# Results go to $OUT: pytest.txt, bench.json/bench.txt, first_epochs.json, cuda_graph.json,
+# Results go to $OUT: bench.json/bench.txt, profile_graph.json/.txt, pytest.txt, cuda_graph.json, run-*.json,
 # pytest_stacked.txt, bench_stacked.txt (STACKED=0 leaves the stacked checks out).
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -26,6 +26,10 @@ step bench
 timeout "${BENCH_TIMEOUT:-150}" $PY scripts/bench.py --device cuda --epochs 3 --reps 2 --out "$OUT/bench.json" \
     >"$OUT/bench.txt" 2>&1
 step "bench rc=$?"
+
+step profile-graph
+timeout 90 $PY scripts/profile_graph.py --epochs 2 --out "$OUT/profile_graph.json" >"$OUT/profile_graph.txt" 2>&1
+step "profile-graph rc=$?"
 
 step pytest
 MLPRUN_TEST_REPORT_DIR="$OUT" timeout "${PYTEST_TIMEOUT:-200}" $PY -m pytest -q -rs -p no:cacheprovider \
