@@ -625,10 +625,7 @@ class Group:
         self.train = members[0].data.train
         self.steps: GroupSteps | None = None
         self.orders: dict[int, torch.Tensor] = {}  # this epoch's data order of each member (by id)
-        # the members' own reasons against a CUDA graph (their settings; equal in a group but
-        # grad clip and the scheduler's interval), else the stacked update's
-        self.graph_reason = next((m.graph_reason for m in members if m.graph_reason), None)
-        self.graph_logged = False
+        self.capture = self._graph_decision()
 
     def _restack(self, active: list[Member], epoch_start: bool = False) -> None:
         """The stack (and its step) for these members: at the epoch's start, or when members left
@@ -641,7 +638,7 @@ class Group:
             if not active:
                 return
             self.stack = Stack(active)
-            self.steps = GroupSteps(self.stack, self.train, self.prof, capture=self._capture())
+            self.steps = GroupSteps(self.stack, self.train, self.prof, capture=self.capture)
         elif not epoch_start:
             return
         self.steps.begin_epoch(torch.stack([self.orders[id(m)] for m in self.stack.members]), start)
@@ -655,14 +652,19 @@ class Group:
             self.stack.release()
             self.stack = None
 
-    def _capture(self) -> bool:
-        """Whether the new stack's step is captured as CUDA graphs; one log line on it per group."""
-        reason = self.graph_reason
-        if reason is None and self.stack.optim is None:
-            reason = f"the members' optimizers are updated one by one ({self.stack.optim_reason})"
+    def _graph_decision(self) -> bool:
+        """Whether the group's step is captured as CUDA graphs, with one log line on it (on CUDA,
+        or when asked for): the members' own reasons against a graph (their settings, equal in a
+        group but for grad clip and the scheduler's interval), else the stacked update's."""
+        members = self.members
+        reason = next((m.graph_reason for m in members if m.graph_reason), None)
+        if reason is None and members:
+            params = [[p for lin in m.linears() for p in (lin.weight, lin.bias)] for m in members]
+            why = unsupported([m.optimizer for m in members], params)
+            if why is not None:
+                reason = f"the members' optimizers are updated one by one ({why})"
         setting = self.t.get("cuda_graph", "auto")
-        if not self.graph_logged and (setting is True or (setting == "auto" and self.device.type == "cuda")):
-            self.graph_logged = True
+        if setting is True or (setting == "auto" and self.device.type == "cuda"):
             if reason is None:
                 log.info(
                     "CUDA graph: the group's step is captured once per batch size and replayed (trainer.cuda_graph)"
@@ -935,11 +937,12 @@ def _train_logged(jobs: list[Job], data, logs: JobLogs) -> list[float | None]:
         f"stacked group of {len(members)} job(s) on {members[0].device if members else '-'}; "
         f"each job's lines start with its swept values"
     )
+    if not members:  # every job's setup failed (each recorded as such)
+        return [results[k] for k in range(len(jobs))]
     group = Group(members, stop, logs)
     signals = _Signals(stop).install()
     try:
-        if members:
-            group.fit()
+        group.fit()
     except (Interrupted, KeyboardInterrupt) as exc:
         group.interrupt(exc if isinstance(exc, Interrupted) else Interrupted(str(exc) or "interrupted"))
         n = sum(1 for m in members if m.record.data.get("status") == "interrupted")
