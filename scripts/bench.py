@@ -22,7 +22,8 @@ samples per second of epoch time.
 
 Separately, `mlprun` runs once as a fresh process (1 epoch of the same job) to measure the
 time from process start to the end of the first training step (results.json `startup_s`) and
-the peak resident memory of the process (getrusage of that child).
+the peak resident memory of the process (getrusage of that child), --startup-reps times, each
+beside a process that only imports torch and takes one Adam step (the floor), in alternating order.
 
     python scripts/bench.py --epochs 5 --out bench.json
     python scripts/bench.py --dataset digits --epochs 1 --reps 1      # quick, offline
@@ -287,7 +288,7 @@ def speed_probe_ms(device, n: int = 100) -> float:
 # ----------------------------------------------------------------------------- fresh process
 
 
-def measure_process(args) -> dict:
+def _mlprun_process(args) -> dict:
     """`python -m mlprunner` for one epoch: start-up to the first step, peak RSS, exit code."""
     with tempfile.TemporaryDirectory(prefix="mlprun-bench-proc-") as tmp:
         run_dir = Path(tmp) / "run"
@@ -327,14 +328,42 @@ def measure_process(args) -> dict:
             out["startup_s"] = json.loads(results.read_text()).get("startup_s")
         if proc.returncode != 0:
             out["log_tail"] = log.read_text()[-2000:]
-        # the floor: a process that only imports torch and takes one Adam step (torch 2.x imports
-        # torch._dynamo on the first optimizer step), measured the same way
-        floor = subprocess.run([sys.executable, "-c", FLOOR, args.device], capture_output=True, text=True, cwd=tmp)
-        try:
-            out["floor_startup_s"] = round(float(floor.stdout.strip().splitlines()[-1]), 3)
-        except (ValueError, IndexError):
-            out["floor_startup_s"] = None
         return out
+
+
+def _floor_process(args) -> float | None:
+    """A process that only imports torch and takes one Adam step (torch 2.x imports torch._dynamo
+    on the first optimizer step), measured the same way: its start to the end of that step."""
+    with tempfile.TemporaryDirectory(prefix="mlprun-bench-floor-") as tmp:
+        floor = subprocess.run([sys.executable, "-c", FLOOR, args.device], capture_output=True, text=True, cwd=tmp)
+    try:
+        return round(float(floor.stdout.strip().splitlines()[-1]), 3)
+    except (ValueError, IndexError):
+        return None
+
+
+def measure_process(args) -> dict:
+    """The fresh-process start-up against its floor, --startup-reps times in alternating order
+    (whichever runs first also pays for cold file caches); medians, and every repetition."""
+    runs, floors = [], []
+    for r in range(args.startup_reps):
+        if r % 2:
+            floors.append(_floor_process(args))
+            runs.append(_mlprun_process(args))
+        else:
+            runs.append(_mlprun_process(args))
+            floors.append(_floor_process(args))
+    out = dict(runs[-1])
+    starts = [x["startup_s"] for x in runs if x.get("startup_s") is not None]
+    ok_floors = [f for f in floors if f is not None]
+    out["exit_code"] = next((x["exit_code"] for x in runs if x["exit_code"] != 0), 0)
+    out["peak_rss_mb"] = max(x["peak_rss_mb"] for x in runs)
+    out["startup_s"] = statistics.median(starts) if starts else None
+    out["floor_startup_s"] = statistics.median(ok_floors) if ok_floors else None
+    out["startup_s_reps"], out["floor_startup_s_reps"] = [x.get("startup_s") for x in runs], floors
+    if out["startup_s"] and out["floor_startup_s"]:
+        out["startup_over_floor"] = round(out["startup_s"] / out["floor_startup_s"], 3)
+    return out
 
 
 FLOOR = """
@@ -384,6 +413,9 @@ def main(argv=None) -> int:
         "trainer.precision=bf16 (repeatable; default: none, mlprun's defaults)",
     )
     p.add_argument("--no-process", action="store_true", help="skip the fresh-process start-up/memory run")
+    p.add_argument(
+        "--startup-reps", type=int, default=3, help="fresh-process start-up runs, each beside a floor run (default 3)"
+    )
     p.add_argument("--out", default=None, help="write the results as JSON here")
     args = p.parse_args(argv)
     if args.ways is None:
@@ -484,8 +516,9 @@ def main(argv=None) -> int:
     if process:
         print(
             f"mlprun process: start to first step {process.get('startup_s')} s "
-            f"(torch + one Adam step alone: {process.get('floor_startup_s')} s), "
-            f"peak RSS {process['peak_rss_mb']} MB, exit {process['exit_code']}"
+            f"(torch + one Adam step alone: {process.get('floor_startup_s')} s; ratio "
+            f"{process.get('startup_over_floor')}; medians of {process['startup_s_reps']} and "
+            f"{process['floor_startup_s_reps']}), peak RSS {process['peak_rss_mb']} MB, exit {process['exit_code']}"
         )
     print(f"load average during the run: {result['load_average']}")
     if args.out:
