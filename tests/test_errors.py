@@ -466,3 +466,28 @@ def test_divergence_stops_with_epoch_and_step_and_keeps_last_good_checkpoint(wor
     assert ckpt["epoch"] == epoch - 1
     weights = [t for t in ckpt["model"].values() if t.is_floating_point()]
     assert weights and all(bool(torch.isfinite(t).all()) for t in weights)
+
+
+BLOCK_SUBMITIT = """
+import sys
+class _Absent:  # as if the sweep extra were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "submitit" or name.startswith(("submitit.", "hydra_plugins.hydra_submitit_launcher")):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, _Absent())
+"""
+
+
+def test_a_launcher_of_a_missing_extra_names_the_extra(tmp_path):
+    """hydra/launcher=slurm without the sweep extra: one line naming the extra, exit 2 (it was
+    'unexpected ModuleNotFoundError')."""
+    (tmp_path / "sitecustomize.py").write_text(BLOCK_SUBMITIT)
+    env = {"PYTHONPATH": str(tmp_path)}
+    proc = run_mlprun(
+        "-m", "dataset=digits", "hydra/launcher=slurm", f"hydra.sweep.dir={tmp_path / 's'}", cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "mlprun: error: hydra/launcher=slurm needs submitit, which is not installed: pip install 'mlprunner[sweep]'"
+    )
+    assert not [p for p in (tmp_path / "s").glob("*") if p.is_dir()]  # no job started

@@ -121,6 +121,28 @@ def _bad_override() -> str | None:
     return None
 
 
+# modules of an optional extra (pyproject.toml) -> (distribution, extra, what needs it)
+EXTRAS = {
+    "submitit": ("submitit", "sweep", "hydra/launcher=slurm"),
+    "hydra_plugins.hydra_submitit_launcher": ("hydra-submitit-launcher", "sweep", "hydra/launcher=slurm"),
+    "hydra_plugins.hydra_joblib_launcher": ("hydra-joblib-launcher", "sweep", "hydra/launcher=joblib"),
+    "hydra_plugins.hydra_optuna_sweeper": ("hydra-optuna-sweeper", "sweep", "hydra/sweeper=optuna"),
+    "optuna": ("optuna", "sweep", "hydra/sweeper=optuna"),
+    "mlflow": ("mlflow-skinny", "mlflow", "logger=mlflow"),
+}
+
+
+def _missing_extra(exc: BaseException) -> str | None:
+    """A missing package of an optional extra (raised directly or as the cause of Hydra's error):
+    which extra to install, in one line."""
+    for e in (exc, exc.__cause__, exc.__context__):
+        if isinstance(e, ModuleNotFoundError) and e.name:
+            for module, (dist, extra, user) in EXTRAS.items():
+                if e.name == module or e.name.startswith(module + "."):
+                    return f"{user} needs {dist}, which is not installed: pip install 'mlprunner[{extra}]'"
+    return None
+
+
 def describe_exception(exc: BaseException) -> tuple[int, str]:
     """Map any exception to (exit code, one-line message)."""
     if isinstance(exc, RunRefused):
@@ -131,6 +153,9 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         exc = exc.__cause__  # raised while Hydra instantiated a class of mlprun's (a launcher's checks)
     if isinstance(exc, MlprunError):
         return exc.exit_code, _first_line(str(exc))
+    missing = _missing_extra(exc)
+    if missing:
+        return EXIT_CONFIG, missing
     text = str(exc)
     if isinstance(exc, MissingConfigException):
         missing = str(exc.missing_cfg_file or "")
