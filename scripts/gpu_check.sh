@@ -4,13 +4,23 @@
 # root with a kit folder prepared on a machine with the package registry:
 #   .gpu/whl/    hydra-core, omegaconf, antlr4 wheels and this project's wheel
 #   .gpu/mnist/  MNIST's four .gz files
-# Results go to $OUT: bench.json/bench.txt, profile_graph.json/.txt, pytest.txt, cuda_graph.json, run-*.json,
-# pytest_stacked.txt, bench_stacked.txt (STACKED=0 leaves the stacked checks out).
+# Results: every file is written under $WORK and packed into $OUT/gpu_check.tgz at the end (the
+# device tool returns only a few files); steps.txt, bench.json, pytest.txt and cuda_graph.json are
+# also copied to $OUT. STACKED=1 adds the stacked tests and the 64-job stacked benchmark.
+# The default timeouts add up to ~7.5 minutes; the stacked checks add ~4.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
 KIT=${KIT:-$PWD/.gpu}
 PY=${PY:-python3}
-mkdir -p "$OUT"
+WORK=${WORK:-/tmp/gpu-check}
+FINAL_OUT=$OUT
+OUT=$WORK
+mkdir -p "$OUT" "$FINAL_OUT"
+finish() {
+    tar czf "$FINAL_OUT/gpu_check.tgz" -C "$(dirname "$WORK")" "$(basename "$WORK")" 2>/dev/null
+    for f in steps.txt bench.json pytest.txt cuda_graph.json; do cp "$WORK/$f" "$FINAL_OUT/" 2>/dev/null; done
+}
+trap finish EXIT
 step() { echo "== $(date +%T) $*" | tee -a "$OUT/steps.txt"; }
 
 step install
@@ -28,15 +38,15 @@ timeout "${BENCH_TIMEOUT:-150}" $PY scripts/bench.py --device cuda --epochs 3 --
 step "bench rc=$?"
 
 step profile-graph
-timeout 90 $PY scripts/profile_graph.py --epochs 2 --out "$OUT/profile_graph.json" >"$OUT/profile_graph.txt" 2>&1
+timeout 60 $PY scripts/profile_graph.py --epochs 2 --out "$OUT/profile_graph.json" >"$OUT/profile_graph.txt" 2>&1
 step "profile-graph rc=$?"
 
 step pytest
-MLPRUN_TEST_REPORT_DIR="$OUT" timeout "${PYTEST_TIMEOUT:-200}" $PY -m pytest -q -rs -p no:cacheprovider \
+MLPRUN_TEST_REPORT_DIR="$OUT" timeout "${PYTEST_TIMEOUT:-160}" $PY -m pytest -q -rs -p no:cacheprovider \
     tests/test_cudagraph.py tests/test_bench.py -k "cuda or graph" >"$OUT/pytest.txt" 2>&1
 step "pytest rc=$?"
 
-if [ "${STACKED:-1}" = 1 ]; then
+if [ "${STACKED:-0}" = 1 ]; then
     step stacked-tests
     # issue 16 on CUDA: the stacked tests (they run on the default device, here the GPU)
     timeout "${STACKED_TEST_TIMEOUT:-150}" $PY -m pytest -q -rs -p no:cacheprovider tests/test_stacked.py \
