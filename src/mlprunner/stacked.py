@@ -666,9 +666,7 @@ class Group:
         setting = self.t.get("cuda_graph", "auto")
         if setting is True or (setting == "auto" and self.device.type == "cuda"):
             if reason is None:
-                log.info(
-                    "CUDA graph: the group's step is captured once per batch size and replayed (trainer.cuda_graph)"
-                )
+                log.info("CUDA graph: the group's step is captured once per batch size, then replayed")
             else:
                 log.info(f"CUDA graph off: {reason}; the group's steps run eagerly")
         return reason is None
