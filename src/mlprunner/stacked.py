@@ -668,7 +668,7 @@ class Group:
             if reason is None:
                 log.info("CUDA graph: the group's step is captured once per batch size, then replayed")
             else:
-                log.info(f"CUDA graph off: {reason}; the group's steps run eagerly")
+                log.info(f"CUDA graph off for the group: {reason}")
         return reason is None
 
     def fit(self) -> None:
