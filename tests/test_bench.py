@@ -91,6 +91,8 @@ def test_bench_smoke_digits(tmp_path):
         "1",
         "--c-override",
         "trainer.log_every_n_steps=7",
+        "--startup-reps",
+        "2",  # both orders (mlprun first, floor first)
     )
     check_bench_json(result, n_train=1294)
     assert result["job"]["c_overrides"] == ["trainer.log_every_n_steps=7"]
@@ -98,6 +100,8 @@ def test_bench_smoke_digits(tmp_path):
     proc = result["process"]
     assert proc["exit_code"] == 0, proc.get("log_tail")
     assert proc["startup_s"] > 0 and proc["floor_startup_s"] > 0
+    assert len(proc["startup_s_reps"]) == len(proc["floor_startup_s_reps"]) == 2
+    assert proc["startup_over_floor"] == round(proc["startup_s"] / proc["floor_startup_s"], 3)
     assert proc["peak_rss_mb"] > 100  # torch alone is several hundred MB
 
 
