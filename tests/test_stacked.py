@@ -26,7 +26,7 @@ from conftest import QUICK, read_json, run_mlprun, run_mlprun_together
 from mlprunner.build import build
 from mlprunner.checkpoint import load_checkpoint
 from mlprunner.run import set_up_process
-from mlprunner.stacked import Job, Stack, group_key, open_member, plan_groups
+from mlprunner.stacked import Job, Stack, group_key, open_member, plan_groups, unstackable
 from mlprunner.train import StopFlag
 
 # per-epoch losses of a stacked job against the same job alone: measured largest difference 0
@@ -56,6 +56,10 @@ def test_groups_follow_compatibility(compose_cfg):
     assert group_key(a) != group_key(compose_cfg("dataset=digits", "optim=sgd"))
     assert group_key(a) != group_key(compose_cfg("dataset=digits", "trainer.batch_size=64"))
     assert plan_groups([a, b, compose_cfg("dataset=digits", "model.batchnorm=true")], 16) == [[0, 1], [2]]
+    # a job that alone would train under bf16 autocast trains alone (the stacked step is fp32)
+    bf16 = compose_cfg("dataset=digits", "trainer.precision=bf16")
+    assert "trainer.precision=bf16" in unstackable(bf16)
+    assert plan_groups([a, b, bf16], 16) == [[0, 1], [2]]
 
 
 def test_initial_weights_bitwise_equal_to_solo(compose_cfg, tmp_path):
@@ -72,6 +76,27 @@ def test_initial_weights_bitwise_equal_to_solo(compose_cfg, tmp_path):
         # the member's parameters are views of the stacked weights
         assert m.linears()[0].weight.data_ptr() == stack.weights[0][i].data_ptr()
     assert not torch.equal(solo[0]["0.weight"], solo[1]["0.weight"])  # the seeds differ
+
+
+def test_jobs_that_cannot_stack_train_alone_and_say_why(tmp_path):
+    # a subprocess: this module's compose_cfg keeps Hydra initialised, which mlprun in-process refuses
+    proc = run_mlprun(
+        "-m",
+        "dataset=digits",
+        "trainer.epochs=1",
+        "trainer.precision=bf16",
+        "optim.lr=0.001,0.003",
+        "trainer.tensorboard.enabled=false",
+        "hydra/launcher=stacked",
+        "hydra.sweep.dir=s",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    assert "stacked launcher: 2 job(s) train alone: trainer.precision=bf16 (the stacked step runs in fp32)" in out
+    assert "stacked group of" not in out
+    assert all(read_json(p)["status"] == "completed" for p in (tmp_path / "s").glob("*/results.json"))
+    assert len(list((tmp_path / "s").glob("*/results.json"))) == 2
 
 
 @pytest.mark.slow

@@ -87,6 +87,9 @@ def unstackable(cfg: DictConfig) -> str | None:
         return "trainer.compile=true"
     if t.precision == "fp16":
         return "trainer.precision=fp16 (one GradScaler per job)"
+    if t.precision != "fp32":
+        # the stacked step has no autocast: the group would train in fp32 what alone trains in bf16
+        return f"trainer.precision={t.precision} (the stacked step runs in fp32)"
     augment = cfg.dataset.get("augment")
     if augment is not None and augment.get("enabled"):
         return "dataset.augment.enabled=true"
