@@ -32,7 +32,7 @@ from .config import validate
 from .errors import ConfigError, MlprunError
 from .results import read_results
 from .run import STARTUP
-from .stacked import plan_groups
+from .stacked import log_alone, plan_groups
 from .sweep import (
     best_val_error,
     claim_run_dir,
@@ -275,6 +275,7 @@ def _group(todo: list, max_models: int) -> list[list]:
     if max_models <= 1:
         return [[t] for t in todo]
     cfgs = [OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]) for _, _, cfg, _ in todo]
+    log_alone(cfgs)
     return [[todo[k] for k in group] for group in plan_groups(cfgs, max_models)]
 
 

@@ -150,6 +150,17 @@ def plan_groups(cfgs: list[DictConfig], max_models: int) -> list[list[int]]:
     return groups
 
 
+def log_alone(cfgs: list[DictConfig]) -> None:
+    """One log line per reason why jobs of a stacked sweep train alone (plan_groups)."""
+    alone: dict[str, int] = {}
+    for cfg in cfgs:
+        reason = unstackable(cfg)
+        if reason is not None:
+            alone[reason] = alone.get(reason, 0) + 1
+    for reason, n in alone.items():
+        log.info(f"stacked launcher: {n} job(s) train alone: {reason}")
+
+
 # ------------------------------------------------------------------------------ memory
 def bytes_per_model(n_params: int, widths: list[int], num_features: int, batch_size: int) -> int:
     """What one model adds to a group: weights, gradients and two optimizer buffers (Adam's;

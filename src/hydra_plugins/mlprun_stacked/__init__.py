@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from mlprunner.cli import launch_relative_paths, mlprun_hydra
 from mlprunner.errors import Interrupted
 from mlprunner.record import holding_locks
-from mlprunner.stacked import Job, check_max_models, plan_groups, run_group, unstackable
+from mlprunner.stacked import Job, check_max_models, log_alone, plan_groups, run_group
 from mlprunner.sweep import hydra_files, prepare_sweep_job, run_sweep_job
 
 log = logging.getLogger("mlprunner")
@@ -57,13 +57,7 @@ class StackedLauncher(BasicLauncher):
             f"(sizes {', '.join(str(len(g)) for g in groups)})"
         )
         if max_models > 1:
-            alone: dict[str, int] = {}
-            for cfg in jobs_cfg:
-                reason = unstackable(cfg)
-                if reason is not None:
-                    alone[reason] = alone.get(reason, 0) + 1
-            for reason, n in alone.items():
-                log.info(f"stacked launcher: {n} job(s) train alone: {reason}")
+            log_alone(jobs_cfg)
         returns: list[JobReturn | None] = [None] * len(configs)
         for group in groups:
             for i in group:
