@@ -115,9 +115,11 @@ class CapturedSteps:
         self.device = device
         self.capture = capture and device.type == "cuda"
         self.cursor = torch.zeros((), dtype=torch.long, device=device)  # start of the next batch
+        self.filled = 0  # host: positions of the epoch trained so far
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, object]] = {}
         self.eager_steps: dict[int, int] = {}
         self.side = torch.cuda.Stream(device) if self.capture else None
+        self.captured_lrs: tuple | None = None
 
     # what a subclass provides
     def _body(self, n: int):
@@ -139,8 +141,18 @@ class CapturedSteps:
         """Host-side bookkeeping that the step's Python does eagerly and a replay does not."""
 
     # the machinery
+    def _begin(self, start: int, lrs: tuple) -> None:
+        """The epoch's cursor at position `start`; `lrs`: the learning rates its steps use (each
+        baked into a captured optimizer kernel: when one changed, the graphs are captured again)."""
+        self.cursor.fill_(start)
+        self.filled = start
+        if self.graphs and lrs != self.captured_lrs:
+            self.drop_graphs()
+        self.captured_lrs = lrs
+
     def step(self, n: int):
         """Train on the next `n` samples of the epoch's order; returns the body's output."""
+        self.filled += n
         if not self.capture:
             self._zero_grad()
             return self._body(n)
@@ -210,8 +222,6 @@ class GraphedSteps(CapturedSteps):
         # each sample's prediction, at its place in the epoch's order: the confusion matrix is
         # counted once at the epoch's end (one index_put_), not per step inside the graph
         self.preds = torch.zeros(n, dtype=torch.long, device=device)
-        self.captured_lrs = None
-        self.filled = 0
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -244,18 +254,12 @@ class GraphedSteps(CapturedSteps):
 
     def begin_epoch(self, order: torch.Tensor) -> None:
         self.order.copy_(order)
-        self.cursor.zero_()
-        self.filled = 0  # host: samples of the epoch trained so far
-        lrs = tuple(float(g["lr"]) for g in self.optimizer.param_groups)
-        if self.graphs and lrs != self.captured_lrs:
-            self.drop_graphs()  # the old lr is baked into the captured optimizer kernels
-        self.captured_lrs = lrs
+        self._begin(0, tuple(float(g["lr"]) for g in self.optimizer.param_groups))
 
     def step(self, n: int) -> torch.Tensor:
         """Train on the next `n` samples; returns the step's loss (a device scalar)."""
         loss = super().step(n)
         self.metrics.count += n
-        self.filled += n
         return loss
 
     def end_epoch(self) -> None:

@@ -279,6 +279,10 @@ class Member(Trainer):
     def linears(self) -> list[nn.Linear]:
         return [m for m in self.model if isinstance(m, nn.Linear)]
 
+    def linear_params(self) -> list[torch.Tensor]:
+        """Weight and bias of each Linear layer, in model.parameters()' order (the stacked order)."""
+        return [p for lin in self.linears() for p in (lin.weight, lin.bias)]
+
 
 class StackedLinear(torch.autograd.Function):
     """Every member's Linear layer at once: baddbmm(b, h, wᵀ) over (N, batch, in) inputs, (N, out, in)
@@ -328,7 +332,7 @@ class Stack:
         self.rates = [m.dropout for m in self.members]
         # stacked order of the parameters: weight, bias of each layer (model.parameters()' order)
         self.stacked = [t for wb in zip(self.weights, self.biases) for t in wb]
-        params = [[p for lin in ls for p in (lin.weight, lin.bias)] for ls in layers]
+        params = [m.linear_params() for m in self.members]
         self.optim_reason = unsupported([m.optimizer for m in self.members], params)
         self.optim = None
         if self.optim_reason is None:
@@ -461,19 +465,14 @@ class GroupSteps(CapturedSteps):
         self.orders = torch.zeros(n_members, n, dtype=torch.long, device=self.device)  # each member's order
         self.preds = torch.zeros(n_members, n, dtype=torch.long, device=self.device)
         self.arange = torch.arange(n, device=self.device)
-        self.start = self.filled = 0  # host: positions of the epoch handed out / trained so far
-        self.captured_lrs = None
+        self.start = 0  # host: the first position of the epoch not yet handed out
 
     def begin_epoch(self, orders: torch.Tensor, start: int = 0) -> None:
         """This epoch's (members, samples) orders; `start`: the first position still to train
         (a stack made when members left mid-epoch continues where the old one stopped)."""
         self.orders.copy_(orders)
-        self.cursor.fill_(start)
-        self.start = self.filled = start
-        lrs = tuple(float(g["lr"]) for m in self.stack.members for g in m.optimizer.param_groups)
-        if self.graphs and lrs != self.captured_lrs:
-            self.drop_graphs()  # the old learning rates are baked into the captured update
-        self.captured_lrs = lrs
+        self.start = start
+        self._begin(start, tuple(float(g["lr"]) for m in self.stack.members for g in m.optimizer.param_groups))
 
     def _body(self, b: int) -> torch.Tensor:
         stack, prof = self.stack, self.prof
@@ -502,12 +501,6 @@ class GroupSteps(CapturedSteps):
     def _replayed(self, n: int) -> None:
         if self.stack.optim is not None:
             self.stack.optim.replayed()
-
-    def step(self, n: int) -> torch.Tensor:
-        """Train every member on its next `n` samples; returns the (N,) losses (device)."""
-        losses = super().step(n)
-        self.filled += n
-        return losses
 
     def hand_out(self) -> None:
         """The predictions since the last hand-out into each member's confusion matrix, and the
@@ -673,8 +666,7 @@ class Group:
         members = self.members
         reason = next((m.graph_reason for m in members if m.graph_reason), None)
         if reason is None and members:
-            params = [[p for lin in m.linears() for p in (lin.weight, lin.bias)] for m in members]
-            why = unsupported([m.optimizer for m in members], params)
+            why = unsupported([m.optimizer for m in members], [m.linear_params() for m in members])
             if why is not None:
                 reason = f"the members' optimizers are updated one by one ({why})"
         setting = self.t.get("cuda_graph", "auto")
