@@ -34,14 +34,20 @@ def mnist_root() -> Path | None:
 requires_mnist = pytest.mark.skipif(mnist_root() is None, reason="MLPRUN_DATA does not hold MNIST")
 
 
+def mlprun_env(extra: dict | None = None) -> dict:
+    """The environment of an mlprun subprocess: this one's, unbuffered output, without an
+    inherited MLPRUN_DEBUG (tracebacks would change the one-line errors), plus `extra` (which
+    may set MLPRUN_DEBUG itself)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("MLPRUN_DEBUG", None)
+    return {**env, **(extra or {})}
+
+
 def run_mlprun(
     *args: str, cwd: Path, env: dict | None = None, timeout: float = 600, check: bool = False
 ) -> subprocess.CompletedProcess:
     """Run `python -m mlprunner ARGS` in `cwd`; returns the CompletedProcess (text output)."""
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    full_env.pop("MLPRUN_DEBUG", None)
-    if env and "MLPRUN_DEBUG" in env:
-        full_env["MLPRUN_DEBUG"] = env["MLPRUN_DEBUG"]
+    full_env = mlprun_env(env)
     proc = subprocess.run(
         [sys.executable, "-m", "mlprunner", *args],
         cwd=cwd,
@@ -164,8 +170,7 @@ def run_mlprun_together(*arg_lists: list[str], cwd: Path, timeout: float = 600, 
     """run_mlprun for independent commands started at once (their start-up and training share the
     cores instead of waiting for each other); a CompletedProcess per command, in order. Only for
     runs whose results do not depend on their pace."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLPRUN_DEBUG", None)
+    env = mlprun_env()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "mlprunner", *args],

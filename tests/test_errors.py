@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, read_json, run_main_inprocess, run_mlprun
+from conftest import QUICK, mlprun_env, read_json, run_main_inprocess, run_mlprun
 
 MNIST_RAW = Path(os.environ.get("MLPRUN_DATA", "/nonexistent")) / "MNIST" / "raw"
 TINY = ["dataset=xor", "model=mlp", "model.hidden=[4]", "trainer.epochs=1", *QUICK]
@@ -391,8 +391,7 @@ def test_config_error_leaves_no_run_folder(workdir, mlprun_here):
 @pytest.mark.slow
 def test_two_runs_started_together_get_distinct_folders(workdir):
     """Default run folders: two processes started at once in one cwd never share a folder."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLPRUN_DEBUG", None)
+    env = mlprun_env()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "mlprunner", *TINY, "trainer.progress=none", "trainer.tensorboard.enabled=false"],

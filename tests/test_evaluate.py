@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, read_json, requires_mnist, run_mlprun, run_mlprun_together
+from conftest import QUICK, mlprun_env, read_json, requires_mnist, run_mlprun, run_mlprun_together
 
 MNIST_QUICK = [
     *QUICK,
@@ -66,8 +66,7 @@ def wilson_by_bisection(errors: int, n: int, z: float = 1.959963984540054) -> tu
 
 
 def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLPRUN_DEBUG", None)
+    env = mlprun_env()
     return subprocess.run(
         [sys.executable, "-m", f"mlprunner.{tool}", *args],
         cwd=cwd,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -24,7 +23,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, mlprun_inprocess, read_json, run_mlprun, run_mlprun_together, scalars, tool_inprocess
+from conftest import (
+    QUICK,
+    mlprun_env,
+    mlprun_inprocess,
+    read_json,
+    run_mlprun,
+    run_mlprun_together,
+    scalars,
+    tool_inprocess,
+)
 
 DIGITS = ["dataset=digits", "model=mlp_100", "trainer.epochs=1", "trainer.deterministic=true", *QUICK]
 GRID = ["optim.lr=0.01,0.001"]
@@ -141,32 +149,28 @@ def test_concurrent_sweeps_and_a_rerun_leave_the_training_job_unharmed(tmp_path)
     args = ["-m", *DIGITS, "trainer.epochs=8", "optim.lr=0.01"]
     ref = tmp_path / "ref"
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLPRUN_TEST_SLOW_CHECKPOINT": "1.0"}  # ~2 s per epoch
-    env.pop("MLPRUN_DEBUG", None)
+    env = mlprun_env({"MLPRUN_TEST_SLOW_CHECKPOINT": "1.0"})  # ~2 s per epoch
     procs = []
-    # the sweep left alone, at full speed beside the others (they mostly wait in their slowed writes)
-    ref_env = {k: v for k, v in env.items() if k != "MLPRUN_TEST_SLOW_CHECKPOINT"}
-    with open(tmp_path / "ref.out", "w") as fh:
-        ref_proc = subprocess.Popen(
-            [sys.executable, "-m", "mlprunner", *args, f"hydra.sweep.dir={ref}"],
-            cwd=tmp_path,
-            env=ref_env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
 
-    def start(name: str):
+    def launch(name: str, folder: Path, run_env: dict):
         out = tmp_path / f"{name}.out"
         with open(out, "w") as fh:
             p = subprocess.Popen(
-                [sys.executable, "-m", "mlprunner", *args, f"hydra.sweep.dir={sweep}"],
+                [sys.executable, "-m", "mlprunner", *args, f"hydra.sweep.dir={folder}"],
                 cwd=tmp_path,
-                env=env,
+                env=run_env,
                 stdout=fh,
                 stderr=subprocess.STDOUT,
             )
-        procs.append((p, out))
         return p, out
+
+    # the sweep left alone, at full speed beside the others (they mostly wait in their slowed writes)
+    ref_env = {k: v for k, v in env.items() if k != "MLPRUN_TEST_SLOW_CHECKPOINT"}
+    ref_proc, _ = launch("ref", ref, ref_env)
+
+    def start(name: str):
+        procs.append(launch(name, sweep, env))
+        return procs[-1]
 
     def wait_for(what, check, timeout=180):
         deadline = time.monotonic() + timeout
@@ -440,8 +444,7 @@ def test_a_signal_during_start_up_stops_cleanly(tmp_path, sig):
         "folder": lambda p, d, out: (d / ".hydra" / "config.yaml").is_file(),
         "first line": lambda p, d, out: out.stat().st_size > 0,
     }
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLPRUN_DEBUG", None)
+    env = mlprun_env()
     continued = False
     for moment, ready in moments.items():
         run_dir = tmp_path / moment.replace(" ", "_")

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, read_json, run_mlprun, scalars
+from conftest import QUICK, mlprun_env, read_json, run_mlprun, scalars
 from mlprunner.checkpoint import load_checkpoint
 
 EPOCHS = 8
@@ -54,8 +54,7 @@ class Proc:
     def __init__(self, args, cwd: Path, env: dict | None = None, name: str = "p"):
         self.out = cwd / f"{name}.{time.time_ns()}.out"
         self.err = self.out.with_suffix(".err")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        full_env.pop("MLPRUN_DEBUG", None)
+        full_env = mlprun_env(env)
         if not (env or {}).get(SLOW):
             full_env.pop(SLOW, None)
         with open(self.out, "w") as out, open(self.err, "w") as err:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, read_json
+from conftest import QUICK, mlprun_env, read_json
 
 
 def _cluster_problem() -> str | None:
@@ -71,8 +71,7 @@ def start_sweep(
 ) -> tuple[subprocess.Popen, Path]:
     """`mlprun -m` in the background; its output goes to a file (read while it runs)."""
     out = sweep.parent / f"{name or sweep.name}.out"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("MLPRUN_DEBUG", None)
+    env = mlprun_env(env)
     with open(out, "w") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlprunner", "-m", *job, *args, f"hydra.sweep.dir={sweep}"],

@@ -22,7 +22,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import QUICK, read_json, run_mlprun, run_mlprun_together
+from conftest import QUICK, mlprun_env, read_json, run_mlprun, run_mlprun_together
 from mlprunner.build import build
 from mlprunner.checkpoint import load_checkpoint
 from mlprunner.run import set_up_process
@@ -204,8 +204,7 @@ class Background:
 
     def __init__(self, args, cwd: Path, env: dict | None = None):
         self.out = cwd / f"bg.{time.time_ns()}.out"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        env.pop("MLPRUN_DEBUG", None)
+        env = mlprun_env(env)
         with open(self.out, "w") as out:
             self.p = subprocess.Popen(
                 [sys.executable, "-m", "mlprunner", *args], cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT

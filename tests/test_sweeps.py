@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import QUICK, read_json, run_mlprun
+from conftest import QUICK, mlprun_env, read_json, run_mlprun
 
 # Tiny XOR runs: 2 epochs of 500 points.
 TINY = [
@@ -347,8 +347,7 @@ def test_interrupted_job_resumes_on_rerun(workdir):
         "dataset.n_train=1000",
         f"hydra.sweep.dir={sweep}",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("MLPRUN_DEBUG", None)
+    env = mlprun_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "mlprunner", *args],
         cwd=workdir,
