@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every CUDA check in one go, for a lent GPU machine that has torch but not hydra-core,
 # omegaconf or antlr4, and no MNIST (../shared/DESIGN.md, "GPU machines"). Run from the repo
-# root with a kit folder prepared on a machine with the package registry:
+# root with the kit folder scripts/gpu_kit.sh prepares here (carry [".gpu"]):
 #   .gpu/whl/    hydra-core, omegaconf, antlr4 wheels and this project's wheel
 #   .gpu/mnist/  MNIST's four .gz files
+# e.g. the device tool's command: OUT=$OUT bash scripts/gpu_check.sh
 # Results: every file is written under $WORK and packed into $OUT/gpu_check.tgz at the end (the
 # device tool returns only a few files); steps.txt, bench.json, pytest.txt and cuda_graph.json are
 # also copied to $OUT. STACKED=1 adds the stacked tests and the 64-job stacked benchmark.
