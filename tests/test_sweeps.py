@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -383,3 +384,38 @@ def test_interrupted_job_resumes_on_rerun(workdir):
     res = read_json(job / "results.json")
     assert res["status"] == "completed" and res["epochs_completed"] == 12
     assert res["resumed"][0]["from_epoch"] == stopped_at
+
+
+def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_it(tmp_path):
+    """SIGTERM in a job of the default launcher (jobs one after another in mlprun's process):
+    the job stops at its step and is recorded interrupted, no later job starts (Hydra would note
+    the job failed and go on), exit 130 with the sweep's command; that command finishes the sweep,
+    the stopped job from its checkpoint."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "dataset=digits", "trainer.epochs=40", "trainer.seed=0,1,2", "logger=none", *QUICK]
+    args += [f"hydra.sweep.dir={sweep}"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=tmp_path,
+        env=mlprun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 180
+    while not list(sweep.glob("*/checkpoints/last.pt")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=180)[0]
+    assert p.returncode == 130, out[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
+    assert "SIGTERM" in line and "continue the sweep" in line, line
+    assert len(job_dirs(sweep)) == 1, out[-3000:]  # the jobs after it did not start
+    (stopped,) = job_dirs(sweep)
+    assert read_json(stopped / "results.json")["status"] == "interrupted"
+    command = shlex.split(line.split(" with: ", 1)[1])
+    assert command[0] == "mlprun" and f"hydra.sweep.dir={sweep.resolve()}" in command
+    proc = run_mlprun(*command[1:], cwd=tmp_path, check=True)
+    assert proc.stdout.count("was interrupted: resuming from") == 1, proc.stdout[-3000:]
+    assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["completed"] * 3
+    assert read_json(stopped / "results.json")["resumed"][0]["from_epoch"] >= 1

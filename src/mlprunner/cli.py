@@ -11,6 +11,7 @@ import argparse
 import csv
 import logging
 import os
+import shlex
 import sys
 from importlib import resources
 from pathlib import Path
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from .checkpoint import atomic_write_json
 from .config import register_resolvers
-from .errors import EXIT_OK, EXIT_RUNTIME, ConfigError, SweepFailed
+from .errors import EXIT_OK, EXIT_RUNTIME, ConfigError, Interrupted, SweepFailed, SweepStopped
 from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line, write_figures
 from .messages import one_line_errors, report
 from .predict import find_images, predict, prepare
@@ -77,6 +78,22 @@ def with_mlprun_hydra(args: list[str]) -> list[str]:
         return args
     given = {a.lstrip("+~").partition("=")[0] for a in args}
     return [*args, *(o for o in mlprun_hydra() if o.lstrip("+").partition("=")[0] not in given)]
+
+
+def rerun_command(sweep_dir: str) -> str:
+    """This process's `mlprun` command line, into this sweep's folder (its default name holds the
+    time it started, so a rerun names it)."""
+    added = set(mlprun_hydra())  # what with_mlprun_hydra added to the user's arguments
+    args = [a for a in sys.argv[1:] if a not in added and not a.startswith("hydra.sweep.dir=")]
+    return shlex.join(["mlprun", *args, f"hydra.sweep.dir={Path(sweep_dir).resolve()}"])
+
+
+def sweep_stopped(reason: str, sweep_dir: str) -> Interrupted:
+    """A signal stopped the sweep (exit 130): the rest of it waits for the same command."""
+    return Interrupted(
+        f"{reason}; continue the sweep (completed jobs are skipped, the others resume from "
+        f"their checkpoints/last.pt) with: {rerun_command(sweep_dir)}"
+    )
 
 
 def launch_relative_paths(cfg: DictConfig, launch_dir: Path) -> None:
@@ -146,6 +163,8 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         raise
     except SweepFailed:  # SweepSummary has logged which jobs failed
         sys.exit(EXIT_RUNTIME)
+    except SweepStopped as exc:  # a signal stopped a job of a sweep that runs in this process
+        sys.exit(report(sweep_stopped(str(exc), exc.sweep_dir)))
     except BaseException as exc:
         sys.exit(report(exc))
     sys.exit(EXIT_OK)

@@ -68,6 +68,16 @@ class RunRefused(BaseException):
         self.error = error
 
 
+class SweepStopped(RunRefused):
+    """A signal stopped a sweep job that runs in `mlprun`'s own process (Hydra's basic launcher):
+    carried past Hydra's per-job `except Exception` (which would note the job failed and start the
+    next one) out of the sweep to `mlprun`, which names the command that continues the sweep."""
+
+    def __init__(self, error: BaseException, sweep_dir: str):
+        super().__init__(error)
+        self.sweep_dir = sweep_dir
+
+
 class SweepFailed(BaseException):
     """Carries the failed jobs of a multirun from the callback that reads them back (at the end
     of the sweep, in the parent process) out of Hydra to `mlprun`'s exit code 1. A

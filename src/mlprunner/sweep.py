@@ -24,7 +24,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import atomic_write_json, load_checkpoint
-from .errors import EXIT_INTERRUPTED, CheckpointError, MlprunError, RunInUse
+from .errors import EXIT_INTERRUPTED, CheckpointError, Interrupted, MlprunError, RunInUse, SweepStopped
 from .messages import describe_exception
 from .progress import fmt_pct
 from .record import lock_run_dir
@@ -344,6 +344,10 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
     except BaseException as exc:
         code, message = describe_exception(exc)
         if isinstance(exc, KeyboardInterrupt) or code == EXIT_INTERRUPTED:
+            if jobs_run_here():  # Hydra would record the job failed and start the next one
+                said = message.split("; continue with:")[0]
+                who = label if "=" in run_dir.name else f"{label} ({' '.join(overrides)})"  # named by them
+                raise SweepStopped(Interrupted(f"{who}: {said}"), str(HydraConfig.get().sweep.dir)) from None
             raise
         log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
         record_failure(run_dir, overrides, message)
@@ -352,6 +356,16 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
         # None: Optuna marks the trial failed (not a value); other sweepers ignore it.
         return None
     return best_val_error(results)
+
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+def jobs_run_here() -> bool:
+    """The sweep's jobs run one after another in this process (Hydra's basic launcher): a signal
+    that stops one job stops the sweep. (Other launchers run a job in a process of its own, which
+    the signal stops: joblib's workers, a SLURM job.)"""
+    return HydraConfig.get().launcher.get("_target_") == BASIC_LAUNCHER
 
 
 def in_slurm_job() -> bool:

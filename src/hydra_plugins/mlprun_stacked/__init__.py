@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import OmegaConf, open_dict
 
-from mlprunner.cli import launch_relative_paths, mlprun_hydra
+from mlprunner.cli import launch_relative_paths, sweep_stopped
 from mlprunner.errors import Interrupted
 from mlprunner.record import holding_locks
 from mlprunner.stacked import Job, check_max_models, log_alone, plan_groups, run_group
@@ -77,10 +77,7 @@ class StackedLauncher(BasicLauncher):
             except (Interrupted, KeyboardInterrupt) as exc:
                 # a signal stops the sweep, not only this group: the rest of it waits for the rerun
                 reason = str(exc).split("; continue with:")[0] or "interrupted"
-                raise Interrupted(
-                    f"{reason}; continue the sweep (completed jobs are skipped, the others resume from "
-                    f"their checkpoints/last.pt) with: {rerun_command(str(self.config.hydra.sweep.dir))}"
-                ) from None
+                raise sweep_stopped(reason, str(self.config.hydra.sweep.dir)) from None
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
@@ -144,14 +141,6 @@ def run_group_jobs(hydra_context, configs, where) -> None:
         values = run_group([job for _, job in prepared], solo)
     for (i, _job), value in zip(prepared, values):
         returns[i].return_value = value
-
-
-def rerun_command(sweep_dir: str) -> str:
-    """This process's `mlprun` command line, into this sweep's folder (its default name holds the
-    time it started, so a rerun names it)."""
-    added = set(mlprun_hydra())  # what cli.with_mlprun_hydra added to the user's arguments
-    args = [a for a in sys.argv[1:] if a not in added and not a.startswith("hydra.sweep.dir=")]
-    return shlex.join(["mlprun", *args, f"hydra.sweep.dir={Path(sweep_dir).resolve()}"])
 
 
 def _has_accelerator() -> bool:
