@@ -8,8 +8,6 @@ launcher's, since that one needs the optional submitit plugin.
 from __future__ import annotations
 
 import logging
-import shlex
-import sys
 from pathlib import Path
 
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
