@@ -32,6 +32,7 @@ JOB = [
     "model.hidden=[32]",
     "model.dropout=0.1",
     "scheduler=cosine",
+    f"scheduler.T_max={EPOCHS}",  # given, not set from trainer.epochs: a resume may train longer
     "trainer.batch_size=16",
     "trainer.log_every_n_steps=10",
     f"trainer.epochs={EPOCHS}",
@@ -483,7 +484,7 @@ def test_misspelt_safe_override_and_missing_targets(reference, tmp_path, capsys,
     assert code == 2 and "no such run directory" in err
     monkeypatch.chdir(tmp_path)
     code, _, err = cli(["resume=latest"], capsys, monkeypatch)
-    assert code == 2 and "no mlprun run" in err
+    assert code == 2 and "no run to resume" in err
     stray = tmp_path / "stray.pt"
     shutil.copy(reference.done() / "checkpoints" / "last.pt", stray)
     code, _, err = cli([f"resume={stray}"], capsys, monkeypatch)
@@ -510,3 +511,48 @@ def test_run_in_use_is_refused(reference, tmp_path, capsys, monkeypatch):
         code, _, err = cli([f"resume={run_dir}", f"trainer.epochs={EPOCHS + 1}"], capsys, monkeypatch)
     assert code == 1 and "in use by another running mlprun process" in err
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == EPOCHS
+
+
+def test_resume_refuses_what_would_overwrite_or_bend_the_run(tmp_path, capsys, monkeypatch):
+    """Refused in one line (exit 2) with nothing changed: an earlier checkpoint of a run that
+    trained further, another early-stopping monitor, a config group, a longer run when the
+    scheduler's length came from trainer.epochs. A resume that trains drops the earlier test
+    result (it scored a model since trained further)."""
+    base = ["dataset=digits", "model=mlp", "model.hidden=[16]", "trainer.threads=1", "logger=none", *QUICK]
+    run_dir = tmp_path / "run"
+    run_mlprun(*base, "trainer.epochs=2", "eval.test=true", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
+    assert read_json(run_dir / "results.json")["test"]["epoch"] <= 2
+    epoch2 = run_dir / "checkpoints" / "epoch2.pt"
+    shutil.copy(run_dir / "checkpoints" / "last.pt", epoch2)
+    run_mlprun(f"resume={run_dir}", "trainer.epochs=3", "eval.test=false", cwd=tmp_path, check=True)
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "completed" and res["epochs_completed"] == 3 and "test" not in res
+
+    other = tmp_path / "onecycle"
+    run_mlprun(*base, "scheduler=onecycle", "trainer.epochs=1", f"hydra.run.dir={other}", cwd=tmp_path, check=True)
+    cases = [
+        ([f"resume={epoch2}"], "would overwrite epoch 3"),
+        ([f"resume={run_dir}", "trainer.epochs=4", "trainer.early_stopping.monitor=val/loss"], "chosen by monitor"),
+        ([f"resume={run_dir}", "optim=sgd"], "config group optim cannot change"),
+        ([f"resume={other}", "trainer.epochs=2"], "scheduler.total_steps set from trainer.epochs=1"),
+    ]
+    for args, said in cases:
+        before = {p: p.read_bytes() for p in [*run_dir.rglob("*.pt"), *other.rglob("*.pt")]}
+        code, out, err = cli(args, capsys, monkeypatch)
+        assert code == 2 and said in err and len(err.strip().splitlines()) == 1, (args, out, err)
+        assert {p: p.read_bytes() for p in before} == before, args
+
+    # resume=latest skips a run that trained epochs but keeps no last.pt (debug=fast_dev_run)
+    kept = tmp_path / "elsewhere" / "runs" / "2026-01-01" / "10-00-00-1"
+    shutil.copytree(run_dir, kept)
+    shutil.rmtree(kept / "checkpoints")
+    monkeypatch.chdir(kept.parents[2])
+    code, _, err = cli(["resume=latest"], capsys, monkeypatch)
+    assert code == 2 and "no run to resume" in err, err
+    # a sweep's folder is not a run's: no `resume=` hint that cannot work
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    code, _, err = cli([*base, f"hydra.run.dir={sweep}"], capsys, monkeypatch)
+    assert code == 2 and "already holds a sweep" in err and "resume=" not in err, err
+    assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml"]

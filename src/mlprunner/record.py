@@ -262,8 +262,16 @@ class RunRecord:
             if started is not None:
                 fields["startup_s"] = round(trainer.first_step_at - started, 3)
             self._startup_logged = True
+
+        def write() -> None:
+            # an earlier process's test (and SWA) result scored a model this epoch has trained on:
+            # stale; the end of this run scores it again (eval.test) or leaves none
+            for key in ("test", "swa"):
+                self.data.pop(key, None)
+            self.results.update(**fields)
+
         # after this epoch's checkpoints, so results.json never claims an epoch last.pt lacks
-        trainer.after_checkpoint(lambda: self.results.update(**fields))
+        trainer.after_checkpoint(write)
 
     def trained(self, state, swa_result: dict | None) -> None:
         """What fit() returned: final best/last blocks, early stopping, the SWA model's result."""

@@ -9,12 +9,13 @@ with the configuration Hydra saved in `.hydra/config.yaml`.
 from __future__ import annotations
 
 import difflib
+import inspect
 import logging
 import shutil
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import check_config_targets, load_checkpoint
 from .config import validate
@@ -25,7 +26,7 @@ from .record import lock_run_dir
 from .results import read_results
 from .run import run
 from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides, recorded_model_target
-from .schema import SCHEMA, declared
+from .schema import GROUPS, SCHEMA, component_class, declared
 from .sessions import NOT_HPARAMS
 from .train import still_stopped
 
@@ -75,6 +76,14 @@ def parse_overrides(args: list[str]) -> list[str]:
         key, eq, _ = a.lstrip("+").partition("=")
         if not eq:
             raise ConfigError(a, message=f"cannot parse override '{a}': expected key=value")
+        if key in GROUPS:  # optim=sgd: another component, not a misspelt key
+            raise ConfigError(
+                key,
+                message=(
+                    f"{a}: the config group {key} cannot change when resuming (it would change the model, data "
+                    f"or optimizer of a run already trained); allowed with resume=: {allowed_text()}"
+                ),
+            )
         close = [] if declared(key) else difflib.get_close_matches(key, [k for k in SCHEMA if "._" not in k], 2, 0.75)
         if close:  # a typo, as a fresh run reports it
             raise ConfigError(
@@ -231,6 +240,59 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     return 0
 
 
+def schedule_length_key(scheduler: DictConfig) -> str | None:
+    """The scheduler's length argument that build_scheduler derives from trainer.epochs
+    (CosineAnnealingLR's T_max, OneCycleLR's total_steps, when the config leaves it null)."""
+    if scheduler.get("_target_") is None:
+        return None
+    params = inspect.signature(component_class(scheduler, "scheduler")).parameters
+    return next((k for k in ("T_max", "total_steps") if k in params and scheduler.get(k) is None), None)
+
+
+def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> None:
+    """What a resume may not do even with safe keys: go back to an earlier checkpoint of a run
+    that has trained further (its later epochs would be overwritten), lengthen a schedule whose
+    length was set from trainer.epochs (the saved scheduler keeps the old length: OneCycleLR
+    fails, cosine restarts from 0), or judge `best` by another metric than the one that chose
+    best.pt. ConfigError (exit 2), before anything is written."""
+    done, trained = int(ckpt["epoch"]), int(prior.get("epochs_completed") or 0)
+    if trained > done:
+        lost = f"epoch {trained}" if trained == done + 1 else f"epochs {done + 1}-{trained}"
+        raise ConfigError(
+            "resume",
+            str(path),
+            message=(
+                f"resume={path}: the run has trained {trained} epochs, this checkpoint is from epoch {done}; "
+                f"continuing from it would overwrite {lost} (last.pt, results.json, TensorBoard); "
+                f"resume the run folder to continue after epoch {trained}, or evaluate it: mlprun-eval {path}"
+            ),
+        )
+    saved = OmegaConf.create(ckpt["config"])
+    before, after = int(saved.trainer.epochs), int(cfg.trainer.epochs)
+    key = schedule_length_key(cfg.scheduler) if cfg.get("scheduler") is not None else None
+    if before != after and key is not None:
+        raise ConfigError(
+            "trainer.epochs",
+            after,
+            message=(
+                f"trainer.epochs cannot change when resuming this run ({before} -> {after}): its scheduler "
+                f"({cfg.scheduler._target_.rsplit('.', 1)[-1]}) has scheduler.{key} set from trainer.epochs={before}, "
+                "so the saved schedule would end or restart early; start a new run to train longer"
+            ),
+        )
+    for name in ("monitor", "mode"):
+        old, new = saved.trainer.early_stopping.get(name), cfg.trainer.early_stopping.get(name)
+        if old != new:
+            raise ConfigError(
+                f"trainer.early_stopping.{name}",
+                new,
+                message=(
+                    f"trainer.early_stopping.{name} cannot change when resuming ({old} -> {new}): best.pt and "
+                    f"the best epoch were chosen by {name}={old}"
+                ),
+            )
+
+
 def resume_main(args: list[str]) -> int:
     arg = [a for a in args if a.startswith("resume=")][-1].split("=", 1)[1]
     overrides = parse_overrides(args)
@@ -256,6 +318,7 @@ def resume_main(args: list[str]) -> int:
     prior = read_results(run_dir, strict=True) or {}
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
+    check_continuable(ckpt, ckpt_path, cfg, prior)
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
     stopped = still_stopped(ckpt.get("early_stopping") or {}, cfg.trainer.early_stopping)
     if prior.get("status") == "completed" and prior.get("epochs_completed") == done and (done >= epochs or stopped):

@@ -43,6 +43,8 @@ def existing_run(folder: Path, hydra_files: bool = True) -> str | None:
     hydra_files: count a `.hydra/config.yaml` as an earlier start (not when this start's Hydra
     has just written it)."""
     folder = Path(folder)
+    if any((folder / mark).exists() for mark in SWEEP_MARKS):
+        return "a sweep"
     if (folder / "results.json").is_file():
         data = read_results(folder)
         status = data.get("status", "unknown") if isinstance(data, dict) else "unknown"
@@ -57,6 +59,15 @@ def existing_run(folder: Path, hydra_files: bool = True) -> str | None:
 def refuse_existing(folder: Path, hydra_files: bool = True) -> None:
     """A new run never starts in a folder that holds a run: ConfigError (exit 2), nothing changed."""
     held = existing_run(folder, hydra_files)
+    if held == "a sweep":
+        raise ConfigError(
+            "hydra.run.dir",
+            str(folder),
+            message=(
+                f"hydra.run.dir={folder} already holds a sweep (multirun.yaml); nothing was changed. Choose another "
+                f"hydra.run.dir (a sweep continues with its own command: mlprun -m ... hydra.sweep.dir={folder})"
+            ),
+        )
     if held:
         raise ConfigError(
             "hydra.run.dir",
@@ -187,16 +198,28 @@ def find_latest(runs_root: Path = Path("runs")) -> Path:
     """The run under `runs_root` whose checkpoint (or, lacking one, results.json) is newest.
 
     A folder that holds no run (no checkpoint, no results.json: e.g. only the `.hydra/` of a
-    start that was refused) is skipped."""
+    start that was refused), or a run that trained epochs but keeps no last.pt
+    (trainer.checkpoint.save_last=false, debug=fast_dev_run), is skipped."""
     candidates: dict[Path, Path] = {}  # run folder -> the file whose time counts
     if runs_root.is_dir():
         for p in runs_root.glob(f"**/{CHECKPOINT_DIR}/last.pt"):
             candidates[p.parent.parent] = p
         for p in runs_root.glob("**/results.json"):
-            if (p.parent / SAVED_CONFIG).is_file():
-                candidates.setdefault(p.parent, p)
+            if p.parent in candidates or not (p.parent / SAVED_CONFIG).is_file():
+                continue
+            data = read_results(p.parent)
+            # without last.pt only a run killed before its first epoch can continue (restarted)
+            if isinstance(data, dict) and data.get("status") != "completed" and not data.get("epochs_completed"):
+                candidates[p.parent] = p
     if not candidates:
-        raise ConfigError("resume", "latest", message=(f"resume=latest: no mlprun run under {runs_root.resolve()}"))
+        raise ConfigError(
+            "resume",
+            "latest",
+            message=(
+                f"resume=latest: no run to resume under {runs_root.resolve()} (runs that trained epochs but "
+                "keep no checkpoints/last.pt are skipped)"
+            ),
+        )
     return max(candidates, key=lambda d: candidates[d].stat().st_mtime)
 
 
