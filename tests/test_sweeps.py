@@ -419,3 +419,18 @@ def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_
     assert proc.stdout.count("was interrupted: resuming from") == 1, proc.stdout[-3000:]
     assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["completed"] * 3
     assert read_json(stopped / "results.json")["resumed"][0]["from_epoch"] >= 1
+
+
+def test_a_refused_sweep_leaves_its_folder_as_it_was(tmp_path):
+    """A sweep refused before any job (a misspelt key, an unknown option): no new folder; in an
+    existing sweep folder the first sweep's multirun.yaml stays and no multirun.2.yaml appears."""
+    new = tmp_path / "typo"
+    proc = run_mlprun("-m", "dataset=digits", "trainer.epoch=1,2", f"hydra.sweep.dir={new}", cwd=tmp_path)
+    assert proc.returncode == 2 and "trainer.epochs" in proc.stderr, proc.stderr[-2000:]
+    assert not new.exists()
+    sweep = tmp_path / "sweep"
+    run_mlprun("-m", *TINY, "trainer.seed=0", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    before = {p.name: p.read_bytes() for p in sweep.iterdir() if p.is_file()}
+    proc = run_mlprun("-m", *TINY, "optim=adam,adamm", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode == 2 and "optim=adamm" in proc.stderr, proc.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in sweep.iterdir() if p.is_file()} == before

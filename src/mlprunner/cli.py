@@ -23,9 +23,9 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from .checkpoint import atomic_write_json
 from .config import register_resolvers
-from .errors import EXIT_OK, EXIT_RUNTIME, ConfigError, Interrupted, SweepFailed, SweepStopped
+from .errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, ConfigError, Interrupted, SweepFailed, SweepStopped
 from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line, write_figures
-from .messages import one_line_errors, report
+from .messages import describe_exception, one_line_errors, report
 from .predict import find_images, predict, prepare
 from .provenance import version_line
 from .record import interrupted_outside_record
@@ -34,7 +34,7 @@ from .resume import resume_main
 from .run import install_startup_signals, run
 from .runs import check_output
 from .schema import SCHEMA
-from .sweep import hydra_files, restore_kept_multirun_yaml, run_sweep_job
+from .sweep import forget_refused_sweeps, hydra_files, restore_kept_multirun_yaml, run_sweep_job
 
 log = logging.getLogger("mlprunner")
 
@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         sys.argv = [sys.argv[0], *with_mlprun_hydra(args)]
         try:
             hydra_app()
+        except BaseException as exc:
+            if describe_exception(exc)[0] == EXIT_CONFIG:  # refused: the sweep folder is as it was
+                forget_refused_sweeps()
+            raise
         finally:
             restore_kept_multirun_yaml()
     except SystemExit:

@@ -16,7 +16,15 @@ from .record import lock_run_dir
 from .report import ReportError, build_report, collect
 from .run import stop_if_signalled
 from .runs import refuse_existing, refuse_foreign_files, refuse_foreign_sweep_folder
-from .sweep import clear_marks, failed_since, keep_multirun_yaml, marked_since, restore_multirun_yaml, results_stamps
+from .sweep import (
+    clear_marks,
+    failed_since,
+    keep_multirun_yaml,
+    marked_since,
+    note_sweep_start,
+    restore_multirun_yaml,
+    results_stamps,
+)
 
 log = logging.getLogger("mlprunner")
 
@@ -97,6 +105,7 @@ class SweepSummary(Callback):
             refuse_foreign_sweep_folder(folder)
         except Exception as exc:
             raise RunRefused(exc) from exc
+        note_sweep_start(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.before = results_stamps(folder)
         keep_multirun_yaml(folder)  # the sweeper writes its own next; the first sweep's stays

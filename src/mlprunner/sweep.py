@@ -156,6 +156,44 @@ def restore_multirun_yaml(sweep_dir: Path) -> None:
         _KEEPING.remove(sweep_dir)
 
 
+_STARTED: dict[Path, set[str] | None] = {}  # sweep folders of this process: their entries before it
+
+
+def note_sweep_start(sweep_dir: Path) -> None:
+    """Before the sweep makes or writes its folder (SweepSummary.on_multirun_start): what is in
+    it, for forget_refused_sweeps."""
+    sweep_dir = Path(sweep_dir)
+    _STARTED[sweep_dir] = set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else None
+
+
+def forget_refused_sweeps() -> None:
+    """mlprun's way out of a sweep refused with a config error (exit 2)."""
+    for sweep_dir, before in list(_STARTED.items()):
+        forget_refused_sweep(sweep_dir, before)
+
+
+def forget_refused_sweep(sweep_dir: Path, before: set[str] | None) -> None:
+    """A sweep refused before any job started (a misspelt key, an unknown option): the folder is
+    as it was. `before`: its entries when the sweep started (None: this sweep made it). The
+    multirun.yaml the sweeper wrote for the refused sweep goes; the earlier one, if any, stays."""
+    sweep_dir = Path(sweep_dir)
+    with contextlib.suppress(OSError):
+        new = set(os.listdir(sweep_dir)) - (before or set()) - {MULTIRUN_YAML, _KEPT_YAML, MARKS}
+        if new:  # a job started: what it wrote is the sweep's record
+            return
+        kept = sweep_dir / _KEPT_YAML
+        if kept.is_file():
+            os.replace(kept, sweep_dir / MULTIRUN_YAML)
+            with contextlib.suppress(ValueError):
+                _KEEPING.remove(sweep_dir)
+        elif before is None or MULTIRUN_YAML not in before:
+            (sweep_dir / MULTIRUN_YAML).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            (sweep_dir / MARKS).rmdir()
+        if before is None:
+            sweep_dir.rmdir()  # only if empty
+
+
 def restore_kept_multirun_yaml() -> None:
     """mlprun's way out of a sweep that ended without on_multirun_end (interrupted, failed)."""
     for sweep_dir in list(_KEEPING):
