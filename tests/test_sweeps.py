@@ -434,3 +434,34 @@ def test_a_refused_sweep_leaves_its_folder_as_it_was(tmp_path):
     proc = run_mlprun("-m", *TINY, "optim=adam,adamm", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert proc.returncode == 2 and "optim=adamm" in proc.stderr, proc.stderr[-2000:]
     assert {p.name: p.read_bytes() for p in sweep.iterdir() if p.is_file()} == before
+
+
+def test_two_launches_into_one_folder_at_once_each_report_their_own_jobs(tmp_path):
+    """Two launches of one 2-job sweep at the same moment: whichever trains a job, each launch's
+    summary calls "in use" exactly the jobs it skipped itself (not the other launch's), and both
+    write their summary and figures."""
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "mlprunner", "-m", *TINY, "trainer.threads=1", "optim.lr=0.01,0.02"]
+    outs = [tmp_path / f"{n}.out" for n in "ab"]
+    procs = []
+    for out in outs:
+        with open(out, "w") as fh:
+            procs.append(
+                subprocess.Popen(
+                    [*cmd, f"hydra.sweep.dir={sweep}"],
+                    cwd=tmp_path,
+                    env=mlprun_env({"MLPRUN_TEST_SLOW_CHECKPOINT": "1.0"}),  # a job trains for ~2 s: they overlap
+                    stdout=fh,
+                    stderr=fh,
+                )
+            )
+    codes = [p.wait(timeout=300) for p in procs]
+    for code, out in zip(codes, outs):
+        text = out.read_text()
+        assert "Traceback" not in text and "could not write the sweep summary" not in text, text[-3000:]
+        skipped = text.count("skipped, in use")
+        said = re.search(r"(\d+) job\(s\) in use in this sweep", text)
+        assert (int(said.group(1)) if said else 0) == skipped, text[-3000:]
+        assert code == (1 if skipped else 0), text[-3000:]
+    assert 1 <= sum(out.read_text().count("skipped, in use") for out in outs) <= 2, "the launches did not overlap"
+    assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["completed"] * 2

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -161,9 +162,10 @@ _STARTED: dict[Path, set[str] | None] = {}  # sweep folders of this process: the
 
 def note_sweep_start(sweep_dir: Path) -> None:
     """Before the sweep makes or writes its folder (SweepSummary.on_multirun_start): what is in
-    it, for forget_refused_sweeps."""
+    it, for forget_refused_sweeps; and this launch's SWEEP_ID, which its jobs inherit."""
     sweep_dir = Path(sweep_dir)
     _STARTED[sweep_dir] = set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else None
+    os.environ[SWEEP_ID] = f"{os.getpid()}-{time.time_ns()}"
 
 
 def forget_refused_sweeps() -> None:
@@ -208,12 +210,25 @@ def _sweep_folder(run_dir: Path) -> Path:
         return run_dir.parent
 
 
+# Which launch of a sweep a job belongs to: set by the sweep's process when it starts
+# (note_sweep_start) and inherited by its jobs' processes (joblib's workers, SLURM jobs), so two
+# launches into one folder at once each read only their own jobs' markers.
+SWEEP_ID = "MLPRUN_SWEEP_ID"
+
+
 def job_marker(sweep_dir: Path, run_dir: Path) -> Path:
     try:
         name = str(Path(run_dir).resolve().relative_to(Path(sweep_dir).resolve()))
     except ValueError:
         name = Path(run_dir).name
-    return Path(sweep_dir) / MARKS / (name.replace(os.sep, "%") + ".json")
+    launch = os.environ.get(SWEEP_ID)
+    return Path(sweep_dir) / MARKS / (name.replace(os.sep, "%") + (f"@{launch}" if launch else "") + ".json")
+
+
+def _ours(marker: Path) -> bool:
+    """A marker of this launch's jobs (or of a job that knew no launch)."""
+    launch = _read_json(marker).get("sweep")
+    return launch is None or launch == os.environ.get(SWEEP_ID)
 
 
 def claim_run_dir(run_dir: Path, sweep_dir: Path | None = None) -> bool:
@@ -273,7 +288,15 @@ def mark_job(sweep_dir: Path, run_dir: Path, status: str, reason: str) -> None:
     its folder cannot say it."""
     marker = job_marker(sweep_dir, run_dir)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(marker, {"run_dir": str(Path(run_dir).resolve()), "status": status, "reason": reason})
+    atomic_write_json(
+        marker,
+        {
+            "run_dir": str(Path(run_dir).resolve()),
+            "status": status,
+            "reason": reason,
+            "sweep": os.environ.get(SWEEP_ID),
+        },
+    )
 
 
 def marked_since(sweep_dir: Path, before: dict[str, tuple]) -> dict[str, tuple[str, str]]:
@@ -281,7 +304,7 @@ def marked_since(sweep_dir: Path, before: dict[str, tuple]) -> dict[str, tuple[s
     start of the sweep, which also stamps the markers)."""
     found = {}
     for marker in (Path(sweep_dir) / MARKS).glob("*.json"):
-        if _stamp(marker) != before.get(str(marker.resolve())):
+        if _stamp(marker) != before.get(str(marker.resolve())) and _ours(marker):
             data = _read_json(marker)
             if data.get("run_dir"):
                 status = str(data.get("status") or "in use")
@@ -297,7 +320,7 @@ def in_use_since(sweep_dir: Path, before: dict[str, tuple]) -> dict[str, str]:
 def clear_marks(sweep_dir: Path, before: dict[str, tuple]) -> None:
     """Remove the markers written since `before` (they have been read), and the folder if empty."""
     for marker in (Path(sweep_dir) / MARKS).glob("*.json"):
-        if _stamp(marker) != before.get(str(marker.resolve())):
+        if _stamp(marker) != before.get(str(marker.resolve())) and _ours(marker):
             marker.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         (Path(sweep_dir) / MARKS).rmdir()
