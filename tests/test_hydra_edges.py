@@ -148,8 +148,10 @@ def test_rerun_from_saved_config_keeps_mlprun_setup_and_never_overwrites(tmp_pat
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert f"resume={run_dir.resolve()}" in lines[0] and "already holds a run (completed)" in lines[0]
     assert _hashes(run_dir) == before
-    # a plain rerun: a new folder under runs/ with mlprun's logging (plain lines, mlprun.log)
-    proc = run_mlprun(*saved, cwd=tmp_path, timeout=300, check=True)
+    # a plain rerun: a new folder under runs/ with mlprun's logging (plain lines, mlprun.log);
+    # the saved config named by a path relative to the current directory, as a user types it
+    relative = ["--config-path", str(run_dir.relative_to(tmp_path) / ".hydra"), "--config-name", "config"]
+    proc = run_mlprun(*relative, cwd=tmp_path, timeout=300, check=True)
     assert _hashes(run_dir) == before
     new = [p.parent for p in tmp_path.glob("runs/*/*/results.json") if p.parent != run_dir]
     assert len(new) == 1 and not (tmp_path / "outputs").exists()

@@ -76,6 +76,7 @@ def with_mlprun_hydra(args: list[str]) -> list[str]:
     user's own values for those keys win."""
     if not any(a.partition("=")[0] in PRIMARY_FLAGS for a in args):
         return args
+    args = from_here(args)
     given = {a.lstrip("+~").partition("=")[0] for a in args}
     return [*args, *(o for o in mlprun_hydra() if o.lstrip("+").partition("=")[0] not in given)]
 
@@ -94,6 +95,22 @@ def sweep_stopped(reason: str, sweep_dir: str) -> Interrupted:
         f"{reason}; continue the sweep (completed jobs are skipped, the others resume from "
         f"their checkpoints/last.pt) with: {rerun_command(sweep_dir)}"
     )
+
+
+def from_here(args: list[str]) -> list[str]:
+    """A relative --config-path/-cp names a folder under the current directory (Hydra would look
+    for it beside mlprun's own module: "Primary config module 'mlprunner.runs...' not found")."""
+    out = list(args)
+    for i, a in enumerate(out):
+        flag, eq, value = a.partition("=")
+        if flag not in ("--config-path", "-cp"):
+            continue
+        j = i if eq else i + 1
+        value = value if eq else (out[j] if j < len(out) else "")
+        if value and "://" not in value and not Path(value).expanduser().is_absolute():
+            value = str(Path(value).expanduser().resolve())
+            out[j] = f"{flag}={value}" if eq else value
+    return out
 
 
 def launch_relative_paths(cfg: DictConfig, launch_dir: Path) -> None:
