@@ -74,7 +74,9 @@ class StackedLauncher(BasicLauncher):
                         self._run_group([configs[i] for i in group], [returns, group])
             except (Interrupted, KeyboardInterrupt) as exc:
                 # a signal stops the sweep, not only this group: the rest of it waits for the rerun
-                reason = str(exc).split("; continue with:")[0] or "interrupted"
+                # the command that continues the sweep is said once, by sweep_stopped
+                reason = str(exc).split("; continue with:")[0].split("; rerunning this sweep command")[0]
+                reason = reason or "interrupted"
                 raise sweep_stopped(reason, str(self.config.hydra.sweep.dir)) from None
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
