@@ -142,6 +142,7 @@ CASES = [
     ),
     case("unknown-group", ["optimizer=adam"], 2, ["optimizer", "did you mean optim"]),
     case("unknown-group-option", ["optim=adamm"], 2, ["optim=adamm", "available: ", "sgd_momentum"]),
+    case("unknown-option-in-a-list", ["logger=[tensorboard,nope]"], 2, ["logger=nope", "available: ", "mlflow"]),
     case("unknown-experiment", ["+experiment=nope"], 2, ["experiment=nope", "xor_seed"]),
     case("unparsable-override", ["trainer.epochs=[1"], 2, ["trainer.epochs=[1"]),
     case("no-equals", ["epochs"], 2, ["'epochs'", "key=value"]),

@@ -26,6 +26,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .config import register_resolvers
 from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused
 from .schema import GROUPS
+from .schema import options as group_options
 
 _USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR")
 
@@ -160,6 +161,9 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, MissingConfigException):
         missing = str(exc.missing_cfg_file or "")
         options = list(exc.options or [])
+        group = missing.strip("/").rpartition("/")[0]
+        if not options and group in GROUPS:  # Hydra gives none for an option in a list (logger=[a,b])
+            options = list(group_options(group))
         if "/" in missing:
             group, _, option = missing.rpartition("/")
             group = group.strip("/")
