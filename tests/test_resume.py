@@ -556,3 +556,19 @@ def test_resume_refuses_what_would_overwrite_or_bend_the_run(tmp_path, capsys, m
     code, _, err = cli([*base, f"hydra.run.dir={sweep}"], capsys, monkeypatch)
     assert code == 2 and "already holds a sweep" in err and "resume=" not in err, err
     assert sorted(p.name for p in sweep.iterdir()) == ["multirun.yaml"]
+
+
+def test_a_run_resumed_after_it_finished_keeps_one_model_graph(tmp_path):
+    """TensorBoard warns of (and shows one of) several graphs in a run: the graph is logged at a
+    run's first finish only."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    run_dir = tmp_path / "run"
+    args = ["dataset=digits", "model=mlp", "model.hidden=[16]", "trainer.threads=1", "trainer.progress=plain"]
+    run_mlprun(*args, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
+    run_mlprun(f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path, check=True)
+    events = [
+        ev for f in (run_dir / "tensorboard").glob("events.out.tfevents.*") for ev in EventFileLoader(str(f)).Load()
+    ]
+    assert sum(ev.HasField("graph_def") for ev in events) == 1
+    assert read_json(run_dir / "results.json")["epochs_completed"] == 2

@@ -47,10 +47,10 @@ def is_step_tag(tag: str) -> bool:
     return tag in STEP_TAGS or tag.endswith("_step") or tag.endswith("/step")
 
 
-def truncate_events(log_dir: Path, epoch: int, step: int) -> int:
+def truncate_events(log_dir: Path, epoch: int, step: int, seen: set | None = None) -> int:
     """Drop, from the event files in `log_dir`, the values logged after `epoch` (epoch tags)
     or after `step` (step tags); each changed file is rewritten atomically. Returns how many
-    values were dropped."""
+    values were dropped; `seen` gets "graph" when a model graph is there already."""
     # lazy: tensorboard's readers and protos, only on resume
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
@@ -61,6 +61,8 @@ def truncate_events(log_dir: Path, epoch: int, step: int) -> int:
         kept, changed = [], False
         for raw in RawEventFileLoader(str(path)).Load():
             ev = Event.FromString(raw)
+            if seen is not None and ev.HasField("graph_def"):
+                seen.add("graph")
             if ev.HasField("summary") and ev.summary.value:
                 values = [v for v in ev.summary.value if ev.step <= (step if is_step_tag(v.tag) else epoch)]
                 if len(values) < len(ev.summary.value):
@@ -126,6 +128,7 @@ class TensorBoardLogger:
         self.legacy = (self.log_dir / "steps").is_dir()
         self._writers = None
         self._on_open: list = []  # writes queued until the writers exist
+        self._seen: set = set()  # what an earlier process of the run logged once: "graph"
 
     def _open(self):
         if self._writers is None:
@@ -141,7 +144,7 @@ class TensorBoardLogger:
                 )
             else:
                 if self.resume_epoch or self.resume_step:
-                    truncate_events(self.log_dir, self.resume_epoch, self.resume_step)
+                    truncate_events(self.log_dir, self.resume_epoch, self.resume_step, self._seen)
                 writer = SummaryWriter(str(self.log_dir))
                 self._writers = (writer, writer)
             queued, self._on_open = self._on_open, []
@@ -165,6 +168,11 @@ class TensorBoardLogger:
             write()
 
     def graph(self, model: torch.nn.Module, example: torch.Tensor) -> None:
+        """The model's graph, once per run (a run resumed after it finished has one already:
+        TensorBoard would warn of more than one graph per run)."""
+        self._open()
+        if "graph" in self._seen:
+            return
         try:
             was_training = model.training
             model.eval()
