@@ -237,9 +237,10 @@ def claim_run_dir(run_dir: Path, sweep_dir: Path | None = None) -> bool:
     into it) and a marker in the sweep folder tells the sweep's summary that this job was
     skipped as "in use"."""
     run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        return True  # nobody trains in a folder that does not exist; run() locks it
     try:
+        # a folder that does not exist yet is made and locked here too: a second launch of the
+        # sweep may be about to start this job as well
+        run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(run_dir)
         return True
     except RunInUse as exc:
@@ -410,6 +411,10 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
                 who = label if "=" in run_dir.name else f"{label} ({' '.join(overrides)})"  # named by them
                 raise SweepStopped(Interrupted(f"{who}: {said}"), str(HydraConfig.get().sweep.dir)) from None
             raise
+        if isinstance(exc, RunInUse):  # another process trains there: its results.json is not ours to write
+            log.warning(f"{label} skipped, in use: {message}")
+            mark_job(_sweep_folder(run_dir), run_dir, "in use", message)
+            return None
         log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
         record_failure(run_dir, overrides, message)
         if in_slurm_job():  # the SLURM job's own state says FAILED too (sacct, squeue -t all)
