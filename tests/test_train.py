@@ -533,3 +533,20 @@ def test_plateau_scheduler(tmp_path):
     # threshold 10 (abs): after the first epoch nothing counts as an improvement, so the lr drops
     # after every later epoch (each record holds the lr the epoch trained with)
     assert lrs == pytest.approx([1e-3, 1e-3, 1e-4, 1e-5])
+
+
+def test_plateau_follows_a_maximised_monitor(tmp_path):
+    """ReduceLROnPlateau steps on the monitored metric: with val/accuracy (maximised) it must
+    not cut the lr while the accuracy rises, even though scheduler.mode says min."""
+    res = run_in_process(
+        tmp_path,
+        "scheduler=plateau",
+        "scheduler.patience=0",
+        "scheduler.mode=min",
+        "trainer.epochs=4",
+        "trainer.early_stopping.monitor=val/accuracy",
+    )
+    acc = [e["val"]["accuracy"] for e in res["history"]]
+    lrs = [e["lr"] for e in res["history"]]
+    assert all(b > a for a, b in zip(acc, acc[1:])), acc  # the accuracy improves every epoch ...
+    assert lrs == pytest.approx([1e-3] * 4)  # ... so the lr is never cut

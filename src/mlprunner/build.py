@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .augment import build_augment
-from .components import Loss, build_optimizer, build_scheduler
+from .components import Loss, build_optimizer, build_scheduler, monitor_mode
 from .config import check_loss_fits
 from .data import Data, load_data
 from .errors import ConfigError
@@ -120,7 +120,11 @@ def build(cfg: DictConfig, device: torch.device, data: Data | None = None) -> Pi
     model = build_model(cfg.model, data.num_features, loss, device)
     optimizer = build_optimizer(cfg.optim, model, device)
     scheduler, interval = build_scheduler(
-        cfg.scheduler, optimizer, int(cfg.trainer.epochs), data.train.num_batches(int(cfg.trainer.batch_size))
+        cfg.scheduler,
+        optimizer,
+        int(cfg.trainer.epochs),
+        data.train.num_batches(int(cfg.trainer.batch_size)),
+        monitor_mode=monitor_mode(cfg.trainer, data.val is not None),  # a plateau steps on the trainer's monitor
     )
     augment = build_augment(cfg.dataset, data)  # None unless dataset.augment.enabled
     return Pieces(data, loss, model, optimizer, scheduler, interval, augment)

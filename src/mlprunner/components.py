@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,20 @@ from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau, SequentialLR
 
 from .errors import ConfigError
 from .schema import component_class, own_keys
+
+log = logging.getLogger("mlprunner")
+
+MAXIMISED = ("val/accuracy", "val/f1")  # monitors that improve upwards, whatever early_stopping.mode says
+
+
+def monitor_mode(trainer_cfg: DictConfig, has_val: bool) -> str:
+    """The direction ("min" or "max") the Trainer selects its monitored metric in: val/accuracy
+    and val/f1 are maximised, other monitors follow trainer.early_stopping.mode; without a
+    validation set the monitor is train/loss, minimised."""
+    if not has_val:
+        return "min"
+    es = trainer_cfg.early_stopping
+    return "max" if es.monitor in MAXIMISED else str(es.mode)
 
 
 def class_node(cfg: DictConfig, group: str) -> DictConfig:
@@ -69,24 +84,38 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
         raise ConfigError("optim", message=f"optim: {exc}") from None
 
 
-def build_scheduler(cfg: DictConfig, optimizer, epochs: int, steps_per_epoch: int):
+def build_scheduler(cfg: DictConfig, optimizer, epochs: int, steps_per_epoch: int, monitor_mode: str | None = None):
     """Return (scheduler or None, interval) where interval is 'epoch' or 'step'.
 
     No `_target_` (scheduler=none) is a constant learning rate. A length the class needs and
     the config leaves open (CosineAnnealingLR's T_max, OneCycleLR's total_steps) is the
-    training after the warm-up, in the scheduler's units."""
+    training after the warm-up, in the scheduler's units.
+
+    monitor_mode: the direction of the metric the Trainer steps a ReduceLROnPlateau with
+    (monitor_mode() above). The plateau follows it whatever scheduler.mode says: a plateau
+    that minimises an accuracy cuts the lr while the model improves. A scheduler.mode that
+    disagrees is reported in one line."""
     if cfg.get("_target_") is None:
         return None, "epoch"
     interval = cfg.interval
     warmup = int(cfg.get("warmup_epochs", 0) or 0)
     node = class_node(cfg, "scheduler")
     units = steps_per_epoch if interval == "step" else 1
-    params = inspect.signature(component_class(cfg, "scheduler")).parameters
+    cls = component_class(cfg, "scheduler")
+    params = inspect.signature(cls).parameters
     kwargs = {
         key: max(1, (epochs - warmup) * units)
         for key in ("T_max", "total_steps")
         if key in params and node.get(key) is None
     }
+    if monitor_mode is not None and isinstance(cls, type) and issubclass(cls, ReduceLROnPlateau):
+        configured = node.get("mode", "min")
+        if configured != monitor_mode:
+            log.info(
+                f"scheduler.mode={configured} -> {monitor_mode}: ReduceLROnPlateau steps on the metric the "
+                f"trainer monitors, which is {'maximised' if monitor_mode == 'max' else 'minimised'}"
+            )
+        kwargs["mode"] = monitor_mode
     main = _instantiate(node, "scheduler")(optimizer, **kwargs)
     if not warmup:
         return main, interval

@@ -19,7 +19,7 @@ import torch
 from omegaconf import DictConfig
 
 from .checkpoint import BackgroundWriter, capture_rng, save_checkpoint
-from .components import Loss, steps_on_metric
+from .components import Loss, monitor_mode, steps_on_metric
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
 from .errors import DivergenceError, Interrupted
@@ -198,11 +198,8 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.state = TrainState()
         self.config = config or {}
-        es = self.t.early_stopping
-        self.monitor = es.monitor
-        self.mode = "max" if self.monitor in ("val/accuracy", "val/f1") else es.mode
-        if data.val is None:
-            self.monitor, self.mode = "train/loss", "min"
+        self.monitor = self.t.early_stopping.monitor if data.val is not None else "train/loss"
+        self.mode = monitor_mode(self.t, data.val is not None)
         self.train_metrics = Metrics(data.num_classes, device)
         self.val_metrics = Metrics(data.num_classes, device)
         self.profiler = make_profiler(bool(self.t.get("profile", False)), self.run_dir, device)
