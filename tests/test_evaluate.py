@@ -407,3 +407,142 @@ def test_augmentation_needs_images(workdir):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "dataset.augment" in lines[0]
+
+
+def test_test_without_best_checkpoint_is_labelled_last(tmp_path):
+    """eval.checkpoint=best with trainer.checkpoint.save_best=false: no best.pt exists, so the
+    model tested is the last epoch's, and results.json and the log say so."""
+    run_dir = tmp_path / "run"
+    proc = run_mlprun(
+        *QUICK,
+        "dataset=digits",
+        "trainer.threads=1",
+        "trainer.epochs=8",
+        "optim.lr=0.02",
+        "eval.test=true",
+        "trainer.checkpoint.save_best=false",
+        f"hydra.run.dir={run_dir}",
+        cwd=tmp_path,
+        check=True,
+    )
+    res = read_json(run_dir / "results.json")
+    assert res["best"]["epoch"] < 8  # the best epoch is not the last one: a wrong label would show
+    assert res["test"]["checkpoint"] == "last" and res["test"]["epoch"] == 8
+    out = proc.stdout + proc.stderr
+    assert "[last checkpoint, epoch 8]" in out and "[best checkpoint" not in out
+    assert "trainer.checkpoint.save_best=false" in out and "last epoch's weights" in out
+    assert not (run_dir / "checkpoints" / "best.pt").exists()
+
+
+# --------------------------------------------------------------------------- mlprun-report's files
+
+
+def test_report_rewrites_its_own_files_and_refuses_the_users(tmp_path, capsys):
+    """mlprun-report rewrites summary.csv/summary.md/figures it wrote itself, and refuses (one
+    line naming the file and --force, exit 2, nothing changed) a file of those names it did not
+    write, or one the user edited since; --force overwrites. (The report in this process.)"""
+    from mlprunner.cli import report_main
+
+    mix = tmp_path / "mix"
+    common = [*QUICK, "dataset=digits", "model.hidden=[16]", "trainer.threads=1", "trainer.epochs=2"]
+    run_mlprun_together(
+        *[
+            [*common, "trainer.tensorboard.enabled=false", f"trainer.seed={s}", f"hydra.run.dir={mix / f's{s}'}"]
+            for s in (0, 1)
+        ],
+        cwd=tmp_path,
+        check=True,
+    )
+
+    def report(*args: str) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            report_main([str(mix), "--quiet", *args])
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess(args, exit_.value.code, out.out, out.err)
+
+    def refused(proc, name: str) -> None:
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mlprun-report: error:"), proc.stderr
+        assert str(mix / name) in lines[0] and "--force" in lines[0]
+
+    (mix / "summary.md").write_text("notes\n")
+    refused(report("--no-plots"), "summary.md")
+    assert (mix / "summary.md").read_text() == "notes\n" and not (mix / "summary.csv").exists()
+
+    (mix / "summary.md").unlink()
+    assert report().returncode == 0  # a fresh folder
+    assert (mix / "summary.md").read_text().startswith("# Sweep summary:")
+    assert_png(mix / "val_curves.png")
+    again = report()  # its own files: rewritten without a word
+    assert again.returncode == 0 and again.stderr.strip() == "", again.stderr
+
+    with open(mix / "summary.md", "a") as fh:
+        fh.write("my notes on these runs\n")  # the user's now
+    edited = (mix / "summary.md").read_bytes()
+    refused(report("--no-plots"), "summary.md")
+    assert (mix / "summary.md").read_bytes() == edited
+    (mix / "summary.md").unlink()
+
+    (mix / "val_curves.png").write_bytes(b"my own figure")
+    before = {p.name: p.read_bytes() for p in mix.iterdir() if p.is_file()}
+    refused(report(), "val_curves.png")
+    assert {p.name: p.read_bytes() for p in mix.iterdir() if p.is_file()} == before
+    assert report("--no-plots").returncode == 0  # the figure is not written: nothing to refuse
+    assert (mix / "val_curves.png").read_bytes() == b"my own figure"
+
+    assert report("--force").returncode == 0
+    assert_png(mix / "val_curves.png")
+    assert report().returncode == 0  # what --force wrote is mlprun's own from now on
+
+
+def test_figures_of_the_same_name_written_at_once_do_not_collide(tmp_path):
+    """Two writers of one PNG at the same moment (the second starts while the first is still
+    saving) each use a temp file of their own: both succeed, no temp file is left; a failing
+    write leaves the old figure and no temp file."""
+    from mlprunner.plots import _plt, write_png
+
+    plt = _plt()
+    path = tmp_path / "val_curves.png"
+    first, second = plt.figure(), plt.figure()
+
+    class SavesWhileAnotherSaves:
+        def savefig(self, fh, **kwargs):
+            write_png(second, path)  # the other process's write, in the middle of this one
+            first.savefig(fh, **kwargs)
+
+    write_png(SavesWhileAnotherSaves(), path)
+    assert_png_bytes = path.read_bytes()
+    assert assert_png_bytes.startswith(b"\x89PNG")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val_curves.png"]
+
+    class Fails:
+        def savefig(self, fh, **kwargs):
+            fh.write(b"half a figure")
+            raise RuntimeError("drawing failed")
+
+    with pytest.raises(RuntimeError, match="drawing failed"):
+        write_png(Fails(), path)
+    assert path.read_bytes() == assert_png_bytes
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["val_curves.png"]
+    plt.close(first)
+    plt.close(second)
+
+
+def test_eval_and_predict_refuse_non_positive_counts(tmp_path, capsys):
+    """--batch-size 0 / --top 0: one line naming the flag, exit 2 (checked before the run is
+    read). (In this process.)"""
+    from mlprunner.cli import eval_main, predict_main
+
+    for main, args, flag in (
+        (eval_main, ["--batch-size", "0"], "--batch-size"),
+        (predict_main, ["x.png", "--top", "0"], "--top"),
+    ):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            main([str(tmp_path / "missing"), *args])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and f"{flag} must be a positive integer" in lines[0], err

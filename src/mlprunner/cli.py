@@ -191,6 +191,12 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
     sys.exit(EXIT_OK)
 
 
+def positive(flag: str, value: int) -> None:
+    """An integer option that must be at least 1: ConfigError (one line, exit 2) otherwise."""
+    if value < 1:
+        raise ConfigError(flag, message=f"{flag} must be a positive integer (1 or more), got {value}")
+
+
 def eval_main(argv: list[str] | None = None) -> None:
     """`mlprun-eval <run dir | checkpoint> [--checkpoint best|last|swa] [dataset.root=...]`."""
 
@@ -216,12 +222,11 @@ def eval_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing --json/--plot file")
     args = parser.parse_args(argv)
     with one_line_errors("mlprun-eval"):  # one line, the contract's exit codes
+        positive("--batch-size", args.batch_size)
         for flag, path in (("--json", args.json), ("--plot", args.plot)):
             if path is not None:
                 check_output(path, flag, args.force)
-        loaded, m, split = evaluate_saved(
-            args.target, args.checkpoint, args.overrides, args.device, max(1, args.batch_size)
-        )
+        loaded, m, split = evaluate_saved(args.target, args.checkpoint, args.overrides, args.device, args.batch_size)
         names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
         print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
         print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
@@ -266,6 +271,7 @@ def predict_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite an existing --csv file")
     args = parser.parse_args(argv)
     with one_line_errors("mlprun-predict"):  # one line, the contract's exit codes
+        positive("--top", args.top)
         if args.csv is not None:
             check_output(args.csv, "--csv", args.force)
         loaded = load_run(args.target, args.checkpoint, device=args.device)
@@ -283,7 +289,7 @@ def predict_main(argv: list[str] | None = None) -> None:
         x = prepare(paths, info["image_shape"], info.get("mean"), info.get("std"), args.invert)
         probs = predict(loaded, x)
         names = list(info.get("class_names") or [str(i) for i in range(probs.shape[1])])
-        k = max(1, min(args.top, probs.shape[1]))
+        k = min(args.top, probs.shape[1])
         top_p, top_i = probs.topk(k, dim=1)
         rows = []
         width = max(len(str(p)) for p in paths)
@@ -304,7 +310,7 @@ def predict_main(argv: list[str] | None = None) -> None:
 
 
 def report_main(argv: list[str] | None = None) -> None:
-    """`mlprun-report <folder> [--no-plots] [--quiet]`."""
+    """`mlprun-report <folder> [--no-plots] [--quiet] [--force]`."""
     parser = argparse.ArgumentParser(
         prog="mlprun-report",
         description="Rebuild summary.csv, summary.md and the plots of a sweep folder (or of a folder of runs).",
@@ -312,9 +318,14 @@ def report_main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", help="a sweep folder (runs/multirun/<date>/<time>) or a folder of runs")
     parser.add_argument("--no-plots", action="store_true", help="only the tables")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite a summary.csv, summary.md or figure of the folder that mlprun did not write",
+    )
     args = parser.parse_args(argv)
     try:
-        build_report(Path(args.folder), show=not args.quiet, plots=not args.no_plots)
+        build_report(Path(args.folder), show=not args.quiet, plots=not args.no_plots, force=args.force)
     except ReportError as exc:
         print(f"mlprun-report: error: {exc}", file=sys.stderr)
         sys.exit(2)

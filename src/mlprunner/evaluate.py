@@ -125,6 +125,13 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
         which = "swa"  # the averaged model is what SWA produces
     elif which == "best" and data.val is None:
         which = "last"  # no validation set: best means last
+    elif which == "best" and not cfg.trainer.checkpoint.save_best:
+        # no best.pt was kept: what is in memory are the last epoch's weights, so say so
+        which = "last"
+        log.info(
+            f"eval.checkpoint=best, but trainer.checkpoint.save_best=false kept no best checkpoint: "
+            f"the test uses the last epoch's weights (epoch {trainer.state.epoch})"
+        )
     path = checkpoint_file(run_dir, which)
     epoch = trainer.state.epoch
     if path.is_file():

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import atomic_write_bytes
+
 
 def _plt():
     # lazy: matplotlib takes ~0.5 s to import and is needed only once a figure is drawn
@@ -15,6 +17,15 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def write_png(fig, path: Path, dpi: int = 100) -> Path:
+    """Save `fig` as a PNG at `path` atomically: into a temp file of a unique name beside it
+    (mkstemp: two processes writing the same figure at once never share one), then renamed
+    over `path`; the temp file is removed when anything fails."""
+    path = Path(path)
+    atomic_write_bytes(path, lambda fh: fig.savefig(fh, dpi=dpi, format="png"))
+    return path
 
 
 def learning_curves(history: list, path: Path, title: str = "", best_epoch: int | None = None) -> Path | None:
@@ -60,24 +71,21 @@ def learning_curves(history: list, path: Path, title: str = "", best_epoch: int 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_png(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def save_figure(fig, path: Path, close: bool = True, dpi: int = 100) -> Path:
     """Write `fig` as a PNG atomically (temp file + rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=dpi)
-    if close:
-        _plt().close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_png(fig, path, dpi=dpi)
+    finally:
+        if close:
+            _plt().close(fig)
 
 
 def confusion_figure(confusion, class_names, title: str = ""):

@@ -8,12 +8,20 @@ rebuilds it for an existing sweep folder or a folder of single runs.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
+import os
 import re
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock
+    fcntl = None
 
 from omegaconf import OmegaConf
 from rich import box
@@ -21,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoint import atomic_write_text
-from .plots import _plt
+from .plots import _plt, write_png
 from .results import RESULTS, read_results, results_file_problem
 from .sessions import NOT_HPARAMS
 
@@ -393,12 +401,11 @@ def _safe(name: str) -> str:
 
 
 def _save(fig, path: Path, plt) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
     fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_png(fig, path)
+    finally:
+        plt.close(fig)
 
 
 def colours(n: int) -> list:
@@ -525,32 +532,158 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
 # ---------------------------------------------------------------- entry points
 
 
+# what mlprun-report (or a sweep's summary) last wrote in a folder: {file name: sha256}. A file
+# there whose bytes still match is mlprun's own and is rewritten; any other file of the same name
+# (the user's, or one the user edited since) is refused without --force.
+MANIFEST = ".mlprun_report.json"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _read_manifest(folder: Path) -> dict | None:
+    """The folder's manifest, {} when unreadable, None when there is none (a folder reported
+    before mlprun kept one, or never)."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data.get("files", {}) if isinstance(data, dict) and isinstance(data.get("files"), dict) else {}
+
+
+def _written_before_manifests(path: Path) -> bool:
+    """A report file of an mlprun that kept no manifest, recognised by its content: summary.md's
+    title line, summary.csv's header, a matplotlib PNG."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return False
+    if path.name == "summary.md":
+        return head.startswith(b"# Sweep summary: ")
+    if path.name == "summary.csv":
+        return head.startswith(b"job,overrides,")
+    return path.suffix == ".png" and head.startswith(b"\x89PNG\r\n\x1a\n") and b"Matplotlib" in head
+
+
+def foreign_files(folder: Path, paths: list[Path]) -> list[Path]:
+    """The existing files among `paths` (all in `folder`) that mlprun did not write."""
+    manifest = _read_manifest(folder)
+    foreign = []
+    for path in paths:
+        if not path.exists():
+            continue
+        if path.is_file():
+            if manifest is None and _written_before_manifests(path):
+                continue
+            if manifest and manifest.get(path.name) == _digest(path):
+                continue
+        foreign.append(path)
+    return foreign
+
+
+def refuse_foreign(folder: Path, paths: list[Path]) -> None:
+    """ReportError (exit 2, nothing written) when a file the report would write is not mlprun's."""
+    foreign = foreign_files(folder, paths)
+    if not foreign:
+        return
+    if len(foreign) == 1:
+        raise ReportError(
+            f"{foreign[0]} was not written by mlprun (or was changed since); nothing was changed: "
+            f"move it away, or pass --force to overwrite it"
+        )
+    names = ", ".join(p.name for p in foreign[1:4]) + (", ..." if len(foreign) > 4 else "")
+    raise ReportError(
+        f"{foreign[0]} and {len(foreign) - 1} more file(s) ({names}) were not written by mlprun "
+        f"(or were changed since); nothing was changed: move them away, or pass --force to overwrite them"
+    )
+
+
+def _remember(folder: Path, written: list[Path]) -> None:
+    """Record the digests of the files just written in the folder's manifest."""
+    files = dict(_read_manifest(folder) or {})
+    files.update({p.name: _digest(p) for p in written if p.is_file()})
+    atomic_write_text(Path(folder) / MANIFEST, json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path):
+    """An exclusive flock on the folder itself while the report checks and writes its files
+    (none where the platform has no flock: a report alone works the same)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY) if fcntl is not None else None
+    except OSError:
+        fd = None
+    if fd is None:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _has_curves(jobs: list[dict]) -> bool:
+    return any(any(h.get("val") for h in j["history"]) for j in jobs)
+
+
+def planned_plots(folder: Path, jobs: list[dict], keys: list[str]) -> list[tuple[Path, object]]:
+    """(path, draw) for each figure the report makes: draw(path) writes it."""
+    planned = []
+    groups = by_dataset(jobs)
+    for name, group in groups:
+        suffix = f"_{_safe(name)}" if len(groups) > 1 else ""  # a folder of several datasets
+        for key in keys:
+            if len({v for v, _ in param_points(group, key)}) >= 2:  # else param_figure draws nothing
+                planned.append(
+                    (folder / f"val_error_vs_{_safe(key)}{suffix}.png", lambda p, g=group, k=key: plot_param(g, k, p))
+                )
+        if _has_curves(group):
+            planned.append((folder / f"val_curves{suffix}.png", lambda p, g=group: plot_curves(g, keys, p)))
+    return planned
+
+
 def build_report(
     folder: Path,
     console=None,
     show: bool = True,
     plots: bool = True,
     collected: tuple[list[dict], list[str]] | None = None,
+    force: bool = False,
 ) -> dict:
     """Write summary.csv, summary.md and the plots into `folder`; print the table if `show`.
 
     `collected`: the (jobs, keys) `collect(folder)` already returned, to read the jobs once.
+    A file of those names that mlprun did not write (MANIFEST) is refused (ReportError, before
+    anything is written) unless `force`.
     """
     folder = Path(folder)
     jobs, keys = collected or collect(folder)
+    planned = planned_plots(folder, jobs, keys) if plots else []
+    csv_file, md_file = folder / "summary.csv", folder / "summary.md"
     made: list[Path] = []
-    groups = by_dataset(jobs)
-    for name, group in groups if plots else []:
-        suffix = f"_{_safe(name)}" if len(groups) > 1 else ""  # a folder of several datasets
-        for key in keys:
-            p = plot_param(group, key, folder / f"val_error_vs_{_safe(key)}{suffix}.png")
-            if p:
-                made.append(p)
-        p = plot_curves(group, keys, folder / f"val_curves{suffix}.png")
-        if p:
-            made.append(p)
-    csv_path = write_csv(jobs, keys, folder / "summary.csv")
-    md_path = write_markdown(folder, jobs, keys, folder / "summary.md", made)
+    with _folder_lock(folder):  # two sweeps ending at once: one checks and writes after the other
+        if not force:
+            refuse_foreign(folder, [p for p, _ in planned] + [csv_file, md_file])
+        written: list[Path] = []
+        try:
+            for path, draw in planned:
+                if draw(path):
+                    made.append(path)
+                    written.append(path)
+            csv_path = write_csv(jobs, keys, csv_file)
+            written.append(csv_path)
+            md_path = write_markdown(folder, jobs, keys, md_file, made)
+            written.append(md_path)
+        finally:
+            if written:
+                _remember(folder, written)
     if show:
         if console is None:
             console = Console()

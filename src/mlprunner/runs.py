@@ -149,7 +149,15 @@ def refuse_foreign_sweep_folder(folder: Path) -> None:
 # and a sweep folder's (multirun.yaml in it): never written by mlprun-eval/-predict, --force or not
 RUN_FILES = {"results.json", "learning_curves.png", "confusion_matrix.png", "mlprun.log", ".mlprun.lock"}
 RUN_FOLDERS = {".hydra", CHECKPOINT_DIR, "tensorboard"}
-SWEEP_FILES = {"multirun.yaml", "summary.csv", "summary.md", ".mlprun_marks", ".submitit", "tensorboard"}
+SWEEP_FILES = {
+    "multirun.yaml",
+    "summary.csv",
+    "summary.md",
+    ".mlprun_marks",
+    ".mlprun_report.json",
+    ".submitit",
+    "tensorboard",
+}
 
 
 def _owner(path: Path) -> tuple[Path, str] | None:
