@@ -34,6 +34,9 @@ from conftest import (
     tool_inprocess,
 )
 
+# what a sweep's summary rewrites: its tables, figures and their digests (mlprun-report's manifest)
+REPORT = ("summary.", "val_", ".mlprun_report.json")
+
 DIGITS = ["dataset=digits", "model=mlp_100", "trainer.epochs=1", "trainer.deterministic=true", *QUICK]
 GRID = ["optim.lr=0.01,0.001"]
 
@@ -137,7 +140,7 @@ def test_run_resume_and_sweep_refuse_a_folder_another_process_holds(made, tmp_pa
     assert "Traceback" not in text and "1 job(s) in use in this sweep" in text
     assert f"job {busy.name} skipped, in use" in text
     after = hashes(sweep)
-    mine = [k for k in before if not k.startswith(("summary.", "val_"))]  # the summary is rebuilt
+    mine = [k for k in before if not k.startswith(REPORT)]  # the summary is rebuilt
     assert {k: after.get(k) for k in mine} == {k: before[k] for k in mine}
 
 
@@ -253,7 +256,7 @@ def test_sweep_reruns_leave_completed_jobs_byte_for_byte(tmp_path):
     # a new value: one new job; the completed ones and the sweep's records stay as they were
     proc = run_mlprun("-m", *DIGITS, "optim.lr=0.01,0.001,0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
     after = hashes(sweep)
-    kept = [k for k in first if not k.startswith(("summary.", "val_"))]  # the summary gains a row
+    kept = [k for k in first if not k.startswith(REPORT)]  # the summary gains a row
     assert {k: after.get(k) for k in kept} == {k: first[k] for k in kept}
     assert (sweep / "multirun.3.yaml").is_file() and not list(sweep.glob(".multirun*"))
     assert len(job_dirs(sweep)) == 3
