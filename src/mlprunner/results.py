@@ -133,7 +133,8 @@ class ResultsFile:
 
 
 def print_summary(results: dict, console=None) -> None:
-    console = console or Console()
+    # highlight=False: rich's number highlighting split "wall 1.8s" into a coloured "1." and "8s"
+    console = console or Console(highlight=False)
     table = Table(title=f"mlprun: {results.get('status')}", show_header=True)
     table.add_column("")
     table.add_column("epoch", justify="right")
