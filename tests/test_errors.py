@@ -387,6 +387,14 @@ def test_config_error_leaves_no_run_folder(workdir, mlprun_here):
     proc = mlprun_here("dataset=xor", "optim.lr=0")
     assert proc.returncode == 2 and "optim.lr=0" in proc.stderr
     assert list(workdir.iterdir()) == []  # not even runs/ or a log file
+    # std missing: found before anything is written (it crashed while normalising)
+    proc = mlprun_here("dataset=digits", "dataset.mean=[0.1,0.2]")
+    assert proc.returncode == 2 and "dataset.std is null" in proc.stderr, proc.stderr
+    assert list(workdir.iterdir()) == []
+    # a check that needs the data (digits has one channel): the folder Hydra made goes again
+    proc = mlprun_here("dataset=digits", "dataset.mean=[0.1,0.2]", "dataset.std=[1,1]")
+    assert proc.returncode == 2 and "dataset.mean" in proc.stderr, proc.stderr
+    assert not list(workdir.glob("runs/*/*")), list(workdir.rglob("*"))
 
 
 @pytest.mark.slow

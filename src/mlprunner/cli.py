@@ -34,7 +34,7 @@ from .resume import resume_main
 from .run import install_startup_signals, run
 from .runs import check_output
 from .schema import SCHEMA
-from .sweep import forget_refused_sweeps, hydra_files, restore_kept_multirun_yaml, run_sweep_job
+from .sweep import forget_refused_run, forget_refused_sweeps, hydra_files, restore_kept_multirun_yaml, run_sweep_job
 
 log = logging.getLogger("mlprunner")
 
@@ -144,6 +144,8 @@ def hydra_app(cfg: DictConfig):
     try:
         results = run(cfg, run_dir, overrides=overrides)
     except BaseException as exc:  # single run: report in one line and exit with its code
+        if describe_exception(exc)[0] == EXIT_CONFIG:
+            forget_refused_run(run_dir)
         sys.exit(report(interrupted_outside_record(run_dir, overrides, exc)))
     best = (results.get("best") or {}).get("val") or {}
     return best.get("error")

@@ -122,6 +122,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "trainer.early_stopping.enabled", True, "false when dataset.val_fraction=0 (there is no validation set)"
         )
+    mean, std = ds.get("mean"), ds.get("std")
+    if (mean is None) != (std is None):
+        given, other = ("dataset.mean", "dataset.std") if std is None else ("dataset.std", "dataset.mean")
+        raise ConfigError(other, None, message=f"{other} is null but {given} is set; allowed: both lists, or both null")
+    if mean is not None and len(mean) != len(std):
+        raise ConfigError(
+            "dataset.std",
+            list(std),
+            message=f"dataset.std has {len(std)} value(s) but dataset.mean has {len(mean)}; allowed: one per channel",
+        )
     swa = trainer.get("swa")
     if swa is not None and swa.get("enabled"):
         swa_start_epoch(swa.start_epoch, int(trainer.epochs))

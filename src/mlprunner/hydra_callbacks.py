@@ -21,6 +21,7 @@ from .sweep import (
     failed_since,
     keep_multirun_yaml,
     marked_since,
+    note_run_made,
     note_sweep_start,
     restore_multirun_yaml,
     results_stamps,
@@ -70,6 +71,8 @@ class RunGuard(Callback):
         refuse_foreign_files(folder)
         made = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
+        if made:
+            note_run_made(folder)  # a refusal once the data is read removes it (cli)
         try:
             lock_run_dir(folder)
         except RunInUse:

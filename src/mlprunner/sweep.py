@@ -168,6 +168,31 @@ def note_sweep_start(sweep_dir: Path) -> None:
     os.environ[SWEEP_ID] = f"{os.getpid()}-{time.time_ns()}"
 
 
+_MADE_RUN_DIRS: set[Path] = set()  # run folders this process's start made (RunGuard)
+
+
+def note_run_made(run_dir: Path) -> None:
+    _MADE_RUN_DIRS.add(Path(run_dir).resolve())
+
+
+def forget_refused_run(run_dir: Path) -> None:
+    """A single run refused after Hydra made its folder (a check that needs the data): the
+    folder goes when this start made it and holds only what the start wrote (.hydra/, mlprun.log,
+    the lock), so a refused start leaves no run folder."""
+    run_dir = Path(run_dir).resolve()
+    if run_dir not in _MADE_RUN_DIRS or not run_dir.is_dir():
+        return
+    if {p.name for p in run_dir.iterdir()} - {SAVED_CONFIG.parent.name, "mlprun.log", ".mlprun.lock"}:
+        return
+    stop_logging_into(run_dir)
+    shutil.rmtree(run_dir / SAVED_CONFIG.parent, ignore_errors=True)
+    for name in ("mlprun.log", ".mlprun.lock"):
+        (run_dir / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
+        run_dir.parent.rmdir()  # runs/<date>/ when this was its only run
+
+
 def forget_refused_sweeps() -> None:
     """mlprun's way out of a sweep refused with a config error (exit 2)."""
     for sweep_dir, before in list(_STARTED.items()):
