@@ -9,6 +9,7 @@ import os
 import shlex
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -163,11 +164,20 @@ def print_summary(results: dict, console=None) -> None:
         console.print(f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={test['n']})")
 
 
+def launch_dir() -> Path:
+    """The folder mlprun was started in (with hydra.job.chdir=true, Hydra has since changed the
+    current folder to the run's)."""
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.cwd)
+    return Path.cwd()
+
+
 def short_path(path) -> str:
-    """`path` relative to the current folder when it lies below it (shorter to read and copy)."""
+    """`path` relative to the folder mlprun was started in when it lies below it (shorter to
+    read and copy, and right where the user types the next command)."""
     path = Path(path)
     try:
-        rel = path.resolve().relative_to(Path.cwd().resolve())
+        rel = path.resolve().relative_to(launch_dir().resolve())
         return str(rel) if str(rel) != "." else "."
     except (ValueError, OSError):
         return str(path)
