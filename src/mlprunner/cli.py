@@ -193,6 +193,16 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
     sys.exit(EXIT_OK)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line, as every other error of mlprun (argparse prints
+    the whole usage first); --help still shows it."""
+
+    def error(self, message: str):
+        # argparse (3.11) names an optional nargs="*" positional among the required ones
+        message = message.replace(", key=value", "")
+        self.exit(EXIT_CONFIG, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def positive(flag: str, value: int) -> None:
     """An integer option that must be at least 1: ConfigError (one line, exit 2) otherwise."""
     if value < 1:
@@ -202,7 +212,7 @@ def positive(flag: str, value: int) -> None:
 def eval_main(argv: list[str] | None = None) -> None:
     """`mlprun-eval <run dir | checkpoint> [--checkpoint best|last|swa] [dataset.root=...]`."""
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mlprun-eval",
         description="Evaluate a trained mlprun run (or checkpoint) on its test set: error with a 95% "
         "Wilson confidence interval, loss, per-class error. results.json is never modified.",
@@ -250,7 +260,7 @@ def eval_main(argv: list[str] | None = None) -> None:
 
 def predict_main(argv: list[str] | None = None) -> None:
     """`mlprun-predict <run dir | checkpoint> <image files or folders> [--csv out.csv]`."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mlprun-predict",
         description="Classify image files with a trained mlprun run: predicted class and top-k probabilities.",
     )
@@ -313,7 +323,7 @@ def predict_main(argv: list[str] | None = None) -> None:
 
 def report_main(argv: list[str] | None = None) -> None:
     """`mlprun-report <folder> [--no-plots] [--quiet] [--force]`."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="mlprun-report",
         description="Rebuild summary.csv, summary.md and the plots of a sweep folder (or of a folder of runs).",
     )
