@@ -12,6 +12,13 @@ class MlprunError(Exception):
     exit_code = EXIT_RUNTIME
 
 
+def shown(value) -> str:
+    """A config value as it is typed on the command line: true/false/null, not Python's."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else repr(value)
+
+
 class ConfigError(MlprunError):
     """An invalid configuration value or command-line argument (exit code 2)."""
 
@@ -22,7 +29,7 @@ class ConfigError(MlprunError):
         self.value = value
         self.allowed = allowed
         if message is None:
-            message = f"{key}={value!r} is invalid"
+            message = f"{key}={shown(value)} is invalid"
             if allowed:
                 message += f"; allowed: {allowed}"
         super().__init__(message)

@@ -61,10 +61,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _end(x) -> str:
+    """A range's end as typed: integers whole (2**63 - 1, not 9.22337e+18), others short."""
+    return str(x) if _is_int(x) else f"{x:g}"
+
+
 def _range_text(low, high, low_inc, high_inc) -> str:
     # inf and nan are never numbers a key takes (_is_number), so an infinite end is open
-    lo = ("[" if low_inc and low != -INF else "(") + (f"{low:g}" if low != -INF else "-inf")
-    hi = (f"{high:g}" if high != INF else "inf") + ("]" if high_inc and high != INF else ")")
+    lo = ("[" if low_inc and low != -INF else "(") + (_end(low) if low != -INF else "-inf")
+    hi = (_end(high) if high != INF else "inf") + ("]" if high_inc and high != INF else ")")
     return f"a number in {lo}, {hi}"
 
 
