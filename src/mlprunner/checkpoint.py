@@ -224,7 +224,10 @@ class BackgroundWriter:
 def _first_line(exc: BaseException) -> str:
     for line in str(exc).splitlines():
         if line.strip():
-            return line.strip()[:160]
+            line = line.strip()
+            if len(line) > 160:  # its first sentence, not a cut in the middle of the next one
+                line = re.split(r"(?<=\.)\s+", line)[0].rstrip(".")
+            return line if len(line) <= 160 else line[:157] + "..."
     return type(exc).__name__
 
 
