@@ -202,6 +202,39 @@ CASES = [
         2,
         ["dataset.csv", "at least two classes"],
     ),
+    # dataset.mean/std: refused by a real `mlprun` before the run folder (it crashed while normalising,
+    # or refused once the data was read, leaving a run folder behind)
+    case(
+        "mean-without-std",
+        ["dataset=digits", "dataset.mean=[0.1,0.2]"],
+        2,
+        ["dataset.std is null but dataset.mean is set", "both lists, or both null"],
+        how="subprocess",
+    ),
+    case("std-without-mean", ["dataset=digits", "dataset.std=[1]"], 2, ["dataset.mean is null but dataset.std"]),
+    case(
+        "mean-std-lengths",
+        ["dataset=digits", "dataset.mean=[0.1]", "dataset.std=[1,1]"],
+        2,
+        ["dataset.std has 2 value(s) but dataset.mean has 1"],
+    ),
+    case(
+        "mean-channels-digits",
+        ["dataset=digits", "dataset.mean=[0.1,0.2]", "dataset.std=[1,1]"],
+        2,
+        ["dataset.mean=[0.1, 0.2]", "a list of 1 value(s), one per image channel of dataset=digits"],
+        how="subprocess",
+    ),
+    case(
+        "mean-channels-rgb",
+        ["dataset=image_csv", "dataset.csv={imgs}/fourclass.csv", "dataset.grayscale=false"]
+        + ["dataset.mean=[0.5]", "dataset.std=[0.2]"],
+        2,
+        ["dataset.mean=[0.5]", "a list of 3 value(s)"],
+    ),
+    case("std-zero", ["dataset=digits", "dataset.mean=[0.1]", "dataset.std=[0]"], 2, ["dataset.std=[0]", "positive"]),
+    case("mean-nan", ["dataset=digits", "dataset.mean=[nan]", "dataset.std=[1]"], 2, ["dataset.mean=[nan]", "finite"]),
+    case("std-inf", ["dataset=digits", "dataset.mean=[0]", "dataset.std=[inf]"], 2, ["dataset.std=[inf]", "finite"]),
     case("lr-inf", ["optim.lr=inf"], 2, ["optim.lr=inf", "a number in (0, inf)"]),
     case("lr-nan", ["optim.lr=nan"], 2, ["optim.lr=nan", "a number in (0, inf)"]),
     case("margin-inf", ["loss=multi_margin", "loss.margin=inf"], 2, ["loss.margin=inf", "(-inf, inf)"]),
@@ -309,6 +342,38 @@ def test_launcher_setting_the_plugin_rejects_names_the_key(workdir):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlprun: error: ")]
     assert len(lines) == 1 and lines[0].startswith("mlprun: error: hydra.launcher.n_jobs=0:"), proc.stderr
     assert not sweep.exists()  # refused before any job: the folder the sweep made is gone
+
+
+def test_bad_mean_std_leave_no_folder_under_runs(workdir):
+    """The commands of the report, with mlprun's own runs/<date>/<time>/ folder: refused in one
+    line, exit 2, and nothing written (not even runs/)."""
+    for args, says in (
+        (["dataset.mean=[0.1,0.2]"], "dataset.std is null"),
+        (["dataset.mean=[0.1,0.2]", "dataset.std=[1,1]"], "dataset.mean=[0.1, 0.2] is invalid"),
+    ):
+        proc = run_mlprun("dataset=digits", *args, cwd=workdir, timeout=300)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlprun: error: ")]
+        assert len(lines) == 1 and says in lines[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stdout + proc.stderr
+        assert list(workdir.iterdir()) == [], list(workdir.rglob("*"))
+
+
+def test_loader_channels_match_the_data(compose_cfg):
+    """What validation assumes of each built-in image loader's channels is what it loads."""
+    from mlprunner.data import load_data
+    from mlprunner.schema import resolve_loader
+
+    ds = compose_cfg("dataset=digits").dataset
+    assert resolve_loader(ds).dataset_facts.channels(ds) == load_data(ds, "cpu").image_shape[0] == 1
+    for name in ("mnist", "fashion_mnist"):
+        ds = compose_cfg(f"dataset={name}").dataset
+        assert resolve_loader(ds).dataset_facts.channels(ds) == 1
+    for name in ("image_csv", "image_folder"):
+        for gray, channels in (("true", 1), ("false", 3)):
+            ds = compose_cfg(f"dataset={name}", f"dataset.grayscale={gray}").dataset
+            assert resolve_loader(ds).dataset_facts.channels(ds) == channels
+    assert resolve_loader(compose_cfg("dataset=xor").dataset).dataset_facts.channels is None
 
 
 def test_memory_estimate_asks_the_optimizer_for_its_state(compose_cfg):

@@ -28,6 +28,7 @@ from .schema import (
     LEGACY,
     REQUIRED_GROUPS,
     SCHEMA,
+    check_channel_stats,
     check_value,
     component_class,
     model_arguments,
@@ -122,16 +123,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "trainer.early_stopping.enabled", True, "false when dataset.val_fraction=0 (there is no validation set)"
         )
-    mean, std = ds.get("mean"), ds.get("std")
-    if (mean is None) != (std is None):
-        given, other = ("dataset.mean", "dataset.std") if std is None else ("dataset.std", "dataset.mean")
-        raise ConfigError(other, None, message=f"{other} is null but {given} is set; allowed: both lists, or both null")
-    if mean is not None and len(mean) != len(std):
-        raise ConfigError(
-            "dataset.std",
-            list(std),
-            message=f"dataset.std has {len(std)} value(s) but dataset.mean has {len(mean)}; allowed: one per channel",
-        )
+    check_channel_stats(ds)  # both or neither, one length (the channels: below, with the loader)
     swa = trainer.get("swa")
     if swa is not None and swa.get("enabled"):
         swa_start_epoch(swa.start_epoch, int(trainer.epochs))
@@ -158,6 +150,8 @@ def validate(cfg: DictConfig) -> None:
             message=f"dataset.augment.enabled=true needs an image dataset; "
             f"dataset={option_label(ds, 'dataset')} has no image shape (allowed: false)",
         )
+    if facts.channels is not None and ds.get("normalize", False):  # the loader uses mean/std only then
+        check_channel_stats(ds, facts.channels(ds), f"dataset={option_label(ds, 'dataset')}")
     sizes = facts.sizes(ds) if facts.sizes is not None else None
     if sizes is not None and sizes.pool is not None and ds.get("val_fraction") is not None:
         check_split(sizes.pool, float(ds.val_fraction), ds.get("subset"))

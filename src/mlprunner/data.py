@@ -22,7 +22,7 @@ import torch
 from omegaconf import DictConfig
 
 from .errors import ConfigError, DatasetError
-from .schema import resolve_loader
+from .schema import check_channel_stats, resolve_loader
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
 
@@ -44,21 +44,30 @@ class LoaderFacts:
     images: bool  # flat images with a (C, H, W) shape (augmentation needs one)
     preflight: Callable[[DictConfig], None] | None  # cheap checks before the run folder is made
     sizes: Callable[[DictConfig], DataSizes] | None = None  # for the split and memory checks
+    channels: Callable[[DictConfig], int] | None = None  # image channels: dataset.mean/std's length
 
 
-def loader(num_classes: int | None = None, images: bool = True, preflight=None, sizes=None):
+def loader(num_classes: int | None = None, images: bool = True, preflight=None, sizes=None, channels=None):
     """Mark `fn(dataset_cfg, device) -> Data` as a dataset loader a `dataset._target_` may name."""
 
     def mark(fn):
-        fn.dataset_facts = LoaderFacts(num_classes, images, preflight, sizes)
+        fn.dataset_facts = LoaderFacts(num_classes, images, preflight, sizes, channels)
         return fn
 
     return mark
 
 
+def _one_channel(ds: DictConfig) -> int:
+    return 1
+
+
+def _image_channels(ds: DictConfig) -> int:
+    return 1 if ds.get("grayscale", True) else 3
+
+
 def _image_features(ds: DictConfig) -> int:
     size = list(ds.image_size)
-    return (1 if ds.get("grayscale", True) else 3) * int(size[0]) * int(size[1])
+    return _image_channels(ds) * int(size[0]) * int(size[1])
 
 
 @dataclass
@@ -223,12 +232,11 @@ def _finish(
     x_val, y_val = _unit_float(x_all[val_idx]), y_all[val_idx]
     mean = std = None
     if cfg.get("normalize", False):
+        check_channel_stats(cfg, channels)  # validation checked it when the loader tells its channels
         if cfg.get("mean") is not None:
             mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
         else:
             mean, std = _channel_stats(x_train, channels)
-        if len(mean) != channels:
-            raise ConfigError("dataset.mean", list(mean), f"a list of {channels} value(s), one per image channel")
         # in place: indexing with train_idx/val_idx made fresh copies (no extra 4 bytes/pixel)
         x_train = _normalize(x_train, mean, std)
         x_val = _normalize(x_val, mean, std)
@@ -374,12 +382,12 @@ def _mnist_sizes(ds: DictConfig) -> DataSizes:
     return DataSizes(60000, 10000, 28 * 28)
 
 
-@loader(num_classes=10, preflight=_mnist_files_present("mnist"), sizes=_mnist_sizes)
+@loader(num_classes=10, preflight=_mnist_files_present("mnist"), sizes=_mnist_sizes, channels=_one_channel)
 def load_mnist(cfg: DictConfig, device) -> Data:
     return _torchvision_mnist(cfg, device, "mnist")
 
 
-@loader(num_classes=10, preflight=_mnist_files_present("fashion_mnist"), sizes=_mnist_sizes)
+@loader(num_classes=10, preflight=_mnist_files_present("fashion_mnist"), sizes=_mnist_sizes, channels=_one_channel)
 def load_fashion_mnist(cfg: DictConfig, device) -> Data:
     return _torchvision_mnist(cfg, device, "fashion_mnist")
 
@@ -458,7 +466,7 @@ def _digits_sizes(ds: DictConfig) -> DataSizes:
     return DataSizes(DIGITS_EXAMPLES - n_test, n_test, 64)
 
 
-@loader(num_classes=10, sizes=_digits_sizes)
+@loader(num_classes=10, sizes=_digits_sizes, channels=_one_channel)
 def load_digits(cfg: DictConfig, device) -> Data:
     from sklearn.datasets import load_digits
 
@@ -617,7 +625,11 @@ def _check_classes(ds: DictConfig, labels: list[int], csv_path: Path) -> list[st
     return names
 
 
-@loader(preflight=_image_csv_readable, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
+@loader(
+    preflight=_image_csv_readable,
+    sizes=lambda ds: DataSizes(None, None, _image_features(ds)),
+    channels=_image_channels,
+)
 def load_image_csv(cfg: DictConfig, device) -> Data:
     csv_path = Path(str(cfg.csv)).expanduser()
     image_dir = Path(str(cfg.image_dir)).expanduser() if cfg.get("image_dir") else csv_path.parent
@@ -710,7 +722,11 @@ def _open_image_folder(folder: Path, key: str):
         raise DatasetError(f"{key}={folder}: {str(exc).splitlines()[0]}") from None
 
 
-@loader(preflight=_image_folder_present, sizes=lambda ds: DataSizes(None, None, _image_features(ds)))
+@loader(
+    preflight=_image_folder_present,
+    sizes=lambda ds: DataSizes(None, None, _image_features(ds)),
+    channels=_image_channels,
+)
 def load_image_folder(cfg: DictConfig, device) -> Data:
     image_dir = Path(str(cfg.image_dir)).expanduser()
     folder = _open_image_folder(image_dir, "dataset.image_dir")
@@ -742,10 +758,11 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
     # Too large for memory: stream through a DataLoader, normalised per batch on the device.
     train_idx, val_idx = _split_indices(n, cfg.val_fraction, cfg.split_seed, cfg.get("subset"))
     samples = folder.samples
-    mean = [float(v) for v in cfg.mean] if cfg.get("mean") is not None else [0.5] * channels
-    std = [float(v) for v in cfg.std] if cfg.get("std") is not None else [0.5] * channels
-    if not cfg.get("normalize", False):
-        mean = std = None
+    mean = std = None
+    if cfg.get("normalize", False):
+        check_channel_stats(cfg, channels)
+        mean = [float(v) for v in cfg.mean] if cfg.get("mean") is not None else [0.5] * channels
+        std = [float(v) for v in cfg.std] if cfg.get("std") is not None else [0.5] * channels
     workers = int(cfg.get("num_workers", 2))
     train = StreamSplit(_FolderImages([samples[i] for i in train_idx], size, gray), device, mean, std, workers)
     val = (

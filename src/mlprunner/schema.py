@@ -179,14 +179,34 @@ def _device(v) -> bool:
 
 
 def _non_empty_numbers(v) -> bool:
-    return (
-        isinstance(v, (ListConfig, list))
-        and len(v) > 0
-        and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-    )
+    # finite: a nan or inf mean/std turns every input into nan or 0 (a run that diverges or learns nothing)
+    return isinstance(v, (ListConfig, list)) and len(v) > 0 and all(_is_number(x) for x in v)
 
 
-_channels = Spec(_non_empty_numbers, "null or a list of numbers, one per channel", nullable=True)
+_channels = Spec(_non_empty_numbers, "null or a list of finite numbers, one per channel", nullable=True)
+
+
+def check_channel_stats(ds, channels: int | None = None, dataset: str = "") -> None:
+    """dataset.mean and dataset.std (each already a valid list or null, SCHEMA): both lists or
+    both null, of one length, and, when the loader tells its image channels (`channels`), one
+    value per channel. Checked by validation before the run folder is made, and again by the
+    loaders in data.py (a loader of the user's own may know its channels only from its files)."""
+    mean, std = ds.get("mean"), ds.get("std")
+    if (mean is None) != (std is None):
+        given, other = ("dataset.mean", "dataset.std") if std is None else ("dataset.std", "dataset.mean")
+        raise ConfigError(other, None, message=f"{other} is null but {given} is set; allowed: both lists, or both null")
+    if mean is None:
+        return
+    if len(mean) != len(std):
+        raise ConfigError(
+            "dataset.std",
+            list(std),
+            message=f"dataset.std has {len(std)} value(s) but dataset.mean has {len(mean)}; allowed: one per channel",
+        )
+    if channels is not None and len(mean) != channels:
+        of = f" of {dataset}" if dataset else ""
+        raise ConfigError("dataset.mean", list(mean), f"a list of {channels} value(s), one per image channel{of}")
+
 
 # --------------------------------------------------------------------------- the table
 
