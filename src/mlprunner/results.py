@@ -174,13 +174,14 @@ def launch_dir() -> Path:
 
 def short_path(path) -> str:
     """`path` relative to the folder mlprun was started in when it lies below it (shorter to
-    read and copy, and right where the user types the next command)."""
+    read and copy, and right where the user types the next command), else absolute: a relative
+    path names a place from the current folder, which hydra.job.chdir=true made the run's."""
     path = Path(path)
     try:
         rel = path.resolve().relative_to(launch_dir().resolve())
-        return str(rel) if str(rel) != "." else "."
+        return str(rel)
     except (ValueError, OSError):
-        return str(path)
+        return os.path.abspath(path)
 
 
 def closing_lines(results: dict) -> list[str]:
