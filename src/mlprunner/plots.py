@@ -71,16 +71,11 @@ def learning_curves(history: list, path: Path, title: str = "", best_epoch: int 
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    try:
-        return write_png(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def save_figure(fig, path: Path, close: bool = True, dpi: int = 100) -> Path:
-    """Write `fig` as a PNG atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write `fig` as a PNG atomically (write_png), then close it unless `close` is false."""
     try:
         return write_png(fig, path, dpi=dpi)
     finally:

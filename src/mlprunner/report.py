@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoint import atomic_write_text
-from .plots import _plt, write_png
+from .plots import _plt, save_figure
 from .results import RESULTS, read_results, results_file_problem
 from .sessions import NOT_HPARAMS
 
@@ -400,12 +400,9 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "param"
 
 
-def _save(fig, path: Path, plt) -> Path:
+def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    try:
-        return write_png(fig, path)
-    finally:
-        plt.close(fig)
+    return save_figure(fig, path)
 
 
 def colours(n: int) -> list:
@@ -487,7 +484,7 @@ def param_figure(jobs: list[dict], key: str):
 
 def plot_param(jobs: list[dict], key: str, path: Path) -> Path | None:
     fig = param_figure(jobs, key)
-    return None if fig is None else _save(fig, path, _plt())
+    return None if fig is None else _save(fig, path)
 
 
 def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int = 20) -> Path | None:
@@ -526,7 +523,7 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="best first", title_fontsize=7)
-    return _save(fig, path, plt)
+    return _save(fig, path)
 
 
 # ---------------------------------------------------------------- entry points
