@@ -84,6 +84,15 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
         raise ConfigError("optim", message=f"optim: {exc}") from None
 
 
+def length_keys(cfg: DictConfig) -> list[str]:
+    """The scheduler's length arguments the config leaves null and build_scheduler sets from
+    trainer.epochs (CosineAnnealingLR's T_max, OneCycleLR's total_steps)."""
+    if cfg.get("_target_") is None:
+        return []
+    params = inspect.signature(component_class(cfg, "scheduler")).parameters
+    return [key for key in ("T_max", "total_steps") if key in params and cfg.get(key) is None]
+
+
 def build_scheduler(cfg: DictConfig, optimizer, epochs: int, steps_per_epoch: int, monitor_mode: str | None = None):
     """Return (scheduler or None, interval) where interval is 'epoch' or 'step'.
 
@@ -102,12 +111,7 @@ def build_scheduler(cfg: DictConfig, optimizer, epochs: int, steps_per_epoch: in
     node = class_node(cfg, "scheduler")
     units = steps_per_epoch if interval == "step" else 1
     cls = component_class(cfg, "scheduler")
-    params = inspect.signature(cls).parameters
-    kwargs = {
-        key: max(1, (epochs - warmup) * units)
-        for key in ("T_max", "total_steps")
-        if key in params and node.get(key) is None
-    }
+    kwargs = {key: max(1, (epochs - warmup) * units) for key in length_keys(cfg)}
     if monitor_mode is not None and isinstance(cls, type) and issubclass(cls, ReduceLROnPlateau):
         configured = node.get("mode", "min")
         if configured != monitor_mode:

@@ -9,7 +9,6 @@ with the configuration Hydra saved in `.hydra/config.yaml`.
 from __future__ import annotations
 
 import difflib
-import inspect
 import logging
 import shutil
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import check_config_targets, load_checkpoint
+from .components import length_keys
 from .config import validate
 from .errors import CheckpointError, ConfigError
 from .loggers import with_logger
@@ -26,7 +26,7 @@ from .record import lock_run_dir
 from .results import read_results
 from .run import run
 from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides, recorded_model_target
-from .schema import GROUPS, SCHEMA, component_class, declared
+from .schema import GROUPS, SCHEMA, declared
 from .sessions import NOT_HPARAMS
 from .train import still_stopped
 
@@ -240,15 +240,6 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     return 0
 
 
-def schedule_length_key(scheduler: DictConfig) -> str | None:
-    """The scheduler's length argument that build_scheduler derives from trainer.epochs
-    (CosineAnnealingLR's T_max, OneCycleLR's total_steps, when the config leaves it null)."""
-    if scheduler.get("_target_") is None:
-        return None
-    params = inspect.signature(component_class(scheduler, "scheduler")).parameters
-    return next((k for k in ("T_max", "total_steps") if k in params and scheduler.get(k) is None), None)
-
-
 def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> None:
     """What a resume may not do even with safe keys: go back to an earlier checkpoint of a run
     that has trained further (its later epochs would be overwritten), lengthen a schedule whose
@@ -269,7 +260,7 @@ def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> N
         )
     saved = OmegaConf.create(ckpt["config"])
     before, after = int(saved.trainer.epochs), int(cfg.trainer.epochs)
-    key = schedule_length_key(cfg.scheduler) if cfg.get("scheduler") is not None else None
+    key = next(iter(length_keys(cfg.scheduler)), None) if cfg.get("scheduler") is not None else None
     if before != after and key is not None:
         raise ConfigError(
             "trainer.epochs",
