@@ -250,10 +250,14 @@ def job_marker(sweep_dir: Path, run_dir: Path) -> Path:
     return Path(sweep_dir) / MARKS / (name.replace(os.sep, "%") + (f"@{launch}" if launch else "") + ".json")
 
 
-def _ours(marker: Path) -> bool:
-    """A marker of this launch's jobs (or of a job that knew no launch)."""
-    launch = _read_json(marker).get("sweep")
-    return launch is None or launch == os.environ.get(SWEEP_ID)
+def _new_marks(sweep_dir: Path, before: dict[str, tuple]):
+    """(marker, its contents) of the markers written since `before` by this launch's jobs (or by
+    a job that knew no launch)."""
+    for marker in (Path(sweep_dir) / MARKS).glob("*.json"):
+        if _stamp(marker) != before.get(str(marker.resolve())):
+            data = _read_json(marker)
+            if data.get("sweep") in (None, os.environ.get(SWEEP_ID)):
+                yield marker, data
 
 
 def claim_run_dir(run_dir: Path, sweep_dir: Path | None = None) -> bool:
@@ -329,12 +333,10 @@ def marked_since(sweep_dir: Path, before: dict[str, tuple]) -> dict[str, tuple[s
     """{run folder: (status, reason)} of the jobs marked since `before` (results_stamps at the
     start of the sweep, which also stamps the markers)."""
     found = {}
-    for marker in (Path(sweep_dir) / MARKS).glob("*.json"):
-        if _stamp(marker) != before.get(str(marker.resolve())) and _ours(marker):
-            data = _read_json(marker)
-            if data.get("run_dir"):
-                status = str(data.get("status") or "in use")
-                found[str(Path(data["run_dir"]).resolve())] = (status, str(data.get("reason") or status))
+    for _, data in _new_marks(sweep_dir, before):
+        if data.get("run_dir"):
+            status = str(data.get("status") or "in use")
+            found[str(Path(data["run_dir"]).resolve())] = (status, str(data.get("reason") or status))
     return found
 
 
@@ -345,9 +347,8 @@ def in_use_since(sweep_dir: Path, before: dict[str, tuple]) -> dict[str, str]:
 
 def clear_marks(sweep_dir: Path, before: dict[str, tuple]) -> None:
     """Remove the markers written since `before` (they have been read), and the folder if empty."""
-    for marker in (Path(sweep_dir) / MARKS).glob("*.json"):
-        if _stamp(marker) != before.get(str(marker.resolve())) and _ours(marker):
-            marker.unlink(missing_ok=True)
+    for marker, _ in list(_new_marks(sweep_dir, before)):
+        marker.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         (Path(sweep_dir) / MARKS).rmdir()
 
