@@ -27,12 +27,14 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format src tests scripts
 	$(VENV)/bin/ruff check --fix src tests scripts
 
-# Lint, then the whole suite, slow tests included (what CI runs).
+# Lint, then the whole suite, slow tests included (what CI runs), one pytest-xdist worker per
+# core; the SLURM tests share one worker (xdist_group "slurm"): the test cluster has 2 CPUs and a
+# requeued job waits for a free one.
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist loadgroup
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -n auto --dist loadgroup -m "not slow"
 
 bench: $(STAMP)
 	$(PY) scripts/bench.py --epochs 5

@@ -285,7 +285,8 @@ def test_terminal_of_80_columns(workdir):
         workdir,
     )
     lines = screen_lines(raw)
-    too_long = [(len(line), line) for line in lines if len(line) > 80]
+    # a path cannot be wrapped: the run folder's absolute path is as long as the temp folder's
+    too_long = [(len(line), line) for line in lines if len(line) > 80 and not line.startswith("run directory: ")]
     assert not too_long, too_long
     visible = [line for line in lines if line.strip()]
     assert visible[0].startswith("mlprun: loading PyTorch")

@@ -32,7 +32,11 @@ def _cluster_problem() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_cluster_problem() is not None, reason=str(_cluster_problem()))]
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.xdist_group("slurm"),  # one worker: the 2-CPU test cluster runs them one after another
+    pytest.mark.skipif(_cluster_problem() is not None, reason=str(_cluster_problem())),
+]
 
 JOB = [
     "hydra/launcher=slurm",
