@@ -546,3 +546,23 @@ def test_eval_and_predict_refuse_non_positive_counts(tmp_path, capsys):
         assert exit_.value.code == 2, err
         lines = err.strip().splitlines()
         assert len(lines) == 1 and f"{flag} must be a positive integer" in lines[0], err
+
+
+def test_batchnorm_leaves_out_a_last_batch_of_one_sample(workdir):
+    """BatchNorm cannot normalise one sample in training ("Expected more than 1 value per
+    channel"): with 1294 digits and batch 431 the last batch of one sample is left out of each
+    epoch (said once in the log), and SWA's BatchNorm pass over batches of 431 ends without one."""
+    proc = run_mlprun(
+        *SWA,
+        "model.batchnorm=true",
+        "trainer.epochs=4",
+        "trainer.batch_size=431",
+        "trainer.eval_batch_size=431",
+        "eval.test=false",
+        "hydra.run.dir=bn1",
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("the last training batch would hold 1 sample (1294 samples") == 1, proc.stdout
+    assert _load(workdir / "bn1" / "checkpoints" / "last.pt")["step"] == 4 * 3  # three full batches an epoch
+    assert (workdir / "bn1" / "checkpoints" / "swa.pt").is_file()

@@ -19,6 +19,7 @@ from .components import Loss, build_optimizer, build_scheduler, monitor_mode
 from .config import check_loss_fits
 from .data import Data, load_data
 from .errors import ConfigError
+from .models import min_train_batch
 from .schema import model_arguments
 
 log = logging.getLogger("mlprunner")
@@ -123,7 +124,7 @@ def build(cfg: DictConfig, device: torch.device, data: Data | None = None) -> Pi
         cfg.scheduler,
         optimizer,
         int(cfg.trainer.epochs),
-        data.train.num_batches(int(cfg.trainer.batch_size)),
+        data.train.num_batches(int(cfg.trainer.batch_size), min_train_batch(model)),
         monitor_mode=monitor_mode(cfg.trainer, data.val is not None),  # a plateau steps on the trainer's monitor
     )
     augment = build_augment(cfg.dataset, data)  # None unless dataset.augment.enabled

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -70,6 +69,12 @@ def _image_features(ds: DictConfig) -> int:
     return _image_channels(ds) * int(size[0]) * int(size[1])
 
 
+def num_batches(n: int, batch_size: int, min_size: int = 1) -> int:
+    """Batches of `batch_size` over `n` samples, a last one smaller than `min_size` left out."""
+    full, rest = divmod(n, batch_size)
+    return full + (1 if rest and rest >= min_size else 0)
+
+
 @dataclass
 class Split:
     """An in-memory split: features (N, F) float32 and integer labels (N,)."""
@@ -84,20 +89,22 @@ class Split:
         return Split(self.x.to(device, non_blocking=True), self.y.to(device, non_blocking=True))
 
     def batches(
-        self, batch_size: int, order: torch.Tensor | None = None
+        self, batch_size: int, order: torch.Tensor | None = None, min_size: int = 1
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (x, y) batches by indexing; `order` is a permutation on the same device."""
+        """Yield (x, y) batches by indexing; `order` is a permutation on the same device. A last
+        batch smaller than `min_size` is left out (see models.min_train_batch)."""
         n = len(self)
-        if order is None:
-            for start in range(0, n, batch_size):
+        for start in range(0, n, batch_size):
+            if n - start < min_size:
+                return
+            if order is None:
                 yield self.x[start : start + batch_size], self.y[start : start + batch_size]
-        else:
-            for start in range(0, n, batch_size):
+            else:
                 idx = order[start : start + batch_size]
                 yield self.x.index_select(0, idx), self.y.index_select(0, idx)
 
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
+    def num_batches(self, batch_size: int, min_size: int = 1) -> int:
+        return num_batches(len(self), batch_size, min_size)
 
 
 class StreamSplit:
@@ -113,10 +120,10 @@ class StreamSplit:
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def num_batches(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
+    def num_batches(self, batch_size: int, min_size: int = 1) -> int:
+        return num_batches(len(self), batch_size, min_size)
 
-    def batches(self, batch_size: int, order: torch.Tensor | None = None):
+    def batches(self, batch_size: int, order: torch.Tensor | None = None, min_size: int = 1):
         from torch.utils.data import DataLoader
 
         sampler = None if order is None else order.cpu().tolist()
@@ -128,6 +135,8 @@ class StreamSplit:
             pin_memory=self.device.type == "cuda",
         )
         for xb, yb in loader:
+            if len(yb) < min_size:  # only the last batch can be short
+                return
             xb = xb.to(self.device, non_blocking=True).flatten(1).float().div_(255.0)
             yield _normalize(xb, self.mean, self.std), yb.to(self.device, non_blocking=True)
 

@@ -68,3 +68,10 @@ def summary_rows(model: nn.Module) -> list[tuple[str, str, int]]:
 
 def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def min_train_batch(model: nn.Module) -> int:
+    """The smallest training batch the model can take: BatchNorm in training mode cannot
+    normalise one sample ("Expected more than 1 value per channel"), so with BatchNorm a last
+    batch of one sample is left out of the epoch (a different sample each shuffled epoch)."""
+    return 2 if has_batchnorm(model) else 1

@@ -26,7 +26,7 @@ from .errors import CheckpointError, Interrupted
 from .evaluate import evaluate_test
 from .limits import limit_data, overfitting
 from .loggers import Loggers, RunInfo, make_loggers, with_logger
-from .models import config_title, count_parameters, summary_rows
+from .models import config_title, count_parameters, min_train_batch, summary_rows
 from .plots import learning_curves
 from .progress import Progress
 from .record import RunRecord
@@ -229,7 +229,7 @@ def run(
             progress = Progress(
                 cfg.trainer.progress,
                 int(cfg.trainer.epochs),
-                data.train.num_batches(batch_size),
+                data.train.num_batches(batch_size, min_train_batch(pieces.model)),
                 batch_size,
                 prefix=job_prefix(run_dir, overrides),
             )

@@ -56,7 +56,7 @@ class SWA:
     def finish(self, train_split, batch_size: int) -> None:
         """Recompute BatchNorm running statistics for the averaged weights (one pass, no grads)."""
         if has_batchnorm(self.averaged) and self.n_averaged:
-            update_bn((xb for xb, _ in train_split.batches(batch_size)), self.averaged)
+            update_bn((xb for xb, _ in train_split.batches(batch_size, min_size=2)), self.averaged)
 
     def averaged_state(self) -> dict:
         """The averaged weights with the plain model's keys (loadable into a fresh MLP)."""

@@ -23,6 +23,7 @@ from .components import Loss, monitor_mode, steps_on_metric
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
 from .errors import DivergenceError, Interrupted
+from .models import min_train_batch
 from .profiling import make_profiler
 from .swa import SWA
 
@@ -228,6 +229,14 @@ class Trainer:
             profile=bool(self.t.get("profile")),
         )
         self.graphed = None  # GraphedSteps, made at the first epoch (after a resume's load_state)
+        self.min_batch = min_train_batch(model)
+        if data.train.num_batches(int(self.t.batch_size), self.min_batch) < data.train.num_batches(
+            int(self.t.batch_size)
+        ):
+            log.info(
+                f"BatchNorm: the last training batch would hold 1 sample ({len(data.train)} samples, "
+                f"trainer.batch_size={int(self.t.batch_size)}); it is left out of each epoch"
+            )
 
     def _set_up_graph(self) -> None:
         """The CUDA-graph runner when the step can be graphed, and one log line on whether it
@@ -322,7 +331,7 @@ class Trainer:
         log_every = int(self.t.log_every_n_steps)
         window = torch.zeros(log_every, device=self.device)
         k = 0  # steps in the current log window
-        steps = train.num_batches(bs)
+        steps = train.num_batches(bs, self.min_batch)
         if self.progress:
             self.progress.start_epoch(epoch)
         prof = self.profiler  # trainer.profile: per-phase laps (no-ops when off)
@@ -358,6 +367,8 @@ class Trainer:
         graphed.begin_epoch(order)
         n = len(self.data.train)
         for start in range(0, n, bs):
+            if n - start < self.min_batch:
+                return
             yield graphed.step(min(bs, n - start))
 
     def _eager_steps(self, epoch: int, order: torch.Tensor, bs: int):
@@ -368,7 +379,7 @@ class Trainer:
         if in_swa:
             self.swa.begin_epoch(epoch)  # SWALR takes over the learning rate from here on
         step_sched = self.scheduler is not None and self.interval == "step" and not in_swa
-        for xb, yb in self.data.train.batches(bs, order):
+        for xb, yb in self.data.train.batches(bs, order, self.min_batch):
             if self.augment is not None:
                 xb = self.augment(xb)
             prof.lap("data")
