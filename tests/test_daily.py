@@ -350,6 +350,45 @@ def test_report_fills_defaults_groups_datasets_and_shows_test_error(workdir, mlp
     assert not list(runs.glob("val_error_vs_*_xor.png"))
 
 
+def test_report_shows_a_resumed_runs_effective_settings_and_refuses_a_run_folder(workdir, mlprun_here):
+    """A run resumed with trainer.epochs=3 eval.test=false is reported with those values (its
+    .hydra/config.yaml still says 2 and true); mlprun-report on one run's folder is refused in one
+    line and writes nothing there; cell text with brackets is shown as typed, not as rich markup."""
+    from rich.console import Console
+
+    from mlprunner.report import collect, print_table
+
+    runs = workdir / "runs"
+    one = ["dataset=digits", *QUICK, "trainer.tensorboard.enabled=false"]
+    for name, args in {"a": ["trainer.epochs=2", "eval.test=true"], "b": ["trainer.epochs=2"]}.items():
+        proc = mlprun_here(*one, *args, f"hydra.run.dir={runs}/{name}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = mlprun_here(f"resume={runs}/a", "trainer.epochs=3", "eval.test=false")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = sorted(p.name for p in (runs / "a").iterdir())
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlprunner.report", str(runs / "a")], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith(f"mlprun-report: error: {runs / 'a'} is one run's folder"), proc.stderr
+    assert sorted(p.name for p in (runs / "a").iterdir()) == before
+
+    subprocess.run([sys.executable, "-m", "mlprunner.report", "--quiet", str(runs)], check=True, timeout=120)
+    import csv
+
+    with open(runs / "summary.csv", newline="") as fh:
+        rows = {r["job"]: r for r in csv.DictReader(fh)}
+    assert rows["a"]["trainer.epochs"] == "3" and rows["b"]["trainer.epochs"] == "2"
+    # eval.test: false in both now (a's resume turned it off), so not a column; a has no test error
+    assert "eval.test" not in rows["a"] and rows["a"].get("test_error", "") == ""
+
+    jobs, keys = collect(runs)
+    jobs[0]["values"]["trainer.epochs"] = "[tensorboard,csv]"
+    console = Console(record=True, width=120)
+    print_table(runs, jobs, keys, console)
+    assert "[tensorboard,csv]" in console.export_text()
+
+
 def fake_jobs(key: str, values: list[str]) -> list[dict]:
     return [
         {"job": f"j{i}", "params": {key: v}, "values": {key: v}, "best_val_error": 0.1 + 0.01 * i, "overrides": []}

@@ -23,9 +23,12 @@ try:
 except ImportError:  # Windows: no flock
     fcntl = None
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .checkpoint import atomic_write_text
@@ -55,15 +58,14 @@ class ReportError(Exception):
 # ---------------------------------------------------------------- collecting the jobs
 
 
+def is_run(d: Path) -> bool:
+    """A run folder: it holds results.json or .hydra/overrides.yaml."""
+    return (d / RESULTS).is_file() or (d / ".hydra" / "overrides.yaml").is_file()
+
+
 def find_jobs(folder: Path, max_depth: int = 4) -> list[Path]:
-    """Run folders at or below `folder`: those holding results.json or .hydra/overrides.yaml."""
+    """Run folders below `folder` (see is_run)."""
     folder = Path(folder)
-
-    def is_job(d: Path) -> bool:
-        return (d / "results.json").is_file() or (d / ".hydra" / "overrides.yaml").is_file()
-
-    if is_job(folder):
-        return [folder]
     found, stack = [], [(folder, 0)]
     while stack:
         d, depth = stack.pop()
@@ -74,7 +76,7 @@ def find_jobs(folder: Path, max_depth: int = 4) -> list[Path]:
         for child in children:
             if child.name in SKIP_DIRS or child.name.startswith("."):
                 continue
-            if is_job(child):
+            if is_run(child):
                 found.append(child)
             elif depth + 1 < max_depth:
                 stack.append((child, depth + 1))
@@ -142,6 +144,7 @@ def load_job(folder: Path, job_dir: Path) -> dict:
     overrides = results.get("overrides")
     if overrides is None:
         overrides = _read_overrides(job_dir)
+    resumed = resume_overrides(results)
     best = results.get("best") or {}
     last = results.get("last") or {}
     name = job_dir.relative_to(folder).as_posix() if job_dir != folder else job_dir.name
@@ -154,7 +157,7 @@ def load_job(folder: Path, job_dir: Path) -> dict:
         "job": name,
         "dir": job_dir,
         "overrides": [str(o) for o in overrides],
-        "params": dict(split_override(o) for o in overrides),
+        "params": dict(split_override(o) for o in [*overrides, *resumed]),  # a resume's value wins
         "status": status,
         "reason": results.get("reason"),
         "best_val_error": (best.get("val") or {}).get("error"),
@@ -165,9 +168,35 @@ def load_job(folder: Path, job_dir: Path) -> dict:
         "test_error": (results.get("test") or {}).get("error"),
         "history": results.get("history") or [],
         "dataset": (results.get("dataset") or {}).get("name") or _dataset_of(job_dir),
-        "config": _load_yaml(job_dir / ".hydra" / "config.yaml"),
+        "config": _with_overrides(_load_yaml(job_dir / ".hydra" / "config.yaml"), resumed),
         "choices": _choices(job_dir),
     }
+
+
+def resume_overrides(results: dict) -> list[str]:
+    """The overrides the run's resumes applied (`trainer.epochs=6`, `eval.test=false`), oldest
+    first: .hydra/config.yaml holds the config of the run's first process only."""
+    return [
+        str(o)
+        for entry in results.get("resumed") or []
+        for o in entry.get("overrides") or []
+        if split_override(str(o))[0] != "resume"
+    ]
+
+
+def _with_overrides(config, overrides: list[str]):
+    """`config` with `overrides` applied (resume= allows plain keys only, never a config group)."""
+    if config is None or not overrides:
+        return config
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException:  # an override results.json could not have recorded: the first config
+        return config
+    for override in parsed:
+        if override.is_delete() or override.is_sweep_override():
+            continue
+        OmegaConf.update(config, override.key_or_group, override.value(), merge=False, force_add=True)
+    return config
 
 
 def _dataset_of(job_dir: Path) -> str | None:
@@ -181,11 +210,6 @@ def _choices(job_dir: Path) -> dict:
     if not choices:
         return {}
     return {str(g): str(o) for g, o in choices.items() if not str(g).startswith("hydra") and o is not None}
-
-
-NOT_PARAMS = re.compile(
-    r"^(resume|logger\b.*|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|profile|tensorboard\..*)|dataset\.(root|download))$"
-)
 
 
 def swept_keys(jobs: list[dict]) -> list[str]:
@@ -221,6 +245,11 @@ def collect(folder: Path) -> tuple[list[dict], list[str]]:
         raise ReportError(f"{folder}: no such folder")
     if not folder.is_dir():
         raise ReportError(f"{folder}: not a folder (give a sweep folder or a folder of runs)")
+    if is_run(folder):  # its summary would land among the run's own files
+        raise ReportError(
+            f"{folder} is one run's folder (it holds {RESULTS}); give the sweep folder or the folder "
+            f"of runs that holds it, e.g. {folder.parent}"
+        )
     job_dirs = find_jobs(folder)
     if not job_dirs:
         raise ReportError(f"{folder}: no runs found (no results.json or .hydra/overrides.yaml below it)")
@@ -245,7 +274,7 @@ def _label(job: dict, keys: list[str], short: bool = False) -> str:
     if keys:
         names = short_keys(keys) if short else {k: k for k in keys}
         return " ".join(f"{names[k]}={_value(job, k)}" for k in keys if _value(job, k) is not None)
-    return " ".join(job["overrides"])
+    return " ".join(o for o in job["overrides"] if not NOT_HPARAMS.match(split_override(o)[0]))
 
 
 def _pct(x) -> str:
@@ -375,12 +404,13 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
             )
         for job, row in zip(group, table_rows(group, keys, has_test(jobs), short=True)):
             style = None if job["status"] == "completed" else "red"
-            table.add_row(*row, style=style)
+            table.add_row(*map(escape, row), style=style)  # `logger=[a,b]` is text, not markup
         console.print(table)
     for job in jobs:
         if job["status"] != "completed":
             console.print(
-                f"[red]{job['job']}[/red] {job['status']}: {job['reason'] or 'no reason recorded'}", highlight=False
+                f"[red]{escape(job['job'])}[/red] {job['status']}: {escape(job['reason'] or 'no reason recorded')}",
+                highlight=False,
             )
 
 
