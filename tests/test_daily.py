@@ -419,3 +419,17 @@ def test_numeric_keys_are_scattered_on_a_real_axis():
     legend = fig.axes[0].get_legend()
     plt.close(fig)
     assert legend is not None
+
+
+def test_mlprun_eval_folds_the_per_class_line_between_classes():
+    """The per-class error of 10 classes (106 characters in one line) folds to the terminal's
+    width between classes, never inside one ("5 10.25%" stays whole)."""
+    from mlprunner.cli import item_lines
+
+    items = [f"{c} {e:.2f}%" for c, e in enumerate([0.5, 1.2, 3.4, 2.2, 0.0, 10.25, 1.1, 2.2, 3.3, 4.4])]
+    for width in (80, 40):
+        lines = item_lines("per-class error: ", items, width)
+        assert len(lines) > 1 and all(len(line) <= width for line in lines), lines
+        assert lines[0].startswith("per-class error: 0 0.50%,") and all(line.startswith("  ") for line in lines[1:])
+        assert " ".join(line.strip() for line in lines) == "per-class error: " + ", ".join(items)
+    assert item_lines("per-class error: ", items, 200) == ["per-class error: " + ", ".join(items)]

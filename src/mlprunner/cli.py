@@ -12,6 +12,7 @@ import csv
 import logging
 import os
 import shlex
+import shutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -243,10 +244,8 @@ def eval_main(argv: list[str] | None = None) -> None:
         print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
         print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
         worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e is not None), reverse=True)[:3]
-        print(
-            "per-class error: "
-            + ", ".join(f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items() if e is not None)
-        )
+        per_class = [f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items() if e is not None]
+        print("\n".join(item_lines("per-class error: ", per_class)))
         if worst:
             print("hardest classes: " + ", ".join(f"{c} ({100 * e:.2f}%)" for e, c in worst))
         if args.json is not None:
@@ -256,6 +255,21 @@ def eval_main(argv: list[str] | None = None) -> None:
             write_figures(m, split.y, names, args.plot, title=f"{loaded.path.name}: {report_line(m)}")
             print(f"wrote {args.plot}")
     sys.exit(0)
+
+
+def item_lines(head: str, items: list[str], width: int | None = None) -> list[str]:
+    """`head` and the items, comma-separated, folded between items to the terminal's width (80
+    when not a terminal); the lines after the first indented by two spaces."""
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    lines, line = [], head.rstrip()
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if line != head.rstrip() and len(line) + 1 + len(piece) > width:  # the head keeps one item
+            lines.append(line)
+            line = "  " + piece
+        else:
+            line += " " + piece
+    return [*lines, line]
 
 
 def predict_main(argv: list[str] | None = None) -> None:
