@@ -343,7 +343,7 @@ def test_report_fills_defaults_groups_datasets_and_shows_test_error(workdir, mlp
     assert rows["c"]["dataset"] == "xor" and rows["c"]["test_error"] != "" and rows["a"]["test_error"] == ""
     assert [r["dataset"] for r in rows.values()] == ["digits", "digits", "xor"]  # grouped by dataset
     md = (runs / "summary.md").read_text()
-    assert "## dataset=digits (2 jobs)" in md and "## dataset=xor (1 jobs)" in md and "test err %" in md
+    assert "## dataset=digits (2 jobs)" in md and "## dataset=xor (1 job)" in md and "test err %" in md
     assert "dataset=digits" in proc.stdout and "dataset=xor" in proc.stdout
     # per-dataset plots, only for keys with two or more values among that dataset's jobs
     assert (runs / "val_error_vs_optim_digits.png").is_file()

@@ -345,6 +345,10 @@ def by_dataset(jobs: list[dict]) -> list[tuple[str, list[dict]]]:
     return [(d, [j for j in jobs if str(j.get("dataset") or "?") == d]) for d in datasets(jobs)]
 
 
+def n_jobs(jobs: list) -> str:
+    return f"{len(jobs)} job" if len(jobs) == 1 else f"{len(jobs)} jobs"
+
+
 def counts(jobs: list[dict]) -> str:
     by_status: dict[str, int] = {}
     for job in jobs:
@@ -356,14 +360,14 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
     lines = [
         f"# Sweep summary: {folder}",
         "",
-        f"{len(jobs)} jobs ({counts(jobs)}); sorted by best validation error"
+        f"{n_jobs(jobs)} ({counts(jobs)}); sorted by best validation error"
         + (" within each dataset." if len(datasets(jobs)) > 1 else ".")
         + (f" Swept: {', '.join(f'`{k}`' for k in keys)}." if keys else ""),
     ]
     groups = by_dataset(jobs)
     for name, group in groups:
         if len(groups) > 1:
-            lines += ["", f"## dataset={name} ({len(group)} jobs)"]
+            lines += ["", f"## dataset={name} ({n_jobs(group)})"]
         hs = headers(jobs)
         lines += [
             "",
@@ -387,9 +391,9 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
     console = console or Console()
     groups = by_dataset(jobs)
     for name, group in groups:
-        title = f"sweep {folder}: {len(jobs)} jobs ({counts(jobs)})"
+        title = f"sweep {folder}: {n_jobs(jobs)} ({counts(jobs)})"
         if len(groups) > 1:
-            title = f"{folder}: dataset={name}, {len(group)} jobs ({counts(group)})"
+            title = f"{folder}: dataset={name}, {n_jobs(group)} ({counts(group)})"
         # no column rules and one space between columns: 80 columns hold the whole table
         table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
         widths = {  # the status unbroken (the label folds where it must)
@@ -507,7 +511,7 @@ def param_figure(jobs: list[dict], key: str):
         long = max(len(c) for c in cats) > 8
         ax.set_xticklabels(cats, rotation=30 if long else 0, ha="right" if long else "center")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
-    ax.set(xlabel=key, ylabel="best validation error (%)", title=f"validation error vs {key} ({len(points)} jobs)")
+    ax.set(xlabel=key, ylabel="best validation error (%)", title=f"validation error vs {key} ({n_jobs(points)})")
     ax.grid(alpha=0.3)
     return fig
 
@@ -548,7 +552,7 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
     ax.set(
         xlabel="epoch",
         ylabel="validation error (%)",
-        title=f"validation error per epoch, {len(with_curves)} jobs"
+        title=f"validation error per epoch, {n_jobs(with_curves)}"
         + (f" (legend: best {max_legend}, the rest grey)" if len(with_curves) > max_legend else ""),
     )
     ax.grid(alpha=0.3)
