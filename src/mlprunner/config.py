@@ -20,7 +20,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from .components import Loss, build_scheduler, class_node
-from .data import check_split
+from .data import check_feature_stats, check_split
 from .device import resolve_device
 from .errors import ConfigError
 from .loggers import check_loggers
@@ -153,9 +153,29 @@ def validate(cfg: DictConfig) -> None:
     if facts.channels is not None and ds.get("normalize", False):  # the loader uses mean/std only then
         check_channel_stats(ds, facts.channels(ds), f"dataset={option_label(ds, 'dataset')}")
     sizes = facts.sizes(ds) if facts.sizes is not None else None
+    if not facts.images and sizes is not None and sizes.features and ds.get("normalize", False):
+        check_feature_stats(ds, sizes.features, f"dataset={option_label(ds, 'dataset')}")
+    _test_set_given(cfg, facts)
     if sizes is not None and sizes.pool is not None and ds.get("val_fraction") is not None:
         check_split(sizes.pool, float(ds.val_fraction), ds.get("subset"))
     check_buildable(cfg)
+
+
+def _test_set_given(cfg: DictConfig, facts) -> None:
+    """eval.test=true needs a test set; a dataset whose loader tells from its config whether it
+    has one (the rule its Data.load_test follows) is refused here, before a run trains for nothing."""
+    if not OmegaConf.select(cfg, "eval.test", default=False) or facts.has_test is None:
+        return
+    ds = cfg.dataset
+    if facts.has_test(ds):
+        return
+    keys = [f"dataset.{k}=..." for k in ("test_csv", "test_dir") if k in ds]
+    raise ConfigError(
+        "eval.test",
+        True,
+        message=f"eval.test=true but dataset={option_label(ds, 'dataset')} has no test set configured; "
+        f"allowed: eval.test=false" + "".join(f", or {k}" for k in keys),
+    )
 
 
 def _constructor_error(group: str, node, cls, exc: BaseException) -> ConfigError:

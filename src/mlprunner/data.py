@@ -11,19 +11,34 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from omegaconf import DictConfig
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ConfigError, DatasetError
 from .schema import check_channel_stats, resolve_loader
 
+log = logging.getLogger("mlprunner")
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm")
+
+# A streamed image folder's mean/std (dataset.mean/std null) come from at most this many training
+# images (a seeded sample): decoding more costs start-up time and moves the statistics by less
+# than their sampling error. README's dataset section names the cap.
+STREAM_STATS_MAX_IMAGES = 10000
+
+# Pillow's 16-bit grayscale modes (16-bit PNG, TIFF and PGM files). Their pixels run 0..65535;
+# "I" too where it comes from such a file (some Pillow versions open 16-bit PNGs as "I", and
+# Pillow scales a PGM's maxval to 65535).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 @dataclass(frozen=True)
@@ -44,13 +59,23 @@ class LoaderFacts:
     preflight: Callable[[DictConfig], None] | None  # cheap checks before the run folder is made
     sizes: Callable[[DictConfig], DataSizes] | None = None  # for the split and memory checks
     channels: Callable[[DictConfig], int] | None = None  # image channels: dataset.mean/std's length
+    # whether the config gives a test set (Data.load_test is not None); None: the loader always
+    # has one, or tells only once it has loaded (eval.test is then checked after training)
+    has_test: Callable[[DictConfig], bool] | None = None
 
 
-def loader(num_classes: int | None = None, images: bool = True, preflight=None, sizes=None, channels=None):
+def loader(
+    num_classes: int | None = None,
+    images: bool = True,
+    preflight=None,
+    sizes=None,
+    channels=None,
+    has_test=None,
+):
     """Mark `fn(dataset_cfg, device) -> Data` as a dataset loader a `dataset._target_` may name."""
 
     def mark(fn):
-        fn.dataset_facts = LoaderFacts(num_classes, images, preflight, sizes, channels)
+        fn.dataset_facts = LoaderFacts(num_classes, images, preflight, sizes, channels, has_test)
         return fn
 
     return mark
@@ -181,6 +206,17 @@ def _channel_stats(x: torch.Tensor, channels: int) -> tuple[list[float], list[fl
     mean = v.mean(dim=1)
     std = v.std(dim=1).clamp_min(1e-8)
     return [float(m) for m in mean], [float(s) for s in std]
+
+
+def check_feature_stats(ds: DictConfig, features: int, dataset: str) -> None:
+    """dataset.mean/std of non-image data (both or neither, one length: check_channel_stats)
+    hold one value per input feature."""
+    check_channel_stats(ds)
+    mean = ds.get("mean")
+    if mean is not None and len(mean) != features:
+        raise ConfigError(
+            "dataset.mean", list(mean), f"a list of {features} value(s), one per input feature of {dataset}"
+        )
 
 
 def check_split(n: int, val_fraction: float, subset) -> tuple[int, int]:
@@ -516,6 +552,16 @@ def load_xor(cfg: DictConfig, device) -> Data:
     x_tr, y_tr = make_xor(int(cfg.n_train), float(cfg.noise), g)
     x_va, y_va = make_xor(int(cfg.n_val), float(cfg.noise), g)
     x_te, y_te = make_xor(int(cfg.n_test), float(cfg.noise), g)
+    mean = std = None
+    if cfg.get("normalize", False):
+        # per feature (a feature is a "channel" of one value): given, or from the training points;
+        # Data.mean/std go into the checkpoint, so mlprun-eval normalises the test points alike
+        check_feature_stats(cfg, 2, "dataset=xor")
+        if cfg.get("mean") is not None:
+            mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+        else:
+            mean, std = _channel_stats(x_tr, 2)
+        x_tr, x_va, x_te = (_normalize(x, mean, std) for x in (x_tr, x_va, x_te))
     return Data(
         train=Split(x_tr, y_tr).to(device),
         val=Split(x_va, y_va).to(device) if len(y_va) else None,
@@ -523,6 +569,8 @@ def load_xor(cfg: DictConfig, device) -> Data:
         num_classes=2,
         class_names=["0", "1"],
         image_shape=None,
+        mean=mean,
+        std=std,
         load_test=lambda: Split(x_te, y_te).to(device),
         info={"name": "xor"},
     )
@@ -531,13 +579,32 @@ def load_xor(cfg: DictConfig, device) -> Data:
 # --------------------------------------------------------------------------- image files
 
 
+def _eight_bit(img: Image.Image, path: Path) -> Image.Image:
+    """A 16-bit grayscale image as 8-bit "L", scaled by its range (65535 -> 255): Pillow's
+    convert() would clip every value above 255 to white. Other modes pass as they are (Pillow
+    opens 16-bit RGB(A) PNGs as 8-bit RGB(A) itself); floating-point pixels have no range to
+    scale by and are refused."""
+    if img.mode == "F":
+        raise DatasetError(
+            f"image file {path}: mode F (32-bit floating-point pixels) has no fixed range to scale to "
+            f"0..255; allowed: 8- or 16-bit integer images (save it as an 8- or 16-bit PNG)"
+        )
+    if img.mode not in SIXTEEN_BIT_MODES:
+        return img
+    a = np.asarray(img)
+    if img.mode == "I" and a.size and (int(a.min()) < 0 or int(a.max()) > 65535):
+        raise DatasetError(
+            f"image file {path}: mode I (32-bit integer) pixels {int(a.min())}..{int(a.max())} are outside "
+            f"0..65535, the 16-bit range mlprun scales to 0..255; allowed: 8- or 16-bit images"
+        )
+    return Image.fromarray(np.rint(a / 257.0).astype(np.uint8))  # 65535 / 257 = 255
+
+
 def load_image(path: Path, image_size, grayscale: bool) -> torch.Tensor:
     """Decode one image file to a uint8 (C, H, W) tensor resized to image_size (H, W)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if grayscale else "RGB")
+            img = _eight_bit(img, path).convert("L" if grayscale else "RGB")
             h, w = int(image_size[0]), int(image_size[1])
             if img.size != (w, h):
                 img = img.resize((w, h), Image.BILINEAR)
@@ -561,21 +628,26 @@ def _stack_images(paths, image_size, grayscale) -> torch.Tensor:
     return imgs.reshape(len(paths), -1).float().div_(255.0)
 
 
-def read_image_csv(csv_path: Path, image_dir: Path) -> tuple[list[Path], list[int]]:
-    """Rows of `relative image path, integer label`; a first row that is a header is skipped."""
+def read_image_csv(
+    csv_path: Path, image_dir: Path, key: str = "dataset.csv", num_classes: int | None = None
+) -> tuple[list[Path], list[int]]:
+    """Rows of `relative image path, integer label`; a first row that is a header is skipped.
+
+    key: the config key that names the CSV (errors name it). num_classes: the training data's
+    class count, for a test CSV: a label the model has no output for is refused at its row."""
     if not csv_path.is_file():
-        raise DatasetError(f"dataset.csv: file not found: {csv_path}")
+        raise DatasetError(f"{key}: file not found: {csv_path}")
     paths, labels = [], []
     try:
         raw = csv_path.read_bytes()
     except OSError as exc:
-        raise DatasetError(f"dataset.csv: cannot read {csv_path}: {exc.strerror or exc}") from None
+        raise DatasetError(f"{key}: cannot read {csv_path}: {exc.strerror or exc}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DatasetError(
-            f"{csv_path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); dataset.csv must be a "
+            f"{csv_path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); {key} must be a "
             f"UTF-8 CSV of 'image path,label' rows"
         ) from None
     if "\0" in text:
@@ -596,6 +668,11 @@ def read_image_csv(csv_path: Path, image_dir: Path) -> tuple[list[Path], list[in
                 raise DatasetError(f"{csv_path}:{lineno}: label {label!r} is not an integer") from None
             if value < 0:
                 raise DatasetError(f"{csv_path}:{lineno}: label {value} is negative")
+            if num_classes is not None and value >= num_classes:
+                raise DatasetError(
+                    f"{csv_path}:{lineno}: label {value} but the training data has {num_classes} classes "
+                    f"(0..{num_classes - 1})"
+                )
             path = image_dir / name
             if not path.is_file():
                 raise DatasetError(f"{csv_path}:{lineno}: image file not found: {path}")
@@ -606,14 +683,29 @@ def read_image_csv(csv_path: Path, image_dir: Path) -> tuple[list[Path], list[in
     return paths, labels
 
 
+def _has_test_csv(ds: DictConfig) -> bool:
+    """Whether an image CSV dataset has a test set: the one rule of load_image_csv and validation."""
+    return bool(ds.get("test_csv"))
+
+
+def _read_test_csv(ds: DictConfig, num_classes: int) -> tuple[list[Path], list[int]]:
+    """dataset.test_csv's rows (paths relative to dataset.image_dir, default the test CSV's
+    folder), each label one the model has an output for."""
+    test_csv = Path(str(ds.test_csv)).expanduser()
+    image_dir = Path(str(ds.image_dir)).expanduser() if ds.get("image_dir") else test_csv.parent
+    return read_image_csv(test_csv, image_dir, "dataset.test_csv", num_classes)
+
+
 def _image_csv_readable(ds: DictConfig) -> None:
     csv_path = Path(str(ds.csv)).expanduser()
     image_dir = Path(str(ds.image_dir)).expanduser() if ds.get("image_dir") else csv_path.parent
     if ds.get("image_dir") and not image_dir.is_dir():
         raise DatasetError(f"dataset.image_dir: folder not found: {image_dir}")
     paths, labels = read_image_csv(csv_path, image_dir)
-    _check_classes(ds, labels, csv_path)
+    names = _check_classes(ds, labels, csv_path)
     check_split(len(paths), float(ds.val_fraction), ds.get("subset"))
+    if _has_test_csv(ds):  # read now, not found wrong after training
+        _read_test_csv(ds, len(names))
 
 
 def _check_classes(ds: DictConfig, labels: list[int], csv_path: Path) -> list[str]:
@@ -638,6 +730,7 @@ def _check_classes(ds: DictConfig, labels: list[int], csv_path: Path) -> list[st
     preflight=_image_csv_readable,
     sizes=lambda ds: DataSizes(None, None, _image_features(ds)),
     channels=_image_channels,
+    has_test=_has_test_csv,
 )
 def load_image_csv(cfg: DictConfig, device) -> Data:
     csv_path = Path(str(cfg.csv)).expanduser()
@@ -649,11 +742,10 @@ def load_image_csv(cfg: DictConfig, device) -> Data:
     names = _check_classes(cfg, labels, csv_path)
     channels = 1 if gray else 3
     load_test = None
-    if cfg.get("test_csv"):
-        test_csv = Path(str(cfg.test_csv)).expanduser()
+    if _has_test_csv(cfg):
 
         def load_test():
-            tp, tl = read_image_csv(test_csv, image_dir if cfg.get("image_dir") else test_csv.parent)
+            tp, tl = _read_test_csv(cfg, len(names))
             return _stack_images(tp, size, gray), torch.tensor(tl, dtype=torch.long)
 
     return _finish(
@@ -703,15 +795,45 @@ def _image_folder_present(ds: DictConfig) -> None:
         raise DatasetError(
             f"dataset.image_dir: folder not found: {image_dir} (expected one subfolder of images per class)"
         )
-    _two_classes(image_dir, "dataset.image_dir")
+    names = _two_classes(image_dir, "dataset.image_dir")
+    if _has_test_dir(ds):  # looked at now, not found wrong after training
+        _check_test_dir(Path(str(ds.test_dir)).expanduser(), names)
 
 
-def _two_classes(folder: Path, key: str) -> None:
-    """An image folder with fewer than two class subfolders trains no classifier: refused."""
+def _has_test_dir(ds: DictConfig) -> bool:
+    """Whether an image folder dataset has a test set: the one rule of load_image_folder and validation."""
+    return bool(ds.get("test_dir"))
+
+
+def _class_folders(folder: Path, key: str) -> list[str]:
+    """An image folder's class subfolders, sorted, hidden ones left out (as _VisibleImageFolder)."""
     try:
-        classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
     except OSError as exc:
         raise DatasetError(f"{key}: cannot read {folder}: {exc.strerror or exc}") from None
+
+
+def _check_test_dir(test_dir: Path, names: list[str]) -> None:
+    """dataset.test_dir exists and holds the training folder's class subfolders (`names`), each
+    with an image: the labels the model was trained on, so the test labels mean the same."""
+    if not test_dir.is_dir():
+        raise DatasetError(
+            f"dataset.test_dir: folder not found: {test_dir} (expected the class subfolders of dataset.image_dir)"
+        )
+    classes = _class_folders(test_dir, "dataset.test_dir")
+    if classes != names:
+        raise DatasetError(f"dataset.test_dir={test_dir}: classes {classes} differ from the training folder's {names}")
+    for name in classes:  # ImageFolder refuses a class without an image file (walked as it walks)
+        walk = os.walk(test_dir / name, followlinks=True)
+        if not any(f.lower().endswith(IMAGE_EXTENSIONS) for _, _, files in walk for f in files):
+            raise DatasetError(
+                f"dataset.test_dir={test_dir}: class folder {name}/ holds no image file ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+
+
+def _two_classes(folder: Path, key: str) -> list[str]:
+    """The class subfolders of `folder`; fewer than two train no classifier: refused."""
+    classes = _class_folders(folder, key)
     if len(classes) < 2:
         found = f"only one, {classes[0]}/" if classes else "none"
         raise ConfigError(
@@ -719,6 +841,7 @@ def _two_classes(folder: Path, key: str) -> None:
             str(folder),
             message=f"{key}={folder}: a classifier needs at least two class subfolders (one per class); found {found}",
         )
+    return classes
 
 
 def _open_image_folder(folder: Path, key: str):
@@ -735,6 +858,7 @@ def _open_image_folder(folder: Path, key: str):
     preflight=_image_folder_present,
     sizes=lambda ds: DataSizes(None, None, _image_features(ds)),
     channels=_image_channels,
+    has_test=_has_test_dir,
 )
 def load_image_folder(cfg: DictConfig, device) -> Data:
     image_dir = Path(str(cfg.image_dir)).expanduser()
@@ -749,16 +873,13 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
 
     def load_test_raw():
         test_dir = Path(str(cfg.test_dir)).expanduser()
+        _check_test_dir(test_dir, names)
         test = _open_image_folder(test_dir, "dataset.test_dir")
-        if list(test.classes) != names:
-            raise DatasetError(
-                f"dataset.test_dir={test_dir}: classes {test.classes} differ from the training folder's {names}"
-            )
         return _stack_images([Path(p) for p, _ in test.samples], size, gray), torch.tensor(
             [t for _, t in test.samples], dtype=torch.long
         )
 
-    load_test = load_test_raw if cfg.get("test_dir") else None
+    load_test = load_test_raw if _has_test_dir(cfg) else None
     if est_mb <= float(cfg.in_memory_max_mb):
         x = _stack_images([Path(p) for p, _ in folder.samples], size, gray)
         y = torch.tensor([t for _, t in folder.samples], dtype=torch.long)
@@ -768,11 +889,13 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
     train_idx, val_idx = _split_indices(n, cfg.val_fraction, cfg.split_seed, cfg.get("subset"))
     samples = folder.samples
     mean = std = None
+    workers = int(cfg.get("num_workers", 2))
     if cfg.get("normalize", False):
         check_channel_stats(cfg, channels)
-        mean = [float(v) for v in cfg.mean] if cfg.get("mean") is not None else [0.5] * channels
-        std = [float(v) for v in cfg.std] if cfg.get("std") is not None else [0.5] * channels
-    workers = int(cfg.get("num_workers", 2))
+        if cfg.get("mean") is not None:
+            mean, std = [float(v) for v in cfg.mean], [float(v) for v in cfg.std]
+        else:
+            mean, std = _streamed_stats(samples, train_idx, size, gray, int(cfg.split_seed), workers)
     train = StreamSplit(_FolderImages([samples[i] for i in train_idx], size, gray), device, mean, std, workers)
     val = (
         StreamSplit(_FolderImages([samples[i] for i in val_idx], size, gray), device, mean, std, workers)
@@ -796,6 +919,41 @@ def load_image_folder(cfg: DictConfig, device) -> Data:
         load_test=load_test_stream if load_test else None,
         info={**info, "streamed": True},
     )
+
+
+def _streamed_stats(
+    samples, train_idx: torch.Tensor, size, gray: bool, seed: int, workers: int, cap: int = STREAM_STATS_MAX_IMAGES
+):
+    """Per-channel mean/std of a streamed folder's training split, as the in-memory path computes
+    them (pixels scaled to [0, 1], unbiased std): from every training image, or from a sample of
+    `cap` drawn with dataset.split_seed, decoded by load_image as training decodes them. Sums
+    run in float64 over batches, so the images are never held at once."""
+    n = len(train_idx)
+    pick = train_idx
+    if n > cap:
+        g = torch.Generator().manual_seed(seed)
+        pick = train_idx[torch.randperm(n, generator=g)[:cap]]
+    channels = 1 if gray else 3
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    count = 0
+    images = _FolderImages([samples[i] for i in pick.tolist()], size, gray)
+    for xb, _ in torch.utils.data.DataLoader(images, batch_size=256, num_workers=workers):
+        v = xb.view(xb.shape[0], channels, -1).double().div_(255.0)
+        total += v.sum(dim=(0, 2))
+        squares += v.square().sum(dim=(0, 2))
+        count += v.shape[0] * v.shape[2]
+    mean = total / count
+    var = (squares - count * mean.square()) / max(count - 1, 1)
+    std = var.clamp_min(0).sqrt().clamp_min(1e-8)
+    if len(pick) < n:
+        log.info(
+            f"dataset.mean/std: computed from {len(pick)} of {n} training images "
+            f"(a sample drawn with dataset.split_seed; at most {cap})"
+        )
+    else:
+        log.info(f"dataset.mean/std: computed from all {n} training images")
+    return [float(m) for m in mean], [float(s) for s in std]
 
 
 def load_data(cfg: DictConfig, device, meanwhile: Callable[[], object] | None = None) -> Data:
