@@ -329,3 +329,29 @@ def test_mlprun_eval_refuses_a_test_label_outside_the_training_classes(tmp_path,
     assert ev.returncode == 1, ev.stdout + ev.stderr
     lines = [ln for ln in ev.stderr.splitlines() if ln.startswith("mlprun-eval: error: ")]
     assert lines == [f"mlprun-eval: error: {bad}:3: label 3 but the training data has 3 classes (0..2)"], ev.stderr
+
+
+def test_digits_test_split_does_not_follow_split_seed(compose_cfg):
+    """dataset.split_seed reshuffles train/validation only: every seed is scored on the same
+    test images (split_seed + 1 drew them before, so one seed's test images were another's
+    training images); a config saved without test_seed still gets the test set it was run with."""
+    from omegaconf import open_dict
+
+    from mlprunner.data import load_data
+
+    def split(*overrides, drop_test_seed=False):
+        ds = compose_cfg("dataset=digits", *overrides).dataset
+        if drop_test_seed:
+            with open_dict(ds):
+                del ds["test_seed"]
+        data = load_data(ds, "cpu")
+        return {tuple(r) for r in data.load_test().x.tolist()}, {tuple(r) for r in data.train.x.tolist()}
+
+    test0, train0 = split("dataset.split_seed=0", "dataset.normalize=false")
+    test5, train5 = split("dataset.split_seed=5", "dataset.normalize=false")
+    assert test0 == test5 and train0 != train5
+    assert not (test0 & train5)  # no test image trains another seed's model
+    old5, _ = split("dataset.split_seed=5", "dataset.normalize=false", drop_test_seed=True)
+    assert old5 != test5  # a run saved before test_seed keeps its own test set (seed 6)
+    old0, _ = split("dataset.split_seed=0", "dataset.normalize=false", drop_test_seed=True)
+    assert old0 == test0  # the default seed's test set did not move

@@ -518,7 +518,10 @@ def load_digits(cfg: DictConfig, device) -> Data:
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).reshape(len(bunch.images), -1).div_(16.0)
     y = torch.tensor(bunch.target, dtype=torch.long)
-    g = torch.Generator().manual_seed(int(cfg.split_seed) + 1)
+    # the test split has its own seed, so a sweep over split_seed scores every job on the same
+    # untouched images; a run saved without test_seed drew it with split_seed + 1
+    test_seed = cfg.get("test_seed")
+    g = torch.Generator().manual_seed(int(cfg.split_seed) + 1 if test_seed is None else int(test_seed))
     perm = torch.randperm(len(y), generator=g)
     n_test = int(round(len(y) * float(cfg.test_fraction)))
     test_idx, rest = perm[:n_test], perm[n_test:]

@@ -225,6 +225,7 @@ SCHEMA: dict[str, Spec] = {
     "dataset.test_fraction": number(0.0, 1.0, False, False),
     "dataset.subset": integer(1, nullable=True),
     "dataset.split_seed": integer(0, 2**63 - 1),
+    "dataset.test_seed": integer(0, 2**63 - 1, nullable=True),
     "dataset.n_train": integer(1),
     "dataset.n_val": integer(0),
     "dataset.n_test": integer(1),
