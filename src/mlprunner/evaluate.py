@@ -145,8 +145,12 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
     m["epoch"] = epoch
     m["checkpoint"] = which
     log.info(f"{report_line(m)} [{which} checkpoint, epoch {epoch}]")
+    # TensorBoard's step is the epochs trained so far, not the checkpoint's epoch (in the figure's
+    # title): a resumed run's new test never lands on the step of an earlier process's test
+    trained = trainer.state.epoch
     if tb is not None:
-        tb.scalars({"Error/test": m["error"], "Accuracy/test": m["accuracy"], "Loss/test": m["loss"]}, epoch)
+        tb.new_test_results()  # an earlier process's test results are dropped, not shown beside it
+        tb.scalars({"Error/test": m["error"], "Accuracy/test": m["accuracy"], "Loss/test": m["loss"]}, trained)
     try:
         write_figures(
             m,
@@ -154,7 +158,7 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
             data.class_names,
             Path(run_dir) / "confusion_matrix.png",
             tb,
-            epoch,
+            trained,
             title=f"{cfg.dataset.name} test, {which} checkpoint (epoch {epoch}): error {100 * m['error']:.2f}%",
         )
     except Exception as exc:  # a figure must never fail a finished run

@@ -40,7 +40,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from .checkpoint import atomic_write_text
 from .errors import ConfigError, MlprunError
 from .provenance import as_markdown, launch_folder
-from .sessions import group_choices, hparams_of, job_name, swept_keys, tensorboard_dir
+from .sessions import claim_tensorboard_dir, group_choices, hparams_of, job_name, swept_keys, tensorboard_dir
 from .tblog import TensorBoardLogger
 
 log = logging.getLogger("mlprunner")
@@ -245,6 +245,7 @@ class TensorBoard(Logger):
     def __init__(self):
         self.tb: TensorBoardLogger | None = None
         self.graph = False
+        self.resumed = False
 
     def start(self, run: RunInfo) -> None:
         cfg, run_dir, ckpt = run.cfg, run.run_dir, run.ckpt
@@ -254,22 +255,37 @@ class TensorBoard(Logger):
         # a resumed run continues in the folder it started in (results.json "tensorboard"),
         # a new one gets its own (a sweep job's is named by its values)
         if ckpt is None:
-            tb_dir = tensorboard_dir(run_dir, run.overrides)
+            tb_dir = self._fresh_dir(run)
         else:
             tb_dir = run_dir / run.results.get("tensorboard", "tensorboard")
         run.results["tensorboard"] = os.path.relpath(tb_dir, run_dir)
         if ckpt is None and tb_dir.is_dir():  # a fresh start: what an abandoned attempt logged goes
             for old in tb_dir.glob("events.out.tfevents.*"):
-                old.unlink()
+                old.unlink()  # never another job's: _fresh_dir gives a folder only this run owns
         tb = TensorBoardLogger(
             tb_dir, resume_epoch=run.resume_epoch, resume_step=run.resume_step, histograms=bool(settings.histograms)
         )
+        self.resumed = ckpt is not None  # its HParams session was started by the first process
         if ckpt is None:  # written when the writers open, after the first training step
             hparams, prov = run.hparams, run.provenance
             tb.when_open(lambda: tb.hparams(hparams))
             if prov:
                 tb.when_open(lambda: tb.text("provenance", as_markdown(prov)))
         self.tb, self.graph = tb, bool(settings.graph)
+
+    @staticmethod
+    def _fresh_dir(run: RunInfo) -> Path:
+        """The folder of a run that starts from epoch 1: a restart of a run that never
+        checkpointed (its results.json kept "tensorboard", record.py) goes on in its own folder,
+        anything else gets a new one (a sweep job's: claimed for it, sessions.tensorboard_dir)."""
+        saved = run.results.get("tensorboard")
+        if saved:
+            tb_dir = run.run_dir / saved
+            if tb_dir.resolve().parent == run.run_dir.resolve() or claim_tensorboard_dir(
+                tb_dir, run.run_dir, tb_dir.parent.parent
+            ):
+                return tb_dir
+        return tensorboard_dir(run.run_dir, run.overrides)
 
     def step(self, step: int, scalars: dict) -> None:
         if self.tb is not None:
@@ -300,9 +316,16 @@ class TensorBoard(Logger):
         self.tb = None
 
     def abort(self, status: str) -> None:
-        if self.tb is not None and self.tb._writers is not None:  # flush what was written
-            self.tb.close()
-        self.tb = None
+        """End the HParams session as failed or interrupted (else TensorBoard shows it Unknown)
+        when there is one: written by this process (its writers opened) or by the process it
+        resumes. A fresh run stopped before its first step has written nothing and writes nothing."""
+        tb, self.tb = self.tb, None
+        if tb is None:
+            return
+        if tb.opened or self.resumed:
+            tb.end_session(status)  # on a resume this opens the writers, dropping the earlier end
+        if tb.opened:  # flush what was written
+            tb.close()
 
 
 # --------------------------------------------------------------------------- metrics.csv
@@ -408,6 +431,7 @@ class MLflow(Logger):
         self.log_artifacts = log_artifacts
         self.client = None
         self.run_id: str | None = None
+        self.trained = 0  # the run's epochs so far (the step of its test metrics)
         self._warned = False
 
     @classmethod
@@ -418,14 +442,17 @@ class MLflow(Logger):
         mlflow, MlflowClient = _mlflow()
         for noisy in ("alembic", "mlflow.store.db.utils"):  # database set-up chatter at INFO
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # results.json names this run's MLflow run when an earlier process made one: a resume, or
+        # a restart of a run stopped before its first checkpoint (record.py keeps it then too)
         saved = run.results.get("mlflow") or {}
-        if saved.get("run_id") and run.ckpt is not None:
+        self.trained = run.resume_epoch
+        if saved.get("run_id"):
             uri = saved.get("tracking_uri") or _absolute_uri(self.tracking_uri or mlflow.get_tracking_uri())
         else:
             uri = _absolute_uri(self.tracking_uri or mlflow.get_tracking_uri())
         try:
             self.client = MlflowClient(tracking_uri=uri)
-            if saved.get("run_id") and run.ckpt is not None and self._reopen(saved["run_id"], run):
+            if saved.get("run_id") and self._reopen(saved["run_id"], run):
                 return
             self._create(run, uri)
         except MlprunError:
@@ -468,14 +495,21 @@ class MLflow(Logger):
     def _reopen(self, run_id: str, run: RunInfo) -> bool:
         """Continue the MLflow run of the first process; log the epochs up to the checkpoint
         that it could not log (killed between the checkpoint and MLflow)."""
+        from mlflow.entities import Param
+
         try:
-            self.client.get_run(run_id)
+            existing = self.client.get_run(run_id)
         except Exception:
             log.warning(f"MLflow run {run_id} is not in this tracking store any more; starting a new MLflow run")
             return False
         self.run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
         self.client.set_tag(run_id, "mlprun.resumed_from_epoch", str(run.resume_epoch))
+        if run.ckpt is None:  # a restart: keys its command line added (MLflow params never change)
+            params = existing.data.params
+            new = [Param(str(k)[:250], _param(v)) for k, v in run.hparams.items() if str(k)[:250] not in params]
+            for i in range(0, len(new), 100):  # MLflow takes at most 100 params per batch
+                self.client.log_batch(run_id, params=new[i : i + 100])
         logged = {m.step for m in self.client.get_metric_history(run_id, "train/loss")}
         for record in (run.ckpt or {}).get("history", []):
             if record["epoch"] <= run.resume_epoch and record["epoch"] not in logged:
@@ -504,11 +538,23 @@ class MLflow(Logger):
         ]
 
     def epoch_saved(self, epoch: int, step: int, metrics: dict) -> None:
+        self.trained = max(self.trained, epoch)
         self._safe("epoch metrics", lambda: self.client.log_batch(self.run_id, metrics=self._metrics(metrics, epoch)))
 
     def test(self, epoch: int, metrics: dict) -> None:
+        """test/* at step = the epochs trained so far, not the scored checkpoint's epoch (a tag):
+        MLflow cannot delete the test of an earlier process that a resume has trained past, so
+        only a later step tells the new test from it."""
+        from mlflow.entities import RunTag
+
         values = {f"test/{k}": metrics.get(k) for k in ("loss", "error", "accuracy", "f1")}
-        self._safe("test metrics", lambda: self.client.log_batch(self.run_id, metrics=self._metrics(values, epoch)))
+        tags = [RunTag("mlprun.test_checkpoint_epoch", str(epoch))]
+        if metrics.get("checkpoint"):
+            tags.append(RunTag("mlprun.test_checkpoint", str(metrics["checkpoint"])))
+        self._safe(
+            "test metrics",
+            lambda: self.client.log_batch(self.run_id, metrics=self._metrics(values, self.trained), tags=tags),
+        )
 
     def finish(self, run: RunInfo) -> None:
         if self.run_id is None:

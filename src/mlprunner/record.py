@@ -107,6 +107,25 @@ def saved_epoch(run_dir: Path):
         return "?"
 
 
+# What training makes stale (a resume that trains on: RunRecord.epoch_done): the earlier
+# process's test and SWA results in results.json and the test's figure scored a model this run has
+# since trained on; the end of the run scores it again (eval.test) or leaves none. TensorBoard's
+# test tags go the same way (tblog.is_test_tag), MLflow's stay at their earlier step (loggers.MLflow.test).
+STALE_AFTER_TRAINING = ("test", "swa")
+STALE_FILES_AFTER_TRAINING = ("confusion_matrix.png",)
+# what a restart (a run stopped before its first checkpoint, started again in its folder) keeps
+# of its first attempt's results.json: where its loggers log, so they go on in the same places
+KEPT_ON_RESTART = ("tensorboard", "mlflow")
+
+
+def drop_stale_results(run_dir: Path, data: dict) -> None:
+    """Forget what training makes stale (STALE_AFTER_TRAINING), in `data` and the run folder."""
+    for key in STALE_AFTER_TRAINING:
+        data.pop(key, None)
+    for name in STALE_FILES_AFTER_TRAINING:
+        (Path(run_dir) / name).unlink(missing_ok=True)
+
+
 def _first_line(exc: BaseException) -> str:
     return str(exc).splitlines()[0] if str(exc) else ""
 
@@ -142,7 +161,7 @@ class RunRecord:
             # A new run never writes into a run's folder, however it was started (Hydra's RunGuard
             # refuses earlier, before Hydra writes .hydra/; this holds without it too).
             refuse_existing(self.run_dir, hydra_files=False)
-        prior = read_results(self.run_dir) if ckpt is not None else None
+        prior = read_results(self.run_dir) if ckpt is not None or self.restart else None
         self.run_dir.mkdir(parents=True, exist_ok=True)
         lock_run_dir(self.run_dir)
         this_process = provenance(self.device)
@@ -156,7 +175,9 @@ class RunRecord:
                 "provenance": this_process,
             },
         )
-        if prior:
+        if prior and ckpt is None:  # a restart
+            self.data.update({k: prior[k] for k in KEPT_ON_RESTART if k in prior})
+        elif prior:
             self.data.update({k: v for k, v in prior.items() if k not in ("status", "reason", "run_dir")})
             self.data["overrides"] = list(prior.get("overrides", []))
         if ckpt is not None:
@@ -264,10 +285,7 @@ class RunRecord:
             self._startup_logged = True
 
         def write() -> None:
-            # an earlier process's test (and SWA) result scored a model this epoch has trained on:
-            # stale; the end of this run scores it again (eval.test) or leaves none
-            for key in ("test", "swa"):
-                self.data.pop(key, None)
+            drop_stale_results(self.run_dir, self.data)  # an earlier process's test scored another model
             self.results.update(**fields)
 
         # after this epoch's checkpoints, so results.json never claims an epoch last.pt lacks

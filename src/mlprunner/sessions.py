@@ -5,11 +5,17 @@
   command line changed, with their effective values (numbers, real booleans, lists as text).
 - `tensorboard_dir`: a single run logs into `<run>/tensorboard`; a job of a sweep logs into
   `<sweep>/tensorboard/<swept values>` (e.g. `optim=sgd,loss.label_smoothing=0.1`), so
-  `tensorboard --logdir <sweep>` lists one run per job named by what distinguishes it.
+  `tensorboard --logdir <sweep>` lists one run per job named by what distinguishes it. Each such
+  folder belongs to one job (its `.mlprun_job` file names the job folder): a job of a later sweep
+  into the same folder whose swept values name a folder another job owns (other fixed overrides)
+  logs into `<sweep>/tensorboard/<its job folder's name>` instead, so no job ever writes into, or
+  clears, another job's TensorBoard run.
 """
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 from pathlib import Path
@@ -142,7 +148,8 @@ def job_prefix(run_dir: Path, overrides=(), beside_others: bool = False) -> str:
 
 
 def tensorboard_dir(run_dir: Path, overrides=()) -> Path:
-    """Where a fresh run logs TensorBoard (see the module's docstring)."""
+    """Where a fresh run logs TensorBoard (see the module's docstring); a sweep job's folder is
+    claimed for it (`claim_tensorboard_dir`)."""
     run_dir = Path(run_dir)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         sweep_dir = Path(HydraConfig.get().sweep.dir)
@@ -151,5 +158,55 @@ def tensorboard_dir(run_dir: Path, overrides=()) -> Path:
         except ValueError:  # a job folder outside its sweep folder: keep it with the job
             return run_dir / "tensorboard"
         name = job_name(overrides, swept_keys(sweep_dir)) or own
-        return sweep_dir / "tensorboard" / name.replace(os.sep, "_")
+        # the short name when it is free (or this job's already); else the job folder's own name,
+        # which no other job of the folder has (a suffix only if someone made that folder by hand)
+        candidates = itertools.chain(dict.fromkeys([name, own]), (f"{own}_{i}" for i in itertools.count(2)))
+        for candidate in candidates:
+            tb_dir = sweep_dir / "tensorboard" / candidate.replace(os.sep, "_")
+            if claim_tensorboard_dir(tb_dir, run_dir, sweep_dir):
+                return tb_dir
     return run_dir / "tensorboard"
+
+
+TB_OWNER = ".mlprun_job"  # in a sweep job's TensorBoard folder: the job folder, relative to it
+
+
+def tensorboard_owner(tb_dir: Path, sweep_dir: Path) -> Path | None:
+    """The (resolved) job folder a sweep's TensorBoard folder belongs to, or None when nobody's.
+
+    Its `.mlprun_job` file says; a folder from before those files (events, no owner file) is the
+    job's whose results.json "tensorboard" names it."""
+    tb_dir = Path(tb_dir)
+    try:
+        return (tb_dir / (tb_dir / TB_OWNER).read_text().strip()).resolve()
+    except OSError:  # no owner file (yet)
+        pass
+    if not any(tb_dir.glob("events.out.tfevents.*")):
+        return None
+    target = tb_dir.resolve()
+    for results in Path(sweep_dir).rglob("results.json"):
+        try:
+            named = json.loads(results.read_text()).get("tensorboard")
+        except (OSError, ValueError, AttributeError):  # not a job's readable results.json
+            continue
+        if isinstance(named, str) and (results.parent / named).resolve() == target:
+            return results.parent.resolve()
+    return None
+
+
+def claim_tensorboard_dir(tb_dir: Path, run_dir: Path, sweep_dir: Path) -> bool:
+    """Make `tb_dir` the TensorBoard folder of the job in `run_dir`: True when it was free or is
+    this job's already, False when another job owns it (then nothing there is touched)."""
+    tb_dir, me = Path(tb_dir), Path(run_dir).resolve()
+    owner = tensorboard_owner(tb_dir, sweep_dir)
+    if owner is not None:
+        return owner == me
+    tb_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # O_EXCL: of two jobs claiming the same free folder at once, exactly one wins
+        fd = os.open(tb_dir / TB_OWNER, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return tensorboard_owner(tb_dir, sweep_dir) == me
+    with os.fdopen(fd, "w") as fh:
+        fh.write(os.path.relpath(me, tb_dir.resolve()) + "\n")
+    return True

@@ -6,11 +6,19 @@ Epoch scalars (tags of the shared contract, step = epoch number) and step-level 
 folder. A resumed run first drops, from the event files already there, whatever the stopped
 process logged after its last checkpoint (epoch tags after its epoch, step tags after its
 step); TensorBoard's own purge marker cannot do that, since it cuts every tag of a run at one
-step. Runs made before this layout (a `steps/` sub-folder) continue with the old two writers.
+step. It also drops what the run writes again at its end: the `hparam/*` summary scalars and the
+HParams session's end record (TensorBoard reads only the first end record of a run, so a
+completed resume would otherwise keep showing the earlier process's status); and, once it trains
+or tests again, the earlier test results (`*/test`, `Test/*`, `PR/test/*`: they scored a model
+the run has since trained on; a new test is logged at step = the epochs trained so far, so an
+earlier test point and a new one never share a step). Runs made before this layout (a `steps/`
+sub-folder) continue with the old two writers.
 
 HParams: each run writes its own session (start info with its hyper-parameters, end info with
 its status), never an experiment summary, so TensorBoard builds the table of a sweep from all
-sessions and marks which hyper-parameters differ itself.
+sessions and marks which hyper-parameters differ itself. The status is Success for a completed
+run, Failure for a failed one and for an interrupted one (HParams has no status for "stopped,
+can be resumed"); a resume replaces it.
 
 The writers open on first use (the first step scalars, after the first training step), so
 importing tensorboard, tracing the graph and writing the HParams session do not delay the
@@ -43,14 +51,28 @@ EPOCH_TAGS = {
 STEP_TAGS = ("Loss/train_step", "LR/step")  # step = global step; every other tag's step is an epoch
 
 
+SESSION_END_TAG = "_hparams_/session_end_info"  # tensorboard.plugins.hparams.metadata's, without importing it
+
+
 def is_step_tag(tag: str) -> bool:
     return tag in STEP_TAGS or tag.endswith("_step") or tag.endswith("/step")
 
 
-def truncate_events(log_dir: Path, epoch: int, step: int, seen: set | None = None) -> int:
+def is_test_tag(tag: str) -> bool:
+    """A test-set result (evaluate.py): `Error|Accuracy|Loss/test`, `Test/confusion_matrix`, `PR/test/<class>`."""
+    return tag.endswith("/test") or tag.startswith(("Test/", "PR/test/"))
+
+
+def is_end_tag(tag: str) -> bool:
+    """What a run writes again when it ends: the `hparam/*` summary scalars and the session's end."""
+    return tag.startswith("hparam/") or tag == SESSION_END_TAG
+
+
+def truncate_events(log_dir: Path, epoch: int, step: int, seen: set | None = None, drop=None) -> int:
     """Drop, from the event files in `log_dir`, the values logged after `epoch` (epoch tags)
-    or after `step` (step tags); each changed file is rewritten atomically. Returns how many
-    values were dropped; `seen` gets "graph" when a model graph is there already."""
+    or after `step` (step tags), and those whose tag `drop(tag)` says; each changed file is
+    rewritten atomically. Returns how many values were dropped; `seen` gets "graph" when a model
+    graph is there already."""
     # lazy: tensorboard's readers and protos, only on resume
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
@@ -64,7 +86,11 @@ def truncate_events(log_dir: Path, epoch: int, step: int, seen: set | None = Non
             if seen is not None and ev.HasField("graph_def"):
                 seen.add("graph")
             if ev.HasField("summary") and ev.summary.value:
-                values = [v for v in ev.summary.value if ev.step <= (step if is_step_tag(v.tag) else epoch)]
+                values = [
+                    v
+                    for v in ev.summary.value
+                    if ev.step <= (step if is_step_tag(v.tag) else epoch) and not (drop and drop(v.tag))
+                ]
                 if len(values) < len(ev.summary.value):
                     dropped += len(ev.summary.value) - len(values)
                     changed = True
@@ -88,7 +114,8 @@ def truncate_events(log_dir: Path, epoch: int, step: int, seen: set | None = Non
 
 def hparams_summaries(hparams: dict, status: str | None = None):
     """The HParams plugin's session start info (hparams: str, bool, int or float values), or its
-    end info when `status` is given (completed, failed, interrupted, running)."""
+    end info when `status` is given (completed, failed, interrupted, running; interrupted is
+    Failure: HParams' statuses are unknown, success, failure and running only)."""
     # lazy: tensorboard's protos load with the writers
     from google.protobuf import struct_pb2
     from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
@@ -105,7 +132,12 @@ def hparams_summaries(hparams: dict, status: str | None = None):
                 info.hparams[key].CopyFrom(struct_pb2.Value(string_value=str(value)))
         content, tag = plugin_data_pb2.HParamsPluginData(session_start_info=info), metadata.SESSION_START_INFO_TAG
     else:
-        code = {"completed": "STATUS_SUCCESS", "failed": "STATUS_FAILURE", "running": "STATUS_RUNNING"}
+        code = {
+            "completed": "STATUS_SUCCESS",
+            "failed": "STATUS_FAILURE",
+            "interrupted": "STATUS_FAILURE",
+            "running": "STATUS_RUNNING",
+        }
         info = plugin_data_pb2.SessionEndInfo(
             status=api_pb2.Status.Value(code.get(status, "STATUS_UNKNOWN")), end_time_secs=time.time()
         )
@@ -129,6 +161,7 @@ class TensorBoardLogger:
         self._writers = None
         self._on_open: list = []  # writes queued until the writers exist
         self._seen: set = set()  # what an earlier process of the run logged once: "graph"
+        self._retest = False  # this process trains or tests: an earlier process's test results go
 
     def _open(self):
         if self._writers is None:
@@ -144,13 +177,25 @@ class TensorBoardLogger:
                 )
             else:
                 if self.resume_epoch or self.resume_step:
-                    truncate_events(self.log_dir, self.resume_epoch, self.resume_step, self._seen)
+                    truncate_events(self.log_dir, self.resume_epoch, self.resume_step, self._seen, self._stale)
                 writer = SummaryWriter(str(self.log_dir))
                 self._writers = (writer, writer)
             queued, self._on_open = self._on_open, []
             for write in queued:
                 write()
         return self._writers
+
+    def _stale(self, tag: str) -> bool:
+        """What a resumed run drops from the earlier processes' events (see the module's docstring)."""
+        return is_end_tag(tag) or (self._retest and is_test_tag(tag))
+
+    @property
+    def opened(self) -> bool:
+        return self._writers is not None
+
+    def new_test_results(self) -> None:
+        """Test results follow (evaluate.py): an earlier process's go when the writers open."""
+        self._retest = True
 
     @property
     def writer(self):
@@ -196,6 +241,7 @@ class TensorBoardLogger:
         self.writer.file_writer.add_summary(hparams_summaries({}, status))
 
     def epoch(self, epoch: int, metrics: dict, model: torch.nn.Module | None = None) -> None:
+        self._retest = True  # trained on: an earlier test scored another model
         for key, tag in EPOCH_TAGS.items():
             if key in metrics and metrics[key] is not None:
                 self.writer.add_scalar(tag, metrics[key], epoch)
@@ -238,6 +284,7 @@ class TensorBoardLogger:
         )
 
     def step(self, step: int, scalars: dict) -> None:
+        self._retest = True  # trained on: an earlier test scored another model
         for tag, value in scalars.items():
             self.step_writer.add_scalar(tag, value, step)
 
