@@ -432,3 +432,60 @@ def test_profile_gives_the_group_phase_table_in_each_job(workdir):
         assert [int(r["epoch"]) for r in rows] == [1, 2]
         assert [float(r["val/error"]) for r in rows] == [h["val"]["error"] for h in res["history"]]
         assert (job / res["tensorboard"]).is_dir()
+
+
+def test_a_member_with_a_bad_value_fails_alone_and_the_sweep_says_so(workdir):
+    """optim.lr=-1 in a stacked group: that job is recorded failed with its reason (it was left
+    'not started' with exit 0, and as the group's first job it stopped the whole sweep with exit
+    2), the others train, the summary counts it, exit 1. A group whose dataset cannot be loaded
+    fails its own jobs; the next group still trains."""
+    sweep = workdir / "bad"
+    tiny = ["dataset=digits", "model.hidden=[16]", "trainer.epochs=1", "trainer.threads=1", *QUICK]
+    proc = run_mlprun(
+        "-m", *tiny, "optim.lr=-1,0.01,0.02", "hydra/launcher=stacked", f"hydra.sweep.dir={sweep}", cwd=workdir
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = {name: read_json(job / "results.json") for name, job in jobs_of(sweep).items()}
+    assert len(results) == 3, sorted(results)
+    bad = next(r for name, r in results.items() if "lr=-1" in name)
+    assert bad["status"] == "failed" and "optim" in bad["reason"] and "-1" in bad["reason"], bad
+    assert sorted(r["status"] for r in results.values()) == ["completed", "completed", "failed"]
+    assert "1 job(s) failed" in proc.stdout + proc.stderr and (sweep / "summary.csv").is_file()
+
+    sweep = workdir / "nodata"
+    proc = run_mlprun(
+        "-m",
+        "dataset=mnist,xor",
+        "model.hidden=[8]",
+        "trainer.epochs=1",
+        "trainer.threads=1",
+        *QUICK,
+        "optim.lr=0.1,0.2",
+        "hydra/launcher=stacked",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+        env={"MLPRUN_DATA": str(workdir / "no_data_here")},
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = {name: read_json(job / "results.json") for name, job in jobs_of(sweep).items()}
+    statuses = sorted((("mnist" if "mnist" in n else "xor"), r["status"]) for n, r in results.items())
+    assert statuses == [("mnist", "failed"), ("mnist", "failed"), ("xor", "completed"), ("xor", "completed")]
+    assert (sweep / "summary.csv").is_file()
+
+
+def test_a_signal_while_the_group_is_set_up_stops_the_sweep(workdir):
+    """SIGINT as soon as the first member says where it runs (the members are still being set
+    up): the sweep stops with exit 130 and the command that continues it (the signal was noted
+    and then ignored: all jobs trained to the end, exit 0)."""
+    sweep = workdir / "sweep"
+    args = ["-m", "dataset=digits", "model.hidden=[16]", "trainer.epochs=30", "trainer.threads=1", *QUICK]
+    bg = Background(
+        [*args, "optim.lr=0.01,0.02,0.03,0.04,0.05,0.06", "hydra/launcher=stacked", f"hydra.sweep.dir={sweep}"], workdir
+    )
+    bg.wait_until(lambda: "run directory:" in bg.out.read_text())
+    bg.p.send_signal(signal.SIGINT)
+    rc, out = bg.finish(300)
+    assert rc == 130, out[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
+    assert "SIGINT" in line and "continue the sweep" in line, line
+    assert all(n < 30 for n in epochs_done(sweep)), epochs_done(sweep)

@@ -40,17 +40,17 @@ from .config import available_memory, validate
 from .cudagraph import CapturedSteps
 from .data import Split, load_data
 from .device import resolve_device
-from .errors import ConfigError, DivergenceError, Interrupted
+from .errors import ConfigError, DivergenceError, Interrupted, MlprunError, RunInUse
 from .loggers import RunInfo, make_loggers, with_logger
 from .messages import describe_exception
 from .models import count_parameters
 from .profiling import NullProfiler, StepProfiler
 from .progress import Progress
 from .record import RunRecord
-from .run import _Signals, describe, limited, make_trainer, restore, set_up_process, test_and_plot
+from .run import _Signals, describe, limited, make_trainer, restore, set_up_process, stop_if_signalled, test_and_plot
 from .sessions import job_prefix
 from .stacked_optim import StackedOptimizer, clip_limits, clip_stacked, unsupported
-from .sweep import best_val_error, sweep_threads
+from .sweep import best_val_error, record_failure, sweep_threads
 from .train import StopFlag, Trainer, epoch_seed, young_gc_only
 
 log = logging.getLogger("mlprunner")
@@ -891,16 +891,48 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     return m
 
 
+def _job_failed(job: Job, exc: BaseException) -> None:
+    """A job that failed before its run record existed: results.json says failed, with why (as
+    the basic launcher's run_sweep_job records it), so the summary and the exit code count it."""
+    _, message = describe_exception(exc)
+    if isinstance(exc, RunInUse):  # another process trains there: its results.json is not ours to write
+        log.warning(f"job {job.run_dir.name} skipped, in use: {message}")
+        return
+    log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
+    record_failure(job.run_dir, job.overrides, message)
+
+
 def run_group(jobs: list[Job], solo) -> list[float | None]:
     """Train the jobs of one group together; return each job's objective (best validation
     error, None when it failed). `solo(job)` runs one job alone (the data cannot be stacked).
     Raises Interrupted when a signal stopped the group (every member recorded interrupted)."""
+    results: dict[int, float | None] = {}
+    valid: list[int] = []
+    for k, job in enumerate(jobs):  # a job with a bad value fails alone; the others train
+        try:
+            validate(with_logger(job.cfg))
+            valid.append(k)
+        except MlprunError as exc:
+            _job_failed(job, exc)
+            results[k] = None
+    if valid:
+        values = _run_valid([jobs[k] for k in valid], solo)
+        results.update(zip(valid, values))
+    return [results[k] for k in range(len(jobs))]
+
+
+def _run_valid(jobs: list[Job], solo) -> list[float | None]:
     cfg = jobs[0].cfg
     device = resolve_device(cfg.trainer.device)
     threads = cfg.trainer.get("threads") or sweep_threads()  # on SLURM: hydra.launcher.cpus_per_task
     if threads:
         torch.set_num_threads(int(threads))
-    data = load_data(cfg.dataset, device)
+    try:
+        data = load_data(cfg.dataset, device)
+    except MlprunError as exc:  # the group's data (one dataset config) fails every job of it
+        for job in jobs:
+            _job_failed(job, exc)
+        return [None] * len(jobs)
     if not isinstance(data.train, Split):
         log.info("stacked launcher: this dataset streams from disk; its jobs train one at a time")
         return [solo(job) for job in jobs]
@@ -933,9 +965,8 @@ def _train_logged(jobs: list[Job], data, logs: JobLogs) -> list[float | None]:
         with logs.of(job.run_dir):
             try:
                 members.append(open_member(job, data, stop))
-            except Exception as exc:  # this job's setup failed (recorded by its RunRecord phase)
-                _, message = describe_exception(exc)
-                log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
+            except Exception as exc:  # this job's setup failed: recorded, the others train
+                _job_failed(job, exc)
                 results[k] = None
     log.info(
         f"stacked group of {len(members)} job(s) on {members[0].device if members else '-'}; "
@@ -946,6 +977,8 @@ def _train_logged(jobs: list[Job], data, logs: JobLogs) -> list[float | None]:
     group = Group(members, stop, logs)
     signals = _Signals(stop).install()
     try:
+        # a signal while the members were set up (mlprun's start-up handler only noted it)
+        stop_if_signalled("while the stacked group was set up, before it trained")
         group.fit()
     except (Interrupted, KeyboardInterrupt) as exc:
         group.interrupt(exc if isinstance(exc, Interrupted) else Interrupted(str(exc) or "interrupted"))
