@@ -489,3 +489,26 @@ def test_a_signal_while_the_group_is_set_up_stops_the_sweep(workdir):
     line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
     assert "SIGINT" in line and "continue the sweep" in line, line
     assert all(n < 30 for n in epochs_done(sweep)), epochs_done(sweep)
+
+
+def test_jobs_that_name_one_folder_train_once(workdir):
+    """trainer.log_every_n_steps is left out of folder names: two jobs differing only there name
+    one folder, which is trained once (both trained into it at the same time), as the basic
+    launcher skips the second as already completed."""
+    sweep = workdir / "same"
+    tiny = ["dataset=digits", "model.hidden=[16]", "trainer.epochs=1", "trainer.threads=1", *QUICK]
+    proc = run_mlprun(
+        "-m",
+        *tiny,
+        "trainer.log_every_n_steps=5,50",
+        "optim.lr=0.01,0.02",
+        "hydra/launcher=stacked",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("one run per folder, it is trained once") == 2
+    jobs = jobs_of(sweep)
+    assert len(jobs) == 2 and all(read_json(j / "results.json")["status"] == "completed" for j in jobs.values())
+    for job in jobs.values():  # one process trained it: one start in its log
+        assert (job / "mlprun.log").read_text().count("run directory:") == 1

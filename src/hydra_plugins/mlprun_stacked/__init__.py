@@ -106,6 +106,7 @@ def run_group_jobs(hydra_context, configs, where) -> None:
     goes to returns[indices[k]]."""
     returns, indices = where
     prepared: list[tuple[int, Job]] = []
+    same: list[tuple[int, int]] = []  # (job, the prepared job whose folder it names)
     for k, sweep_config in enumerate(configs):
         holder = {}
 
@@ -126,8 +127,17 @@ def run_group_jobs(hydra_context, configs, where) -> None:
         if ret.status == JobStatus.FAILED and isinstance(ret._return_value, (Interrupted, KeyboardInterrupt)):
             raise ret._return_value  # a signal before the group trained: the sweep stops
         if holder.get("job") is not None:
-            holder["job"].hydra = sweep_config
-            prepared.append((indices[k], holder["job"]))
+            job = holder["job"]
+            first = next((i for i, other in prepared if other.run_dir == job.run_dir), None)
+            if first is not None:  # overrides that differ only in keys left out of folder names
+                log.warning(
+                    f"#{sweep_config.hydra.job.num} names the folder of #{configs[indices.index(first)].hydra.job.num} "
+                    f"({job.run_dir.name}): one run per folder, it is trained once"
+                )
+                same.append((indices[k], first))
+                continue
+            job.hydra = sweep_config
+            prepared.append((indices[k], job))
     if not prepared:
         return
 
@@ -141,6 +151,8 @@ def run_group_jobs(hydra_context, configs, where) -> None:
         values = run_group([job for _, job in prepared], solo)
     for (i, _job), value in zip(prepared, values):
         returns[i].return_value = value
+    for i, first in same:
+        returns[i].return_value = returns[first].return_value
 
 
 def _has_accelerator() -> bool:
