@@ -24,7 +24,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
 
 from .checkpoint import atomic_write_json
 from .config import register_resolvers
-from .errors import EXIT_CONFIG, EXIT_OK, EXIT_RUNTIME, ConfigError, Interrupted, SweepFailed, SweepStopped
+from .errors import (
+    EXIT_CONFIG,
+    EXIT_OK,
+    EXIT_RUNTIME,
+    ConfigError,
+    Interrupted,
+    MlprunError,
+    SweepFailed,
+    SweepStopped,
+)
 from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line, write_figures
 from .messages import describe_exception, one_line_errors, report
 from .predict import find_images, predict, prepare
@@ -35,7 +44,14 @@ from .resume import resume_main
 from .run import install_startup_signals, run
 from .runs import check_output
 from .schema import SCHEMA
-from .sweep import forget_refused_run, forget_refused_sweeps, hydra_files, restore_kept_multirun_yaml, run_sweep_job
+from .sweep import (
+    forget_refused_run,
+    forget_refused_sweeps,
+    hydra_files,
+    no_trial_completed,
+    restore_kept_multirun_yaml,
+    run_sweep_job,
+)
 
 log = logging.getLogger("mlprunner")
 
@@ -180,6 +196,11 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         except BaseException as exc:
             if describe_exception(exc)[0] == EXIT_CONFIG:  # refused: the sweep folder is as it was
                 forget_refused_sweeps()
+            if no_trial_completed(exc):  # plain hydra/sweeper=optuna (mlprun_optuna ends such a study itself)
+                raise MlprunError(
+                    "no trial of the Optuna study has completed (each job's results.json says why); "
+                    "hydra/sweeper=mlprun_optuna ends such a study with the sweep's summary"
+                ) from None
             raise
         finally:
             restore_kept_multirun_yaml()

@@ -36,10 +36,10 @@ def job_config(config: DictConfig) -> DictConfig:
 
 
 def register_launchers() -> None:
-    """Make mlprun's launchers (hydra/launcher=slurm, hydra/launcher=stacked) known to Hydra
-    before the sweeper instantiates its launcher. Hydra finds plugins by walking the
-    hydra_plugins package, which misses a package installed in editable mode, so they are
-    registered by hand."""
+    """Make mlprun's launchers (hydra/launcher=slurm, hydra/launcher=stacked) and its sweeper
+    (hydra/sweeper=mlprun_optuna) known to Hydra before it instantiates them. Hydra finds
+    plugins by walking the hydra_plugins package, which misses a package installed in editable
+    mode, so they are registered by hand."""
     from hydra_plugins.mlprun_stacked import StackedLauncher  # lazy: it imports mlprunner.cli
 
     Plugins.instance().register(StackedLauncher)
@@ -48,6 +48,11 @@ def register_launchers() -> None:
     except ImportError:
         return
     Plugins.instance().register(MlprunSlurmLauncher)
+    try:  # hydra/sweeper=mlprun_optuna; the Optuna plugin comes with the `sweep` extra too
+        from hydra_plugins.mlprun_launcher.optuna_sweeper import MlprunOptunaSweeper
+    except ImportError:
+        return
+    Plugins.instance().register(MlprunOptunaSweeper)
 
 
 class RunGuard(Callback):

@@ -387,6 +387,33 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
     return path
 
 
+def fitted_widths(hs: list[str], rows: list[list[str]], width: int) -> list[int | None]:
+    """Column widths for the terminal's table, or Nones where it fits `width` as it is. Rich
+    would narrow a table that is too wide by cutting every column evenly, which splits the
+    label's `key=value` tokens mid-value (`dropout=0` / `.25`) and cuts numbers; instead each
+    number keeps its width (its header wraps at its spaces), the label column is never narrower
+    than its longest token (it wraps between tokens), and the label takes what is left. Where
+    even that does not fit, the table stays as Rich makes it."""
+    label = hs.index("overrides")
+    gaps = 2 * (len(hs) - 1)  # between columns: the padding space and SIMPLE_HEAD's blank rule
+    natural = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(hs)]
+    if sum(natural) + gaps <= width:
+        return [None] * len(hs)
+    least = [max([len(w) for w in h.split()] + [len(r[i]) for r in rows]) for i, h in enumerate(hs)]
+    least[label] = max((len(t) for r in rows for t in r[label].split()), default=1)
+    widths = [natural[i] if i != label else least[label] for i in range(len(hs))]
+    excess = sum(widths) + gaps - width
+    while excess > 0:  # wrap the header that overhangs its numbers most
+        i = max(range(len(hs)), key=lambda i: widths[i] - least[i])
+        if widths[i] == least[i]:
+            return [None] * len(hs)
+        cut = min(excess, widths[i] - least[i])
+        widths[i] -= cut
+        excess -= cut
+    widths[label] = min(natural[label], widths[label] - excess)  # excess <= 0: what is left
+    return widths
+
+
 def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -> None:
     console = console or Console()
     groups = by_dataset(jobs)
@@ -396,17 +423,18 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
             title = f"{folder}: dataset={name}, {n_jobs(group)} ({counts(group)})"
         # no column rules and one space between columns: 80 columns hold the whole table
         table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
-        widths = {  # the status unbroken (the label folds where it must)
-            "status": max((len(j["status"]) for j in group), default=0),
-        }
-        for h in headers(jobs):
+        hs = headers(jobs)
+        rows = table_rows(group, keys, has_test(jobs), short=True)
+        widths = fitted_widths([TERMINAL_HEADERS.get(h, h) for h in hs], rows, console.width)
+        for h, w in zip(hs, widths):
             table.add_column(
                 TERMINAL_HEADERS.get(h, h),
                 justify="left" if h in ("overrides", "status") else "right",
                 overflow="fold" if h == "overrides" else "ellipsis",
-                min_width=widths.get(h),
+                min_width=max(len(r[hs.index(h)]) for r in rows) if h == "status" else None,  # unbroken
+                width=w,
             )
-        for job, row in zip(group, table_rows(group, keys, has_test(jobs), short=True)):
+        for job, row in zip(group, rows):
             style = None if job["status"] == "completed" else "red"
             table.add_row(*map(escape, row), style=style)  # `logger=[a,b]` is text, not markup
         console.print(table)

@@ -452,6 +452,16 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
+# what Optuna's storages say when a study has no best trial because no trial completed:
+# RDBStorage (sqlite) and InMemoryStorage, Optuna 2.x and 3.x
+NO_BEST_TRIAL = ("Record does not exist.", "No trials are completed yet.")
+
+
+def no_trial_completed(exc: BaseException) -> bool:
+    """Whether `exc` is the ValueError of `study.best_trial` (Hydra's Optuna sweeper asks for it
+    after the last trial) in a study without a completed trial."""
+    return isinstance(exc, ValueError) and str(exc) in NO_BEST_TRIAL
+
 
 def jobs_run_here() -> bool:
     """The sweep's jobs run one after another in this process (Hydra's basic launcher): a signal

@@ -1,0 +1,49 @@
+"""hydra/sweeper=mlprun_optuna: Hydra's Optuna sweeper, with a study in which no trial completed
+ending like any sweep whose jobs all failed. (Hydra instantiates sweepers from the
+`hydra_plugins` package only, hence here.)"""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+
+from mlprunner.sweep import no_trial_completed
+
+log = logging.getLogger("mlprunner")
+
+
+class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
+    def sweep(self, arguments: list[str]) -> None:
+        # The plugin asks the study for its best trial after the last batch; with every trial
+        # failed that raises, so Hydra would skip the callbacks' on_multirun_end (mlprun's
+        # summary) and mlprun would exit on a ValueError instead of "N job(s) failed". Every
+        # trial is already told to the study as FAIL and has its results.json; only the best
+        # trial (optimization_results.yaml) is missing, and there is none.
+        try:
+            super().sweep(arguments)
+        except ValueError as exc:
+            if not no_trial_completed(exc) or self._completed_trials():
+                raise
+            log.warning("no trial of the Optuna study has completed: no best parameters (no optimization_results.yaml)")
+
+    def _completed_trials(self) -> int:
+        """Completed trials in the study kept in storage; 0 for an in-memory study (the
+        message said there is none)."""
+        if self.storage is None:
+            return 0
+        try:
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        except Exception:  # cannot tell: the message is Optuna's own for this case
+            return 0
+        return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+class MlprunOptunaSweeper(OptunaSweeper):
+    """configs/hydra/sweeper/mlprun_optuna.yaml's _target_."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        # the plugin's __init__ only builds its Impl from the same arguments
+        self.sweeper = MlprunOptunaSweeperImpl(*args, **kwargs)

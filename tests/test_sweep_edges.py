@@ -1,0 +1,105 @@
+"""Edge cases of sweeps: an Optuna study in which no trial completes, the terminal's table of a
+sweep with several swept keys at 80 columns."""
+
+from __future__ import annotations
+
+import csv
+import re
+
+import pytest
+from rich.console import Console
+
+from conftest import QUICK, read_json, run_mlprun
+from mlprunner.report import collect, print_table, table_rows
+
+TINY = [
+    "dataset=digits",
+    "trainer.threads=1",
+    "logger=none",
+    "trainer.tensorboard.enabled=false",
+    "model.hidden=[32]",
+    "trainer.epochs=1",
+    *QUICK,
+]
+
+
+def test_optuna_study_without_completed_trial_ends_like_failed_sweep(workdir):
+    """Every trial's loss non-finite: hydra/sweeper=mlprun_optuna ends the study like a sweep
+    whose jobs failed (it ended on 'unexpected ValueError: Record does not exist.', no summary)."""
+    sweep = workdir / "sweep"
+    proc = run_mlprun(
+        "-m",
+        *TINY,
+        "optim=sgd",
+        "hydra/sweeper=mlprun_optuna",
+        "optim.lr=tag(log,interval(1e7,1e8))",  # every trial's loss becomes non-finite
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out
+    assert "unexpected" not in out and "Record does not exist" not in out, out
+    assert "no trial of the Optuna study has completed" in out
+    assert re.search(r"^2 job\(s\) failed in this sweep", out, re.M), out
+    jobs = [d for d in sweep.iterdir() if (d / "results.json").is_file()]
+    assert len(jobs) == 2 and all(read_json(d / "results.json")["status"] == "failed" for d in jobs)
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert "## Not completed" in (sweep / "summary.md").read_text()
+    assert not (sweep / "optimization_results.yaml").exists()  # there is no best trial
+
+
+def test_plain_optuna_without_completed_trial_is_one_line(workdir):
+    """Plain hydra/sweeper=optuna (Hydra's own sweeper, in memory): one line that says what
+    happened and names mlprun_optuna, exit 1."""
+    proc = run_mlprun(
+        "-m",
+        *TINY,
+        "optim=sgd",
+        "hydra/sweeper=optuna",
+        "optim.lr=tag(log,interval(1e7,1e8))",
+        "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={workdir / 'sweep'}",
+        cwd=workdir,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.count("mlprun: error:") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no trial of the Optuna study has completed" in proc.stderr and "mlprun_optuna" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def three_key_sweep(tmp_path_factory):
+    """8 real jobs with 3 swept keys and the test column: the widest table of the basic runs."""
+    workdir = tmp_path_factory.mktemp("edges")
+    sweep = workdir / "sweep"
+    run_mlprun(
+        "-m",
+        *TINY,
+        "eval.test=true",
+        "model.dropout=0.25,0.5",
+        "optim.lr=0.01,0.02",
+        "trainer.early_stopping.patience=1,2",
+        f"hydra.sweep.dir={sweep}",
+        cwd=workdir,
+        check=True,
+    )
+    return sweep
+
+
+def test_terminal_table_keeps_key_value_tokens_whole_at_80_columns(three_key_sweep):
+    jobs, keys = collect(three_key_sweep)
+    assert len(jobs) == 8 and len(keys) == 3
+    console = Console(width=80, record=True)
+    print_table(three_key_sweep, jobs, keys, console=console)
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    rows = table_rows(jobs, keys, short=True)
+    tokens = [t for row in rows for t in row[1].split()]
+    assert any(t.startswith("dropout=0.25") for t in tokens)
+    for token in set(tokens):  # whole, on one line, once per job that has it
+        whole = re.compile(rf"(?<!\S){re.escape(token)}(?!\S)")
+        assert sum(len(whole.findall(line)) for line in lines) == tokens.count(token), (token, lines)
+    for row in rows:  # and the numbers are not cut either
+        for cell in row[3:]:
+            assert any(re.search(rf"(?<!\S){re.escape(cell)}(?!\S)", line) for line in lines), (cell, lines)
