@@ -202,3 +202,28 @@ def run_mlprun_together(*arg_lists: list[str], cwd: Path, timeout: float = 600, 
                     f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}"
                 )
     return done
+
+
+def hparams_session_groups(log_dir: Path):
+    """TensorBoard's HParams dashboard's answer for `log_dir` (its own backend, every status):
+    the session groups, each with its sessions and metric values."""
+    from tensorboard import context
+    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.plugins import base_plugin
+    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+
+    mux = pem.EventMultiplexer()
+    mux.AddRunsFromDirectory(str(log_dir))
+    mux.Reload()
+    tb = base_plugin.TBContext(
+        logdir=str(log_dir), multiplexer=mux, data_provider=MultiplexerDataProvider(mux, str(log_dir))
+    )
+    request = api_pb2.ListSessionGroupsRequest(
+        start_index=0, slice_size=1000, allowed_statuses=list(api_pb2.Status.values())
+    )
+    return (
+        list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "", request)
+        .run()
+        .session_groups
+    )

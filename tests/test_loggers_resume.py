@@ -12,14 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from tensorboard import context
-from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
-from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-from tensorboard.plugins import base_plugin
-from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
+from tensorboard.plugins.hparams import api_pb2
 
-from conftest import QUICK, mlprun_env, read_json, run_mlprun
+from conftest import QUICK, hparams_session_groups, mlprun_env, read_json, run_mlprun
 
 DIGITS = [
     "dataset=digits",
@@ -50,17 +46,7 @@ def is_test(tag: str) -> bool:
 
 def hparams_status(log_dir: Path) -> dict[str, str]:
     """{session: status} as TensorBoard's HParams dashboard lists the runs under `log_dir`."""
-    mux = pem.EventMultiplexer()
-    mux.AddRunsFromDirectory(str(log_dir))
-    mux.Reload()
-    tb = base_plugin.TBContext(
-        logdir=str(log_dir), multiplexer=mux, data_provider=MultiplexerDataProvider(mux, str(log_dir))
-    )
-    request = api_pb2.ListSessionGroupsRequest(
-        start_index=0, slice_size=1000, allowed_statuses=list(api_pb2.Status.values())
-    )
-    response = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "", request).run()
-    return {s.name: api_pb2.Status.Name(s.status) for g in response.session_groups for s in g.sessions}
+    return {s.name: api_pb2.Status.Name(s.status) for g in hparams_session_groups(log_dir) for s in g.sessions}
 
 
 def mlflow_client(uri: str):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import QUICK, mlprun_env, read_json, run_mlprun
+from conftest import QUICK, hparams_session_groups, mlprun_env, read_json, run_mlprun
 
 # Tiny XOR runs: 2 epochs of 500 points.
 TINY = [
@@ -68,32 +68,9 @@ def check_summary_against_jobs(sweep: Path) -> list[dict]:
     return list(rows.values())
 
 
-def hparams_session_groups(log_dir: Path) -> dict[str, dict]:
+def hparams_metrics(log_dir: Path) -> dict[str, dict]:
     """What TensorBoard's HParams dashboard lists for `log_dir`: {session group: metrics}."""
-    from tensorboard import context
-    from tensorboard.backend.event_processing import plugin_event_multiplexer as pem
-    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
-    from tensorboard.plugins import base_plugin
-    from tensorboard.plugins.hparams import api_pb2, backend_context, list_session_groups
-
-    mux = pem.EventMultiplexer()
-    mux.AddRunsFromDirectory(str(log_dir))
-    mux.Reload()
-    tb = base_plugin.TBContext(
-        logdir=str(log_dir), multiplexer=mux, data_provider=MultiplexerDataProvider(mux, str(log_dir))
-    )
-    request = api_pb2.ListSessionGroupsRequest(
-        start_index=0,
-        slice_size=1000,
-        allowed_statuses=[
-            api_pb2.STATUS_UNKNOWN,
-            api_pb2.STATUS_SUCCESS,
-            api_pb2.STATUS_FAILURE,
-            api_pb2.STATUS_RUNNING,
-        ],
-    )
-    response = list_session_groups.Handler(context.RequestContext(), backend_context.Context(tb), "", request).run()
-    return {g.name: {m.name.tag: m.value for m in g.metric_values} for g in response.session_groups}
+    return {g.name: {m.name.tag: m.value for m in g.metric_values} for g in hparams_session_groups(log_dir)}
 
 
 def mtimes(sweep: Path) -> dict[str, int]:
@@ -194,7 +171,7 @@ def test_grid_basic_summary_rerun_and_report(workdir):
     rows = [line for line in proc.stdout.splitlines() if re.match(r" ?\d+  .* completed ", line)]
     assert len(rows) == 4 and all(len(line) <= 140 for line in rows), rows
     # TensorBoard's HParams dashboard on the sweep folder lists every job with its metrics
-    groups = hparams_session_groups(sweep)
+    groups = hparams_metrics(sweep)
     assert len(groups) == 4
     by_job = {name.split("/")[1]: m for name, m in groups.items()}  # tensorboard/<swept values>
     for d in dirs:
