@@ -134,14 +134,25 @@ def epochs_done(run_dir: Path) -> int:
 def release_when_requeued(job_id: str) -> None:
     """A requeued job waits ~2 minutes (Reason=BeginTime); start it now."""
 
+    last = []
+
     def started_again():
         state, reason = job_state(job_id)
+        last[:] = [state, reason]
         if state == "PENDING":
             subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True, timeout=20)
         return state == "RUNNING" and reason != "BeginTime"
 
     wait_for(f"job {job_id} to be requeued and start again", lambda: job_state(job_id)[0] == "PENDING", 60)
-    wait_for(f"job {job_id} to run again", started_again, 60)
+    # on a loaded machine (pytest-xdist's other worker) the node may still be cleaning up after
+    # the job's first run: give the scheduler time, and say where the job stood if it never ran
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if started_again():
+            return
+        time.sleep(0.5)
+    queue = subprocess.run(["squeue", "-a", "-l"], capture_output=True, text=True, timeout=20).stdout
+    pytest.fail(f"job {job_id} did not run again within 180 s: state {last}; squeue:\n{queue}")
 
 
 def job_pids(sweep: Path) -> list[int]:
