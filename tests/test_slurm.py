@@ -34,7 +34,6 @@ def _cluster_problem() -> str | None:
 
 pytestmark = [
     pytest.mark.slurm,
-    pytest.mark.xdist_group("slurm"),  # one worker: the 2-CPU test cluster runs them one after another
     pytest.mark.skipif(_cluster_problem() is not None, reason=str(_cluster_problem())),
 ]
 
