@@ -141,7 +141,8 @@ class Logger:
         pass
 
     def test(self, epoch: int, metrics: dict) -> None:
-        pass
+        """The test metrics; `epoch`: the epochs the run has trained so far (their step), the
+        scored checkpoint's own epoch is metrics["epoch"]."""
 
     def finish(self, run: RunInfo) -> None:
         pass
@@ -431,7 +432,6 @@ class MLflow(Logger):
         self.log_artifacts = log_artifacts
         self.client = None
         self.run_id: str | None = None
-        self.trained = 0  # the run's epochs so far (the step of its test metrics)
         self._warned = False
 
     @classmethod
@@ -445,7 +445,6 @@ class MLflow(Logger):
         # results.json names this run's MLflow run when an earlier process made one: a resume, or
         # a restart of a run stopped before its first checkpoint (record.py keeps it then too)
         saved = run.results.get("mlflow") or {}
-        self.trained = run.resume_epoch
         if saved.get("run_id"):
             uri = saved.get("tracking_uri") or _absolute_uri(self.tracking_uri or mlflow.get_tracking_uri())
         else:
@@ -538,7 +537,6 @@ class MLflow(Logger):
         ]
 
     def epoch_saved(self, epoch: int, step: int, metrics: dict) -> None:
-        self.trained = max(self.trained, epoch)
         self._safe("epoch metrics", lambda: self.client.log_batch(self.run_id, metrics=self._metrics(metrics, epoch)))
 
     def test(self, epoch: int, metrics: dict) -> None:
@@ -548,12 +546,12 @@ class MLflow(Logger):
         from mlflow.entities import RunTag
 
         values = {f"test/{k}": metrics.get(k) for k in ("loss", "error", "accuracy", "f1")}
-        tags = [RunTag("mlprun.test_checkpoint_epoch", str(epoch))]
+        tags = [RunTag("mlprun.test_checkpoint_epoch", str(metrics.get("epoch", epoch)))]
         if metrics.get("checkpoint"):
             tags.append(RunTag("mlprun.test_checkpoint", str(metrics["checkpoint"])))
         self._safe(
             "test metrics",
-            lambda: self.client.log_batch(self.run_id, metrics=self._metrics(values, self.trained), tags=tags),
+            lambda: self.client.log_batch(self.run_id, metrics=self._metrics(values, epoch), tags=tags),
         )
 
     def finish(self, run: RunInfo) -> None:

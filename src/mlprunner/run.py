@@ -137,7 +137,7 @@ def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
 def test(cfg: DictConfig, run_dir: Path, trainer: Trainer, loggers: Loggers) -> dict:
     """The test-set metrics (TensorBoard's figures and scalars are written by evaluate_test)."""
     metrics = evaluate_test(cfg, run_dir, trainer, loggers.tensorboard)
-    loggers.test(int(metrics.get("epoch", trainer.state.epoch)), metrics)
+    loggers.test(trainer.state.epoch, metrics)  # step: the epochs trained, as TensorBoard's test scalars
     return metrics
 
 
