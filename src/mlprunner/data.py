@@ -778,13 +778,12 @@ class _FolderImages(torch.utils.data.Dataset):
 
 def _image_folder_dataset(folder: Path):
     """torchvision's ImageFolder over image files, ignoring hidden folders (.hydra, .git, ...)."""
-    import os
 
     from torchvision.datasets import ImageFolder
 
     class _VisibleImageFolder(ImageFolder):
         def find_classes(self, directory):
-            classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not e.name.startswith("."))
+            classes = visible_subfolders(directory)
             if not classes:
                 raise FileNotFoundError(f"no class subfolders in {directory}")
             return classes, {c: i for i, c in enumerate(classes)}
@@ -808,10 +807,15 @@ def _has_test_dir(ds: DictConfig) -> bool:
     return bool(ds.get("test_dir"))
 
 
+def visible_subfolders(folder) -> list[str]:
+    """An image folder's class subfolders, sorted, hidden ones (.hydra, .git, ...) left out."""
+    return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+
+
 def _class_folders(folder: Path, key: str) -> list[str]:
-    """An image folder's class subfolders, sorted, hidden ones left out (as _VisibleImageFolder)."""
+    """visible_subfolders, or one DatasetError line naming `key` when the folder cannot be read."""
     try:
-        return sorted(e.name for e in os.scandir(folder) if e.is_dir() and not e.name.startswith("."))
+        return visible_subfolders(folder)
     except OSError as exc:
         raise DatasetError(f"{key}: cannot read {folder}: {exc.strerror or exc}") from None
 
