@@ -853,9 +853,9 @@ class Group:
 
 # ------------------------------------------------------------------------------ entry point
 def open_member(job: Job, data, stop: StopFlag) -> Member:
-    """Everything a solo run sets up before Trainer.fit(), for one job of a group."""
+    """Everything a solo run sets up before Trainer.fit(), for one job of a group (whose config
+    run_group has validated)."""
     cfg = job.cfg
-    validate(with_logger(cfg))
     started = time.perf_counter()
     if job.hydra is not None:
         HydraConfig.instance().set_config(job.hydra)
