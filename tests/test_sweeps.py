@@ -398,6 +398,71 @@ def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_
     assert read_json(stopped / "results.json")["resumed"][0]["from_epoch"] >= 1
 
 
+def _joblib_sweep_stopped(tmp_path: Path, whom: str) -> tuple[Path, list[str], str]:
+    """A 4-job joblib sweep (2 workers), signalled once both running jobs have a checkpoint:
+    `whom` "group" is a Ctrl-C in a terminal (SIGINT to mlprun and its workers), "parent" a
+    SIGTERM to mlprun alone (`kill`, `timeout`). Returns the sweep folder, the command's
+    arguments and its output."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "dataset=digits", "trainer.epochs=100", "trainer.seed=0,1,2,3"]
+    args += ["logger=none", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=tmp_path,
+        env=mlprun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.time() + 240
+        while len(list(sweep.glob("*/checkpoints/last.pt"))) < 2 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        if whom == "group":
+            os.killpg(p.pid, signal.SIGINT)
+        else:
+            p.send_signal(signal.SIGTERM)
+        out = p.communicate(timeout=240)[0]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, out[-3000:]
+    return sweep, args, out
+
+
+def test_ctrl_c_stops_a_joblib_sweep_whose_command_continues_it(tmp_path):
+    """Ctrl-C during a joblib sweep: the two running jobs stop at their step (interrupted, with
+    checkpoints), the two queued ones never start (no folder), the summary is written, exit 130
+    with the command that continues the sweep; that command resumes the two and runs the rest."""
+    sweep, args, out = _joblib_sweep_stopped(tmp_path, "group")
+    line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
+    assert "stopped by SIGINT: 2 job(s) interrupted, 2 job(s) not started; continue the sweep" in line, line
+    assert "Traceback" not in out and "Error executing job" not in out, out[-3000:]
+    stopped = job_dirs(sweep)
+    assert len(stopped) == 2, out[-3000:]  # the queued jobs left no folder
+    assert all(read_json(d / "results.json")["status"] == "interrupted" for d in stopped)
+    assert all(read_json(d / "results.json")["epochs_completed"] < 100 for d in stopped)
+    rows = check_summary_against_jobs(sweep)
+    assert sorted(r["status"] for r in rows) == ["interrupted", "interrupted"]
+    command = shlex.split(line.split(" with: ", 1)[1])
+    assert command[1:] == [*args[:-1], f"hydra.sweep.dir={sweep.resolve()}"]
+    proc = run_mlprun(*command[1:], cwd=tmp_path, check=True)
+    assert proc.stdout.count("was interrupted: resuming from") == 2, proc.stdout[-3000:]
+    assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["completed"] * 4
+    assert not list(sweep.glob(".mlprun_marks/*")), "the sweep's markers are left behind"
+
+
+def test_sigterm_to_mlprun_alone_stops_its_joblib_workers(tmp_path):
+    """A SIGTERM to mlprun's process only (the workers do not get it): the running jobs still
+    stop at their step and the queued ones do not start."""
+    sweep, _, out = _joblib_sweep_stopped(tmp_path, "parent")
+    assert "stopped by SIGTERM: 2 job(s) interrupted, 2 job(s) not started" in out, out[-3000:]
+    stopped = job_dirs(sweep)
+    assert [read_json(d / "results.json")["status"] for d in stopped] == ["interrupted"] * 2
+    assert all(read_json(d / "results.json")["epochs_completed"] < 100 for d in stopped)
+
+
 def test_a_refused_sweep_leaves_its_folder_as_it_was(tmp_path):
     """A sweep refused before any job (a misspelt key, an unknown option): no new folder; in an
     existing sweep folder the first sweep's multirun.yaml stays and no multirun.2.yaml appears."""

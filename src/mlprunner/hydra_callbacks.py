@@ -11,12 +11,13 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import preflight, validate
-from .errors import RunInUse, RunRefused, SweepFailed
+from .errors import Interrupted, RunInUse, RunRefused, SweepFailed, SweepStopped
 from .record import lock_run_dir
 from .report import ReportError, build_report, collect
-from .run import stop_if_signalled
+from .run import STARTUP, stop_if_signalled, when_signalled
 from .runs import refuse_existing, refuse_foreign_files, refuse_foreign_sweep_folder
 from .sweep import (
+    JOBLIB_LAUNCHER,
     clear_marks,
     failed_since,
     keep_multirun_yaml,
@@ -25,6 +26,8 @@ from .sweep import (
     note_sweep_start,
     restore_multirun_yaml,
     results_stamps,
+    stop_sweep,
+    sweep_stop_reason,
 )
 
 log = logging.getLogger("mlprunner")
@@ -116,11 +119,16 @@ class SweepSummary(Callback):
         note_sweep_start(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.before = results_stamps(folder)
+        if config.hydra.launcher.get("_target_") == JOBLIB_LAUNCHER:
+            # a SIGTERM to mlprun alone does not reach the workers: no queued job starts after it
+            when_signalled(lambda name: stop_sweep(folder, name))
         keep_multirun_yaml(folder)  # the sweeper writes its own next; the first sweep's stays
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir))
         restore_multirun_yaml(folder)
+        # a signal stopped this sweep (joblib's workers; mlprun's own process: SweepStopped already)
+        stopped = sweep_stop_reason(folder) or (f"stopped by {STARTUP.signal_name}" if STARTUP.requested else None)
         with contextlib.suppress(OSError):  # submitit_local leaves an empty folder named `%j`
             (folder / ".submitit" / "%j").rmdir()
         marks = marked_since(folder, self.before)  # in use / not collected (SLURM stopped answering)
@@ -142,9 +150,11 @@ class SweepSummary(Callback):
         skipped = {d: (status, reason) for d, (status, reason) in marks.items() if status != "not collected"}
         for job in jobs:  # the job skipped itself; results.json is the older process's
             if str(job["dir"].resolve()) in skipped:
-                job["status"], job["reason"] = skipped[str(job["dir"].resolve())]
+                if skipped[str(job["dir"].resolve())][0] != "not started":  # its results.json still holds
+                    job["status"], job["reason"] = skipped[str(job["dir"].resolve())]
                 if str(job["dir"].resolve()) not in failed:
                     failed.append(str(job["dir"].resolve()))
+        failed += [d for d, (status, _) in marks.items() if status == "not started" and d not in failed]
         clear_marks(folder, self.before)
         try:
             build_report(folder, collected=(jobs, keys))
@@ -155,10 +165,12 @@ class SweepSummary(Callback):
             for job in jobs:
                 if str(job["dir"].resolve()) in failed:
                     counts[job["status"]] = counts.get(job["status"], 0) + 1
-            unseen = len([d for d in uncollected if d not in {str(j["dir"].resolve()) for j in jobs}])
-            if unseen:  # not started yet: no folder the report could list
-                counts["not collected"] = counts.get("not collected", 0) + unseen
+            listed = {str(j["dir"].resolve()) for j in jobs}
+            for status, _ in (v for d, v in marks.items() if d not in listed):  # no folder the report could list
+                counts[status] = counts.get(status, 0) + 1
             what = ", ".join(f"{n} job(s) {status}" for status, n in sorted(counts.items()))
+            if stopped:
+                raise SweepStopped(Interrupted(f"{stopped}: {what}"), str(folder))  # mlprun exits 130
             # a sweep's jobs continue by rerunning the sweep into the same folder (completed ones
             # are skipped), not one `resume=` per job
             log.error(

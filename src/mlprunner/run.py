@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass
@@ -51,9 +52,12 @@ class _Signals:
 
     stop: StopFlag
     when: str = "after this step"
+    # called with the signal's name on the first signal (a sweep's parent tells its workers)
+    listeners: list = dataclasses.field(default_factory=list)
 
     def install(self):
         self._old = {}
+        self.received = 0  # signals that came (request_stop sets the flag without one)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -62,12 +66,17 @@ class _Signals:
         return self
 
     def _handle(self, signum, frame):
-        if self.stop.requested:
+        self.received += 1
+        if self.received > 1:
             self.restore()  # a third signal gets Python's default behaviour
             raise KeyboardInterrupt
+        if self.stop.requested:  # already stopping (request_stop): this signal is the first
+            return
         self.stop.requested = True
         self.stop.signal_name = signal.Signals(signum).name
         log.warning(f"{self.stop.signal_name} received: stopping {self.when} (press Ctrl-C again to quit at once)")
+        for listener in self.listeners:
+            listener(self.stop.signal_name)
 
     def restore(self):
         for sig, handler in self._old.items():
@@ -80,6 +89,14 @@ class _Signals:
 # the process (install_startup_signals), acted on at the next point where stopping leaves a clean
 # state (stop_if_signalled).
 STARTUP = StopFlag()
+STARTUP_LISTENERS: list = []  # when_signalled's
+_INSTALLED_IN: int | None = None  # the process whose STARTUP handlers are installed
+_TRAINING: list[StopFlag] = []  # the stop flag of the fit() running now (request_stop)
+
+
+def when_signalled(listener) -> None:
+    """Call `listener(signal name)` when STARTUP's handler notes a signal (install_startup_signals)."""
+    STARTUP_LISTENERS.append(listener)
 
 
 def install_startup_signals(early: list[str] | None = None) -> None:
@@ -88,9 +105,30 @@ def install_startup_signals(early: list[str] | None = None) -> None:
     instead of killing it silently (SIGTERM) or with a traceback (SIGINT); a second one leaves at
     once. fit() installs its own handlers while training and puts these back after.
     early: the names of signals noted before (while torch was imported, see __main__)."""
-    _Signals(STARTUP, when="as soon as it is safe").install()
+    global _INSTALLED_IN
+    signals = _Signals(STARTUP, when="as soon as it is safe", listeners=STARTUP_LISTENERS).install()
+    _INSTALLED_IN = os.getpid()
     if early:
         STARTUP.requested, STARTUP.signal_name = True, early[0]
+        signals.received = 1  # the next one is the second
+
+
+def request_stop(signal_name: str, why: str) -> None:
+    """What a first SIGINT/SIGTERM does, asked from another thread (a sweep's worker told that
+    its sweep was stopped): the running fit() stops after its step, a run starting up before it
+    trains."""
+    flag = _TRAINING[-1] if _TRAINING else STARTUP
+    if not flag.requested:
+        flag.requested, flag.signal_name = True, signal_name
+        log.warning(f"{why}: stopping as soon as it is safe")
+
+
+def install_worker_signals() -> None:
+    """install_startup_signals in a sweep's worker process (joblib's), once: a Ctrl-C that reaches
+    it between two jobs is noted instead of killing the worker (the sweep would lose it and
+    stop with joblib's error, without its summary)."""
+    if _INSTALLED_IN != os.getpid():
+        install_startup_signals()
 
 
 def stop_if_signalled(what: str) -> None:
@@ -126,10 +164,12 @@ def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
 def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
     """Trainer.fit() with SIGINT/SIGTERM setting `stop` (the trainer's): stop after this step."""
     signals = _Signals(stop).install()
+    _TRAINING.append(stop)
     try:
         stop_if_signalled("during start-up, before training")  # a signal before these handlers
         return trainer.fit()
     finally:
+        _TRAINING.remove(stop)
         signals.restore()
         progress.close()
 

@@ -17,7 +17,9 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from .progress import fmt_pct
 from .record import lock_run_dir
 from .results import read_results
 from .resume import check_checkpoint_of
-from .run import run, stop_if_signalled
+from .run import STARTUP, install_worker_signals, request_stop, run, stop_if_signalled
 from .runs import SAVED_CONFIG, checkpoint_file
 
 log = logging.getLogger("mlprunner")
@@ -369,6 +371,17 @@ def prepare_sweep_job(run_dir: Path, saved: dict[str, str] | None = None) -> tup
     saved: the job's .hydra/ files (hydra_files), written when the job starts afresh; a completed
     job's folder is left byte for byte, a resumed job keeps the .hydra/ it started with."""
     label = f"job {run_dir.name}"
+    if jobs_in_workers():
+        sweep_dir = _sweep_folder(run_dir)
+        if STARTUP.requested:  # a signal reached this worker between two jobs
+            stop_sweep(sweep_dir, STARTUP.signal_name or "a signal")
+            STARTUP.requested = False  # the marker holds it now, for every worker
+        stopped = sweep_stop_reason(sweep_dir)
+        if stopped:  # a signal stopped the sweep: its queued jobs do not start
+            forget_unstarted_job(run_dir)
+            mark_job(sweep_dir, run_dir, "not started", f"{stopped}; nothing was written there")
+            log.warning(f"{label} not started: {stopped}")
+            return False, None, None
     stop_if_signalled(f"before {label} started (nothing was written there); rerun this sweep command to continue")
     if not claim_run_dir(run_dir):
         return False, None, None
@@ -409,11 +422,21 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
 
     saved: the job's .hydra/ files (prepare_sweep_job)."""
     run_dir = Path(run_dir)
-    label = f"job {run_dir.name}"
+    if jobs_in_workers():
+        install_worker_signals()
     train, resume_from, ckpt = prepare_sweep_job(run_dir, saved)
     if not train:
         return resume_from  # the objective of a completed job, or None (folder in use, refused)
+    if jobs_in_workers():
+        watch_for_stop(_sweep_folder(run_dir), run_dir)
+    try:
+        return _train_sweep_job(cfg, run_dir, overrides, resume_from, ckpt)
+    finally:
+        _WATCHING["job"] = None
 
+
+def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resume_from, ckpt):
+    label = f"job {run_dir.name}"
     if cfg.trainer.get("threads") is None:
         threads = sweep_threads()
         if threads:
@@ -436,6 +459,12 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
                 said = message.split("; continue with:")[0]
                 who = label if "=" in run_dir.name else f"{label} ({' '.join(overrides)})"  # named by them
                 raise SweepStopped(Interrupted(f"{who}: {said}"), str(HydraConfig.get().sweep.dir)) from None
+            if jobs_in_workers():  # its results.json says interrupted; the queued jobs must not start
+                found = re.search(r"\bSIG[A-Z]+\b", message)
+                stop_sweep(_sweep_folder(run_dir), found.group(0) if found else "SIGINT")
+                STARTUP.requested = False  # the marker holds it now, for every worker
+                log.warning(f"{label} interrupted: {message.split('; continue with:')[0]}")
+                return None  # the sweep's summary reports it (raising would skip the summary)
             raise
         if isinstance(exc, RunInUse):  # another process trains there: its results.json is not ours to write
             log.warning(f"{label} skipped, in use: {message}")
@@ -451,6 +480,7 @@ def run_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], saved: d
 
 
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+JOBLIB_LAUNCHER = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
 
 # what Optuna's storages say when a study has no best trial because no trial completed:
 # RDBStorage (sqlite) and InMemoryStorage, Optuna 2.x and 3.x
@@ -468,6 +498,72 @@ def jobs_run_here() -> bool:
     that stops one job stops the sweep. (Other launchers run a job in a process of its own, which
     the signal stops: joblib's workers, a SLURM job.)"""
     return HydraConfig.get().launcher.get("_target_") == BASIC_LAUNCHER
+
+
+def jobs_in_workers() -> bool:
+    """The sweep's jobs run in worker processes on this machine (joblib's launcher), where a
+    Ctrl-C reaches every job at once: a signal stops the whole sweep, not only the job it reached."""
+    return str(HydraConfig.get().launcher.get("_target_")) == JOBLIB_LAUNCHER
+
+
+def _stop_marker(sweep_dir: Path) -> Path:
+    return Path(sweep_dir) / MARKS / f".stopped@{os.environ.get(SWEEP_ID, '')}.json"
+
+
+def stop_sweep(sweep_dir: Path, signal_name: str) -> None:
+    """A signal stopped this launch of the sweep (its parent or one of its workers got it): no
+    job of it starts from now on, and its summary ends with the command that continues it."""
+    marker = _stop_marker(sweep_dir)
+    if marker.is_file():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    data = {"reason": f"stopped by {signal_name}", "signal": signal_name, "sweep": os.environ.get(SWEEP_ID)}
+    atomic_write_json(marker, data)
+
+
+_WATCHING: dict = {}  # this worker's job now: {"sweep": its sweep folder, "job": its run folder}
+_WATCHER: list[int] = []  # the process whose watcher thread runs
+
+
+def watch_for_stop(sweep_dir: Path, run_dir: Path) -> None:
+    """In a joblib worker: stop the job it runs (after its step, as a signal would) once its
+    sweep has been stopped by a signal that did not reach this process (a SIGTERM to mlprun
+    alone, `timeout`'s), checked every half second by a thread started once per worker."""
+    _WATCHING.update(sweep=Path(sweep_dir), job=Path(run_dir))
+    if _WATCHER != [os.getpid()]:
+        _WATCHER[:] = [os.getpid()]
+        threading.Thread(target=_watch, name="mlprun-sweep-stop", daemon=True).start()
+
+
+def _watch() -> None:
+    told = None
+    while True:
+        time.sleep(0.5)
+        job = _WATCHING.get("job")
+        if job is None or job == told:
+            continue
+        data = _read_json(_stop_marker(_WATCHING["sweep"]))
+        if data:
+            told = job
+            request_stop(str(data.get("signal") or "SIGTERM"), f"job {job.name}: the sweep was {data.get('reason')}")
+
+
+def sweep_stop_reason(sweep_dir: Path) -> str | None:
+    """ "stopped by SIGINT" once a signal stopped this launch of the sweep (stop_sweep), else None."""
+    marker = _stop_marker(sweep_dir)
+    return str(_read_json(marker).get("reason") or "stopped by a signal") if marker.is_file() else None
+
+
+def forget_unstarted_job(run_dir: Path) -> None:
+    """A job that does not start leaves no trace: Hydra made its folder and opened its log file
+    (empty) before the job could decide; both go when they hold nothing else."""
+    stop_logging_into(run_dir)
+    run_dir = Path(run_dir)
+    log_file = run_dir / "mlprun.log"
+    with contextlib.suppress(OSError):
+        if log_file.is_file() and log_file.stat().st_size == 0:
+            log_file.unlink()
+        run_dir.rmdir()  # only if empty
 
 
 def in_slurm_job() -> bool:
