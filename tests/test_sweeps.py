@@ -463,6 +463,47 @@ def test_sigterm_to_mlprun_alone_stops_its_joblib_workers(tmp_path):
     assert all(read_json(d / "results.json")["epochs_completed"] < 100 for d in stopped)
 
 
+def test_an_optuna_trial_a_signal_stopped_resumes_when_the_study_continues(tmp_path):
+    """SIGTERM during an Optuna study's first trial (default launcher): exit 130, the trial is
+    left RUNNING in optuna.db; the printed command continues the study: that trial is told FAIL
+    and its parameters come first, so its job resumes from its checkpoint and completes."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=2", "dataset=digits", "trainer.epochs=100"]
+    args += ["optim.lr=tag(log,interval(1e-4,1e-2))", "logger=none", *QUICK, f"hydra.sweep.dir={sweep}"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=tmp_path,
+        env=mlprun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.time() + 180
+    while not list(sweep.glob("*/checkpoints/last.pt")) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    p.send_signal(signal.SIGTERM)
+    out = p.communicate(timeout=180)[0]
+    assert p.returncode == 130, out[-3000:]
+
+    def trials() -> list[tuple]:
+        with sqlite3.connect(sweep / "optuna.db") as db:
+            query = "select t.number, t.state, p.param_value from trials t join trial_params p using (trial_id)"
+            return sorted(db.execute(query + " order by t.number"))
+
+    ((_, state, lr),) = trials()
+    assert state == "RUNNING"
+    (stopped,) = job_dirs(sweep)
+    assert read_json(stopped / "results.json")["status"] == "interrupted"
+    line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
+    proc = run_mlprun(*shlex.split(line.split(" with: ", 1)[1])[1:], cwd=tmp_path, check=True)
+    assert proc.stdout.count("was interrupted: resuming from") == 1, proc.stdout[-3000:]
+    assert "ExperimentalWarning" not in proc.stdout + proc.stderr
+    assert [t[:2] for t in trials()] == [(0, "FAIL"), (1, "COMPLETE"), (2, "COMPLETE")]
+    assert trials()[1][2] == lr  # the stopped trial's parameters, first
+    res = read_json(stopped / "results.json")
+    assert res["status"] == "completed" and res["resumed"][0]["from_epoch"] >= 1
+
+
 def test_a_refused_sweep_leaves_its_folder_as_it_was(tmp_path):
     """A sweep refused before any job (a misspelt key, an unknown option): no new folder; in an
     existing sweep folder the first sweep's multirun.yaml stays and no multirun.2.yaml appears."""

@@ -70,6 +70,20 @@ def lock_run_dir(run_dir: Path):
     return fh
 
 
+def in_use_elsewhere(run_dir: Path) -> bool:
+    """Whether another process holds the run folder's lock (lock_run_dir) now; this process's
+    probe takes nothing (the lock goes with the file it opened)."""
+    lock = Path(run_dir) / ".mlprun.lock"
+    if fcntl is None or not lock.is_file() or str(Path(run_dir).resolve()) in _LOCKS:
+        return False
+    with open(lock, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+    return False
+
+
 def interrupted_outside_record(run_dir: Path, overrides, exc: BaseException) -> BaseException:
     """A signal that ended a run before its RunRecord began (its folder made, results.json not
     written yet): the folder's results.json says interrupted, and the error names the command

@@ -5,11 +5,14 @@ ending like any sweep whose jobs all failed. (Hydra instantiates sweepers from t
 from __future__ import annotations
 
 import logging
+import warnings
+from pathlib import Path
 
 import optuna
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
+from mlprunner.record import in_use_elsewhere
 from mlprunner.sweep import no_trial_completed
 
 log = logging.getLogger("mlprunner")
@@ -17,6 +20,7 @@ log = logging.getLogger("mlprunner")
 
 class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
+        self._retry_interrupted_trials()
         # The plugin asks the study for its best trial after the last batch; with every trial
         # failed that raises, so Hydra would skip the callbacks' on_multirun_end (mlprun's
         # summary) and mlprun would exit on a ValueError instead of "N job(s) failed". Every
@@ -28,6 +32,35 @@ class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
             if not no_trial_completed(exc) or self._completed_trials():
                 raise
             log.warning("no trial of the Optuna study has completed: no best parameters (no optimization_results.yaml)")
+
+    def _retry_interrupted_trials(self) -> None:
+        """A trial a signal stopped (Ctrl-C: mlprun left the study with the trial asked but never
+        told) stays RUNNING in the kept study. When the same command continues the study and no
+        process trains in the sweep folder, each such trial is told FAIL and its parameters are
+        enqueued: the first new trial is the same job, which resumes from its checkpoints/last.pt."""
+        if self.storage is None:
+            return
+        try:
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage)
+        except Exception:  # no study yet: a first launch
+            return
+        stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if not stale:
+            return
+        folder = Path(str(self.config.hydra.sweep.dir))
+        if any(in_use_elsewhere(lock.parent) for lock in folder.glob("**/.mlprun.lock")):
+            log.warning(
+                f"{len(stale)} trial(s) still running in {folder}: another launch trains there; left as they are"
+            )
+            return
+        for trial in stale:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            with warnings.catch_warnings():  # enqueue_trial is "experimental" in Optuna 2.x, stable in 3.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.enqueue_trial(trial.params)
+            log.info(
+                f"trial {trial.number} was stopped before it ended: it runs again as a new trial, from its checkpoint"
+            )
 
     def _completed_trials(self) -> int:
         """Completed trials in the study kept in storage; 0 for an in-memory study (the
