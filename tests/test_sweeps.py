@@ -504,6 +504,47 @@ def test_an_optuna_trial_a_signal_stopped_resumes_when_the_study_continues(tmp_p
     assert res["status"] == "completed" and res["resumed"][0]["from_epoch"] >= 1
 
 
+def test_ctrl_c_in_an_optuna_study_on_joblib_continues_its_trials(tmp_path):
+    """Ctrl-C during an Optuna study's first batch of 2 trials on joblib's 2 workers: exit 130
+    with the study left with both trials RUNNING (not told FAIL, no more trials asked); the
+    printed command resumes both jobs from their checkpoints as its first two trials."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
+    args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=digits", "trainer.epochs=100"]
+    args += ["optim.lr=tag(log,interval(1e-4,1e-2))", "logger=none", *QUICK, f"hydra.sweep.dir={sweep}"]
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=tmp_path,
+        env=mlprun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while len(list(sweep.glob("*/checkpoints/last.pt"))) < 2 and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGINT)
+        out = p.communicate(timeout=240)[0]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, out[-3000:]
+    line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
+    assert "the Optuna study was stopped by SIGINT; continue the sweep" in line, line
+    with sqlite3.connect(sweep / "optuna.db") as db:
+        assert [s for (s,) in db.execute("select state from trials order by number")] == ["RUNNING"] * 2
+    assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["interrupted"] * 2
+    assert not (sweep / ".mlprun_marks").exists()
+    proc = run_mlprun(*shlex.split(line.split(" with: ", 1)[1])[1:], cwd=tmp_path, check=True)
+    assert proc.stdout.count("was interrupted: resuming from") == 2, proc.stdout[-3000:]
+    with sqlite3.connect(sweep / "optuna.db") as db:
+        states = [s for (s,) in db.execute("select state from trials order by number")]
+    assert states == ["FAIL", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["completed"] * 4
+
+
 def test_a_refused_sweep_leaves_its_folder_as_it_was(tmp_path):
     """A sweep refused before any job (a misspelt key, an unknown option): no new folder; in an
     existing sweep folder the first sweep's multirun.yaml stays and no multirun.2.yaml appears."""

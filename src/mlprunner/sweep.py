@@ -548,6 +548,14 @@ def _watch() -> None:
             request_stop(str(data.get("signal") or "SIGTERM"), f"job {job.name}: the sweep was {data.get('reason')}")
 
 
+def forget_launch_marks(sweep_dir: Path) -> None:
+    """Remove the markers this launch of the sweep wrote (a sweep that ends without its summary)."""
+    for marker in (Path(sweep_dir) / MARKS).glob(f"*@{os.environ.get(SWEEP_ID)}.json"):
+        marker.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        (Path(sweep_dir) / MARKS).rmdir()
+
+
 def sweep_stop_reason(sweep_dir: Path) -> str | None:
     """ "stopped by SIGINT" once a signal stopped this launch of the sweep (stop_sweep), else None."""
     marker = _stop_marker(sweep_dir)

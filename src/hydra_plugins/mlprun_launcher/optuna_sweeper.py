@@ -1,6 +1,6 @@
 """hydra/sweeper=mlprun_optuna: Hydra's Optuna sweeper, with a study in which no trial completed
-ending like any sweep whose jobs all failed. (Hydra instantiates sweepers from the
-`hydra_plugins` package only, hence here.)"""
+ending like any sweep whose jobs all failed, and trials a signal stopped continued with the
+study. (Hydra instantiates sweepers from the `hydra_plugins` package only, hence here.)"""
 
 from __future__ import annotations
 
@@ -12,15 +12,41 @@ import optuna
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
+from mlprunner.errors import Interrupted, SweepStopped
 from mlprunner.record import in_use_elsewhere
-from mlprunner.sweep import no_trial_completed
+from mlprunner.run import STARTUP
+from mlprunner.sweep import forget_launch_marks, no_trial_completed, sweep_stop_reason
 
 log = logging.getLogger("mlprunner")
+
+
+class _StopAwareLauncher:
+    """The sweeper's launcher, ending the study once a signal stopped its sweep (joblib's workers
+    return then: the running trials interrupted, the queued ones not started): raised before the
+    plugin tells the batch's trials, so they stay RUNNING and the study's next launch continues
+    them (_retry_interrupted_trials) instead of the plugin telling them FAIL and asking for more."""
+
+    def __init__(self, launcher, sweep_dir: Path):
+        self.launcher, self.sweep_dir = launcher, sweep_dir
+
+    def launch(self, job_overrides, initial_job_idx):
+        returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
+        stopped = sweep_stop_reason(self.sweep_dir) or (
+            f"stopped by {STARTUP.signal_name}" if STARTUP.requested else None
+        )
+        if stopped:
+            forget_launch_marks(self.sweep_dir)  # no summary reads them: the study is left here
+            raise SweepStopped(Interrupted(f"the Optuna study was {stopped}"), str(self.sweep_dir))
+        return returns
+
+    def __getattr__(self, name):
+        return getattr(self.launcher, name)
 
 
 class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
         self._retry_interrupted_trials()
+        self.launcher = _StopAwareLauncher(self.launcher, Path(str(self.config.hydra.sweep.dir)))
         # The plugin asks the study for its best trial after the last batch; with every trial
         # failed that raises, so Hydra would skip the callbacks' on_multirun_end (mlprun's
         # summary) and mlprun would exit on a ValueError instead of "N job(s) failed". Every
