@@ -95,8 +95,9 @@ _TRAINING: list[StopFlag] = []  # the stop flag of the fit() running now (reques
 
 
 def when_signalled(listener) -> None:
-    """Call `listener(signal name)` when STARTUP's handler notes a signal (install_startup_signals)."""
-    STARTUP_LISTENERS.append(listener)
+    """Call `listener(signal name)` when STARTUP's handler notes a signal (install_startup_signals);
+    it replaces an earlier one (that sweep of this process is over)."""
+    STARTUP_LISTENERS[:] = [listener]
 
 
 def install_startup_signals(early: list[str] | None = None) -> None:
