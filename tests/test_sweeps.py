@@ -363,6 +363,37 @@ def test_interrupted_job_resumes_on_rerun(workdir):
     assert res["resumed"][0]["from_epoch"] == stopped_at
 
 
+def signal_once_checkpointed(
+    args: list[str], sweep: Path, cwd: Path, jobs: int = 1, whom: str = "parent", sig=signal.SIGTERM
+) -> str:
+    """Start `mlprun ARGS` in its own process group and send `sig` once `jobs` jobs of `sweep` have
+    a checkpoint: `whom` "parent" to mlprun alone (`kill`, `timeout`), "group" to mlprun and its
+    workers (Ctrl-C in a terminal). Asserts exit 130; returns the output."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=cwd,
+        env=mlprun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        deadline = time.time() + 240
+        while len(list(sweep.glob("*/checkpoints/last.pt"))) < jobs and time.time() < deadline and p.poll() is None:
+            time.sleep(0.05)
+        if whom == "group":
+            os.killpg(p.pid, sig)
+        else:
+            p.send_signal(sig)
+        out = p.communicate(timeout=240)[0]
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert p.returncode == 130, out[-3000:]
+    return out
+
+
 def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_it(tmp_path):
     """SIGTERM in a job of the default launcher (jobs one after another in mlprun's process):
     the job stops at its step and is recorded interrupted, no later job starts (Hydra would note
@@ -371,20 +402,7 @@ def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_
     sweep = tmp_path / "sweep"
     args = ["-m", "dataset=digits", "trainer.epochs=40", "trainer.seed=0,1,2", "logger=none", *QUICK]
     args += [f"hydra.sweep.dir={sweep}"]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "mlprunner", *args],
-        cwd=tmp_path,
-        env=mlprun_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 180
-    while not list(sweep.glob("*/checkpoints/last.pt")) and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    out = p.communicate(timeout=180)[0]
-    assert p.returncode == 130, out[-3000:]
+    out = signal_once_checkpointed(args, sweep, tmp_path)
     line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
     assert "SIGTERM" in line and "continue the sweep" in line, line
     assert len(job_dirs(sweep)) == 1, out[-3000:]  # the jobs after it did not start
@@ -399,36 +417,14 @@ def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_
 
 
 def _joblib_sweep_stopped(tmp_path: Path, whom: str) -> tuple[Path, list[str], str]:
-    """A 4-job joblib sweep (2 workers), signalled once both running jobs have a checkpoint:
-    `whom` "group" is a Ctrl-C in a terminal (SIGINT to mlprun and its workers), "parent" a
-    SIGTERM to mlprun alone (`kill`, `timeout`). Returns the sweep folder, the command's
-    arguments and its output."""
+    """A 4-job joblib sweep (2 workers) signalled once both running jobs have a checkpoint: a
+    Ctrl-C ("group") or a SIGTERM to mlprun alone ("parent"). Returns the sweep folder, the
+    command's arguments and its output."""
     sweep = tmp_path / "sweep"
     args = ["-m", "dataset=digits", "trainer.epochs=100", "trainer.seed=0,1,2,3"]
     args += ["logger=none", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "mlprunner", *args],
-        cwd=tmp_path,
-        env=mlprun_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
-    )
-    try:
-        deadline = time.time() + 240
-        while len(list(sweep.glob("*/checkpoints/last.pt"))) < 2 and time.time() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        if whom == "group":
-            os.killpg(p.pid, signal.SIGINT)
-        else:
-            p.send_signal(signal.SIGTERM)
-        out = p.communicate(timeout=240)[0]
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode == 130, out[-3000:]
-    return sweep, args, out
+    sig = signal.SIGINT if whom == "group" else signal.SIGTERM
+    return sweep, args, signal_once_checkpointed(args, sweep, tmp_path, jobs=2, whom=whom, sig=sig)
 
 
 def test_ctrl_c_stops_a_joblib_sweep_whose_command_continues_it(tmp_path):
@@ -470,20 +466,7 @@ def test_an_optuna_trial_a_signal_stopped_resumes_when_the_study_continues(tmp_p
     sweep = tmp_path / "sweep"
     args = ["-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=2", "dataset=digits", "trainer.epochs=100"]
     args += ["optim.lr=tag(log,interval(1e-4,1e-2))", "logger=none", *QUICK, f"hydra.sweep.dir={sweep}"]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "mlprunner", *args],
-        cwd=tmp_path,
-        env=mlprun_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.time() + 180
-    while not list(sweep.glob("*/checkpoints/last.pt")) and time.time() < deadline and p.poll() is None:
-        time.sleep(0.05)
-    p.send_signal(signal.SIGTERM)
-    out = p.communicate(timeout=180)[0]
-    assert p.returncode == 130, out[-3000:]
+    out = signal_once_checkpointed(args, sweep, tmp_path)
 
     def trials() -> list[tuple]:
         with sqlite3.connect(sweep / "optuna.db") as db:
@@ -512,25 +495,7 @@ def test_ctrl_c_in_an_optuna_study_on_joblib_continues_its_trials(tmp_path):
     args = ["-m", "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2"]
     args += ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "dataset=digits", "trainer.epochs=100"]
     args += ["optim.lr=tag(log,interval(1e-4,1e-2))", "logger=none", *QUICK, f"hydra.sweep.dir={sweep}"]
-    p = subprocess.Popen(
-        [sys.executable, "-m", "mlprunner", *args],
-        cwd=tmp_path,
-        env=mlprun_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.time() + 240
-        while len(list(sweep.glob("*/checkpoints/last.pt"))) < 2 and time.time() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        os.killpg(p.pid, signal.SIGINT)
-        out = p.communicate(timeout=240)[0]
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode == 130, out[-3000:]
+    out = signal_once_checkpointed(args, sweep, tmp_path, jobs=2, whom="group", sig=signal.SIGINT)
     line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
     assert "the Optuna study was stopped by SIGINT; continue the sweep" in line, line
     with sqlite3.connect(sweep / "optuna.db") as db:
