@@ -364,11 +364,11 @@ def test_interrupted_job_resumes_on_rerun(workdir):
 
 
 def signal_once_checkpointed(
-    args: list[str], sweep: Path, cwd: Path, jobs: int = 1, whom: str = "parent", sig=signal.SIGTERM
+    args: list[str], sweep: Path, cwd: Path, jobs: int = 1, whom: str = "parent", sig=signal.SIGTERM, times: int = 1
 ) -> str:
-    """Start `mlprun ARGS` in its own process group and send `sig` once `jobs` jobs of `sweep` have
-    a checkpoint: `whom` "parent" to mlprun alone (`kill`, `timeout`), "group" to mlprun and its
-    workers (Ctrl-C in a terminal). Asserts exit 130; returns the output."""
+    """Start `mlprun ARGS` in its own process group and send `sig` (`times` times, 0.3 s apart) once
+    `jobs` jobs of `sweep` have a checkpoint: `whom` "parent" to mlprun alone (`kill`, `timeout`),
+    "group" to mlprun and its workers (Ctrl-C in a terminal). Asserts exit 130; returns the output."""
     p = subprocess.Popen(
         [sys.executable, "-m", "mlprunner", *args],
         cwd=cwd,
@@ -382,10 +382,12 @@ def signal_once_checkpointed(
         deadline = time.time() + 240
         while len(list(sweep.glob("*/checkpoints/last.pt"))) < jobs and time.time() < deadline and p.poll() is None:
             time.sleep(0.05)
-        if whom == "group":
-            os.killpg(p.pid, sig)
-        else:
-            p.send_signal(sig)
+        for i in range(times):
+            time.sleep(0.3 if i else 0)
+            if whom == "group":
+                os.killpg(p.pid, sig)
+            else:
+                p.send_signal(sig)
         out = p.communicate(timeout=240)[0]
     finally:
         if p.poll() is None:
@@ -416,7 +418,7 @@ def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_
     assert read_json(stopped / "results.json")["resumed"][0]["from_epoch"] >= 1
 
 
-def _joblib_sweep_stopped(tmp_path: Path, whom: str) -> tuple[Path, list[str], str]:
+def _joblib_sweep_stopped(tmp_path: Path, whom: str, times: int = 1) -> tuple[Path, list[str], str]:
     """A 4-job joblib sweep (2 workers) signalled once both running jobs have a checkpoint: a
     Ctrl-C ("group") or a SIGTERM to mlprun alone ("parent"). Returns the sweep folder, the
     command's arguments and its output."""
@@ -424,7 +426,7 @@ def _joblib_sweep_stopped(tmp_path: Path, whom: str) -> tuple[Path, list[str], s
     args = ["-m", "dataset=digits", "trainer.epochs=100", "trainer.seed=0,1,2,3"]
     args += ["logger=none", *QUICK, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}"]
     sig = signal.SIGINT if whom == "group" else signal.SIGTERM
-    return sweep, args, signal_once_checkpointed(args, sweep, tmp_path, jobs=2, whom=whom, sig=sig)
+    return sweep, args, signal_once_checkpointed(args, sweep, tmp_path, jobs=2, whom=whom, sig=sig, times=times)
 
 
 def test_ctrl_c_stops_a_joblib_sweep_whose_command_continues_it(tmp_path):
@@ -485,6 +487,16 @@ def test_an_optuna_trial_a_signal_stopped_resumes_when_the_study_continues(tmp_p
     assert trials()[1][2] == lr  # the stopped trial's parameters, first
     res = read_json(stopped / "results.json")
     assert res["status"] == "completed" and res["resumed"][0]["from_epoch"] >= 1
+
+
+def test_a_second_ctrl_c_leaves_a_joblib_sweep_at_once_with_its_command(tmp_path):
+    """Ctrl-C twice: mlprun and its workers leave at once, the jobs cut short say interrupted,
+    exit 130 with the command that continues the sweep, no marker left in the sweep folder."""
+    sweep, _, out = _joblib_sweep_stopped(tmp_path, "group", times=2)
+    line = next(ln for ln in out.splitlines() if ln.startswith("mlprun: error:"))
+    assert line.startswith("mlprun: error: stopped at once by a second signal") and " with: mlprun -m " in line, line
+    assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["interrupted"] * 2
+    assert not (sweep / ".mlprun_marks").exists()
 
 
 def test_ctrl_c_in_an_optuna_study_on_joblib_continues_its_trials(tmp_path):

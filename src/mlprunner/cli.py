@@ -45,12 +45,15 @@ from .run import install_startup_signals, run
 from .runs import check_output
 from .schema import SCHEMA
 from .sweep import (
+    forget_launch_marks,
     forget_refused_run,
     forget_refused_sweeps,
     hydra_files,
     no_trial_completed,
     restore_kept_multirun_yaml,
     run_sweep_job,
+    started_sweep,
+    sweep_stop_reason,
 )
 
 log = logging.getLogger("mlprunner")
@@ -196,6 +199,12 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         except BaseException as exc:
             if describe_exception(exc)[0] == EXIT_CONFIG:  # refused: the sweep folder is as it was
                 forget_refused_sweeps()
+            if isinstance(exc, KeyboardInterrupt) and sweep_stop_reason(started_sweep()):  # a second Ctrl-C (joblib)
+                forget_launch_marks(started_sweep())  # no summary reads them
+                raise SweepStopped(
+                    Interrupted("stopped at once by a second signal (the jobs it cut short say interrupted)"),
+                    str(started_sweep()),
+                ) from None
             if no_trial_completed(exc):  # plain hydra/sweeper=optuna (mlprun_optuna ends such a study itself)
                 raise MlprunError(
                     "no trial of the Optuna study has completed (each job's results.json says why); "

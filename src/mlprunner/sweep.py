@@ -170,6 +170,11 @@ def note_sweep_start(sweep_dir: Path) -> None:
     os.environ[SWEEP_ID] = f"{os.getpid()}-{time.time_ns()}"
 
 
+def started_sweep() -> Path | None:
+    """The sweep folder this process started last (note_sweep_start), if any."""
+    return next(reversed(_STARTED), None)
+
+
 _MADE_RUN_DIRS: set[Path] = set()  # run folders this process's start made (RunGuard)
 
 
