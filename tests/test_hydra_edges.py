@@ -87,6 +87,25 @@ def test_unknown_trainer_key_is_refused_with_the_keys(mlprun, tmp_path):
     assert "epochs" in line and "grad_clip" in line and "early_stopping" in line
 
 
+def test_a_mistyped_dataset_key_is_refused_with_or_without_plus(mlprun, tmp_path):
+    """`dataset.subst=300` names dataset.subset and does not advise `+dataset.subst` (mlprun's
+    loaders would ignore it); `+dataset.subst=300` is refused the same way, not trained without
+    a subset."""
+    line = refused(mlprun, tmp_path, *TINY, "dataset.subst=300")
+    assert "dataset.subst" in line and "dataset.subset" in line and "+dataset" not in line, line
+    line = refused(mlprun, tmp_path, *TINY, "+dataset.subst=300")
+    assert "dataset.subst: no such key in dataset" in line and "dataset.subset" in line, line
+
+
+def test_a_top_level_key_of_ones_own_must_be_interpolated(mlprun, tmp_path):
+    """`+foo=1` that nothing reads is refused; named by an interpolation it is a value to reuse."""
+    line = refused(mlprun, tmp_path, *TINY, "+base_lr=0.01")
+    assert "base_lr: no such top-level key" in line and "${base_lr}" in line, line
+    run_dir, results = completed(mlprun, tmp_path, *TINY, "+base_lr=0.01", "optim.lr=${base_lr}")
+    assert results["status"] == "completed"
+    assert saved_trainer(run_dir) is not None
+
+
 @pytest.mark.parametrize("epochs_env", [None, "2"])
 def test_interpolated_value_resolves_before_validation(mlprun, tmp_path, monkeypatch, epochs_env):
     env = {"EPOCHS": epochs_env} if epochs_env else {}

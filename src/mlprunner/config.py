@@ -6,6 +6,7 @@ value and what is allowed, and maps to exit code 2.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 import math
 import os
@@ -25,6 +26,7 @@ from .device import resolve_device
 from .errors import ConfigError
 from .loggers import check_loggers
 from .schema import (
+    GROUPS,
     LEGACY,
     REQUIRED_GROUPS,
     SCHEMA,
@@ -314,13 +316,14 @@ def _unknown_keys(cfg: DictConfig) -> None:
         for key in node.keys():
             full = f"{prefix}{key}"
             if full not in SCHEMA:
-                siblings = [k[len(prefix) :] for k in SCHEMA if k.startswith(prefix) and "." not in k[len(prefix) :]]
+                # this option's own keys (a dataset's loader reads only some of the schema's)
+                names = [str(k) for k in node.keys() if f"{prefix}{k}" in SCHEMA and not str(k).startswith("_")]
+                close = difflib.get_close_matches(str(key), names, n=2, cutoff=0.6)
+                hint = (
+                    f"did you mean {' or '.join(prefix + c for c in close)}?" if close else f"keys: {', '.join(names)}"
+                )
                 raise ConfigError(
-                    full,
-                    message=(
-                        f"{full}: no such key in {prefix.rstrip('.')} (mlprun would ignore it); "
-                        f"keys: {', '.join(siblings)}"
-                    ),
+                    full, message=f"{full}: no such key in {prefix.rstrip('.')} (mlprun would ignore it); {hint}"
                 )
             if isinstance(node._get_node(key), DictConfig):
                 walk(node[key], f"{full}.")
@@ -328,6 +331,29 @@ def _unknown_keys(cfg: DictConfig) -> None:
     for group in OWN_GROUPS:
         if isinstance(cfg.get(group), DictConfig):
             walk(cfg[group], f"{group}.")
+    # mlprun's own loaders read only the keys the schema declares (a loader of the user's may read any)
+    if isinstance(cfg.get("dataset"), DictConfig) and str(cfg.dataset.get("_target_", "")).startswith(OWN_LOADERS):
+        walk(cfg.dataset, "dataset.")
+    known = set(GROUPS) | {key.partition(".")[0] for key in SCHEMA}
+    for key in cfg.keys():
+        if key not in known and not _interpolated(cfg, str(key)):
+            raise ConfigError(
+                key,
+                message=(
+                    f"{key}: no such top-level key (mlprun would ignore it); a value of your own is "
+                    f"read only where an interpolation names it, e.g. optim.lr='${{{key}}}'; "
+                    f"groups: {', '.join(g for g in GROUPS if g in cfg)}"
+                ),
+            )
+
+
+OWN_LOADERS = "mlprunner.data."
+
+
+def _interpolated(cfg: DictConfig, key: str) -> bool:
+    """Whether an interpolation anywhere in `cfg` names the top-level `key` (`${key}`, `${key.x}`)."""
+    pattern = re.compile(r"\$\{[^}]*(?<![\w.])" + re.escape(key) + r"(?![\w])")
+    return bool(pattern.search(OmegaConf.to_yaml(cfg, resolve=False)))
 
 
 def _option_node(cfg: DictConfig, group: str) -> DictConfig | None:

@@ -200,9 +200,15 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
                     return EXIT_CONFIG, (
                         f"{key}: no such config key or group{suggest_key(key)} (groups: {', '.join(GROUPS)})"
                     )
+                # a key of a component (model, optim, ...) may be an argument its _target_ takes
+                # that the option file leaves out; trainer, eval and dataset keys are mlprun's own
+                add = (
+                    ""
+                    if key.partition(".")[0] in ("trainer", "eval", "dataset")
+                    else (f"; an argument its _target_ takes but the option leaves out: +{key}=...")
+                )
                 return EXIT_CONFIG, (
-                    f"{key}: no such config key{suggest_key(key)} (list the keys with "
-                    f"`mlprun --cfg job`; add a new key with +{key}=...)"
+                    f"{key}: no such config key{suggest_key(key)} (list the keys with `mlprun --cfg job`{add})"
                 )
             return EXIT_CONFIG, f"{key}: {reason}"
         m = re.search(r"Ambiguous value for argument '([^']+)'", text)
