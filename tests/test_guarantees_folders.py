@@ -481,6 +481,8 @@ def test_a_signal_during_start_up_stops_cleanly(tmp_path, sig):
             continue
         res = read_json(run_dir / "results.json")
         assert res["status"] == "interrupted", (moment, res)
+        if not (run_dir / "checkpoints" / "last.pt").is_file():  # names no checkpoint it does not have
+            assert "no checkpoint yet" in errors[0] and "after epoch 0" not in errors[0], errors[0]
         hint = f"mlprun resume={run_dir}"
         assert hint in errors[0], (moment, errors[0])
         if not continued:  # the command it names continues the run to the end
@@ -488,3 +490,57 @@ def test_a_signal_during_start_up_stops_cleanly(tmp_path, sig):
             assert read_json(run_dir / "results.json")["status"] == "completed"
             continued = True
     assert continued, "no moment found a run folder"
+
+
+def _signalled(tmp_path: Path, args: list[str], when, times: int = 1) -> tuple[subprocess.Popen, str]:
+    """Run `mlprun ARGS`, send SIGTERM (`times` times, 0.3 s apart) once `when(output so far)`."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=tmp_path,
+        env=mlprun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    seen = ""
+    try:
+        for line in proc.stdout:
+            seen += line
+            if when(seen):
+                break
+        for i in range(times):
+            time.sleep(0.3 if i else 0)
+            proc.send_signal(signal.SIGTERM)
+        seen += proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc, seen
+
+
+def test_a_signal_during_the_last_epoch_stops_the_run_before_its_test(tmp_path):
+    """SIGTERM as the last epoch ends (its validation, its checkpoint): training is done, but
+    the run stops before the test evaluation and plots (exit 130, interrupted); resume= then
+    finishes it without training. (It used to be dropped: the run went on to exit 0.)"""
+    run_dir = tmp_path / "run"
+    args = [*DIGITS, "trainer.epochs=3", "eval.test=true", f"hydra.run.dir={run_dir}"]
+    proc, out = _signalled(tmp_path, args, lambda seen: "epoch 3/3" in seen)
+    assert proc.returncode == 130, out[-3000:]
+    (line,) = [ln for ln in out.splitlines() if ln.startswith("mlprun: error:")]
+    assert "stopped by SIGTERM after training" in line and "last checkpoint after epoch 3" in line, line
+    assert read_json(run_dir / "results.json")["status"] == "interrupted"
+    resumed = run_mlprun(f"resume={run_dir}", cwd=tmp_path, check=True)
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "completed" and res["epochs_completed"] == 3 and len(res["history"]) == 3
+    assert res["test"]["error"] is not None and "epoch 1/" not in resumed.stdout
+
+
+def test_a_second_signal_while_mlprun_exits_keeps_exit_130(tmp_path):
+    """SIGTERM, then another 0.3 s later while mlprun winds down after saying it stopped: still
+    exit 130 (Python's finalisation put the default handlers back: it was killed, 143)."""
+    run_dir = tmp_path / "run"
+    args = [*DIGITS, "trainer.epochs=300", f"hydra.run.dir={run_dir}"]
+    proc, out = _signalled(tmp_path, args, lambda seen: "epoch 2/" in seen, times=2)
+    assert proc.returncode == 130, (proc.returncode, out[-3000:])
+    assert read_json(run_dir / "results.json")["status"] == "interrupted"

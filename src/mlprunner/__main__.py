@@ -42,7 +42,15 @@ from .cli import main as cli_main  # noqa: E402 (after the first line: this impo
 
 def main() -> None:
     """The `mlprun` command."""
-    cli_main(early_signals=PENDING)
+    try:
+        cli_main(early_signals=PENDING)
+    except SystemExit as exc:
+        if exc.code == 130:  # stopped by a signal, already said and recorded: a next one while the
+            # interpreter winds down (torch's teardown, ~1 s) must not turn exit 130 into a kill
+            # (Python puts back the default handlers of its own ones as it finalises, not SIG_IGN)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_IGN)
+        raise
 
 
 if __name__ == "__main__":

@@ -121,6 +121,14 @@ def saved_epoch(run_dir: Path):
         return "?"
 
 
+def how_to_continue(run_dir: Path) -> str:
+    """'last checkpoint after epoch N; continue with: mlprun resume=...' (no checkpoint yet: the
+    resumed run trains from the start)."""
+    epoch = saved_epoch(run_dir)
+    saved = f"last checkpoint after epoch {epoch}" if epoch else "no checkpoint yet (it trains from the start)"
+    return f"{saved}; continue with: {resume_command(run_dir)}"
+
+
 # What training makes stale (a resume that trains on: RunRecord.epoch_done): the earlier
 # process's test and SWA results in results.json and the test's figure scored a model this run has
 # since trained on; the end of the run scores it again (eval.test) or leaves none. TensorBoard's
@@ -217,10 +225,7 @@ class RunRecord:
             # recorded as training() records one, with the command that continues the run
             reason = "interrupted at once by a second signal" if isinstance(exc, KeyboardInterrupt) else str(exc)
             self.results.update(status="interrupted", reason=reason, wall_s=self.elapsed())
-            raise Interrupted(
-                f"{reason}; last checkpoint after epoch {saved_epoch(self.run_dir)}; "
-                f"continue with: {resume_command(self.run_dir)}"
-            ) from None
+            raise Interrupted(f"{reason}; {how_to_continue(self.run_dir)}") from None
         return False  # a failure was recorded by the phase it happened in
 
     def elapsed(self) -> float:
@@ -249,18 +254,12 @@ class RunRecord:
             yield
         except Interrupted as exc:
             self.results.update(status="interrupted", reason=str(exc), wall_s=self.elapsed())
-            raise Interrupted(
-                f"{exc}; last checkpoint after epoch {saved_epoch(self.run_dir)}; "
-                f"continue with: {resume_command(self.run_dir)}"
-            ) from None
+            raise Interrupted(f"{exc}; {how_to_continue(self.run_dir)}") from None
         except KeyboardInterrupt:
             self.results.update(
                 status="interrupted", reason="interrupted at once by a second signal", wall_s=self.elapsed()
             )
-            raise Interrupted(
-                f"interrupted at once by a second signal; last checkpoint after epoch "
-                f"{saved_epoch(self.run_dir)}; continue with: {resume_command(self.run_dir)}"
-            ) from None
+            raise Interrupted(f"interrupted at once by a second signal; {how_to_continue(self.run_dir)}") from None
         except MlprunError as exc:  # divergence, a full disk, ...: its message says what and where
             self.results.update(status="failed", reason=str(exc), wall_s=self.elapsed())
             raise

@@ -57,7 +57,6 @@ class _Signals:
 
     def install(self):
         self._old = {}
-        self.received = 0  # signals that came (request_stop sets the flag without one)
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
@@ -66,8 +65,8 @@ class _Signals:
         return self
 
     def _handle(self, signum, frame):
-        self.received += 1
-        if self.received > 1:
+        self.stop.signals += 1
+        if self.stop.signals > 1:
             self.restore()  # a third signal gets Python's default behaviour
             raise KeyboardInterrupt
         if self.stop.requested:  # already stopping (request_stop): this signal is the first
@@ -107,11 +106,10 @@ def install_startup_signals(early: list[str] | None = None) -> None:
     once. fit() installs its own handlers while training and puts these back after.
     early: the names of signals noted before (while torch was imported, see __main__)."""
     global _INSTALLED_IN
-    signals = _Signals(STARTUP, when="as soon as it is safe", listeners=STARTUP_LISTENERS).install()
+    _Signals(STARTUP, when="as soon as it is safe", listeners=STARTUP_LISTENERS).install()
     _INSTALLED_IN = os.getpid()
     if early:
-        STARTUP.requested, STARTUP.signal_name = True, early[0]
-        signals.received = 1  # the next one is the second
+        STARTUP.requested, STARTUP.signal_name, STARTUP.signals = True, early[0], 1
 
 
 def request_stop(signal_name: str, why: str) -> None:
@@ -168,7 +166,12 @@ def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
     _TRAINING.append(stop)
     try:
         stop_if_signalled("during start-up, before training")  # a signal before these handlers
-        return trainer.fit()
+        state = trainer.fit()
+        if stop.requested:  # during the last epoch's validation or checkpoint: training is done and
+            # saved, and the run stops before its test evaluation (stop_if_signalled); a next signal is the second
+            STARTUP.requested, STARTUP.signal_name = True, stop.signal_name
+            STARTUP.signals = max(STARTUP.signals, stop.signals)
+        return state
     finally:
         _TRAINING.remove(stop)
         signals.restore()

@@ -115,6 +115,7 @@ class StopFlag:
 
     requested: bool = False
     signal_name: str = ""
+    signals: int = 0  # signals that came (run.request_stop sets `requested` without one)
 
 
 @dataclass
