@@ -65,6 +65,16 @@ def with_prefix(prefix: str, line: str, width: int = 80) -> str:
     return prefix + " ".join(fields)
 
 
+_SHOWN: list[Progress] = []  # the Progress objects whose live bar is on the screen now
+
+
+def erase_bars() -> None:
+    """Erase every live bar, so that a line logged from outside the loop (a signal's warning)
+    starts on a line of its own; the bar comes back with the next epoch."""
+    for progress in list(_SHOWN):
+        progress._stop_bar()
+
+
 class Progress:
     """mode: rich (live bar + epoch lines), plain (epoch lines), none (silent), auto (rich on a TTY)."""
 
@@ -116,6 +126,7 @@ class Progress:
                 redirect_stderr=False,
             )
             self._live.start()
+            _SHOWN.append(self)
 
     def step(self, step_in_epoch: int) -> None:
         """Every training step: only remembers where the epoch is (the bar redraws by time)."""
@@ -126,9 +137,11 @@ class Progress:
         self._done, self._loss = step_in_epoch, loss
 
     def _stop_bar(self) -> None:
-        if self._live is not None:
-            self._live.stop()  # transient: the bar is erased
-            self._live = None
+        live, self._live = self._live, None
+        if live is not None:
+            if self in _SHOWN:
+                _SHOWN.remove(self)
+            live.stop()  # transient: the bar is erased
 
     def _emit(self, text: str, fit: bool = False) -> None:
         """fit: an epoch or legend line, made to fit the terminal (80 columns off a terminal)

@@ -29,7 +29,7 @@ from .limits import limit_data, overfitting
 from .loggers import Loggers, RunInfo, make_loggers, with_logger
 from .models import config_title, count_parameters, min_train_batch, summary_rows
 from .plots import learning_curves
-from .progress import Progress
+from .progress import Progress, erase_bars
 from .record import RunRecord
 from .results import print_closing, print_summary
 from .sessions import job_prefix
@@ -73,6 +73,7 @@ class _Signals:
             return
         self.stop.requested = True
         self.stop.signal_name = signal.Signals(signum).name
+        erase_bars()  # the warning on a line of its own, not glued to the epoch's bar
         log.warning(f"{self.stop.signal_name} received: stopping {self.when} (press Ctrl-C again to quit at once)")
         for listener in self.listeners:
             listener(self.stop.signal_name)
@@ -119,6 +120,7 @@ def request_stop(signal_name: str, why: str) -> None:
     flag = _TRAINING[-1] if _TRAINING else STARTUP
     if not flag.requested:
         flag.requested, flag.signal_name = True, signal_name
+        erase_bars()
         log.warning(f"{why}: stopping as soon as it is safe")
 
 
