@@ -211,6 +211,9 @@ def test_mlprun_eval_reports_the_same_and_leaves_results_alone(mnist_run, tmp_pa
         assert proc.returncode == code, (args, proc.stderr)
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("mlprun-eval: error:"), proc.stderr
+    if not torch.cuda.is_available():  # the option the user gave is named, not trainer.device
+        proc = run_tool("evaluate", str(run_dir), "--device", "cuda", cwd=tmp_path)
+        assert proc.returncode == 1 and "mlprun-eval: error: --device=cuda: CUDA is not available" in proc.stderr
 
 
 @requires_mnist

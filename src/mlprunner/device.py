@@ -11,7 +11,8 @@ import torch
 from .errors import MlprunError
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "trainer.device") -> torch.device:
+    """`name` (auto, cpu, cuda, cuda:N, mps) as a torch.device; `key`: what the user set it with."""
     name = str(name)
     if name == "auto":
         if torch.cuda.is_available():
@@ -21,12 +22,12 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise MlprunError(f"trainer.device={name}: CUDA is not available on this machine; allowed here: auto, cpu")
+            raise MlprunError(f"{key}={name}: CUDA is not available on this machine; allowed here: auto, cpu")
         index = int(name.split(":")[1]) if ":" in name else 0
         if index >= torch.cuda.device_count():
-            raise MlprunError(f"trainer.device={name}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise MlprunError(f"{key}={name}: only {torch.cuda.device_count()} CUDA device(s) present")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise MlprunError("trainer.device=mps: MPS is not available on this machine; allowed here: auto, cpu")
+        raise MlprunError(f"{key}=mps: MPS is not available on this machine; allowed here: auto, cpu")
     return torch.device(name)
 
 

@@ -216,7 +216,7 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
     info = ckpt.get("data") or {}
     if "num_classes" not in info or "num_features" not in info:
         raise CheckpointError(f"{path} has no data block (num_features/num_classes); it predates mlprun-eval")
-    dev = resolve_device(device)
+    dev = resolve_device(device, key="--device")  # mlprun-eval's and mlprun-predict's option
     loss = Loss(cfg.loss, int(info["num_classes"]))
     model = build_model(cfg.model, int(info["num_features"]), loss, torch.device("cpu"))
     try:
