@@ -217,6 +217,7 @@ def _refusals(work: Path, mlprun) -> None:
         (["model._target_=collections.OrderedDict"], ["model._target_", "torch.nn.Module"]),
         (["model._target_=mynets.Net", "+model.widht=3"], ["model.widht", "width"]),
         (["model._target_=mynets.Deep"], ["model.depth is required by mynets.Deep", "+model.depth="]),
+        (["model._target_=mynets.Nett"], ["module mynets has no class Nett", "did you mean mynets.Net?"]),
     ):
         proc = mlprun(*FAST, *args, "hydra.run.dir=r1")
         assert proc.returncode == 2, proc.stderr

@@ -16,6 +16,8 @@ line can use it before a run starts; `component_class` and `resolve_loader` impo
 from __future__ import annotations
 
 import contextlib
+import difflib
+import importlib
 import logging
 import math
 from collections.abc import Callable
@@ -548,8 +550,29 @@ def component_class(node: DictConfig, group: str) -> type:
             return get_class(str(node._target_))
     except Exception as exc:  # not importable, or not a class
         cause = exc.__cause__ or exc
+        target = str(node.get("_target_"))
         raise ConfigError(
             f"{group}._target_",
-            node.get("_target_"),
-            message=f"{group}._target_={node.get('_target_')!r}: {str(cause).splitlines()[0]}",
+            target,
+            message=f"{group}._target_={target!r}: {_missing_class(target) or str(cause).splitlines()[0]}",
         ) from None
+
+
+def _missing_class(target: str) -> str | None:
+    """'module mynets has no class Nett; did you mean mynets.Net?' when the module imports and
+    only the name is wrong (Hydra says "No module named 'mynets.Nett'")."""
+    module_name, _, name = target.rpartition(".")
+    try:
+        module = importlib.import_module(module_name) if module_name else None
+    except Exception:  # the module itself is the problem: Hydra's message says so
+        return None
+    if module is None or hasattr(module, name):
+        return None
+    classes = sorted(n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("_"))
+    close = difflib.get_close_matches(name, classes, n=2, cutoff=0.6)
+    hint = (
+        f"did you mean {' or '.join(f'{module_name}.{c}' for c in close)}?"
+        if close
+        else (f"its classes: {', '.join(classes[:12]) or 'none'}")
+    )
+    return f"module {module_name} has no class {name}; {hint}"
