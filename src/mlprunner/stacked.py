@@ -51,7 +51,7 @@ from .run import _Signals, describe, limited, make_trainer, restore, set_up_proc
 from .sessions import job_prefix
 from .stacked_optim import StackedOptimizer, clip_limits, clip_stacked, unsupported
 from .sweep import best_val_error, record_failure, sweep_threads
-from .train import StopFlag, Trainer, epoch_seed, young_gc_only
+from .train import StopFlag, Trainer, diverged_hint, epoch_seed, young_gc_only
 
 log = logging.getLogger("mlprunner")
 
@@ -758,8 +758,7 @@ class Group:
                     m,
                     DivergenceError(
                         f"loss became non-finite at epoch {epoch}, step {i - k + 1 + first} of {steps} "
-                        f"(global step {m.state.step - k + 1 + first}); try a lower learning rate "
-                        f"(optim.lr={m.optimizer.defaults['lr']}) or set trainer.grad_clip"
+                        f"(global step {m.state.step - k + 1 + first}); {diverged_hint(m.optimizer)}"
                     ),
                 )
             elif m.logger is not None:

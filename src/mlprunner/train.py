@@ -118,6 +118,11 @@ class StopFlag:
     signals: int = 0  # signals that came (run.request_stop sets `requested` without one)
 
 
+def diverged_hint(optimizer: torch.optim.Optimizer) -> str:
+    """What to try after a divergence: a learning rate below the one that diverged."""
+    return f"try a lower learning rate than optim.lr={float(optimizer.defaults['lr']):g} or set trainer.grad_clip"
+
+
 @dataclass
 class TrainState:
     epoch: int = 0  # completed epochs
@@ -424,8 +429,7 @@ class Trainer:
             n, j = losses.shape[0], int((~finite).nonzero()[0])
             raise DivergenceError(
                 f"loss became non-finite at epoch {epoch}, step {i - n + 1 + j} of {steps} "
-                f"(global step {self.state.step - n + 1 + j}); try a lower learning rate "
-                f"(optim.lr={self.optimizer.defaults['lr']}) or set trainer.grad_clip"
+                f"(global step {self.state.step - n + 1 + j}); {diverged_hint(self.optimizer)}"
             )
         mean = float(losses.mean())
         if self.logger is not None:
@@ -494,10 +498,7 @@ class Trainer:
         if in_swa:
             self.swa.end_epoch(epoch)  # add this epoch's weights to the average, SWALR step
         if not math.isfinite(train_m["loss"]):
-            raise DivergenceError(
-                f"loss became non-finite during epoch {epoch}; "
-                f"try a lower learning rate (optim.lr={self.optimizer.defaults['lr']})"
-            )
+            raise DivergenceError(f"loss became non-finite during epoch {epoch}; {diverged_hint(self.optimizer)}")
         t_val = time.perf_counter()
         val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
         lr = self.optimizer.param_groups[0]["lr"]
