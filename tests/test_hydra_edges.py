@@ -97,6 +97,32 @@ def test_a_mistyped_dataset_key_is_refused_with_or_without_plus(mlprun, tmp_path
     assert "dataset.subst: no such key in dataset" in line and "dataset.subset" in line, line
 
 
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux /proc (root may write anywhere else)")
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_an_output_folder_that_cannot_be_made_is_refused_naming_its_key(mlprun, tmp_path, key):
+    args = [*TINY, f"{key}=/proc/mlprun-cannot-be-made"] + (["-m"] if "sweep" in key else [])
+    line = refused(mlprun, tmp_path, *args)
+    assert line.startswith(f"mlprun: error: {key}=/proc/mlprun-cannot-be-made: cannot make this folder"), line
+
+
+@pytest.mark.parametrize(
+    ("override", "said"),
+    [("hydra.job.chdir=maybe", "allowed: true, false"), ("hydra.launcher.n_jobs=two", "allowed: an integer")],
+)
+def test_a_wrong_type_for_a_key_of_hydras_is_one_line_naming_it(mlprun, tmp_path, override, said):
+    args = [*TINY, override] + (["-m", "hydra/launcher=joblib"] if "launcher" in override else [])
+    line = refused(mlprun, tmp_path, *args)
+    assert line == f"mlprun: error: {override} is invalid; {said}", line
+
+
+def test_the_multirun_flag_may_come_after_overrides(mlprun, tmp_path):
+    """`mlprun trainer.epochs=1 -m trainer.seed=0,1`: a sweep (Hydra's argparse alone refuses a
+    flag after an override, with its whole usage)."""
+    proc = mlprun(*TINY, "-m", "trainer.seed=0,1", "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 2
+
+
 def test_a_top_level_key_of_ones_own_must_be_interpolated(mlprun, tmp_path):
     """`+foo=1` that nothing reads is refused; named by an interpolation it is a value to reuse."""
     line = refused(mlprun, tmp_path, *TINY, "+base_lr=0.01")

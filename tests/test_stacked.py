@@ -318,6 +318,9 @@ def test_sigterm_stops_the_group_and_the_printed_command_finishes_it(workdir, le
         res = read_json(job / "results.json")
         assert res["status"] == "interrupted" and "SIGTERM" in res["reason"], res["reason"]
         assert res["epochs_completed"] < 8
+    assert f"summary: {sweep / 'summary.csv'}" in out  # the summary of what the stop left
+    with open(sweep / "summary.csv") as fh:
+        assert [row["status"] for row in csv.DictReader(fh)] == ["interrupted"] * 4
     proc = subprocess.run(
         [sys.executable, "-m", "mlprunner", *command[1:]],
         cwd=workdir,

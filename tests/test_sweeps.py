@@ -410,6 +410,7 @@ def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_
     assert len(job_dirs(sweep)) == 1, out[-3000:]  # the jobs after it did not start
     (stopped,) = job_dirs(sweep)
     assert read_json(stopped / "results.json")["status"] == "interrupted"
+    assert [r["status"] for r in check_summary_against_jobs(sweep)] == ["interrupted"]  # written at the stop
     command = shlex.split(line.split(" with: ", 1)[1])
     assert command[0] == "mlprun" and f"hydra.sweep.dir={sweep.resolve()}" in command
     proc = run_mlprun(*command[1:], cwd=tmp_path, check=True)

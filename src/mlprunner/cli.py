@@ -101,6 +101,13 @@ def with_mlprun_hydra(args: list[str]) -> list[str]:
     return [*args, *(o for o in mlprun_hydra() if o.lstrip("+").partition("=")[0] not in given)]
 
 
+def multirun_flag_first(args: list[str]) -> list[str]:
+    """`mlprun a=1 -m b=1,2`: Hydra's argparse takes no flag after an override (it prints its usage
+    and "unrecognized arguments"); -m/--multirun anywhere means a sweep, so it goes first."""
+    flags = [a for a in args if a in ("-m", "--multirun")]
+    return [*flags, *(a for a in args if a not in ("-m", "--multirun"))] if flags else args
+
+
 def rerun_command(sweep_dir: str) -> str:
     """This process's `mlprun` command line, into this sweep's folder (its default name holds the
     time it started, so a rerun names it)."""
@@ -193,7 +200,7 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         resume = [a for a in args if a.startswith("resume=") and a != "resume=null"]
         if resume:
             sys.exit(resume_main(args))
-        sys.argv = [sys.argv[0], *with_mlprun_hydra(args)]
+        sys.argv = [sys.argv[0], *with_mlprun_hydra(multirun_flag_first(args))]
         try:
             hydra_app()
         except BaseException as exc:
@@ -204,6 +211,7 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
                 raise SweepStopped(
                     Interrupted("stopped at once by a second signal (the jobs it cut short say interrupted)"),
                     str(started_sweep()),
+                    summarised=True,  # at once: no summary
                 ) from None
             if no_trial_completed(exc):  # plain hydra/sweeper=optuna (mlprun_optuna ends such a study itself)
                 raise MlprunError(
@@ -217,7 +225,12 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         raise
     except SweepFailed:  # SweepSummary has logged which jobs failed
         sys.exit(EXIT_RUNTIME)
-    except SweepStopped as exc:  # a signal stopped a job of a sweep that runs in this process
+    except SweepStopped as exc:  # a signal stopped the sweep
+        if not exc.summarised:  # Hydra skips on_multirun_end when the sweep raises: the table of what is done
+            try:
+                build_report(Path(exc.sweep_dir))
+            except Exception as err:  # the table is a report: never lose the stop's message over it
+                log.warning(f"no sweep summary: {err}")
         sys.exit(report(sweep_stopped(str(exc), exc.sweep_dir)))
     except BaseException as exc:
         sys.exit(report(exc))

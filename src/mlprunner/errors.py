@@ -80,9 +80,10 @@ class SweepStopped(RunRefused):
     carried past Hydra's per-job `except Exception` (which would note the job failed and start the
     next one) out of the sweep to `mlprun`, which names the command that continues the sweep."""
 
-    def __init__(self, error: BaseException, sweep_dir: str):
+    def __init__(self, error: BaseException, sweep_dir: str, summarised: bool = False):
         super().__init__(error)
         self.sweep_dir = sweep_dir
+        self.summarised = summarised  # its summary is written already (or must not be: quit at once)
 
 
 class SweepFailed(BaseException):

@@ -11,7 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import preflight, validate
-from .errors import Interrupted, RunInUse, RunRefused, SweepFailed, SweepStopped
+from .errors import ConfigError, Interrupted, RunInUse, RunRefused, SweepFailed, SweepStopped
 from .record import lock_run_dir
 from .report import ReportError, build_report, collect
 from .run import STARTUP, stop_if_signalled, when_signalled
@@ -58,6 +58,17 @@ def register_launchers() -> None:
     Plugins.instance().register(MlprunOptunaSweeper)
 
 
+def make_output_folder(folder: Path, key: str) -> None:
+    """mkdir -p, with a folder that cannot be made (read-only, under a file, /proc) refused as
+    the key that named it (exit 2), not an unexpected OSError."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            key, message=f"{key}={folder}: cannot make this folder ({exc.strerror or exc}); choose a writable one"
+        ) from None
+
+
 class RunGuard(Callback):
     """Validate the config and refuse to reuse a run's folder, before the run folder is made."""
 
@@ -78,7 +89,7 @@ class RunGuard(Callback):
         refused before it writes anything."""
         refuse_foreign_files(folder)
         made = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
+        make_output_folder(folder, "hydra.run.dir")
         if made:
             note_run_made(folder)  # a refusal once the data is read removes it (cli)
         try:
@@ -114,10 +125,10 @@ class SweepSummary(Callback):
         try:
             stop_if_signalled("before the sweep started; nothing was written")
             refuse_foreign_sweep_folder(folder)
+            note_sweep_start(folder)
+            make_output_folder(folder, "hydra.sweep.dir")
         except Exception as exc:
             raise RunRefused(exc) from exc
-        note_sweep_start(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         self.before = results_stamps(folder)
         if config.hydra.launcher.get("_target_") == JOBLIB_LAUNCHER:
             # a SIGTERM to mlprun alone does not reach the workers: no queued job starts after it
@@ -170,7 +181,7 @@ class SweepSummary(Callback):
                 counts[status] = counts.get(status, 0) + 1
             what = ", ".join(f"{n} job(s) {status}" for status, n in sorted(counts.items()))
             if stopped:
-                raise SweepStopped(Interrupted(f"{stopped}: {what}"), str(folder))  # mlprun exits 130
+                raise SweepStopped(Interrupted(f"{stopped}: {what}"), str(folder), summarised=True)  # exit 130
             # a sweep's jobs continue by rerunning the sweep into the same folder (completed ones
             # are skipped), not one `resume=` per job
             log.error(

@@ -230,6 +230,12 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
                     f"leave the override out, or give it a value: {key}=<value>"
                 )
             return EXIT_CONFIG, f"~{key}: no such config key to delete{suggest_key(key)}"
+        m = re.search(r"Error merging override ([^=\s]+)=(\S*)", text)
+        typed = re.search(r"(?:is not a valid|could not be converted to) (\w+)", f"{text} {cause or ''}")
+        if m and typed:  # a value of the wrong type for one of Hydra's own typed keys (hydra.job.chdir=maybe)
+            kind = typed.group(1).lower().replace("boolean", "bool").replace("integer", "int")
+            allowed = {"bool": "true, false", "int": "an integer", "float": "a number"}.get(kind, kind)
+            return EXIT_CONFIG, f"{m.group(1)}={m.group(2)} is invalid; allowed: {allowed}"
         msg = _first_line(text)
         if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) not in msg:
             msg += f": {_first_line(str(cause))}"

@@ -15,8 +15,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import OmegaConf, open_dict
 
-from mlprunner.cli import launch_relative_paths, sweep_stopped
-from mlprunner.errors import Interrupted
+from mlprunner.cli import launch_relative_paths
+from mlprunner.errors import Interrupted, SweepStopped
 from mlprunner.record import holding_locks
 from mlprunner.stacked import Job, check_max_models, log_alone, plan_groups, run_group
 from mlprunner.sweep import hydra_files, prepare_sweep_job, run_sweep_job
@@ -74,10 +74,10 @@ class StackedLauncher(BasicLauncher):
                         self._run_group([configs[i] for i in group], [returns, group])
             except (Interrupted, KeyboardInterrupt) as exc:
                 # a signal stops the sweep, not only this group: the rest of it waits for the rerun
-                # the command that continues the sweep is said once, by sweep_stopped
+                # the command that continues the sweep is said once, by mlprun (cli.sweep_stopped)
                 reason = str(exc).split("; continue with:")[0].split("; rerunning this sweep command")[0]
                 reason = reason or "interrupted"
-                raise sweep_stopped(reason, str(self.config.hydra.sweep.dir)) from None
+                raise SweepStopped(Interrupted(reason), str(self.config.hydra.sweep.dir)) from None
             configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         return returns
 
