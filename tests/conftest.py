@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +64,39 @@ def run_mlprun(
             f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
         )
     return proc
+
+
+def signalled_mlprun(
+    args: list[str], cwd: Path, when, sig=signal.SIGTERM, times: int = 1, group: bool = False, timeout: float = 240
+) -> tuple[int, str]:
+    """Run `python -m mlprunner ARGS` in its own process group; once `when(output so far)` holds
+    (asked at each line it prints), send `sig` `times` times, 0.3 s apart, to mlprun alone (`kill`,
+    `timeout`) or with `group` to it and its workers (Ctrl-C in a terminal). (exit code, output)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlprunner", *args],
+        cwd=cwd,
+        env=mlprun_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen, deadline = "", time.monotonic() + timeout
+    try:
+        for line in proc.stdout:
+            seen += line
+            if when(seen) or time.monotonic() > deadline:
+                break
+        for i in range(times):
+            time.sleep(0.3 if i else 0)
+            if proc.poll() is None:
+                os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        seen += proc.communicate(timeout=timeout)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode, seen
 
 
 def read_json(path: Path) -> dict:

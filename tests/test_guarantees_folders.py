@@ -31,6 +31,7 @@ from conftest import (
     run_mlprun,
     run_mlprun_together,
     scalars,
+    signalled_mlprun,
     tool_inprocess,
 )
 
@@ -492,41 +493,14 @@ def test_a_signal_during_start_up_stops_cleanly(tmp_path, sig):
     assert continued, "no moment found a run folder"
 
 
-def _signalled(tmp_path: Path, args: list[str], when, times: int = 1) -> tuple[subprocess.Popen, str]:
-    """Run `mlprun ARGS`, send SIGTERM (`times` times, 0.3 s apart) once `when(output so far)`."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlprunner", *args],
-        cwd=tmp_path,
-        env=mlprun_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    seen = ""
-    try:
-        for line in proc.stdout:
-            seen += line
-            if when(seen):
-                break
-        for i in range(times):
-            time.sleep(0.3 if i else 0)
-            proc.send_signal(signal.SIGTERM)
-        seen += proc.communicate(timeout=120)[0]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    return proc, seen
-
-
 def test_a_signal_during_the_last_epoch_stops_the_run_before_its_test(tmp_path):
     """SIGTERM as the last epoch ends (its validation, its checkpoint): training is done, but
     the run stops before the test evaluation and plots (exit 130, interrupted); resume= then
     finishes it without training. (It used to be dropped: the run went on to exit 0.)"""
     run_dir = tmp_path / "run"
     args = [*DIGITS, "trainer.epochs=3", "eval.test=true", f"hydra.run.dir={run_dir}"]
-    proc, out = _signalled(tmp_path, args, lambda seen: "epoch 3/3" in seen)
-    assert proc.returncode == 130, out[-3000:]
+    rc, out = signalled_mlprun(args, tmp_path, lambda seen: "epoch 3/3" in seen)
+    assert rc == 130, out[-3000:]
     (line,) = [ln for ln in out.splitlines() if ln.startswith("mlprun: error:")]
     assert "stopped by SIGTERM after training" in line and "last checkpoint after epoch 3" in line, line
     assert read_json(run_dir / "results.json")["status"] == "interrupted"
@@ -541,6 +515,6 @@ def test_a_second_signal_while_mlprun_exits_keeps_exit_130(tmp_path):
     exit 130 (Python's finalisation put the default handlers back: it was killed, 143)."""
     run_dir = tmp_path / "run"
     args = [*DIGITS, "trainer.epochs=300", f"hydra.run.dir={run_dir}"]
-    proc, out = _signalled(tmp_path, args, lambda seen: "epoch 2/" in seen, times=2)
-    assert proc.returncode == 130, (proc.returncode, out[-3000:])
+    rc, out = signalled_mlprun(args, tmp_path, lambda seen: "epoch 2/" in seen, times=2)
+    assert rc == 130, (rc, out[-3000:])
     assert read_json(run_dir / "results.json")["status"] == "interrupted"

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import QUICK, hparams_session_groups, mlprun_env, read_json, run_mlprun
+from conftest import QUICK, hparams_session_groups, mlprun_env, read_json, run_mlprun, signalled_mlprun
 
 # Tiny XOR runs: 2 epochs of 500 points.
 TINY = [
@@ -366,33 +366,12 @@ def test_interrupted_job_resumes_on_rerun(workdir):
 def signal_once_checkpointed(
     args: list[str], sweep: Path, cwd: Path, jobs: int = 1, whom: str = "parent", sig=signal.SIGTERM, times: int = 1
 ) -> str:
-    """Start `mlprun ARGS` in its own process group and send `sig` (`times` times, 0.3 s apart) once
-    `jobs` jobs of `sweep` have a checkpoint: `whom` "parent" to mlprun alone (`kill`, `timeout`),
-    "group" to mlprun and its workers (Ctrl-C in a terminal). Asserts exit 130; returns the output."""
-    p = subprocess.Popen(
-        [sys.executable, "-m", "mlprunner", *args],
-        cwd=cwd,
-        env=mlprun_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
+    """signalled_mlprun once `jobs` jobs of `sweep` have a checkpoint (`whom`: "parent" or
+    "group"); asserts exit 130 and returns the output."""
+    rc, out = signalled_mlprun(
+        args, cwd, lambda _: len(list(sweep.glob("*/checkpoints/last.pt"))) >= jobs, sig, times, whom == "group"
     )
-    try:
-        deadline = time.time() + 240
-        while len(list(sweep.glob("*/checkpoints/last.pt"))) < jobs and time.time() < deadline and p.poll() is None:
-            time.sleep(0.05)
-        for i in range(times):
-            time.sleep(0.3 if i else 0)
-            if whom == "group":
-                os.killpg(p.pid, sig)
-            else:
-                p.send_signal(sig)
-        out = p.communicate(timeout=240)[0]
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-    assert p.returncode == 130, out[-3000:]
+    assert rc == 130, out[-3000:]
     return out
 
 
