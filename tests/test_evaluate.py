@@ -236,7 +236,7 @@ def test_predict_labels_test_pngs_like_the_evaluation(mnist_run, tmp_path):
     for i, img in enumerate(raw):
         Image.fromarray(img.numpy(), mode="L").save(folder / f"{i:03d}.png")
     out = tmp_path / "pred.csv"
-    proc = run_tool("predict", str(run_dir), str(folder), "--csv", str(out), cwd=tmp_path)
+    proc = run_tool("predict", str(run_dir), folder.name, "--csv", out.name, cwd=tmp_path)  # as typed here
     assert proc.returncode == 0, proc.stderr
     rows = list(csv.DictReader(out.open()))
     assert [Path(r["path"]).name for r in rows] == [f"{i:03d}.png" for i in range(40)]
@@ -244,6 +244,7 @@ def test_predict_labels_test_pngs_like_the_evaluation(mnist_run, tmp_path):
     assert [float(r["p1"]) for r in rows] == pytest.approx(probs[:40].max(1).values.tolist(), abs=1e-4)
     assert all(r["top1"] == r["predicted"] and r["top3"] for r in rows)
     assert len([ln for ln in proc.stdout.splitlines() if "top-3:" in ln]) == 40
+    assert max(map(len, proc.stdout.splitlines())) <= 80  # top-k folded, not wrapped mid-word (no terminal: 80)
     # a 3-channel 56x56 image is converted to grayscale and resized like the training data
     Image.fromarray(raw[0].numpy(), mode="L").convert("RGB").resize((56, 56)).save(tmp_path / "big.png")
     proc = run_tool("predict", str(run_dir), str(tmp_path / "big.png"), cwd=tmp_path)

@@ -365,8 +365,8 @@ def predict_main(argv: list[str] | None = None) -> None:
         for path, ps, idx in zip(paths, top_p.tolist(), top_i.tolist()):
             label = names[idx[0]]
             rows.append([str(path), label] + [v for i, p in zip(idx, ps) for v in (names[i], f"{p:.4f}")])
-            tops = ", ".join(f"{names[i]} {p:.3f}" for i, p in zip(idx, ps))
-            print(f"{str(path):<{width}}  {label:<12} top-{k}: {tops}")
+            tops = [f"{names[i]} {p:.3f}" for i, p in zip(idx, ps)]  # folded at the terminal's width
+            print("\n".join(item_lines(f"{str(path):<{width}}  {label:<12} top-{k}:", tops)))
         if args.csv is not None:
             header = ["path", "predicted"] + [h for j in range(1, k + 1) for h in (f"top{j}", f"p{j}")]
             args.csv.parent.mkdir(parents=True, exist_ok=True)
