@@ -23,7 +23,7 @@ from .errors import CheckpointError, ConfigError
 from .loggers import with_logger
 from .logsetup import configure_logging
 from .record import lock_run_dir
-from .results import read_results
+from .results import read_results, short_path
 from .run import run
 from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides, recorded_model_target
 from .schema import GROUPS, SCHEMA, declared
@@ -235,7 +235,10 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     for sub in ("tensorboard", "checkpoints"):
         shutil.rmtree(run_dir / sub, ignore_errors=True)
     configure_logging(run_dir)
-    print(f"mlprun: {run_dir} stopped before its first checkpoint; restarting it from epoch 1 in place", flush=True)
+    print(
+        f"mlprun: {short_path(run_dir)} stopped before its first checkpoint; restarting it from epoch 1 in place",
+        flush=True,
+    )
     run(cfg, run_dir, overrides=list(prior.get("overrides", [])) + overrides, restart=True)
     return 0
 
@@ -323,18 +326,20 @@ def resume_main(args: list[str]) -> int:
             if stopped and done < epochs
             else "raise trainer.epochs"
         )
-        print(f"mlprun: run {run_dir} already {why}; nothing to do ({hint} to train longer)", flush=True)
+        print(f"mlprun: run {short_path(run_dir)} already {why}; nothing to do ({hint} to train longer)", flush=True)
         return 0
     lock_run_dir(run_dir)  # refuse before writing anything if another process trains here
     _remove_stale_temps(run_dir)
     configure_logging(run_dir)
     if done >= epochs or stopped:
         print(
-            f"mlprun: {run_dir} has all {done} epochs in {ckpt_path.name}; finishing the run "
+            f"mlprun: {short_path(run_dir)} has all {done} epochs in {ckpt_path.name}; finishing the run "
             f"(results, plots) without training",
             flush=True,
         )
     else:
-        print(f"mlprun: resuming {run_dir} from {ckpt_path.name} after epoch {done} of {epochs}", flush=True)
+        print(
+            f"mlprun: resuming {short_path(run_dir)} from {ckpt_path.name} after epoch {done} of {epochs}", flush=True
+        )
     run(cfg, run_dir, resume_from=ckpt_path, overrides=overrides, checkpoint=ckpt)
     return 0

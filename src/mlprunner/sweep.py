@@ -31,7 +31,7 @@ from .errors import EXIT_INTERRUPTED, CheckpointError, Interrupted, MlprunError,
 from .messages import describe_exception
 from .progress import fmt_pct
 from .record import lock_run_dir
-from .results import read_results
+from .results import read_results, short_path
 from .resume import check_checkpoint_of
 from .run import STARTUP, install_worker_signals, request_stop, run, stop_if_signalled
 from .runs import SAVED_CONFIG, checkpoint_file
@@ -412,7 +412,7 @@ def prepare_sweep_job(run_dir: Path, saved: dict[str, str] | None = None) -> tup
                 mark_job(_sweep_folder(run_dir), run_dir, "refused", str(exc))
                 return False, None, None
         resume_from = last
-        log.info(f"{label} was {status}: resuming from {last}")
+        log.info(f"{label} was {status}: resuming from {short_path(last)}")
     elif prior is not None or (run_dir / "checkpoints").exists() or (run_dir / "tensorboard").exists():
         log.info(f"{label} was {status or 'started'} before: starting it again from scratch")
         _clear_attempt(run_dir)
