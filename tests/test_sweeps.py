@@ -226,6 +226,9 @@ def test_grid_joblib_with_failing_jobs(workdir):
         assert "non-finite" in res["reason"] and "optim.lr" in res["reason"]
     threads = max(1, len(os.sched_getaffinity(0)) // 2)
     assert proc.stdout.count(f": {threads} torch thread(s)") == 4
+    # a job beside others ends in one line of its own, not a table interleaved with theirs
+    assert "mlprun: completed" not in proc.stdout
+    assert len(re.findall(r"^\[[^]]*\] completed; best val error \d", proc.stdout, re.M)) == 2, proc.stdout[-3000:]
     rows = check_summary_against_jobs(sweep)
     assert sorted(r["status"] for r in rows) == ["completed", "completed", "failed", "failed"]
     assert "2 job(s) failed" in proc.stdout + proc.stderr

@@ -31,7 +31,7 @@ from .models import config_title, count_parameters, min_train_batch, summary_row
 from .plots import learning_curves
 from .progress import Progress, erase_bars
 from .record import RunRecord
-from .results import print_closing, print_summary
+from .results import job_line, print_closing, print_summary, short_path
 from .sessions import job_prefix
 from .train import StopFlag, Trainer
 
@@ -159,7 +159,7 @@ def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
             f"{str(exc).splitlines()[0][:200]}"
         ) from None
     restore_rng(ckpt["rng"])
-    log.info(f"resuming from {path} after epoch {trainer.state.epoch} (step {trainer.state.step})")
+    log.info(f"resuming from {short_path(path)} after epoch {trainer.state.epoch} (step {trainer.state.step})")
 
 
 def fit(trainer: Trainer, stop: StopFlag, progress: Progress):
@@ -299,7 +299,9 @@ def run(
         loggers.abort("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed")
         raise
     loggers.finish(info)  # after results.json says completed (MLflow keeps a copy of it)
-    if cfg.trainer.progress != "none":
+    if cfg.trainer.progress != "none" and progress.prefix:  # beside other jobs: one line, not a table
+        log.info(job_line(progress.prefix, record.data))
+    elif cfg.trainer.progress != "none":
         print_summary(record.data)
         print_closing(record.data)
     return record.data
