@@ -275,6 +275,21 @@ def screen_lines(raw: str) -> list[str]:
 
 
 @pytest.mark.slow
+def test_parallel_jobs_on_a_terminal_print_lines_not_live_bars(workdir):
+    """joblib's 2 workers on one terminal: each job's epoch lines carry its prefix and no live
+    bar is drawn (two processes' bars erased each other's lines), and each job ends in one line."""
+    raw = run_in_pty(
+        ["-m", "dataset=digits", "trainer.epochs=3", "trainer.seed=0,1", "logger=none", "hydra/launcher=joblib"]
+        + ["hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"],
+        workdir,
+    )
+    lines = [line for line in screen_lines(raw) if line.strip()]
+    assert "━" not in raw and "\x1b[2K" not in raw, raw[-3000:]
+    assert len([line for line in lines if re.match(r"\[seed=[01]\] epoch \d/3 ", line)]) == 6, lines
+    assert len([line for line in lines if re.match(r"\[seed=[01]\] completed; best val error ", line)]) == 2, lines
+
+
+@pytest.mark.slow
 def test_terminal_of_80_columns(workdir):
     """Under a real pseudo-terminal of 80 columns: every line fits, the first line says what is
     loading, one line per epoch (the live bar erased), closing lines name the run folder,

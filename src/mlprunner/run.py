@@ -272,12 +272,15 @@ def run(
             data = pieces.data
 
             batch_size = int(cfg.trainer.batch_size)
+            prefix = job_prefix(run_dir, overrides)  # a job beside others (joblib): its lines interleave
+            # with theirs, and live bars of several processes on one terminal erase each other's lines
+            mode = "plain" if prefix and cfg.trainer.progress != "none" else cfg.trainer.progress
             progress = Progress(
-                cfg.trainer.progress,
+                mode,
                 int(cfg.trainer.epochs),
                 data.train.num_batches(batch_size, min_train_batch(pieces.model)),
                 batch_size,
-                prefix=job_prefix(run_dir, overrides),
+                prefix=prefix,
             )
             stop = StopFlag()
             info = RunInfo(cfg, run_dir, record.data, ckpt, list(overrides), pieces)
