@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import mlprunner.cli as cli
 from conftest import read_json, requires_mnist, run_mlprun
 from mlprunner.errors import ConfigError
 from mlprunner.run import run
@@ -121,6 +122,22 @@ def test_the_multirun_flag_may_come_after_overrides(mlprun, tmp_path):
     proc = mlprun(*TINY, "-m", "trainer.seed=0,1", "logger=none", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(list((tmp_path / "sweep").glob("*/results.json"))) == 2
+
+
+def test_a_second_signal_outside_any_sweep_is_exit_130_interrupted(tmp_path, monkeypatch, capsys):
+    """A KeyboardInterrupt (the second signal) out of a single run's start (Hydra composing the
+    config): exit 130 'interrupted'; the check for a stopped joblib sweep must not trip over there
+    being no sweep (it raised TypeError: 'unexpected TypeError', exit 1)."""
+
+    def second_signal():
+        raise KeyboardInterrupt
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "hydra_app", second_signal)
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["dataset=digits"])
+    assert exited.value.code == 130
+    assert capsys.readouterr().err.strip() == "mlprun: error: interrupted"
 
 
 def test_a_top_level_key_of_ones_own_must_be_interpolated(mlprun, tmp_path):

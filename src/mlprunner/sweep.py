@@ -561,8 +561,11 @@ def forget_launch_marks(sweep_dir: Path) -> None:
         (Path(sweep_dir) / MARKS).rmdir()
 
 
-def sweep_stop_reason(sweep_dir: Path) -> str | None:
-    """ "stopped by SIGINT" once a signal stopped this launch of the sweep (stop_sweep), else None."""
+def sweep_stop_reason(sweep_dir: Path | None) -> str | None:
+    """ "stopped by SIGINT" once a signal stopped this launch of the sweep (stop_sweep), else None
+    (also for no sweep: started_sweep() of a single run)."""
+    if sweep_dir is None:
+        return None
     marker = _stop_marker(sweep_dir)
     return str(_read_json(marker).get("reason") or "stopped by a signal") if marker.is_file() else None
 
