@@ -14,7 +14,7 @@ from .config import preflight, validate
 from .errors import ConfigError, Interrupted, RunInUse, RunRefused, SweepFailed, SweepStopped
 from .record import lock_run_dir
 from .report import ReportError, build_report, collect
-from .run import STARTUP, stop_if_signalled, when_signalled
+from .run import stop_if_signalled, when_signalled
 from .runs import refuse_existing, refuse_foreign_files, refuse_foreign_sweep_folder
 from .sweep import (
     JOBLIB_LAUNCHER,
@@ -27,7 +27,7 @@ from .sweep import (
     restore_multirun_yaml,
     results_stamps,
     stop_sweep,
-    sweep_stop_reason,
+    sweep_stopped_by,
 )
 
 log = logging.getLogger("mlprunner")
@@ -139,7 +139,7 @@ class SweepSummary(Callback):
         folder = Path(str(config.hydra.sweep.dir))
         restore_multirun_yaml(folder)
         # a signal stopped this sweep (joblib's workers; mlprun's own process: SweepStopped already)
-        stopped = sweep_stop_reason(folder) or (f"stopped by {STARTUP.signal_name}" if STARTUP.requested else None)
+        stopped = sweep_stopped_by(folder)
         with contextlib.suppress(OSError):  # submitit_local leaves an empty folder named `%j`
             (folder / ".submitit" / "%j").rmdir()
         marks = marked_since(folder, self.before)  # in use / not collected (SLURM stopped answering)

@@ -379,8 +379,7 @@ def prepare_sweep_job(run_dir: Path, saved: dict[str, str] | None = None) -> tup
     if jobs_in_workers():
         sweep_dir = _sweep_folder(run_dir)
         if STARTUP.requested:  # a signal reached this worker between two jobs
-            stop_sweep(sweep_dir, STARTUP.signal_name or "a signal")
-            STARTUP.requested = False  # the marker holds it now, for every worker
+            _hand_stop_to_sweep(sweep_dir, STARTUP.signal_name or "a signal")
         stopped = sweep_stop_reason(sweep_dir)
         if stopped:  # a signal stopped the sweep: its queued jobs do not start
             forget_unstarted_job(run_dir)
@@ -466,8 +465,7 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resum
                 raise SweepStopped(Interrupted(f"{who}: {said}"), str(HydraConfig.get().sweep.dir)) from None
             if jobs_in_workers():  # its results.json says interrupted; the queued jobs must not start
                 found = re.search(r"\bSIG[A-Z]+\b", message)
-                stop_sweep(_sweep_folder(run_dir), found.group(0) if found else "SIGINT")
-                STARTUP.requested = False  # the marker holds it now, for every worker
+                _hand_stop_to_sweep(_sweep_folder(run_dir), found.group(0) if found else "SIGINT")
                 log.warning(f"{label} interrupted: {message.split('; continue with:')[0]}")
                 return None  # the sweep's summary reports it (raising would skip the summary)
             raise
@@ -559,6 +557,19 @@ def forget_launch_marks(sweep_dir: Path) -> None:
         marker.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         (Path(sweep_dir) / MARKS).rmdir()
+
+
+def _hand_stop_to_sweep(sweep_dir: Path, signal_name: str) -> None:
+    """In a joblib worker: a signal that reached it stops the whole sweep (stop_sweep); the marker
+    holds it from now on, for every worker, so this worker's own flag is cleared."""
+    stop_sweep(sweep_dir, signal_name)
+    STARTUP.requested = False
+
+
+def sweep_stopped_by(sweep_dir: Path) -> str | None:
+    """ "stopped by SIGINT" when a signal stopped this launch of the sweep: its marker (a worker
+    or this process's handler wrote it) or this process's own start-up flag; else None."""
+    return sweep_stop_reason(sweep_dir) or (f"stopped by {STARTUP.signal_name}" if STARTUP.requested else None)
 
 
 def sweep_stop_reason(sweep_dir: Path | None) -> str | None:

@@ -14,8 +14,7 @@ from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
 from mlprunner.errors import Interrupted, SweepStopped
 from mlprunner.record import in_use_elsewhere
-from mlprunner.run import STARTUP
-from mlprunner.sweep import forget_launch_marks, no_trial_completed, sweep_stop_reason
+from mlprunner.sweep import forget_launch_marks, no_trial_completed, sweep_stopped_by
 
 log = logging.getLogger("mlprunner")
 
@@ -31,9 +30,7 @@ class _StopAwareLauncher:
 
     def launch(self, job_overrides, initial_job_idx):
         returns = self.launcher.launch(job_overrides, initial_job_idx=initial_job_idx)
-        stopped = sweep_stop_reason(self.sweep_dir) or (
-            f"stopped by {STARTUP.signal_name}" if STARTUP.requested else None
-        )
+        stopped = sweep_stopped_by(self.sweep_dir)
         if stopped:
             forget_launch_marks(self.sweep_dir)  # no summary reads them: the study is left here
             raise SweepStopped(Interrupted(f"the Optuna study was {stopped}"), str(self.sweep_dir))
