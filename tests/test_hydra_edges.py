@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import mlprunner.cli as cli
-from conftest import read_json, requires_mnist, run_mlprun
+from conftest import read_json, requires_mnist, run_main_inprocess, run_mlprun
 from mlprunner.errors import ConfigError
 from mlprunner.run import run
 from mlprunner.runs import find_latest
@@ -134,10 +134,8 @@ def test_a_second_signal_outside_any_sweep_is_exit_130_interrupted(tmp_path, mon
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(cli, "hydra_app", second_signal)
-    with pytest.raises(SystemExit) as exited:
-        cli.main(["dataset=digits"])
-    assert exited.value.code == 130
-    assert capsys.readouterr().err.strip() == "mlprun: error: interrupted"
+    code, _, err = run_main_inprocess(["dataset=digits"], {}, monkeypatch, capsys)  # env and argv restored after
+    assert code == 130 and err.strip() == "mlprun: error: interrupted", err
 
 
 def test_a_top_level_key_of_ones_own_must_be_interpolated(mlprun, tmp_path):
