@@ -6,6 +6,7 @@ import csv
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -570,3 +571,38 @@ def test_batchnorm_leaves_out_a_last_batch_of_one_sample(workdir):
     assert proc.stdout.count("the last training batch would hold 1 sample (1294 samples") == 1, proc.stdout
     assert _load(workdir / "bn1" / "checkpoints" / "last.pt")["step"] == 4 * 3  # three full batches an epoch
     assert (workdir / "bn1" / "checkpoints" / "swa.pt").is_file()
+
+
+def test_report_drops_its_own_figures_that_no_longer_apply(tmp_path):
+    """A figure an earlier report drew and this one does not (a swept key left with one value)
+    is removed with the rewrite, so the folder's figures match summary.md; the user's own PNG of
+    such a name stays. --no-plots keeps the earlier figures and says they are older."""
+    sweep = tmp_path / "sweep"
+    common = [*QUICK, "dataset=digits", "model.hidden=[16]", "trainer.threads=1", "trainer.epochs=2"]
+    run_mlprun_together(
+        *[[*common, f"optim.lr={lr}", f"hydra.run.dir={sweep / f'lr{lr}'}"] for lr in (0.01, 0.001)],
+        cwd=tmp_path,
+        check=True,
+    )
+    first = run_tool("report", str(sweep), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    figure = sweep / "val_error_vs_optim.lr.png"
+    assert_png(figure)
+    assert_png(sweep / "val_curves.png")
+
+    quiet = run_tool("report", "--no-plots", str(sweep), cwd=tmp_path)
+    assert quiet.returncode == 0, quiet.stderr
+    assert "plots (.png): not drawn (--no-plots); val_curves, val_error_vs_optim.lr are from an earlier report" in (
+        quiet.stdout
+    )
+    assert figure.is_file()
+
+    shutil.rmtree(sweep / "lr0.001")  # one learning rate left: nothing to draw against it
+    again = run_tool("report", str(sweep), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert not figure.exists() and "plots (.png): val_curves\n" in again.stdout
+    assert "val_error_vs_optim.lr" not in (sweep / "summary.md").read_text()
+
+    figure.write_bytes(b"my own figure")  # not the report's: never removed
+    assert run_tool("report", str(sweep), cwd=tmp_path).returncode == 0
+    assert figure.read_bytes() == b"my own figure"

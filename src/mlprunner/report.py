@@ -662,10 +662,13 @@ def refuse_foreign(folder: Path, paths: list[Path]) -> None:
     )
 
 
-def _remember(folder: Path, written: list[Path]) -> None:
-    """Record the digests of the files just written in the folder's manifest."""
+def _remember(folder: Path, written: list[Path], removed: list[Path] = ()) -> None:
+    """Record the digests of the files just written in the folder's manifest (and forget those
+    removed)."""
     files = dict(_read_manifest(folder) or {})
     files.update({p.name: _digest(p) for p in written if p.is_file()})
+    for p in removed:
+        files.pop(p.name, None)
     atomic_write_text(Path(folder) / MANIFEST, json.dumps({"files": files}, indent=1, sort_keys=True) + "\n")
 
 
@@ -686,6 +689,13 @@ def _folder_lock(folder: Path):
         yield
     finally:
         os.close(fd)
+
+
+def own_figures(folder: Path) -> list[Path]:
+    """The PNGs in `folder` an earlier report wrote and nobody changed since (by the manifest)."""
+    manifest = _read_manifest(folder) or {}
+    paths = [Path(folder) / name for name in sorted(manifest) if name.endswith(".png")]
+    return [p for p in paths if p.is_file() and manifest[p.name] == _digest(p)]
 
 
 def _has_curves(jobs: list[dict]) -> bool:
@@ -731,18 +741,26 @@ def build_report(
         if not force:
             refuse_foreign(folder, [p for p, _ in planned] + [csv_file, md_file])
         written: list[Path] = []
+        removed: list[Path] = []
         try:
             for path, draw in planned:
                 if draw(path):
                     made.append(path)
                     written.append(path)
+            earlier = [p for p in own_figures(folder) if p not in made]
+            if plots:
+                # a figure of an earlier report that this one no longer draws (a parameter left
+                # with one value) would sit beside summary.md describing other jobs
+                for path in earlier:
+                    path.unlink()
+                    removed.append(path)
             csv_path = write_csv(jobs, keys, csv_file)
             written.append(csv_path)
             md_path = write_markdown(folder, jobs, keys, md_file, made)
             written.append(md_path)
         finally:
-            if written:
-                _remember(folder, written)
+            if written or removed:
+                _remember(folder, written, removed)
     if show:
         if console is None:
             console = Console()
@@ -751,7 +769,12 @@ def build_report(
         print_table(folder, jobs, keys, console)
         # one line each, the files by name (they are all in the sweep folder): fits 80 columns
         console.print(f"summary: {csv_path}, {md_path.name}", highlight=False)
-        console.print(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}", highlight=False)
+        if plots:
+            console.print(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}", highlight=False)
+        else:  # --no-plots keeps an earlier report's figures, though older than these tables: say so
+            names = ", ".join(p.stem for p in earlier)
+            older = f"; {names} are from an earlier report" if earlier else ""
+            console.print(f"plots (.png): not drawn (--no-plots){older}", highlight=False)
         console.print(f"HParams: tensorboard --logdir {folder}", highlight=False)
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}
 
