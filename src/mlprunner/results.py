@@ -134,6 +134,8 @@ class ResultsFile:
 
 
 def print_summary(results: dict, console=None) -> None:
+    """The run's closing table; the test row carries its Wilson 95% interval (the honest number to
+    quote), the only place the console shows it after mlprun.log's test line."""
     # highlight=False: rich's number highlighting split "wall 1.8s" into a coloured "1." and "8s"
     console = console or Console(highlight=False)
     table = Table(title=f"mlprun: {results.get('status')}", show_header=True)
@@ -142,26 +144,25 @@ def print_summary(results: dict, console=None) -> None:
     table.add_column("loss", justify="right")
     table.add_column("error", justify="right")
     table.add_column("accuracy", justify="right")
+    test = results.get("test")
+    if test:
+        table.add_column("error 95% CI", justify="right")
 
-    def row(label, epoch, m):
+    def row(label, epoch, m, ci=()):
         if m:
-            table.add_row(
-                label, str(epoch), f"{m['loss']:.4f}", f"{100 * m['error']:.2f}%", f"{100 * m['accuracy']:.2f}%"
-            )
+            cells = [str(epoch), f"{m['loss']:.4f}", f"{100 * m['error']:.2f}%", f"{100 * m['accuracy']:.2f}%"]
+            table.add_row(label, *cells, *ci)
 
     last, best = results.get("last") or {}, results.get("best") or {}
     row("train (last)", last.get("epoch"), last.get("train"))
     row("val (last)", last.get("epoch"), last.get("val"))
     row("val (best)", best.get("epoch"), best.get("val"))
-    test = results.get("test")
     if test:
-        row("test", test.get("epoch", best.get("epoch")), test)
+        lo, hi = test["ci95"]
+        row(f"test (n={test['n']})", test.get("epoch", best.get("epoch")), test, [f"{100 * lo:.2f}-{100 * hi:.2f}%"])
     console.print(table)
     extra = f"wall {results.get('wall_s', 0):.1f}s on {results.get('device')}, {results.get('n_params'):,} parameters"
     console.print(extra)
-    if test:
-        lo, hi = test["ci95"]
-        console.print(f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={test['n']})")
 
 
 def launch_dir() -> Path:

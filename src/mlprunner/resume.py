@@ -338,8 +338,9 @@ def resume_main(args: list[str]) -> int:
             flush=True,
         )
     else:
-        print(
-            f"mlprun: resuming {short_path(run_dir)} from {ckpt_path.name} after epoch {done} of {epochs}", flush=True
+        log.info(
+            f"mlprun: resuming {short_path(run_dir)} from {ckpt_path.name} after epoch {done} of {epochs} "
+            f"(step {int(ckpt['step'])})"
         )
     run(cfg, run_dir, resume_from=ckpt_path, overrides=overrides, checkpoint=ckpt)
     return 0

@@ -31,7 +31,7 @@ from .models import config_title, count_parameters, min_train_batch, summary_row
 from .plots import learning_curves
 from .progress import Progress, erase_bars
 from .record import RunRecord
-from .results import job_line, print_closing, print_summary, short_path
+from .results import job_line, print_closing, print_summary
 from .sessions import job_prefix
 from .train import StopFlag, Trainer
 
@@ -149,7 +149,8 @@ def set_up_process(trainer_cfg: DictConfig) -> torch.device:
 
 
 def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
-    """Continue from a checkpoint: weights, optimizer, scheduler, counters and RNG state."""
+    """Continue from a checkpoint: weights, optimizer, scheduler, counters and RNG state. The
+    caller has said which checkpoint, once (the console and mlprun.log)."""
     try:
         trainer.load_state(ckpt)
     except (RuntimeError, ValueError, KeyError) as exc:
@@ -159,7 +160,6 @@ def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
             f"{str(exc).splitlines()[0][:200]}"
         ) from None
     restore_rng(ckpt["rng"])
-    log.info(f"resuming from {short_path(path)} after epoch {trainer.state.epoch} (step {trainer.state.step})")
 
 
 def fit(trainer: Trainer, stop: StopFlag, progress: Progress):

@@ -411,7 +411,8 @@ def prepare_sweep_job(run_dir: Path, saved: dict[str, str] | None = None) -> tup
                 mark_job(_sweep_folder(run_dir), run_dir, "refused", str(exc))
                 return False, None, None
         resume_from = last
-        log.info(f"{label} was {status}: resuming from {short_path(last)}")
+        where = f" after epoch {int(ckpt['epoch'])} (step {int(ckpt['step'])})" if ckpt is not None else ""
+        log.info(f"{label} was {status}: resuming from {short_path(last)}{where}")
     elif prior is not None or (run_dir / "checkpoints").exists() or (run_dir / "tensorboard").exists():
         log.info(f"{label} was {status or 'started'} before: starting it again from scratch")
         _clear_attempt(run_dir)
