@@ -134,6 +134,10 @@ def test_test_metrics_and_wilson_interval(mnist_run):
     line = f"test error {100 * test['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n=10000)"
     assert line in proc.stdout
     assert re.search(r"test error \d+\.\d\d% \(95% CI \d+\.\d\d-\d+\.\d\d%, n=10000\)", proc.stdout)
+    # once as a line, once as the closing table's row with its interval (not a third time)
+    assert proc.stdout.count("test error") == 1, proc.stdout
+    row = next(ln for ln in proc.stdout.splitlines() if "test (n=10000)" in ln)
+    assert f"{100 * test['error']:.2f}%" in row and f"{100 * lo:.2f}-{100 * hi:.2f}%" in row
 
 
 @requires_mnist

@@ -329,6 +329,10 @@ def test_resume_completed_run_is_a_no_op_unless_epochs_raised(reference, tmp_pat
 
     more = run_mlprun(f"resume={run_dir}", f"trainer.epochs={EPOCHS + 2}", cwd=tmp_path, check=True)
     assert "Traceback" not in more.stderr
+    # said once, on the console and in the run's log (restore() said it a second time)
+    said = f"resuming done from last.pt after epoch {EPOCHS} of {EPOCHS + 2} (step "
+    assert more.stdout.count("resuming") == 1 and said in more.stdout, more.stdout
+    assert said in (run_dir / "mlprun.log").read_text()
     res = read_json(run_dir / "results.json")
     assert res["status"] == "completed" and res["epochs_completed"] == EPOCHS + 2
     assert res["resumed"] == [
