@@ -501,3 +501,21 @@ def test_a_launcher_of_a_missing_extra_names_the_extra(tmp_path):
         "mlprun: error: hydra/launcher=slurm needs submitit, which is not installed: pip install 'mlprunner[sweep]'"
     )
     assert not [p for p in (tmp_path / "s").glob("*") if p.is_dir()]  # no job started
+
+
+def test_a_crash_after_training_leaves_results_json_saying_failed(tmp_path, monkeypatch, capsys):
+    """A bug or an OS error outside the phases that record their own (here the learning-curves
+    plot) still leaves results.json saying failed and why, as every run whose folder exists."""
+    from mlprunner import run as run_module
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("disk quota exceeded while plotting")
+
+    monkeypatch.setattr(run_module, "learning_curves", broken_plot)
+    run_dir = tmp_path / "run"
+    rc, out, err = run_main_inprocess([*TINY, f"hydra.run.dir={run_dir}"], {}, monkeypatch, capsys)
+    assert rc == 1, out + err
+    assert "unexpected RuntimeError: disk quota exceeded while plotting" in err
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "failed" and res["epochs_completed"] == 1
+    assert res["reason"] == "RuntimeError: disk quota exceeded while plotting"

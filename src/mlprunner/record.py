@@ -226,7 +226,17 @@ class RunRecord:
             reason = "interrupted at once by a second signal" if isinstance(exc, KeyboardInterrupt) else str(exc)
             self.results.update(status="interrupted", reason=reason, wall_s=self.elapsed())
             raise Interrupted(f"{reason}; {how_to_continue(self.run_dir)}") from None
-        return False  # a failure was recorded by the phase it happened in
+        if (
+            isinstance(exc, Exception)
+            and not isinstance(exc, ConfigError)
+            and self.data.get("status") not in ("failed", "interrupted")
+        ):
+            # a crash outside the phases that record their own (plots, a logger's end, a bug of
+            # ours): results.json still says failed and why, as the README promises of every run
+            # whose folder exists; an invalid config is only reported, as building() does
+            reason = str(exc) if isinstance(exc, MlprunError) else f"{type(exc).__name__}: {_first_line(exc)}"
+            self.results.update(status="failed", reason=reason, wall_s=self.elapsed())
+        return False
 
     def elapsed(self) -> float:
         """Wall time of the run so far, earlier processes of a resumed run included."""
