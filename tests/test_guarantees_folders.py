@@ -280,6 +280,9 @@ def test_eval_and_predict_never_write_over_a_runs_files(made, tmp_path, monkeypa
         ("mlprun-eval", [str(run), "--json", str(run / "checkpoints" / "last.pt")], "last.pt"),
         ("mlprun-predict", [str(run), str(image), "--csv", str(run / "results.json"), "--force"], "results.json"),
         ("mlprun-predict", [str(run), str(image), "--csv", str(run / "mlprun.log")], "mlprun.log"),
+        # files a logger or the profiler writes (missing from the list before)
+        ("mlprun-predict", [str(run), str(image), "--csv", str(run / "metrics.csv"), "--force"], "metrics.csv"),
+        ("mlprun-eval", [str(run), "--json", str(run / "profile.json"), "--force"], "profile.json"),
     ]
     for prog, args, name in refused:
         proc = tool_inprocess(prog, *args, monkeypatch=monkeypatch, capsys=capsys)
@@ -518,3 +521,18 @@ def test_a_second_signal_while_mlprun_exits_keeps_exit_130(tmp_path):
     rc, out = signalled_mlprun(args, tmp_path, lambda seen: "epoch 2/" in seen, times=2)
     assert rc == 130, (rc, out[-3000:])
     assert read_json(run_dir / "results.json")["status"] == "interrupted"
+
+
+def test_a_runs_own_csv_log_name_is_its_file_too(tmp_path):
+    """logger.csv.filename=my_log.csv: that file is the run's (in its saved config), so an output
+    of mlprun-eval/-predict never goes over it; another new file in the folder is allowed."""
+    from mlprunner.errors import ConfigError
+    from mlprunner.runs import check_output
+
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("logger:\n  csv:\n    filename: my_log.csv\n")
+    (run / "my_log.csv").write_text("epoch\n1\n")
+    with pytest.raises(ConfigError, match="never writes over"):
+        check_output(run / "my_log.csv", "--csv", force=True)
+    check_output(run / "predictions.csv", "--csv", force=False)

@@ -147,7 +147,17 @@ def refuse_foreign_sweep_folder(folder: Path) -> None:
 
 # a run folder's own files (a run folder: results.json, .hydra/config.yaml or checkpoints/ in it)
 # and a sweep folder's (multirun.yaml in it): never written by mlprun-eval/-predict, --force or not
-RUN_FILES = {"results.json", "learning_curves.png", "confusion_matrix.png", "mlprun.log", ".mlprun.lock"}
+RUN_FILES = {
+    "results.json",
+    "learning_curves.png",
+    "confusion_matrix.png",
+    "mlprun.log",
+    ".mlprun.lock",
+    "metrics.csv",  # the csv logger's default name; a run's own name for it: _csv_log_name
+    "profile.json",  # trainer.profile's (profiling.py)
+    "profile.txt",
+    "profile_trace.json",
+}
 RUN_FOLDERS = {".hydra", CHECKPOINT_DIR, "tensorboard"}
 SWEEP_FILES = {
     "multirun.yaml",
@@ -160,6 +170,15 @@ SWEEP_FILES = {
 }
 
 
+def _csv_log_name(run_dir: Path) -> str | None:
+    """The file the run's csv logger writes (logger.csv.filename in its saved config), if any."""
+    try:
+        cfg = OmegaConf.load(run_dir / SAVED_CONFIG)
+        return str(OmegaConf.select(cfg, "logger.csv.filename", default=None) or "") or None
+    except Exception:  # no saved config, or one that does not parse: the default names only
+        return None
+
+
 def _owner(path: Path) -> tuple[Path, str] | None:
     """(the run or sweep folder `path` belongs to, what it is), or None."""
     for parent in path.parents:
@@ -169,7 +188,8 @@ def _owner(path: Path) -> tuple[Path, str] | None:
             or (parent / SAVED_CONFIG).is_file()
             or (parent / CHECKPOINT_DIR).is_dir()
         ):
-            if top in RUN_FOLDERS or (top in RUN_FILES and len(path.relative_to(parent).parts) == 1):
+            own = top in RUN_FILES or top == _csv_log_name(parent)
+            if top in RUN_FOLDERS or (own and len(path.relative_to(parent).parts) == 1):
                 return parent, "run"
         if (parent / "multirun.yaml").is_file() and top in SWEEP_FILES:
             return parent, "sweep"
