@@ -118,6 +118,34 @@ def test_report_bad_folder_is_one_line_exit_2(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "exc, code, line",
+    [
+        (
+            ValueError("bad value"),
+            1,
+            "mlprun-report: error: unexpected ValueError: bad value (run with MLPRUN_DEBUG=1 for the traceback)",
+        ),
+        (KeyboardInterrupt(), 130, "mlprun-report: error: interrupted"),
+        (PermissionError(13, "Permission denied"), 1, "mlprun-report: error: {folder}: Permission denied"),
+    ],
+)
+def test_report_failures_are_one_line_with_the_contracts_exit_code(exc, code, line, tmp_path, monkeypatch, capsys):
+    """Whatever stops mlprun-report (a bug, Ctrl-C, a folder it cannot write) leaves one line and
+    the contract's exit code (it printed a traceback, exit 1, for all but its own refusals)."""
+    from mlprunner import cli
+
+    def fails(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(cli, "build_report", fails)
+    with pytest.raises(SystemExit) as exited:
+        cli.report_main([str(tmp_path)])
+    err = capsys.readouterr().err
+    assert exited.value.code == code
+    assert err.splitlines() == [line.format(folder=tmp_path)], err
+
+
 def test_sweep_configs_compose(workdir):
     """The shipped presets compose: exercise 2's grid, the Optuna preset, the SLURM launcher."""
     proc = run_mlprun("experiment=mnist_exercise2", "--cfg", "hydra", cwd=workdir, check=True)

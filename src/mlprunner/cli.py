@@ -33,13 +33,14 @@ from .errors import (
     MlprunError,
     SweepFailed,
     SweepStopped,
+    WriteError,
 )
 from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line, write_figures
 from .messages import describe_exception, one_line_errors, report
 from .predict import find_images, predict, prepare
 from .provenance import version_line
 from .record import interrupted_outside_record
-from .report import ReportError, build_report
+from .report import build_report
 from .resume import resume_main
 from .run import install_startup_signals, run
 from .runs import check_output
@@ -393,15 +394,12 @@ def report_main(argv: list[str] | None = None) -> None:
         help="overwrite a summary.csv, summary.md or figure of the folder that mlprun did not write",
     )
     args = parser.parse_args(argv)
-    try:
-        build_report(Path(args.folder), show=not args.quiet, plots=not args.no_plots, force=args.force)
-    except ReportError as exc:
-        print(f"mlprun-report: error: {exc}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as exc:
-        print(f"mlprun-report: error: {args.folder}: {exc.strerror or exc}", file=sys.stderr)
-        sys.exit(1)
-    sys.exit(0)
+    with one_line_errors("mlprun-report"):  # one line, the contract's exit codes (Ctrl-C: 130)
+        try:
+            build_report(Path(args.folder), show=not args.quiet, plots=not args.no_plots, force=args.force)
+        except OSError as exc:  # a folder that cannot be read or written: named, exit 1
+            raise WriteError(f"{args.folder}: {exc.strerror or exc}") from None
+    sys.exit(EXIT_OK)
 
 
 if __name__ == "__main__":

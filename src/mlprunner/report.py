@@ -32,6 +32,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .checkpoint import atomic_write_text
+from .errors import EXIT_CONFIG, MlprunError
 from .plots import _plt, save_figure
 from .results import RESULTS, read_results, results_file_problem
 from .sessions import NOT_HPARAMS
@@ -51,8 +52,10 @@ COLUMNS = [
 ]
 
 
-class ReportError(Exception):
+class ReportError(MlprunError):
     """A folder that cannot be reported on (exit code 2)."""
+
+    exit_code = EXIT_CONFIG
 
 
 # ---------------------------------------------------------------- collecting the jobs
