@@ -229,3 +229,28 @@ def test_profile_preset_writes_the_profile(tmp_path, mlprun_here):
     run_dir = only_run(tmp_path)
     assert read_json(run_dir / "results.json")["epochs_completed"] == 1
     assert json.loads((run_dir / "profile.json").read_text())
+
+
+def test_every_logger_finishes_when_one_fails_at_its_end():
+    """One logger's end failing (a full disk under TensorBoard's close) still ends the others
+    (an MLflow run left RUNNING otherwise), then one error says the run completed and which
+    logger failed."""
+    from mlprunner.errors import MlprunError
+    from mlprunner.loggers import Logger, Loggers
+
+    ended = []
+
+    class FullDisk(Logger):
+        def finish(self, run):
+            raise OSError(28, "No space left on device")
+
+    class Fine(Logger):
+        def finish(self, run):
+            ended.append(run)
+
+    with pytest.raises(MlprunError) as failed:
+        Loggers([FullDisk(), Fine()]).finish("the run")
+    assert ended == ["the run"]
+    assert str(failed.value) == (
+        "the run completed (results.json), but logger FullDisk could not finish: [Errno 28] No space left on device"
+    )

@@ -40,6 +40,11 @@ NETS = textwrap.dedent(
             return self.net(x)
 
 
+    class Picky(nn.Module):  # refuses with an exception that has no message
+        def __init__(self, num_features, num_classes):
+            raise ValueError()
+
+
     class Three(nn.Module):  # three outputs whatever the data
         def __init__(self, num_features):
             super().__init__()
@@ -252,3 +257,14 @@ def test_mlp_keys_are_checked_for_the_mlp_only(compose_cfg, own, monkeypatch):
     validate(cfg)
     with pytest.raises(ConfigError, match=r"model._target_='mynets.Net' gives shape \(2, 2\).*1 output"):
         build_model(cfg.model, 2, Loss(cfg.loss, 2), torch.device("cpu"))
+
+
+def test_a_constructor_error_without_a_message_is_still_one_line(own):
+    """ValueError() (no text) from the user's class: one line naming the key and the error's
+    type (the first line of an empty message was an IndexError, 'unexpected', exit 1)."""
+    work, env = own
+    proc = run_mlprun(*FAST, "model._target_=mynets.Picky", "hydra.run.dir=picky", cwd=work, env=env)
+    line = one_line_error(proc)
+    assert proc.returncode == 2, proc.stderr
+    assert "model" in line and "ValueError" in line and "IndexError" not in line, line
+    assert not (work / "picky").exists()

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import CheckpointError, WriteError
+from .errors import CheckpointError, WriteError, first_line
 
 FORMAT = "mlprunner-checkpoint-v1"
 REQUIRED_KEYS = ("model", "epoch", "step", "config")
@@ -94,7 +94,7 @@ def _write_error(path: Path, exc: BaseException) -> WriteError | None:
             full = False
         if full:
             return WriteError(f"no space left on device while writing {path}")
-        return WriteError(f"cannot write {path}: {_first_line(exc)}")
+        return WriteError(f"cannot write {path}: {_first_sentence(exc)}")
     return None
 
 
@@ -221,14 +221,12 @@ class BackgroundWriter:
         self._queue.join()
 
 
-def _first_line(exc: BaseException) -> str:
-    for line in str(exc).splitlines():
-        if line.strip():
-            line = line.strip()
-            if len(line) > 160:  # its first sentence, not a cut in the middle of the next one
-                line = re.split(r"(?<=\.)\s+", line)[0].rstrip(".")
-            return line if len(line) <= 160 else line[:157] + "..."
-    return type(exc).__name__
+def _first_sentence(exc: BaseException) -> str:
+    """first_line of a library's error, cut at its first sentence when that line is long."""
+    line = first_line(exc)
+    if len(line) > 160:  # its first sentence, not a cut in the middle of the next one
+        line = re.split(r"(?<=\.)\s+", line)[0].rstrip(".")
+    return line if len(line) <= 160 else line[:157] + "..."
 
 
 def load_checkpoint(path: Path | str) -> dict:
@@ -255,10 +253,10 @@ def load_checkpoint(path: Path | str) -> dict:
                 f"run code (mlprun loads only weights_only checkpoints: tensors and plain values)"
             ) from None
         m = re.search(r"WeightsUnpickler error: \s*(.+)", str(exc))
-        detail = m.group(1).strip()[:120] if m else _first_line(exc)
+        detail = m.group(1).strip()[:120] if m else _first_sentence(exc)
         raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch checkpoint ({detail})") from None
     except Exception as exc:  # truncated zip, garbage, a text file, an empty file, ...
-        detail = _first_line(exc)
+        detail = _first_sentence(exc)
         if isinstance(exc, EOFError):
             detail = "the file ends too early" if path.stat().st_size else "the file is empty"
         elif len(detail) < 12:  # e.g. KeyError: 105 from a text file's first byte
@@ -319,7 +317,7 @@ def _users_model_ok(target: str, path) -> bool:
     except Exception as exc:  # not importable here (PYTHONPATH?): one line, naming it
         raise CheckpointError(
             f"cannot rebuild the model of {path}: model._target_={target!r} cannot be imported "
-            f"({type(exc).__name__}: {_first_line(exc)}); is its package on PYTHONPATH?"
+            f"({type(exc).__name__}: {_first_sentence(exc)}); is its package on PYTHONPATH?"
         ) from None
     return isinstance(obj, type) and issubclass(obj, torch.nn.Module)
 

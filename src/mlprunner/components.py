@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau, SequentialLR
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .schema import component_class, own_keys
 
 log = logging.getLogger("mlprunner")
@@ -42,7 +42,7 @@ def _instantiate(node, key: str, **kwargs):
         return instantiate(node, **kwargs)
     except Exception as exc:  # an unknown or ill-typed constructor argument
         cause = exc.__cause__ or exc
-        raise ConfigError(key, message=f"{key}: {str(cause).splitlines()[0]}") from None
+        raise ConfigError(key, message=f"{key}: {first_line(cause)}") from None
 
 
 def _fused_steps(partial, device: torch.device) -> bool:

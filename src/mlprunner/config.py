@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from .components import Loss, build_scheduler, class_node
 from .data import check_feature_stats, check_split
 from .device import resolve_device
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .loggers import check_loggers
 from .schema import (
     GROUPS,
@@ -80,7 +80,7 @@ def validate(cfg: DictConfig) -> None:
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except Exception as exc:  # an interpolation that cannot be resolved
         key = getattr(exc, "full_key", None) or "config"
-        raise ConfigError(key, message=f"{key}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(key, message=f"{key}: {first_line(exc)}") from None
     _decode_interpolated(cfg)
     for group in REQUIRED_GROUPS:
         if not isinstance(cfg.get(group), DictConfig):
@@ -186,7 +186,7 @@ def _constructor_error(group: str, node, cls, exc: BaseException) -> ConfigError
     The key is the argument the error names (a missing one, an unknown one, a null one the
     class needs a value for, or one whose name the message mentions), else the group."""
     cause = exc.__cause__ or exc  # hydra's InstantiationException wraps the class's own error
-    detail = _first_line(str(cause)) or type(cause).__name__
+    detail = first_line(cause)
     label = str(node.get("_target_") or getattr(cls, "__name__", cls))
     m = re.search(r"missing \d+ required (?:positional |keyword-only )?arguments?: '([^']+)'", detail)
     if m:
@@ -217,15 +217,11 @@ def _constructor_error(group: str, node, cls, exc: BaseException) -> ConfigError
         value = OmegaConf.to_container(node[k]) if OmegaConf.is_list(node._get_node(k)) else node[k]
         key = f"{group}.{k}"
         return ConfigError(key, value, message=f"{key}={_word(value)}: {detail} ({label})")
-    return ConfigError(group, message=f"{label} refused its arguments: {detail}")
+    return ConfigError(group, message=f"{group}._target_={label} refused its arguments: {detail}")
 
 
 def _word(value) -> str:
     return {True: "true", False: "false"}[value] if isinstance(value, bool) else "null" if value is None else str(value)
-
-
-def _first_line(text: str) -> str:
-    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")
 
 
 def _meta_model(cfg: DictConfig, features: int, outputs: int):

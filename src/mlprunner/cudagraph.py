@@ -33,7 +33,7 @@ import warnings
 
 import torch
 
-from .errors import MlprunError
+from .errors import MlprunError, first_line
 
 WARMUP_STEPS = 2  # eager steps of each batch size before it is captured
 
@@ -193,7 +193,7 @@ class CapturedSteps:
         except RuntimeError as exc:
             # no eager fallback here: a failed capture can leave torch's CUDA generator mid-capture
             raise MlprunError(
-                f"CUDA graph capture failed for batches of {n} ({str(exc).splitlines()[0][:160]}); "
+                f"CUDA graph capture failed for batches of {n} ({first_line(exc, 160)}); "
                 "the last checkpoint is intact: resume with trainer.cuda_graph=false"
             ) from None
         self.graphs[n] = (graph, out)

@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
 
-from .errors import ConfigError, DatasetError
+from .errors import ConfigError, DatasetError, first_line
 from .schema import check_channel_stats, resolve_loader
 
 log = logging.getLogger("mlprunner")
@@ -468,7 +468,7 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
                 ) from None
             raise DatasetError(
                 f"{cls.__name__} files in {folder} are truncated or malformed "
-                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}): "
+                f"({first_line(exc)}): "
                 f"delete them and download again, or set dataset.root"
             ) from None
         except (OSError, ValueError, AssertionError, IndexError) as exc:
@@ -478,7 +478,7 @@ def _torchvision_mnist(cfg: DictConfig, device, kind: str) -> Data:
                     f"{cls.__name__}: {problem}; set MLPRUN_DATA or dataset.root to a folder holding "
                     f"{cls.__name__}/raw/"
                 ) from None
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            msg = first_line(exc)
             if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and "ubyte" not in msg:
                 msg = f"download failed ({msg})"
             raise DatasetError(
@@ -615,11 +615,9 @@ def load_image(path: Path, image_size, grayscale: bool) -> torch.Tensor:
     except FileNotFoundError:
         raise DatasetError(f"image file not found: {path}") from None
     except Image.DecompressionBombError as exc:  # a crafted or huge image: refused undecoded
-        raise DatasetError(
-            f"image file {path} is too large to decode ({str(exc).splitlines()[0]}); resize it first"
-        ) from None
+        raise DatasetError(f"image file {path} is too large to decode ({first_line(exc)}); resize it first") from None
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise DatasetError(f"image file {path} cannot be decoded: {str(exc).splitlines()[0]}") from None
+        raise DatasetError(f"image file {path} cannot be decoded: {first_line(exc)}") from None
     c = 1 if grayscale else 3
     return t.view(h, w, c).permute(2, 0, 1).contiguous()
 
@@ -858,7 +856,7 @@ def _open_image_folder(folder: Path, key: str):
     try:
         return _image_folder_dataset(folder)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise DatasetError(f"{key}={folder}: {str(exc).splitlines()[0]}") from None
+        raise DatasetError(f"{key}={folder}: {first_line(exc)}") from None
 
 
 @loader(

@@ -12,6 +12,18 @@ class MlprunError(Exception):
     exit_code = EXIT_RUNTIME
 
 
+def first_line(what, limit: int | None = None) -> str:
+    """The first non-blank line of an exception's (or a text's) message, `limit` characters at
+    most: what a one-line error quotes of a library's error. An exception with no message gives
+    its type's name (ValueError()), a text with none ''."""
+    line = next((ln.strip() for ln in str(what).splitlines() if ln.strip()), "")
+    if not line and isinstance(what, BaseException):
+        line = type(what).__name__
+    if limit is not None and len(line) > limit:
+        line = line[: limit - 3] + "..."
+    return line
+
+
 def shown(value) -> str:
     """A config value as it is typed on the command line: true/false/null, not Python's."""
     if isinstance(value, bool):

@@ -19,7 +19,7 @@ from .checkpoint import check_config_targets, load_checkpoint
 from .components import Loss
 from .data import load_data
 from .device import resolve_device
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .plots import confusion_figure, save_figure
 from .results import wilson_interval
 from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
@@ -222,9 +222,7 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        raise CheckpointError(
-            f"{path}: weights do not fit the model in its config: {str(exc).splitlines()[0][:200]}"
-        ) from None
+        raise CheckpointError(f"{path}: weights do not fit the model in its config: {first_line(exc, 200)}") from None
     return Loaded(run_dir, path, name, ckpt, cfg, model.to(dev).eval(), loss, dev)
 
 

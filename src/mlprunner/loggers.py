@@ -38,7 +38,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, open_dict, read_write
 
 from .checkpoint import atomic_write_text
-from .errors import ConfigError, MlprunError
+from .errors import ConfigError, MlprunError, first_line
 from .provenance import as_markdown, launch_folder
 from .sessions import claim_tensorboard_dir, group_choices, hparams_of, job_name, swept_keys, tensorboard_dir
 from .tblog import TensorBoardLogger
@@ -71,7 +71,7 @@ def check_loggers(cfg: DictConfig) -> None:
         except Exception as exc:  # not importable, or not a class
             cause = exc.__cause__ or exc
             raise ConfigError(
-                f"{key}._target_", message=f"{key}._target_={node._target_!r}: {str(cause).splitlines()[0]}"
+                f"{key}._target_", message=f"{key}._target_={node._target_!r}: {first_line(cause)}"
             ) from None
         if not (isinstance(cls, type) and issubclass(cls, Logger)):
             raise ConfigError(
@@ -206,8 +206,17 @@ class Loggers:
             lg.test(epoch, metrics)
 
     def finish(self, run: RunInfo) -> None:
+        """Every logger's end, each tried even when one before it failed (an MLflow run left
+        RUNNING because TensorBoard's close failed); the first failure is then raised."""
+        failed = []
         for lg in self.loggers:
-            lg.finish(run)
+            try:
+                lg.finish(run)
+            except Exception as exc:
+                failed.append(f"logger {type(lg).__name__} could not finish: {first_line(exc, 300)}")
+        if failed:
+            more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+            raise MlprunError(f"the run completed (results.json), but {failed[0]}{more}")
 
     def abort(self, status: str) -> None:
         for lg in self.loggers:
@@ -225,7 +234,7 @@ def make_loggers(run: RunInfo) -> Loggers:
             logger = instantiate(node)
         except Exception as exc:  # e.g. a key the class does not take
             cause = exc.__cause__ or exc
-            raise ConfigError(f"logger.{name}", message=f"logger.{name}: {str(cause).splitlines()[0]}") from None
+            raise ConfigError(f"logger.{name}", message=f"logger.{name}: {first_line(cause)}") from None
         out.append(logger)
     loggers = Loggers(out)
     try:
@@ -457,7 +466,7 @@ class MLflow(Logger):
         except MlprunError:
             raise
         except Exception as exc:
-            raise MlprunError(f"logger=mlflow: cannot log to {uri}: {str(exc).splitlines()[0][:300]}") from None
+            raise MlprunError(f"logger=mlflow: cannot log to {uri}: {first_line(exc, 300)}") from None
 
     def _create(self, run: RunInfo, uri: str) -> None:
         from mlflow.entities import Param, RunTag
@@ -523,7 +532,7 @@ class MLflow(Logger):
             call()
         except Exception as exc:
             if not self._warned:
-                log.warning(f"MLflow: could not log {what}: {str(exc).splitlines()[0][:200]}")
+                log.warning(f"MLflow: could not log {what}: {first_line(exc, 200)}")
                 self._warned = True
 
     def _metrics(self, values: dict, step: int):

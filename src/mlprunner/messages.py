@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import register_resolvers
-from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused
+from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused, first_line
 from .schema import GROUPS
 from .schema import options as group_options
 
@@ -33,13 +33,6 @@ _USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR")
 
 def debug_enabled() -> bool:
     return os.environ.get("MLPRUN_DEBUG", "") not in ("", "0") or _USER_FULL_ERROR == "1"
-
-
-def _first_line(text: str) -> str:
-    for line in str(text).splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def _cli_args() -> list[str]:
@@ -153,7 +146,7 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, HydraException) and isinstance(exc.__cause__, MlprunError):
         exc = exc.__cause__  # raised while Hydra instantiated a class of mlprun's (a launcher's checks)
     if isinstance(exc, MlprunError):
-        return exc.exit_code, _first_line(str(exc))
+        return exc.exit_code, first_line(str(exc))
     missing = _missing_extra(exc)
     if missing:
         return EXIT_CONFIG, missing
@@ -172,7 +165,7 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
                 close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
                 msg += f"; available: {', '.join(options)}" + (f" (did you mean {group}={close[0]}?)" if close else "")
             return EXIT_CONFIG, msg
-        return EXIT_CONFIG, _first_line(text)
+        return EXIT_CONFIG, first_line(text)
     if isinstance(exc, OverrideParseException):
         what = exc.override or _bad_override()
         detail = [
@@ -194,7 +187,7 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         cause = exc.__cause__
         if m:
             key = m.group(1)
-            reason = _first_line(str(cause)) if cause else _first_line(text)
+            reason = first_line(str(cause)) if cause else first_line(text)
             if "not in struct" in reason or "Key '" in reason:
                 if "." not in key:
                     return EXIT_CONFIG, (
@@ -236,14 +229,14 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             kind = typed.group(1).lower().replace("boolean", "bool").replace("integer", "int")
             allowed = {"bool": "true, false", "int": "an integer", "float": "a number"}.get(kind, kind)
             return EXIT_CONFIG, f"{m.group(1)}={m.group(2)} is invalid; allowed: {allowed}"
-        msg = _first_line(text)
-        if cause is not None and _first_line(str(cause)) and _first_line(str(cause)) not in msg:
-            msg += f": {_first_line(str(cause))}"
+        msg = first_line(text)
+        if cause is not None and first_line(str(cause)) and first_line(str(cause)) not in msg:
+            msg += f": {first_line(str(cause))}"
         return EXIT_CONFIG, msg
     if isinstance(exc, yaml.MarkedYAMLError):
         # a YAML file of the user's (--config-dir, --config-path) that does not parse
         mark = exc.problem_mark or exc.context_mark
-        what = exc.problem or exc.context or _first_line(text)
+        what = exc.problem or exc.context or first_line(text)
         if mark is None:
             return EXIT_CONFIG, f"invalid YAML: {what}"
         return (
@@ -260,9 +253,9 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         )
     named = _override_named_in(text)
     if named is not None:
-        return EXIT_CONFIG, f"{named}: {_first_line(text)}"
+        return EXIT_CONFIG, f"{named}: {first_line(text)}"
     name = type(exc).__name__
-    return EXIT_RUNTIME, f"unexpected {name}: {_first_line(text)} (run with MLPRUN_DEBUG=1 for the traceback)"
+    return EXIT_RUNTIME, f"unexpected {name}: {first_line(text)} (run with MLPRUN_DEBUG=1 for the traceback)"
 
 
 def _override_named_in(text: str) -> str | None:

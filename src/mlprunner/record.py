@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import load_checkpoint
-from .errors import ConfigError, Interrupted, MlprunError, RunInUse
+from .errors import ConfigError, Interrupted, MlprunError, RunInUse, first_line
 from .profiling import process_start_time
 from .provenance import provenance
 from .results import ResultsFile, read_results
@@ -148,10 +148,6 @@ def drop_stale_results(run_dir: Path, data: dict) -> None:
         (Path(run_dir) / name).unlink(missing_ok=True)
 
 
-def _first_line(exc: BaseException) -> str:
-    return str(exc).splitlines()[0] if str(exc) else ""
-
-
 class RunRecord:
     """results.json of one run (in `data`), kept current from start to completion."""
 
@@ -234,7 +230,7 @@ class RunRecord:
             # a crash outside the phases that record their own (plots, a logger's end, a bug of
             # ours): results.json still says failed and why, as the README promises of every run
             # whose folder exists; an invalid config is only reported, as building() does
-            reason = str(exc) if isinstance(exc, MlprunError) else f"{type(exc).__name__}: {_first_line(exc)}"
+            reason = str(exc) if isinstance(exc, MlprunError) else f"{type(exc).__name__}: {first_line(exc)}"
             self.results.update(status="failed", reason=reason, wall_s=self.elapsed())
         return False
 
@@ -275,7 +271,7 @@ class RunRecord:
             raise
         except Exception as exc:
             self.results.update(
-                status="failed", reason=f"{type(exc).__name__}: {_first_line(exc)}", wall_s=self.elapsed()
+                status="failed", reason=f"{type(exc).__name__}: {first_line(exc)}", wall_s=self.elapsed()
             )
             raise
 

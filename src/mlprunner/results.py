@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .checkpoint import atomic_write_json
-from .errors import MlprunError
+from .errors import MlprunError, first_line
 
 RESULTS = "results.json"
 log = logging.getLogger("mlprunner")
@@ -84,7 +84,7 @@ def _load_results(path: Path) -> tuple[dict | None, str | None]:
     except OSError as exc:
         return None, f"cannot be read ({exc.strerror or exc})"
     except ValueError as exc:
-        return None, f"it is not valid JSON ({str(exc).splitlines()[0]})"
+        return None, f"it is not valid JSON ({first_line(exc)})"
     problem = results_problem(data)
     return (None, problem) if problem else (data, None)
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from .checkpoint import check_config_targets, load_checkpoint
 from .components import length_keys
 from .config import validate
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, first_line
 from .loggers import with_logger
 from .logsetup import configure_logging
 from .record import lock_run_dir
@@ -180,7 +180,7 @@ def check_checkpoint_of(ckpt: dict, path: Path, run_dir: Path) -> None:
     try:
         theirs = _saved_leaves(saved)
     except Exception as exc:
-        raise CheckpointError(f"cannot read {saved}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise CheckpointError(f"cannot read {saved}: {first_line(exc)}") from None
     ours = _leaves(ckpt["config"])
     differ = [
         key
@@ -215,7 +215,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
     try:
         cfg = OmegaConf.load(cfg_path)
     except Exception as exc:
-        raise CheckpointError(f"cannot read {cfg_path}: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+        raise CheckpointError(f"cannot read {cfg_path}: {first_line(exc)}") from None
     cfg = with_logger(merge_overrides(cfg, overrides, strict=True))  # saved before the logger group
     cfg.resume = None
     validate(cfg)

@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint, restore_rng
 from .config import check_memory, validate
 from .data import Data
 from .device import resolve_device, seed_everything
-from .errors import CheckpointError, Interrupted
+from .errors import CheckpointError, Interrupted, first_line
 from .evaluate import evaluate_test
 from .limits import limit_data, overfitting
 from .loggers import Loggers, RunInfo, make_loggers, with_logger
@@ -157,7 +157,7 @@ def restore(trainer: Trainer, ckpt: dict, path: Path) -> None:
         raise CheckpointError(
             f"checkpoint {path} does not fit this model/optimizer "
             f"(it is from a different model): "
-            f"{str(exc).splitlines()[0][:200]}"
+            f"{first_line(exc, 200)}"
         ) from None
     restore_rng(ckpt["rng"])
 

@@ -29,7 +29,7 @@ from inspect import Parameter, signature
 from hydra.utils import get_class, get_method
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 
 INF = math.inf
 
@@ -554,7 +554,7 @@ def component_class(node: DictConfig, group: str) -> type:
         raise ConfigError(
             f"{group}._target_",
             target,
-            message=f"{group}._target_={target!r}: {_missing_class(target) or str(cause).splitlines()[0]}",
+            message=f"{group}._target_={target!r}: {_missing_class(target) or first_line(cause)}",
         ) from None
 
 
