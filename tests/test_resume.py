@@ -576,3 +576,15 @@ def test_a_run_resumed_after_it_finished_keeps_one_model_graph(tmp_path):
     ]
     assert sum(ev.HasField("graph_def") for ev in events) == 1
     assert read_json(run_dir / "results.json")["epochs_completed"] == 2
+
+
+def test_a_class_named_by_its_defining_module_resumes(tmp_path):
+    """optim._target_=torch.optim.adam.Adam trains, so it must resume too (the checkpoint's
+    allow-list compared the module text and refused what validation had accepted)."""
+    run_dir = tmp_path / "run"
+    args = ["dataset=digits", "model.hidden=[16]", "trainer.threads=1", "trainer.progress=plain"]
+    targets = ["optim._target_=torch.optim.adam.Adam", "loss._target_=torch.nn.modules.loss.CrossEntropyLoss"]
+    run_mlprun(*args, *targets, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
+    more = run_mlprun(f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert read_json(run_dir / "results.json")["epochs_completed"] == 2

@@ -296,9 +296,16 @@ def _target_ok(group: str, target) -> bool:
         return False
     module, _, name = target.rpartition(".")
     allowed_module, base = TARGETS[group]
-    if module != allowed_module or not name.isidentifier():
+    # torch.optim.adam.Adam is torch.optim.Adam: a submodule of the allowed package, and then the
+    # class itself is checked
+    if not (module == allowed_module or module.startswith(allowed_module + ".")) or not name.isidentifier():
         return False
-    obj = getattr(importlib.import_module(module), name, None)
+    if not all(part.isidentifier() for part in module.split(".")):
+        return False
+    try:
+        obj = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return False
     if base is None:
         return callable(obj) and hasattr(obj, "dataset_facts")
     bases = (_base(base),)
