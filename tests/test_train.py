@@ -237,6 +237,28 @@ def test_tensorboard_graph_and_hparams_in_the_runs_event_file(tmp_path):
     assert hparams(tmp_path / "tensorboard")["model.hidden"] == "[100]"
 
 
+def test_a_model_that_cannot_be_traced_stays_in_training_mode(tmp_path):
+    """The TensorBoard graph is a nicety: a forward that fails under tracing writes no graph,
+    raises nothing, and leaves the model as it was (in training mode, dropout on)."""
+    from mlprunner.tblog import TensorBoardLogger
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            if torch.jit.is_tracing():
+                raise RuntimeError("cannot be traced")
+            return self.fc(x)
+
+    model = Untraceable().train()
+    tb = TensorBoardLogger(tmp_path / "tb")
+    tb.graph(model, torch.zeros(3, 4))
+    tb.close()
+    assert model.training
+
+
 def test_checkpoint_gives_identical_outputs_in_process(tmp_path):
     """Train in-process, then a fresh model loaded from last.pt/best.pt gives the same logits."""
     from hydra import compose, initialize_config_module

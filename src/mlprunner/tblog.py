@@ -29,6 +29,7 @@ cheaper than `add_histogram`'s NumPy binning after a copy to the host (docs/perf
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -36,6 +37,10 @@ import warnings
 from pathlib import Path
 
 import torch
+
+from .errors import first_line
+
+log = logging.getLogger("mlprunner")
 
 EPOCH_TAGS = {
     "train/loss": "Loss/train",
@@ -218,15 +223,16 @@ class TensorBoardLogger:
         self._open()
         if "graph" in self._seen:
             return
+        was_training = model.training
+        model.eval()
         try:
-            was_training = model.training
-            model.eval()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self.writer.add_graph(model, example)
-            model.train(was_training)
-        except Exception:  # the graph is a nicety; tracing must never break a run
-            pass
+        except Exception as exc:  # the graph is a nicety; tracing must never break a run
+            log.debug(f"TensorBoard graph not written: {type(exc).__name__}: {first_line(exc, 200)}")
+        finally:
+            model.train(was_training)  # a failed trace must not leave the model in eval mode (no dropout)
 
     def hparams(self, hparams: dict) -> None:
         """Start this run's HParams session (its hyper-parameters) in its own event file.
