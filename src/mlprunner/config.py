@@ -66,10 +66,6 @@ def _output_subdir() -> str | None:
     return None if mode == RunMode.MULTIRUN else ".hydra"
 
 
-def select(cfg: DictConfig, key: str, default=None):
-    return OmegaConf.select(cfg, key, default=default)
-
-
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first invalid value of a composed mlprun config.
 
@@ -136,7 +132,11 @@ def validate(cfg: DictConfig) -> None:
         if cfg[group].get("_target_") is not None:
             component_class(cfg[group], group)
     check_model(cfg.model)
-    if warmup and sched.get("_target_") is not None and issubclass(component_class(sched, "scheduler"), _plateau()):
+    if (
+        warmup
+        and sched.get("_target_") is not None
+        and issubclass(component_class(sched, "scheduler"), torch.optim.lr_scheduler.ReduceLROnPlateau)
+    ):
         raise ConfigError(
             "scheduler.warmup_epochs",
             warmup,
@@ -422,8 +422,6 @@ def _missing_keys(cfg: DictConfig) -> list[str]:
 def check_model(node: DictConfig) -> None:
     """The model's class is a torch.nn.Module whose constructor takes the config's keys and gets
     every argument it needs (from the config, or the data's sizes mlprun passes by name)."""
-    import torch  # lazily: see _plateau
-
     target = node.get("_target_")
     cls = component_class(node, "model")
     if not (isinstance(cls, type) and issubclass(cls, torch.nn.Module)):
@@ -449,16 +447,8 @@ def check_model(node: DictConfig) -> None:
         )
 
 
-def _plateau() -> type:
-    import torch  # lazily: a config is checked (and its errors shown) without torch's import
-
-    return torch.optim.lr_scheduler.ReduceLROnPlateau
-
-
 def check_loss_fits(loss_cfg: DictConfig, num_classes: int, dataset: str | None = None) -> None:
     """A loss that cannot fit the dataset is a configuration error (binary losses need 2 classes)."""
-    import torch  # lazily: see _plateau
-
     binary = torch.nn.BCEWithLogitsLoss
     if num_classes != 2 and issubclass(component_class(loss_cfg, "loss"), binary):
         which = f"dataset={dataset}" if dataset else "the dataset"
@@ -626,7 +616,3 @@ def preflight(cfg: DictConfig) -> None:
     check = resolve_loader(cfg.dataset).dataset_facts.preflight
     if check is not None:
         check(cfg.dataset)
-
-
-def to_dict(cfg: DictConfig) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True)

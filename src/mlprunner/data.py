@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader
 
 from .errors import ConfigError, DatasetError, first_line
 from .schema import check_channel_stats, resolve_loader
@@ -149,8 +150,6 @@ class StreamSplit:
         return num_batches(len(self), batch_size, min_size)
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None, min_size: int = 1):
-        from torch.utils.data import DataLoader
-
         sampler = None if order is None else order.cpu().tolist()
         loader = DataLoader(
             self.dataset,
@@ -513,7 +512,7 @@ def _digits_sizes(ds: DictConfig) -> DataSizes:
 
 @loader(num_classes=10, sizes=_digits_sizes, channels=_one_channel)
 def load_digits(cfg: DictConfig, device) -> Data:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: scikit-learn's import costs ~1 s, only for digits
 
     bunch = load_digits()
     x = torch.tensor(bunch.images, dtype=torch.float32).reshape(len(bunch.images), -1).div_(16.0)
@@ -776,8 +775,7 @@ class _FolderImages(torch.utils.data.Dataset):
 
 def _image_folder_dataset(folder: Path):
     """torchvision's ImageFolder over image files, ignoring hidden folders (.hydra, .git, ...)."""
-
-    from torchvision.datasets import ImageFolder
+    from torchvision.datasets import ImageFolder  # lazy: torchvision.datasets costs ~1 s, only image folders
 
     class _VisibleImageFolder(ImageFolder):
         def find_classes(self, directory):
