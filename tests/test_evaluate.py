@@ -112,8 +112,15 @@ def test_test_metrics_and_wilson_interval(mnist_run):
     # no validation set: best is the last epoch, and that is what was evaluated
     assert res["best"]["epoch"] == res["epochs_completed"] == 2
     test = res["test"]
-    for key in ("error", "accuracy", "n", "ci95", "loss", "per_class_error"):
+    for key in ("error", "accuracy", "f1", "n", "ci95", "loss", "per_class_error"):
         assert key in test, key
+    # macro F1 as torchmetrics scores the same predictions (rebuilt from the confusion matrix)
+    from torchmetrics.classification import MulticlassF1Score
+
+    counts = torch.tensor(test["confusion"])
+    truth = torch.arange(10).repeat_interleave(counts.sum(1))
+    pred = torch.cat([torch.arange(10).repeat_interleave(row) for row in counts])
+    assert test["f1"] == pytest.approx(float(MulticlassF1Score(10, average="macro")(pred, truth)), abs=1e-6)
     assert test["n"] == 10000
     assert test["checkpoint"] == "last" and test["epoch"] == 2
     assert math.isclose(test["error"] + test["accuracy"], 1.0)

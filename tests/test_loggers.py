@@ -83,6 +83,8 @@ def test_logger_many_writes_tensorboard_csv_and_mlflow(tmp_path):
     assert run.data.tags["mlprun.command"].startswith("mlprun ")
     assert_mlflow_is_history(client, run_id, res["history"])
     assert run.data.metrics["test/error"] == res["test"]["error"]
+    assert run.data.metrics["test/f1"] == pytest.approx(res["test"]["f1"])  # it was never logged
+    assert [v for _, v in tb["F1/test"]] == [pytest.approx(res["test"]["f1"])]
     assert run.data.metrics["best_val_error"] == res["best"]["val"]["error"]
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert {"results.json", "learning_curves.png", "confusion_matrix.png", "checkpoints"} <= artifacts

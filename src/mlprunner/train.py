@@ -23,6 +23,7 @@ from .components import Loss, monitor_mode, steps_on_metric
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
 from .errors import DivergenceError, Interrupted
+from .metrics import accuracy_f1
 from .models import min_train_batch
 from .profiling import make_profiler
 from .swa import SWA
@@ -35,30 +36,6 @@ BETTER = {"min": lambda new, best, d: new < best - d, "max": lambda new, best, d
 def epoch_seed(seed: int, epoch: int) -> int:
     """The data order of epoch `epoch` is a pure function of the seed, so resume reproduces it."""
     return (int(seed) * 1_000_003 + int(epoch)) % (2**63 - 1)
-
-
-def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den in float32 with 0/0 = 0 (torchmetrics' convention, so the numbers match its)."""
-    num, den = num.float(), den.float()
-    return torch.where(den != 0, num / den, torch.zeros((), dtype=num.dtype, device=num.device))
-
-
-def accuracy_f1(cm: torch.Tensor) -> tuple[float, float]:
-    """Micro accuracy and macro F1 of a (C, C) confusion matrix (row = true, column = predicted).
-
-    The same arithmetic as torchmetrics' multiclass accuracy (average="micro") and F1 score
-    (average="macro"), in the same order and dtype: classes that never occur, neither as label
-    nor as prediction, are left out of the macro mean.
-    """
-    tp = cm.diag()
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    acc = _divide(tp.sum(), (tp + fn).sum())
-    f1 = _divide(2.0 * tp, 2.0 * tp + 1.0 * fn + fp)
-    weights = torch.ones_like(f1)
-    weights[tp + fp + fn == 0] = 0.0
-    macro = _divide(weights * f1, weights.sum(-1, keepdim=True)).sum(-1)
-    return float(acc), float(macro)
 
 
 class Metrics:
