@@ -79,6 +79,17 @@ def test_no_component_is_named_twice():
         assert node["_target_"] == f"mlprunner.data.load_{option}" and node["name"] == option
 
 
+def test_keys_left_out_of_folder_names_are_those_left_out_of_hparams():
+    """Two lists say "this key does not change a job's result": Hydra's exclude_keys (sweep
+    folder names) and sessions.NOT_HPARAMS (HParams, MLflow params). Every key of the schema is
+    in both or in neither (logger.csv.filename named a folder and was no hyper-parameter)."""
+    from mlprunner.sessions import NOT_HPARAMS
+
+    excluded = set(OmegaConf.load(REPO / "configs" / "config.yaml").hydra.job.config.override_dirname.exclude_keys)
+    keys = [k for k in schema.SCHEMA if k != "resume"]  # resume= is no sweep override
+    assert [k for k in keys if bool(NOT_HPARAMS.match(k)) != (k in excluded)] == []
+
+
 def test_allowed_lists_come_from_the_schema(compose_cfg):
     cfg = compose_cfg("dataset=digits", "model.activation=swish")
     with pytest.raises(ConfigError) as err:
