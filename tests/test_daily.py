@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import QUICK, read_json, run_mlprun
+from conftest import QUICK, mlprun_env, read_json, run_mlprun
 
 DIGITS = ["dataset=digits", "model=mlp", "model.hidden=[16]", "trainer.epochs=2", *QUICK]
 
@@ -382,7 +382,11 @@ def test_report_shows_a_resumed_runs_effective_settings_and_refuses_a_run_folder
     assert proc.returncode == 0, proc.stderr[-3000:]
     before = sorted(p.name for p in (runs / "a").iterdir())
     proc = subprocess.run(
-        [sys.executable, "-m", "mlprunner.report", str(runs / "a")], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "mlprunner.report", str(runs / "a")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=mlprun_env(),  # not the HYDRA_FULL_ERROR=1 the in-process mlprun above left
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert proc.stderr.startswith(f"mlprun-report: error: {runs / 'a'} is one run's folder"), proc.stderr

@@ -55,7 +55,7 @@ def check_summary_against_jobs(sweep: Path) -> list[dict]:
         if res["status"] == "completed":
             assert float(row["best_val_error"]) == pytest.approx(res["best"]["val"]["error"], abs=0)
             assert int(row["best_epoch"]) == res["best"]["epoch"]
-            assert float(row["final_train_error"]) == pytest.approx(res["last"]["train"]["error"], abs=0)
+            assert float(row["last_train_error"]) == pytest.approx(res["last"]["train"]["error"], abs=0)
             assert int(row["epochs"]) == res["epochs_completed"]
             assert float(row["wall_s"]) == pytest.approx(res["wall_s"], abs=0)
         else:

@@ -45,7 +45,7 @@ COLUMNS = [
     "reason",
     "best_val_error",
     "best_epoch",
-    "final_train_error",
+    "last_train_error",
     "epochs",
     "wall_s",
     "test_error",
@@ -165,7 +165,7 @@ def load_job(folder: Path, job_dir: Path) -> dict:
         "reason": results.get("reason"),
         "best_val_error": (best.get("val") or {}).get("error"),
         "best_epoch": best.get("epoch"),
-        "final_train_error": (last.get("train") or {}).get("error"),
+        "last_train_error": (last.get("train") or {}).get("error"),
         "epochs": results.get("epochs_completed"),
         "wall_s": results.get("wall_s"),
         "test_error": (results.get("test") or {}).get("error"),
@@ -322,7 +322,7 @@ def table_rows(jobs: list[dict], keys: list[str], test: bool | None = None, shor
             job["status"],
             _pct(job["best_val_error"]),
             _num(job["best_epoch"]),
-            _pct(job["final_train_error"]),
+            _pct(job["last_train_error"]),
             _num(job["epochs"]),
             _num(job["wall_s"], "{:.1f}"),
         ]
@@ -332,11 +332,11 @@ def table_rows(jobs: list[dict], keys: list[str], test: bool | None = None, shor
     return rows
 
 
-HEADERS = ["#", "overrides", "status", "best val err %", "best epoch", "final train err %", "epochs", "wall s"]
+HEADERS = ["#", "overrides", "status", "best val err %", "best epoch", "last train err %", "epochs", "wall s"]
 
 
 # the terminal's table is 80 columns wide: shorter headers there (summary.md keeps the long ones)
-TERMINAL_HEADERS = {"best val err %": "val err %", "best epoch": "at epoch", "final train err %": "train err %"}
+TERMINAL_HEADERS = {"best val err %": "val err %", "best epoch": "at epoch", "last train err %": "train err %"}
 
 
 def headers(jobs: list[dict]) -> list[str]:
