@@ -519,3 +519,30 @@ def test_a_crash_after_training_leaves_results_json_saying_failed(tmp_path, monk
     res = read_json(run_dir / "results.json")
     assert res["status"] == "failed" and res["epochs_completed"] == 1
     assert res["reason"] == "RuntimeError: disk quota exceeded while plotting"
+
+
+@pytest.mark.parametrize(
+    "given, meant",
+    [
+        ("optim=AdamW", "optim=adamw"),  # was "did you mean optim=adam?"
+        ("optim=SGD", "optim=sgd"),  # torch's class names, as the lecture notes write them
+        ("optim=RMSProp", "optim=rmsprop"),
+        ("loss=NLLLoss", "loss=nll"),
+        ("loss=BCEWithLogitsLoss", "loss=bce_with_logits"),
+        ("scheduler=CosineAnnealingLR", "scheduler=cosine"),
+        ("scheduler=ReduceLROnPlateau", "scheduler=plateau"),
+        ("optim._target_=torch.optim.sgd", "torch.optim.SGD"),
+    ],
+)
+def test_an_option_named_as_torch_names_its_class_gets_the_right_suggestion(given, meant, monkeypatch, capsys):
+    rc, out, err = run_main_inprocess([*TINY, given], {}, monkeypatch, capsys)
+    assert rc == 2, err
+    assert f"did you mean {meant}?" in err, err
+
+
+def test_a_bad_target_lists_the_classes_of_its_kind(monkeypatch, capsys):
+    """The classes offered for a bad loss._target_ are torch.nn's losses (all of them), not its
+    first twelve names (layers: AdaptiveAvgPool1d, ...)."""
+    rc, out, err = run_main_inprocess([*TINY, "loss._target_=torch.nn.Foo"], {}, monkeypatch, capsys)
+    assert rc == 2, err
+    assert "CrossEntropyLoss" in err and "NLLLoss" in err and "AdaptiveAvgPool1d" not in err, err

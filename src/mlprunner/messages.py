@@ -25,7 +25,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .config import register_resolvers
 from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused, first_line
-from .schema import GROUPS
+from .schema import GROUPS, suggest_option
 from .schema import options as group_options
 
 _USER_FULL_ERROR = os.environ.get("HYDRA_FULL_ERROR")
@@ -162,8 +162,11 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             group = group.strip("/")
             msg = f"{group}={option}: no such option in config group '{group}'"
             if options:
-                close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
-                msg += f"; available: {', '.join(options)}" + (f" (did you mean {group}={close[0]}?)" if close else "")
+                meant = suggest_option(group, option) if group in GROUPS else None
+                if meant is None:
+                    close = difflib.get_close_matches(option, options, n=1, cutoff=0.6)
+                    meant = close[0] if close else None
+                msg += f"; available: {', '.join(options)}" + (f" (did you mean {group}={meant}?)" if meant else "")
             return EXIT_CONFIG, msg
         return EXIT_CONFIG, first_line(text)
     if isinstance(exc, OverrideParseException):

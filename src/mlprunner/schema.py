@@ -554,13 +554,19 @@ def component_class(node: DictConfig, group: str) -> type:
         raise ConfigError(
             f"{group}._target_",
             target,
-            message=f"{group}._target_={target!r}: {_missing_class(target) or first_line(cause)}",
+            message=f"{group}._target_={target!r}: {_missing_class(target, group) or first_line(cause)}",
         ) from None
 
 
-def _missing_class(target: str) -> str | None:
+# the base class a component group's _target_ derives from (by name: schema imports no torch),
+# so the classes a bad _target_'s module offers are the ones that group can use
+_KINDS = {"optim": ("Optimizer",), "loss": ("_Loss",), "scheduler": ("LRScheduler", "ReduceLROnPlateau")}
+
+
+def _missing_class(target: str, group: str | None = None) -> str | None:
     """'module mynets has no class Nett; did you mean mynets.Net?' when the module imports and
-    only the name is wrong (Hydra says "No module named 'mynets.Nett'")."""
+    only the name is wrong (Hydra says "No module named 'mynets.Nett'"). The classes offered are
+    those of `group`'s kind (torch.optim's optimizers, not its base class), in any case."""
     module_name, _, name = target.rpartition(".")
     try:
         module = importlib.import_module(module_name) if module_name else None
@@ -568,11 +574,47 @@ def _missing_class(target: str) -> str | None:
         return None
     if module is None or hasattr(module, name):
         return None
-    classes = sorted(n for n, v in vars(module).items() if isinstance(v, type) and not n.startswith("_"))
-    close = difflib.get_close_matches(name, classes, n=2, cutoff=0.6)
+    kind = _KINDS.get(group or "")
+    classes = sorted(
+        (
+            n
+            for n, v in vars(module).items()
+            if isinstance(v, type)
+            and not n.startswith("_")
+            and (kind is None or any(b.__name__ in kind for b in v.__mro__[1:]))
+        ),
+        key=str.lower,
+    )
+    same = [c for c in classes if c.lower() == name.lower()]  # torch.optim.sgd -> SGD
+    close = same or difflib.get_close_matches(name, classes, n=2, cutoff=0.6)
+    shown = ", ".join(classes[:30]) + (f", ... ({len(classes)} in all)" if len(classes) > 30 else "")
     hint = (
         f"did you mean {' or '.join(f'{module_name}.{c}' for c in close)}?"
         if close
-        else (f"its classes: {', '.join(classes[:12]) or 'none'}")
+        else f"its classes: {shown or 'none'}"
     )
     return f"module {module_name} has no class {name}; {hint}"
+
+
+def suggest_option(group: str, given: str) -> str | None:
+    """The option of `group` a user meant by `given`: its name in another case (optim=RMSProp),
+    the name of its class (optim=AdamW, scheduler=ReduceLROnPlateau, loss=NLLLoss), or the
+    closest name; None when nothing is close."""
+    opts = options(group)
+    low = given.lower()
+    by_name = {name.lower(): name for name in opts}
+    by_class: dict[str, str] = {}
+    for name, node in opts.items():  # sorted: sgd before sgd_momentum for torch.optim.SGD
+        target = node.get("_target_") if isinstance(node, dict) else None
+        if isinstance(target, str):
+            cls = target.rpartition(".")[2].lower()
+            by_class.setdefault(cls, name)
+            for suffix in ("loss", "lr"):  # NLL for NLLLoss, CosineAnnealing for CosineAnnealingLR
+                if cls.endswith(suffix) and len(cls) > len(suffix):
+                    by_class.setdefault(cls[: -len(suffix)], name)
+    if low in by_name:
+        return by_name[low]
+    if low in by_class:
+        return by_class[low]
+    close = difflib.get_close_matches(low, [*by_name, *by_class], n=1, cutoff=0.6)
+    return (by_name.get(close[0]) or by_class.get(close[0])) if close else None
