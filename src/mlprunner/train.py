@@ -117,7 +117,7 @@ def still_stopped(saved: dict, es_cfg) -> bool:
     return (
         bool(saved.get("stopped", False))
         and bool(es_cfg.enabled)
-        and int(saved.get("bad_epochs", 0)) > int(es_cfg.patience)
+        and int(saved.get("bad_epochs", 0)) >= max(int(es_cfg.patience), 1)
     )
 
 
@@ -502,7 +502,9 @@ class Trainer:
             s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
         else:
             s.bad_epochs += 1
-            if es.enabled and s.bad_epochs > int(es.patience):
+            # patience = the epochs without improvement that stop training, as Keras and Lightning
+            # count it (patience 0 stops at the first such epoch, as 1 does)
+            if es.enabled and s.bad_epochs >= max(int(es.patience), 1):
                 s.stopped_early = True
         logged = {**flat, "time_s": seconds}
         if self.logger is not None:
@@ -520,8 +522,9 @@ class Trainer:
             self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
             if s.stopped_early:
                 self.progress.message(
-                    f"early stopping: {self.monitor} has not improved for "
-                    f"{s.bad_epochs} epochs (best {s.best_value:.4g} at epoch {s.best_epoch})"
+                    f"early stopping: {self.monitor} has not improved for {s.bad_epochs} "
+                    f"epoch{'s' * (s.bad_epochs != 1)} (best {s.best_value:.4g} at epoch {s.best_epoch}; "
+                    f"trainer.early_stopping.patience={es.patience})"
                 )
         if self.on_epoch_end is not None:
             self.on_epoch_end(self)
