@@ -33,6 +33,8 @@ def test_every_group_has_the_required_options():
         "rmsprop",
         "nadam",
         "radam",
+        "adamax",
+        "asgd",
     }
     assert set(options("scheduler")) >= {"none", "step", "multistep", "exponential", "cosine", "plateau", "onecycle"}
     assert set(options("loss")) >= {"cross_entropy", "nll", "bce_with_logits", "mse", "l1", "multi_margin"}

@@ -546,3 +546,14 @@ def test_a_bad_target_lists_the_classes_of_its_kind(monkeypatch, capsys):
     rc, out, err = run_main_inprocess([*TINY, "loss._target_=torch.nn.Foo"], {}, monkeypatch, capsys)
     assert rc == 2, err
     assert "CrossEntropyLoss" in err and "NLLLoss" in err and "AdaptiveAvgPool1d" not in err, err
+
+
+def test_an_optimizer_that_needs_a_closure_is_refused_before_training(tmp_path, monkeypatch, capsys):
+    """torch.optim.LBFGS's step() needs a closure: refused in one line naming the key (it
+    trained into 'unexpected TypeError: LBFGS.step() missing ... closure', exit 1)."""
+    run_dir = tmp_path / "run"
+    args = [*TINY, "optim._target_=torch.optim.LBFGS", f"hydra.run.dir={run_dir}"]
+    rc, out, err = run_main_inprocess(args, {}, monkeypatch, capsys)
+    assert rc == 2, err
+    assert "optim._target_=torch.optim.LBFGS: its step() needs a closure" in err and "optim=adam" in err, err
+    assert not run_dir.exists()

@@ -256,6 +256,17 @@ def check_buildable(cfg: DictConfig) -> None:
     features = sizes.features if sizes is not None and sizes.features else 1
     _meta_model(cfg, features, 2)
     optim_cls = component_class(cfg.optim, "optim")
+    closure = inspect.signature(optim_cls.step).parameters.get("closure")
+    if closure is not None and closure.default is inspect.Parameter.empty:
+        raise ConfigError(
+            "optim._target_",
+            message=(
+                f"optim._target_={cfg.optim._target_}: its step() needs a closure that recomputes the loss "
+                f"(several forward passes per batch), which mlprun's one-pass training step does not give; "
+                f"allowed: an optimizer whose step() takes no closure, e.g. optim=adam or another option "
+                f"of the group ({', '.join(options('optim'))})"
+            ),
+        )
     probe = torch.zeros(2, requires_grad=True)
     try:
         optimizer = instantiate(cfg.optim)([probe])

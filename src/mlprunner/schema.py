@@ -273,6 +273,8 @@ SCHEMA: dict[str, Spec] = {
     "optim.eps": number(0.0, INF, False, True),
     "optim.rho": number(0.0, 1.0),
     "optim.alpha": number(0.0, 1.0),
+    "optim.lambd": number(0.0),  # ASGD's decay term
+    "optim.t0": number(0.0),  # ASGD: the step at which averaging starts
     # ---- scheduler: no `_target_` (scheduler=none) means a constant learning rate
     "scheduler._target_": target(),
     "scheduler._partial_": choice(True),
