@@ -14,12 +14,14 @@ import os
 import re
 import sys
 import traceback
+from inspect import Parameter, signature
 
 import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import ConfigCompositionException, HydraException, MissingConfigException, OverrideParseException
+from hydra.utils import get_class
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
@@ -41,6 +43,26 @@ def _cli_args() -> list[str]:
 
 def _composed_keys(hydra_keys: bool = False) -> list[str]:
     """Every dotted key of the config the command line selects (its group choices only)."""
+    cfg = _composed(hydra_keys)
+    if cfg is None:
+        return []
+    keys: list[str] = []
+
+    def walk(node, prefix):
+        for k in node.keys():
+            full = f"{prefix}{k}"
+            keys.append(full)
+            child = node._get_node(k)
+            if isinstance(child, DictConfig):
+                walk(child, full + ".")
+
+    walk(cfg, "")
+    return keys
+
+
+def _composed(hydra_keys: bool = False) -> DictConfig | None:
+    """The config the command line's group choices select (the defaults when they do not
+    compose), or None."""
     choices = []
     for a in _cli_args():
         key, eq, _ = a.partition("=")
@@ -58,20 +80,47 @@ def _composed_keys(hydra_keys: bool = False) -> list[str]:
             continue
         finally:
             GlobalHydra.instance().clear()
-    if cfg is None:
+    return cfg
+
+
+# names other tools give a key, and mlprun's name for it (optim.learning_rate -> optim.lr)
+KEY_ALIASES = {
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "n_epochs": "epochs",
+    "max_epochs": "epochs",
+    "bs": "batch_size",
+    "batchsize": "batch_size",
+    "wd": "weight_decay",
+}
+
+
+def _same_name(key: str, keys: list[str]) -> list[str]:
+    """The keys whose last part is `key`'s (or its alias's): lr -> optim.lr, shortest first."""
+    last = key.rpartition(".")[2]
+    name = KEY_ALIASES.get(last.lower(), last)
+    if name == last and "." in key:  # a.b where some c.b exists: not what the user meant
         return []
-    keys: list[str] = []
+    return sorted((k for k in keys if k.rpartition(".")[2] == name and k != key), key=len)[:2]
 
-    def walk(node, prefix):
-        for k in node.keys():
-            full = f"{prefix}{k}"
-            keys.append(full)
-            child = node._get_node(k)
-            if isinstance(child, DictConfig):
-                walk(child, full + ".")
 
-    walk(cfg, "")
-    return keys
+def component_key_hint(key: str) -> str:
+    """For `group.name` that the group's option lacks: '+group.name=...' when its class takes
+    `name`, else that it does not and which options of the group have it."""
+    group, _, name = key.partition(".")
+    hint = f"; an argument its _target_ takes but the option leaves out: +{key}=..."
+    if "." in name or group not in GROUPS:
+        return hint
+    try:
+        target = str(_composed()[group]["_target_"])
+        params = signature(get_class(target)).parameters
+    except Exception:  # a courtesy: the general hint
+        return hint
+    if name in params or any(p.kind is Parameter.VAR_KEYWORD for p in params.values()):
+        return hint
+    having = [option for option, node in group_options(group).items() if isinstance(node, dict) and name in node]
+    where = f"; options of {group} that have it: {', '.join(having)}" if having else ""
+    return f"; {target} takes no argument {name!r}{where}"
 
 
 def _holds_null(key: str) -> bool:
@@ -91,7 +140,7 @@ def suggest_key(key: str) -> str:
         return ""
     if not keys:
         return ""
-    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.75)
+    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.75) or _same_name(key, keys)
     if close:
         return f"; did you mean {' or '.join(close)}?"
     parent = key.rpartition(".")[0]
@@ -198,13 +247,11 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
                     )
                 # a key of a component (model, optim, ...) may be an argument its _target_ takes
                 # that the option file leaves out; trainer, eval and dataset keys are mlprun's own
-                add = (
-                    ""
-                    if key.partition(".")[0] in ("trainer", "eval", "dataset")
-                    else (f"; an argument its _target_ takes but the option leaves out: +{key}=...")
-                )
+                suggestion = suggest_key(key)
+                own = key.partition(".")[0] in ("trainer", "eval", "dataset")
+                add = "" if own or suggestion.startswith("; did you mean") else component_key_hint(key)
                 return EXIT_CONFIG, (
-                    f"{key}: no such config key{suggest_key(key)} (list the keys with `mlprun --cfg job`{add})"
+                    f"{key}: no such config key{suggestion} (list the keys with `mlprun --cfg job`{add})"
                 )
             return EXIT_CONFIG, f"{key}: {reason}"
         m = re.search(r"Ambiguous value for argument '([^']+)'", text)
