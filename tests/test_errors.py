@@ -581,3 +581,15 @@ def test_an_unknown_key_gets_a_hint_that_leads_somewhere(given, said, not_said, 
     rc, out, err = run_main_inprocess([*TINY, given], {}, monkeypatch, capsys)
     assert rc == 2, err
     assert said in err and not_said not in err, err
+
+
+def test_a_sweep_preset_without_multirun_says_it_runs_one_job(tmp_path, monkeypatch, capsys):
+    """experiment=mnist_exercise2 without -m: Hydra runs one job and ignores the preset's grid;
+    mlprun says so before training (it trained one job without a word)."""
+    run_dir = tmp_path / "run"
+    args = ["experiment=mnist_exercise2", *TINY, f"hydra.run.dir={run_dir}"]
+    rc, out, err = run_main_inprocess(args, {}, monkeypatch, capsys)
+    assert rc == 0, err
+    warning = "experiment=mnist_exercise2 defines a sweep over optim, model.activation, model.hidden"
+    assert warning in out and "add -m to run the sweep" in out
+    assert out.index(warning) < out.index("epoch 1/1")

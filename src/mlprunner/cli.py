@@ -169,6 +169,14 @@ def hydra_app(cfg: DictConfig):
         launch_relative_paths(cfg, Path(hc.runtime.cwd))
     if hc.mode == RunMode.MULTIRUN:
         return run_sweep_job(cfg, run_dir, overrides, saved)
+    grid = list(hc.sweeper.get("params") or {})
+    if grid:  # a sweep preset (experiment=mnist_exercise2) without -m: Hydra runs one job, silently
+        preset = hc.runtime.choices.get("experiment")
+        given = f"experiment={preset}" if preset else "hydra.sweeper.params"
+        log.warning(
+            f"{given} defines a sweep over {', '.join(grid)}; without -m this is one job with the "
+            f"preset's other settings: add -m to run the sweep"
+        )
     try:
         results = run(cfg, run_dir, overrides=overrides)
     except BaseException as exc:  # single run: report in one line and exit with its code
