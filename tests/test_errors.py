@@ -593,3 +593,10 @@ def test_a_sweep_preset_without_multirun_says_it_runs_one_job(tmp_path, monkeypa
     warning = "experiment=mnist_exercise2 defines a sweep over optim, model.activation, model.hidden"
     assert warning in out and "add -m to run the sweep" in out
     assert out.index(warning) < out.index("epoch 1/1")
+
+
+def test_a_scheduler_of_ones_own_without_an_interval_is_told_which_to_give(monkeypatch, capsys):
+    args = [*TINY, "+scheduler._target_=torch.optim.lr_scheduler.CyclicLR", "+scheduler.base_lr=0.001"]
+    rc, out, err = run_main_inprocess([*args, "+scheduler.max_lr=0.1"], {}, monkeypatch, capsys)
+    assert rc == 2, err
+    assert "scheduler.interval is needed" in err and "+scheduler.interval=step" in err, err

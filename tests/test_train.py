@@ -525,6 +525,22 @@ def test_bce_on_ten_classes_fails_cleanly(workdir):
     assert "bce_with_logits" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_scheduler_of_ones_own_on_top_of_scheduler_none(tmp_path):
+    """+scheduler._target_=...CyclicLR with its arguments and an interval is all it takes: mlprun
+    passes the optimizer (no _partial_ needed) and steps it per batch; the lr moves."""
+    res = run_in_process(
+        tmp_path,
+        "trainer.epochs=2",
+        "+scheduler._target_=torch.optim.lr_scheduler.CyclicLR",
+        "+scheduler.base_lr=0.0001",
+        "+scheduler.max_lr=0.01",
+        "+scheduler.step_size_up=5",
+        "+scheduler.interval=step",
+    )
+    lrs = [h["lr"] for h in res["history"]]
+    assert res["status"] == "completed" and len(set(lrs)) == 2 and all(1e-4 <= lr <= 1e-2 for lr in lrs), lrs
+
+
 @pytest.mark.parametrize("name", ["step", "cosine", "onecycle", "exponential"])
 def test_schedulers_with_warmup(tmp_path, name):
     res = run_in_process(

@@ -34,7 +34,12 @@ def class_node(cfg: DictConfig, group: str) -> DictConfig:
     """The component's node without mlprun's own keys (schema: own=True): what the class gets."""
     data = OmegaConf.to_container(cfg, resolve=True)
     own = own_keys(group)
-    return OmegaConf.create({k: v for k, v in data.items() if k not in own})
+    node = {k: v for k, v in data.items() if k not in own}
+    if group in ("optim", "scheduler") and "_target_" in node:
+        # mlprun always passes the parameters (the optimizer) itself: a _target_ added to
+        # scheduler=none need not say _partial_
+        node["_partial_"] = True
+    return OmegaConf.create(node)
 
 
 def _instantiate(node, key: str, **kwargs):

@@ -97,6 +97,17 @@ def validate(cfg: DictConfig) -> None:
             ),
         )
 
+    sched = cfg.scheduler
+    if sched.get("_target_") is not None and sched.get("interval") is None:  # scheduler=none plus a _target_
+        raise ConfigError(
+            "scheduler.interval",
+            message=(
+                f"scheduler.interval is needed with scheduler._target_={sched._target_}: "
+                f"+scheduler.interval=epoch (it steps after each epoch) or +scheduler.interval=step "
+                f"(after each batch, as CyclicLR and OneCycleLR expect)"
+            ),
+        )
+
     # groups of keys first: `trainer.early_stopping=5` is reported as such, not by its keys
     for key, spec in SCHEMA.items():
         if spec.mapping:
