@@ -309,7 +309,7 @@ def test_terminal_of_80_columns(workdir):
     assert [int(re.match(r"epoch (\d+)/", line).group(1)) for line in epoch_lines] == list(range(1, epochs + 1))
     for line in epoch_lines:
         assert re.fullmatch(
-            r"epoch \d+/4  train \S+ \d+\.\d\d%  val \S+ \d+\.\d\d%  lr \d\.\de-\d\d  \d+\.\ds  \S+/s", line
+            r"epoch \d+/4  train \d\.\d{4} \d+\.\d\d%  val \d\.\d{4} \d+\.\d\d%  lr \d\.\de-\d\d  \d+\.\ds  \S+/s", line
         ), line
     # the bar was drawn (by time) and erased: rich erases a line with ESC[2K before the epoch line
     assert "\x1b[2K" in raw and re.search(r"epoch 1/4 ━+", ANSI.sub("", raw))

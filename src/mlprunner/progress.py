@@ -42,12 +42,18 @@ def fmt_seconds(s: float) -> str:
     return f"{m}m{s:02d}s" if m < 60 else f"{m // 60}h{m % 60:02d}m"
 
 
+def fmt_loss(x: float) -> str:
+    """Four decimals below 10, so the epoch lines' columns stay put (0.0230, not 0.023 beside
+    0.02299); four significant digits above (12.35, 1e+08), so a line keeps within 80 columns."""
+    return f"{x:.4f}" if abs(x) < 10 else f"{x:.4g}"
+
+
 def epoch_line(epoch: int, epochs: int, m: dict, seconds: float, samples_per_s: float) -> str:
     """`epoch 3/20  train 0.1234 3.21%  val 0.1321 3.40%  lr 1.0e-03  1.2s  45.0k/s` (loss,
     error; at most ~78 characters for runs under 1000 epochs)."""
-    parts = [f"epoch {epoch}/{epochs}", f"train {m['train/loss']:.4g} {fmt_pct(m['train/error'])}"]
+    parts = [f"epoch {epoch}/{epochs}", f"train {fmt_loss(m['train/loss'])} {fmt_pct(m['train/error'])}"]
     if m.get("val/loss") is not None:
-        parts.append(f"val {m['val/loss']:.4g} {fmt_pct(m['val/error'])}")
+        parts.append(f"val {fmt_loss(m['val/loss'])} {fmt_pct(m['val/error'])}")
     parts.append(f"lr {m['lr']:.1e}")
     parts.append(fmt_seconds(seconds))
     parts.append(fmt_rate(samples_per_s))
