@@ -617,3 +617,35 @@ def test_report_drops_its_own_figures_that_no_longer_apply(tmp_path):
     figure.write_bytes(b"my own figure")  # not the report's: never removed
     assert run_tool("report", str(sweep), cwd=tmp_path).returncode == 0
     assert figure.read_bytes() == b"my own figure"
+
+
+def test_eval_split_val_gives_what_training_logged_and_train_scores_the_training_split(tmp_path):
+    """mlprun-eval --split val rebuilds the validation split as training drew it: the best
+    checkpoint's metrics equal results.json's best val metrics; --split train scores the training
+    split in eval mode (its n is n_train); a run without a validation split refuses --split val."""
+    run_dir = tmp_path / "run"
+    common = [*QUICK, "dataset=digits", "model.hidden=[16]", "trainer.threads=1", "trainer.epochs=2"]
+    run_mlprun(*common, f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
+    res = read_json(run_dir / "results.json")
+    out = tmp_path / "val.json"
+    proc = run_tool("evaluate", str(run_dir), "--split", "val", "--json", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    val, best = read_json(out), res["best"]["val"]
+    assert val["split"] == "val" and val["n"] == res["dataset"]["n_val"]
+    assert val["error"] == pytest.approx(best["error"], abs=1e-6) and val["loss"] == pytest.approx(
+        best["loss"], rel=1e-5
+    )
+    assert "val error " in proc.stdout
+
+    proc = run_tool("evaluate", str(run_dir), "--split", "train", "--json", str(tmp_path / "train.json"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    train = read_json(tmp_path / "train.json")
+    assert train["split"] == "train" and train["n"] == res["dataset"]["n_train"] and 0 <= train["error"] < 1
+
+    no_val = tmp_path / "no_val"
+    run_mlprun(*common, "dataset.val_fraction=0", f"hydra.run.dir={no_val}", cwd=tmp_path, check=True)
+    proc = run_tool("evaluate", str(no_val), "--split", "val", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "mlprun-eval: error: --split val: this run has no validation split (dataset.val_fraction=0); "
+        "allowed: test, train"
+    ], proc.stderr

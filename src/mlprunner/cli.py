@@ -35,7 +35,16 @@ from .errors import (
     SweepStopped,
     WriteError,
 )
-from .evaluate import CHECKPOINTS, EVAL_OVERRIDES, evaluate_saved, load_run, public_metrics, report_line, write_figures
+from .evaluate import (
+    CHECKPOINTS,
+    EVAL_OVERRIDES,
+    SPLITS,
+    evaluate_saved,
+    load_run,
+    public_metrics,
+    report_line,
+    write_figures,
+)
 from .messages import describe_exception, one_line_errors, report
 from .predict import find_images, predict, prepare
 from .provenance import version_line
@@ -267,8 +276,9 @@ def eval_main(argv: list[str] | None = None) -> None:
 
     parser = OneLineParser(
         prog="mlprun-eval",
-        description="Evaluate a trained mlprun run (or checkpoint) on its test set: error with a 95% "
-        "Wilson confidence interval, loss, per-class error. results.json is never modified.",
+        description="Evaluate a trained mlprun run (or checkpoint) on its test set (or, with --split, its "
+        "validation or training split): error with a 95% Wilson confidence interval, loss, per-class error. "
+        "results.json is never modified.",
     )
     parser.add_argument("target", help="a run directory or a checkpoint file (.pt)")
     parser.add_argument(
@@ -280,7 +290,13 @@ def eval_main(argv: list[str] | None = None) -> None:
         default=None,
         help="which checkpoint of a run directory (default: swa if present, else best, else last)",
     )
-    parser.add_argument("--json", type=Path, default=None, help="also write the test metrics to this JSON file")
+    parser.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="which split to score (default test; train: the final model on its training data, in eval mode)",
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="also write the confusion matrix to this PNG")
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N, mps")
     parser.add_argument("--batch-size", type=int, default=1000)
@@ -291,7 +307,9 @@ def eval_main(argv: list[str] | None = None) -> None:
         for flag, path in (("--json", args.json), ("--plot", args.plot)):
             if path is not None:
                 check_output(path, flag, args.force)
-        loaded, m, split = evaluate_saved(args.target, args.checkpoint, args.overrides, args.device, args.batch_size)
+        loaded, m, split = evaluate_saved(
+            args.target, args.checkpoint, args.overrides, args.device, args.batch_size, args.split
+        )
         names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
         print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
         print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")

@@ -85,8 +85,10 @@ def test_metrics(model, loss, split, num_classes: int, batch_size: int = 1000, c
 
 
 def report_line(m: dict) -> str:
+    """'test error 1.43% (95% CI 1.22-1.68%, n=10000)' (m["split"] names another split)."""
     lo, hi = m["ci95"]
-    return f"test error {100 * m['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={m['n']})"
+    split = m.get("split", "test")
+    return f"{split} error {100 * m['error']:.2f}% (95% CI {100 * lo:.2f}-{100 * hi:.2f}%, n={m['n']})"
 
 
 def write_figures(
@@ -230,8 +232,13 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
     return Loaded(run_dir, path, name, ckpt, cfg, model.to(dev).eval(), loss, dev)
 
 
-def load_test_split(loaded: Loaded):
-    """The run's test split, normalised with the statistics saved in the checkpoint."""
+SPLITS = ("test", "val", "train")  # what mlprun-eval --split scores
+
+
+def load_test_split(loaded: Loaded, which: str = "test"):
+    """The run's test split (or its validation or training split, as training drew them from
+    the saved config: the same split_seed, no augmentation), normalised with the statistics saved
+    in the checkpoint."""
     cfg = loaded.cfg
     info = loaded.info
     with open_dict(cfg.dataset):
@@ -243,6 +250,16 @@ def load_test_split(loaded: Loaded):
         if "augment" in cfg.dataset:
             cfg.dataset.augment.enabled = False
     data = load_data(cfg.dataset, loaded.device)
+    if which == "train":
+        return data, data.train
+    if which == "val":
+        if data.val is None:
+            raise ConfigError(
+                "--split",
+                "val",
+                message="--split val: this run has no validation split (dataset.val_fraction=0); allowed: test, train",
+            )
+        return data, data.val
     if data.load_test is None:
         raise ConfigError(
             "dataset",
@@ -256,15 +273,21 @@ def load_test_split(loaded: Loaded):
 
 
 def evaluate_saved(
-    target: str, which: str | None = None, overrides=(), device: str = "auto", batch_size: int = 1000
+    target: str,
+    which: str | None = None,
+    overrides=(),
+    device: str = "auto",
+    batch_size: int = 1000,
+    split_name: str = "test",
 ) -> tuple[Loaded, dict, object]:
     loaded = load_run(target, which, overrides, device)
-    data, split = load_test_split(loaded)
+    data, split = load_test_split(loaded, split_name)
     names = loaded.info.get("class_names") or data.class_names
     m = test_metrics(loaded.model, loaded.loss, split, int(loaded.info["num_classes"]), batch_size, names)
     m["epoch"] = int(loaded.ckpt["epoch"])
     m["checkpoint"] = loaded.which
     m["path"] = str(loaded.path)
+    m["split"] = split_name
     return loaded, m, split
 
 
