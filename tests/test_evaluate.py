@@ -296,6 +296,10 @@ def test_swa_averages_and_survives_resume(workdir):
     assert straight.returncode == 0, straight.stderr
     res = read_json(workdir / "a" / "results.json")
     assert res["swa"]["start_epoch"] == 3 and res["swa"]["n_averaged"] == 4  # epochs 3..6
+    # the plan before training, the averaged model's score after it, and its row in the table
+    assert "SWA: the weights of epochs 3-6 averaged" in straight.stdout
+    said = f"SWA: averaged 4 epoch(s) from epoch 3: val error {100 * res['swa']['val']['error']:.2f}%"
+    assert said in straight.stdout and "val (swa)" in straight.stdout
     assert res["test"]["checkpoint"] == "swa"
     lrs = [h["lr"] for h in res["history"]]
     assert lrs[-1] == pytest.approx(0.0005)  # SWALR annealed to trainer.swa.lr
@@ -649,3 +653,15 @@ def test_eval_split_val_gives_what_training_logged_and_train_scores_the_training
         "mlprun-eval: error: --split val: this run has no validation split (dataset.val_fraction=0); "
         "allowed: test, train"
     ], proc.stderr
+
+
+def test_swa_anneals_linearly_when_asked(tmp_path):
+    """trainer.swa.anneal_strategy=linear (lecture notes 004): SWALR's learning rate goes in a
+    straight line from the optimizer's to swa.lr over anneal_epochs (cos was the only path)."""
+    run_dir = tmp_path / "run"
+    args = [*SWA, "trainer.epochs=5", "trainer.swa.anneal_epochs=4", "trainer.swa.anneal_strategy=linear"]
+    run_mlprun(*args, "optim.lr=0.001", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
+    lrs = [h["lr"] for h in read_json(run_dir / "results.json")["history"]]
+    # the lr after each epoch: SWA epochs 3, 4, 5 step 1e-3 -> 5e-4 in 4 equal steps of 1.25e-4
+    # (cos would give 0.000927 after epoch 3)
+    assert lrs == pytest.approx([0.001, 0.001, 0.000875, 0.00075, 0.000625]), lrs

@@ -157,6 +157,8 @@ def print_summary(results: dict, console=None) -> None:
     row("train (last)", last.get("epoch"), last.get("train"))
     row("val (last)", last.get("epoch"), last.get("val"))
     row("val (best)", best.get("epoch"), best.get("val"))
+    swa = results.get("swa") or {}
+    row("val (swa)", last.get("epoch"), swa.get("val"))  # the averaged model, scored after training
     if test:
         lo, hi = test["ci95"]
         row(f"test (n={test['n']})", test.get("epoch", best.get("epoch")), test, [f"{100 * lo:.2f}-{100 * hi:.2f}%"])

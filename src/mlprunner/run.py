@@ -289,6 +289,8 @@ def run(
             trainer = make_trainer(Trainer, cfg, run_dir, pieces, device, record, loggers, progress, stop)
             if pieces.augment is not None:
                 log.info(f"augmentation: {pieces.augment} on each training batch")
+            if trainer.swa is not None:
+                log.info(trainer.swa.describe(int(cfg.trainer.epochs)))
             if ckpt is not None:
                 restore(trainer, ckpt, resume_from)
 

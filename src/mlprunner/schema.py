@@ -349,6 +349,7 @@ SCHEMA: dict[str, Spec] = {
         0.0, INF, False, True, nullable=True, allowed="null (keep the optimizer's lr) or a number > 0"
     ),
     "trainer.swa.anneal_epochs": integer(0, allowed="an integer >= 0"),
+    "trainer.swa.anneal_strategy": choice("cos", "linear"),
     # ---- logger: each entry names a mlprunner.loggers.Logger class (configs/logger)
     "logger.tensorboard": mapping("logger.tensorboard"),
     "logger.tensorboard._target_": target(),

@@ -28,12 +28,21 @@ class SWA:
         lr = cfg.get("lr")
         self.lr = None if lr is None else float(lr)
         self.anneal_epochs = int(cfg.get("anneal_epochs", 0))
+        self.anneal_strategy = str(cfg.get("anneal_strategy") or "cos")  # runs before the key: cos
         self.averaged = AveragedModel(model)
         self.scheduler: SWALR | None = None
 
     @property
     def n_averaged(self) -> int:
         return int(self.averaged.n_averaged)
+
+    def describe(self, epochs: int) -> str:
+        """The plan, for the log: 'SWA: the weights of epochs 16-20 averaged; ...'."""
+        target = f"{self.lr:g}" if self.lr is not None else "the optimizer's lr"
+        return (
+            f"SWA: the weights of epochs {self.start}-{epochs} averaged (checkpoints/swa.pt); SWALR takes the "
+            f"learning rate to {target} over {self.anneal_epochs} epoch(s), {self.anneal_strategy}"
+        )
 
     def active(self, epoch: int) -> bool:
         return epoch >= self.start
@@ -42,7 +51,9 @@ class SWA:
         # null: the learning rate at the start of SWA (kept in the optimizer's state on resume)
         swa_lr = self.lr if self.lr is not None else [g.get("swa_lr", g["lr"]) for g in self.optimizer.param_groups]
         # Creating SWALR at its step 0 leaves the current learning rate unchanged.
-        return SWALR(self.optimizer, swa_lr=swa_lr, anneal_epochs=self.anneal_epochs, anneal_strategy="cos")
+        return SWALR(
+            self.optimizer, swa_lr=swa_lr, anneal_epochs=self.anneal_epochs, anneal_strategy=self.anneal_strategy
+        )
 
     def begin_epoch(self, epoch: int) -> None:
         if self.active(epoch) and self.scheduler is None:

@@ -544,6 +544,11 @@ class Trainer:
         state["model"] = swa.averaged_state()
         state["swa_final"] = {"start_epoch": swa.start, "n_averaged": swa.n_averaged}
         save_checkpoint(self.ckpt_dir / "swa.pt", state)
+        if self.progress:
+            score = f": val error {100 * val['error']:.2f}% (loss {val['loss']:.4f})" if val else ""
+            self.progress.message(
+                f"SWA: averaged {swa.n_averaged} epoch(s) from epoch {swa.start}{score}; checkpoints/swa.pt"
+            )
         return {
             "start_epoch": swa.start,
             "n_averaged": swa.n_averaged,
