@@ -257,6 +257,15 @@ def test_predict_labels_test_pngs_like_the_evaluation(mnist_run, tmp_path):
     assert all(r["top1"] == r["predicted"] and r["top3"] for r in rows)
     assert len([ln for ln in proc.stdout.splitlines() if "top-3:" in ln]) == 40
     assert max(map(len, proc.stdout.splitlines())) <= 80  # top-k folded, not wrapped mid-word (no terminal: 80)
+    assert "note:" not in proc.stderr  # MNIST-like images: nothing to say
+    # a dark-on-light scan: a note says --invert; with --invert it is predicted as the original
+    Image.fromarray(255 - raw[0].numpy(), mode="L").save(tmp_path / "scan.png")
+    proc = run_tool("predict", str(run_dir), "scan.png", cwd=tmp_path)
+    assert proc.returncode == 0 and "1 of 1 image(s) are light on the whole" in proc.stderr, proc.stderr
+    assert "pass --invert" in proc.stderr
+    proc = run_tool("predict", str(run_dir), "scan.png", "--invert", "--csv", "inv.csv", cwd=tmp_path)
+    assert proc.returncode == 0 and "note:" not in proc.stderr, proc.stderr
+    assert next(csv.DictReader((tmp_path / "inv.csv").open()))["predicted"] == rows[0]["predicted"]
     # a 3-channel 56x56 image is converted to grayscale and resized like the training data
     Image.fromarray(raw[0].numpy(), mode="L").convert("RGB").resize((56, 56)).save(tmp_path / "big.png")
     proc = run_tool("predict", str(run_dir), str(tmp_path / "big.png"), cwd=tmp_path)

@@ -382,7 +382,9 @@ def predict_main(argv: list[str] | None = None) -> None:
                 ),
             )
         paths = find_images(args.images)
-        x = prepare(paths, info["image_shape"], info.get("mean"), info.get("std"), args.invert)
+        x, note = prepare(paths, info["image_shape"], info.get("mean"), info.get("std"), args.invert)
+        if note:
+            print(f"mlprun-predict: note: {note}", file=sys.stderr)
         probs = predict(loaded, x)
         names = list(info.get("class_names") or [str(i) for i in range(probs.shape[1])])
         k = min(args.top, probs.shape[1])

@@ -3,7 +3,8 @@
 Each image is prepared exactly as the run's training data was: decoded to grayscale or RGB
 (the run's channel count), resized to the run's image size (MNIST: 28x28), scaled to [0, 1],
 flattened and normalised with the mean/std saved in the checkpoint. MNIST digits are white on
-black; `--invert` turns a dark-on-light scan into that form first.
+black; `--invert` turns a dark-on-light scan into that form first, and images whose brightness
+is the opposite of the training images' get a note saying so.
 """
 
 from __future__ import annotations
@@ -35,13 +36,26 @@ def find_images(items: list[str]) -> list[Path]:
     return out
 
 
-def prepare(paths: list[Path], image_shape, mean, std, invert: bool = False) -> torch.Tensor:
-    """(N, C*H*W) float tensor, prepared as the run's training images were."""
+def prepare(paths: list[Path], image_shape, mean, std, invert: bool = False) -> tuple[torch.Tensor, str | None]:
+    """(N, C*H*W) float tensor, prepared as the run's training images were, and a note when the
+    images' brightness is the opposite of the training images' (a dark-on-light scan given to an
+    MNIST model without --invert: its answers would be noise, with high confidence)."""
     c, h, w = (int(v) for v in image_shape)
     x = _stack_images(paths, (h, w), grayscale=c == 1)
     if invert:
         x = 1.0 - x
-    return _normalize(x, mean, std)
+    note = None
+    if mean is not None:
+        trained, given = sum(mean) / len(mean), x.mean(dim=1)  # in [0, 1]
+        opposite = (given > 0.5) if trained < 0.5 else (given < 0.5)
+        if int(opposite.sum()):
+            flag = "leave out --invert" if invert else "pass --invert"
+            note = (
+                f"{int(opposite.sum())} of {len(paths)} image(s) are {'light' if trained < 0.5 else 'dark'} "
+                f"on the whole (mean brightness {float(given[opposite].mean()):.2f}, the training images' "
+                f"{trained:.2f}): if they are {'dark on light' if trained < 0.5 else 'light on dark'}, {flag}"
+            )
+    return _normalize(x, mean, std), note
 
 
 @torch.no_grad()
