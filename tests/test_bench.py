@@ -362,3 +362,22 @@ def test_bench_cuda(tmp_path):
     check_bench_json(result, n_train=1294, device="cuda", ways="abcg")
     assert set(result["cuda_samples_per_s"]) == {"a", "b", "c", "g"}
     assert result["ratios"]["c/g"] > 0
+
+
+def test_macro_precision_and_recall_equal_torchmetrics():
+    """metrics.precision_recall gives torchmetrics' macro precision and recall, absent classes
+    left out and a class never predicted counted as 0 precision, as torchmetrics counts them."""
+    from torchmetrics.classification import MulticlassPrecision, MulticlassRecall
+
+    from mlprunner.metrics import precision_recall
+
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        truth = torch.randint(0, 6, (200,), generator=g)
+        pred = torch.where(torch.rand(200, generator=g) < 0.6, truth, torch.randint(0, 6, (200,), generator=g))
+        pred[pred == 5] = 4  # class 5 never predicted
+        truth[truth == 3], pred[pred == 3] = 2, 2  # class 3 absent: left out of the mean
+        cm = torch.bincount(truth * 6 + pred, minlength=36).view(6, 6)
+        p, r = precision_recall(cm)
+        assert p == pytest.approx(float(MulticlassPrecision(6, average="macro")(pred, truth)), abs=1e-6)
+        assert r == pytest.approx(float(MulticlassRecall(6, average="macro")(pred, truth)), abs=1e-6)

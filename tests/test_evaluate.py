@@ -121,6 +121,11 @@ def test_test_metrics_and_wilson_interval(mnist_run):
     truth = torch.arange(10).repeat_interleave(counts.sum(1))
     pred = torch.cat([torch.arange(10).repeat_interleave(row) for row in counts])
     assert test["f1"] == pytest.approx(float(MulticlassF1Score(10, average="macro")(pred, truth)), abs=1e-6)
+    from torchmetrics.classification import MulticlassPrecision, MulticlassRecall
+
+    precision = float(MulticlassPrecision(10, average="macro")(pred, truth))
+    recall = float(MulticlassRecall(10, average="macro")(pred, truth))
+    assert test["precision"] == pytest.approx(precision, abs=1e-6) and test["recall"] == pytest.approx(recall, abs=1e-6)
     assert test["n"] == 10000
     assert test["checkpoint"] == "last" and test["epoch"] == 2
     assert math.isclose(test["error"] + test["accuracy"], 1.0)
@@ -674,3 +679,25 @@ def test_swa_anneals_linearly_when_asked(tmp_path):
     # the lr after each epoch: SWA epochs 3, 4, 5 step 1e-3 -> 5e-4 in 4 equal steps of 1.25e-4
     # (cos would give 0.000927 after epoch 3)
     assert lrs == pytest.approx([0.001, 0.001, 0.000875, 0.00075, 0.000625]), lrs
+
+
+def test_eval_whose_reader_has_gone_stops_quietly(tmp_path):
+    """`mlprun-eval run | head -1` where head has exited: no 'unexpected BrokenPipeError' line,
+    exit 1 (as rich's tables and Python's documentation do)."""
+    run_dir = tmp_path / "run"
+    common = [*QUICK, "dataset=digits", "model.hidden=[16]", "trainer.threads=1", "trainer.epochs=1"]
+    run_mlprun(*common, "trainer.tensorboard.enabled=false", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlprunner.evaluate", str(run_dir)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=mlprun_env(),
+            timeout=300,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 1 and proc.stderr == "", proc.stderr

@@ -20,7 +20,7 @@ from .components import Loss
 from .data import load_data
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
-from .metrics import accuracy_f1
+from .metrics import accuracy_f1, precision_recall
 from .plots import confusion_figure, save_figure
 from .results import wilson_interval
 from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
@@ -49,8 +49,8 @@ def predict_split(model, loss, split, batch_size: int = 1000) -> tuple[torch.Ten
 
 
 def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: int, class_names=None) -> dict:
-    """Error, accuracy, macro F1, n, Wilson 95% CI, per-class error and the confusion matrix
-    (rows = truth)."""
+    """Error, accuracy, macro F1, precision and recall, n, Wilson 95% CI, per-class error and the
+    confusion matrix (rows = truth)."""
     y = y.cpu()
     n = int(y.shape[0])
     errors = int((pred != y).sum())
@@ -67,6 +67,8 @@ def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: i
         "error": errors / n if n else None,
         "accuracy": 1 - errors / n if n else None,
         "f1": accuracy_f1(confusion)[1] if n else None,  # macro, as train/f1 and val/f1
+        "precision": precision_recall(confusion)[0] if n else None,  # macro
+        "recall": precision_recall(confusion)[1] if n else None,  # macro
         "n": n,
         "errors": errors,
         "ci95": [lo, hi],
@@ -156,6 +158,7 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
     if tb is not None:
         tb.new_test_results()  # an earlier process's test results are dropped, not shown beside it
         tags = {"Error/test": "error", "Accuracy/test": "accuracy", "F1/test": "f1", "Loss/test": "loss"}
+        tags.update({"Precision/test": "precision", "Recall/test": "recall"})
         tb.scalars({tag: m[key] for tag, key in tags.items()}, trained)
     try:
         write_figures(

@@ -554,7 +554,7 @@ class MLflow(Logger):
         only a later step tells the new test from it."""
         from mlflow.entities import RunTag
 
-        values = {f"test/{k}": metrics.get(k) for k in ("loss", "error", "accuracy", "f1")}
+        values = {f"test/{k}": metrics.get(k) for k in ("loss", "error", "accuracy", "f1", "precision", "recall")}
         tags = [RunTag("mlprun.test_checkpoint_epoch", str(metrics.get("epoch", epoch)))]
         if metrics.get("checkpoint"):
             tags.append(RunTag("mlprun.test_checkpoint", str(metrics["checkpoint"])))

@@ -321,8 +321,15 @@ def _override_named_in(text: str) -> str | None:
 
 def report(exc: BaseException, prog: str = "mlprun") -> int:
     """Print the one-line error (and the traceback when asked); return the exit code."""
-    code, message = describe_exception(exc)
     inner = exc.error if isinstance(exc, RunRefused) else exc
+    if isinstance(inner, BrokenPipeError):
+        # the reader of our output has gone (`mlprun-eval run | head -3`): stop quietly with 1,
+        # as Python's documentation advises and rich's console does for the tables; the flush at
+        # exit must not raise again
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_RUNTIME
+    code, message = describe_exception(exc)
     if debug_enabled() and not isinstance(inner, KeyboardInterrupt):
         traceback.print_exception(type(inner), inner, inner.__traceback__, file=sys.stderr)
     sys.stdout.flush()

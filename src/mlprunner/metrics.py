@@ -28,3 +28,19 @@ def accuracy_f1(cm: torch.Tensor) -> tuple[float, float]:
     weights[tp + fp + fn == 0] = 0.0
     macro = _divide(weights * f1, weights.sum(-1, keepdim=True)).sum(-1)
     return float(acc), float(macro)
+
+
+def precision_recall(cm: torch.Tensor) -> tuple[float, float]:
+    """Macro precision and recall of a (C, C) confusion matrix, as torchmetrics'
+    MulticlassPrecision/MulticlassRecall (average="macro") compute them: a class's 0/0 is 0, and
+    classes that never occur, neither as label nor as prediction, are left out of the mean."""
+    tp = cm.diag()
+    fp = cm.sum(0) - tp
+    fn = cm.sum(1) - tp
+    weights = torch.ones_like(tp, dtype=torch.float32)
+    weights[tp + fp + fn == 0] = 0.0
+
+    def macro(score: torch.Tensor) -> float:
+        return float(_divide(weights * score, weights.sum(-1, keepdim=True)).sum(-1))
+
+    return macro(_divide(tp, tp + fp)), macro(_divide(tp, tp + fn))
