@@ -7,6 +7,7 @@ needs the trained model object itself (then the same pieces are built in-process
 from __future__ import annotations
 
 import csv
+import io
 import math
 import random
 from pathlib import Path
@@ -235,6 +236,36 @@ def test_tensorboard_graph_and_hparams_in_the_runs_event_file(tmp_path):
     nodes = {n.op for n in acc.Graph().node}
     assert any("linear" in op.lower() or "addmm" in op.lower() for op in nodes), nodes
     assert hparams(tmp_path / "tensorboard")["model.hidden"] == "[100]"
+
+
+def test_tensorboard_shows_a_grid_of_the_training_images(tmp_path):
+    """Images/train (lecture notes 004's make_grid example): the first 64 training images as the
+    network is given them, normalisation undone; trainer.tensorboard.images=false leaves it out,
+    and data that are no images have none."""
+    import numpy as np
+    from hydra import compose, initialize_config_module
+    from PIL import Image
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mlprunner.data import load_data, sample_images
+
+    def images(run_dir):
+        acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+        acc.Reload()
+        return {tag: acc.Images(tag) for tag in acc.Tags()["images"]}
+
+    run_in_process(tmp_path / "on", "trainer.epochs=1")
+    (grid,) = images(tmp_path / "on")["Images/train"]
+    assert grid.step == 0 and (grid.width, grid.height) == (64, 64)  # 8 x 8 digits of 8x8 pixels
+    pixels = np.asarray(Image.open(io.BytesIO(grid.encoded_image_string)).convert("L"), dtype=np.float32) / 255
+    with initialize_config_module("mlprunner.configs", version_base="1.3"):
+        data = load_data(compose("config", overrides=["dataset=digits"]).dataset, "cpu")
+    expected = sample_images(data).view(8, 8, 8, 8).permute(0, 2, 1, 3).reshape(64, 64).numpy()  # rows of 8
+    assert np.abs(pixels - expected).max() <= 1 / 255 + 1e-6
+    run_in_process(tmp_path / "off", "trainer.epochs=1", "trainer.tensorboard.images=false")
+    assert "Images/train" not in images(tmp_path / "off")
+    run_in_process(tmp_path / "xor", "trainer.epochs=1", dataset="dataset=xor")
+    assert images(tmp_path / "xor") == {}
 
 
 def test_a_model_that_cannot_be_traced_stays_in_training_mode(tmp_path):

@@ -186,6 +186,20 @@ class Data:
         )
 
 
+def sample_images(data: Data, n: int = 64) -> torch.Tensor | None:
+    """The first `n` training images as (N, C, H, W) in [0, 1] on the CPU, as they were read
+    (normalisation undone, no augmentation), for TensorBoard's image grid; None when the data are
+    no images."""
+    if data.image_shape is None or len(data.train) == 0:
+        return None
+    x, _ = next(iter(data.train.batches(min(n, len(data.train)))))
+    x = x.detach().float().cpu().view(x.shape[0], *data.image_shape)
+    if data.mean is not None and data.std is not None:
+        c = data.image_shape[0]
+        x = x * torch.tensor(data.std).view(1, c, 1, 1) + torch.tensor(data.mean).view(1, c, 1, 1)
+    return x.clamp_(0.0, 1.0)
+
+
 def _normalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Normalise a flat (N, C*H*W) or (N, F) batch with per-channel mean/std."""
     if mean is None or std is None:

@@ -38,6 +38,7 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, open_dict, read_write
 
 from .checkpoint import atomic_write_text
+from .data import sample_images
 from .errors import ConfigError, MlprunError, first_line
 from .provenance import as_markdown, launch_folder
 from .sessions import claim_tensorboard_dir, group_choices, hparams_of, job_name, swept_keys, tensorboard_dir
@@ -281,6 +282,10 @@ class TensorBoard(Logger):
             tb.when_open(lambda: tb.hparams(hparams))
             if prov:
                 tb.when_open(lambda: tb.text("provenance", as_markdown(prov)))
+            data = getattr(run.pieces, "data", None)
+            if settings.get("images", True) and data is not None and data.image_shape is not None:
+                # what the network is given, as the lecture notes' make_grid example shows it
+                tb.when_open(lambda: tb.images("Images/train", sample_images(data)))
         self.tb, self.graph = tb, bool(settings.graph)
 
     @staticmethod

@@ -303,6 +303,10 @@ class TensorBoardLogger:
     def text(self, tag: str, text: str, step: int = 0) -> None:
         self.writer.add_text(tag, text, step)
 
+    def images(self, tag: str, batch: torch.Tensor, step: int = 0) -> None:
+        """A grid of images (N, C, H, W) in [0, 1]: TensorBoard's Images tab."""
+        self.writer.add_images(tag, batch, step, dataformats="NCHW")
+
     def figure(self, tag: str, fig, step: int) -> None:
         self.writer.add_figure(tag, fig, step)
         self.writer.flush()
