@@ -327,7 +327,12 @@ def test_resume_completed_run_is_a_no_op_unless_epochs_raised(reference, tmp_pat
     assert last.read_bytes() == snapshot
     assert read_json(run_dir / "results.json") == read_json(reference.done() / "results.json")
 
+    # what a killed process's atomic writes left (any file of the run), and a file of the user's
+    left = [run_dir / ".metrics.csv.ab12cd34.tmp", run_dir / ".learning_curves.png.k2j3_4g5.tmp"]
+    for path in [*left, run_dir / ".notes.tmp"]:
+        path.write_text("half")
     more = run_mlprun(f"resume={run_dir}", f"trainer.epochs={EPOCHS + 2}", cwd=tmp_path, check=True)
+    assert not any(p.exists() for p in left) and (run_dir / ".notes.tmp").read_text() == "half"
     assert "Traceback" not in more.stderr
     # said once, on the console and in the run's log (restore() said it a second time)
     said = f"resuming done from last.pt after epoch {EPOCHS} of {EPOCHS + 2} (step "

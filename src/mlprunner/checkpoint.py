@@ -47,6 +47,12 @@ _UMASK = os.umask(0o022)  # read the process umask (at import, before any thread
 os.umask(_UMASK)  # ... and put it back
 
 
+def temp_files_of_atomic_writes(folder: Path) -> list[Path]:
+    """The temp files atomic_write_bytes makes in `folder` (`.<name>.<mkstemp's 8 characters>.tmp`)
+    and a killed process left: never a valid file, since never renamed."""
+    return [p for p in Path(folder).glob(".*.tmp") if re.fullmatch(r"\..+\.[A-Za-z0-9_]{8}\.tmp", p.name)]
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Write through `write(fileobj)` into a temp file beside `path`, fsync, then rename."""
     path = Path(path)

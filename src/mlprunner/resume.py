@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .checkpoint import check_config_targets, load_checkpoint
+from .checkpoint import check_config_targets, load_checkpoint, temp_files_of_atomic_writes
 from .components import length_keys
 from .config import validate
 from .errors import CheckpointError, ConfigError, first_line
@@ -25,7 +25,14 @@ from .logsetup import configure_logging
 from .record import lock_run_dir
 from .results import read_results, short_path
 from .run import run
-from .runs import SAVED_CONFIG, checkpoint_file, locate_for_resume, merge_overrides, recorded_model_target
+from .runs import (
+    CHECKPOINT_DIR,
+    SAVED_CONFIG,
+    checkpoint_file,
+    locate_for_resume,
+    merge_overrides,
+    recorded_model_target,
+)
 from .schema import GROUPS, SCHEMA, declared
 from .sessions import NOT_HPARAMS
 from .train import still_stopped
@@ -203,9 +210,10 @@ def check_checkpoint_of(ckpt: dict, path: Path, run_dir: Path) -> None:
 
 
 def _remove_stale_temps(run_dir: Path) -> None:
-    """Temp files of atomic writes a killed process left behind (never a valid file: not renamed)."""
-    for pattern in ("checkpoints/.*.pt.*.tmp", ".results.json.*.tmp"):
-        for tmp in run_dir.glob(pattern):
+    """Temp files of atomic writes a killed process left behind in the run folder and its
+    checkpoints (checkpoints, results.json, metrics.csv, the PNGs)."""
+    for folder in (run_dir, run_dir / CHECKPOINT_DIR):
+        for tmp in temp_files_of_atomic_writes(folder):
             tmp.unlink(missing_ok=True)
 
 
