@@ -593,3 +593,37 @@ def test_a_class_named_by_its_defining_module_resumes(tmp_path):
     more = run_mlprun(f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path)
     assert more.returncode == 0, more.stderr[-2000:]
     assert read_json(run_dir / "results.json")["epochs_completed"] == 2
+
+
+def test_a_run_saved_before_keys_were_added_resumes_and_evaluates(tmp_path):
+    """A run whose checkpoints and .hydra/config.yaml predate trainer.swa.anneal_strategy and
+    trainer.tensorboard.images (keys of mlprun's own groups added since) resumes and evaluates
+    with those keys at their defaults; resume refused it ('is required and cannot be deleted')."""
+    import yaml
+
+    run_dir = tmp_path / "old"
+    args = ["dataset=digits", "model.hidden=[16]", "trainer.threads=1", "trainer.progress=plain"]
+    run_mlprun(*args, "trainer.epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, check=True)
+
+    def strip(config: dict) -> dict:
+        del config["trainer"]["swa"]["anneal_strategy"]
+        del config["trainer"]["tensorboard"]["images"]
+        return config
+
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        ckpt = torch.load(path, weights_only=True)
+        ckpt["config"] = strip(ckpt["config"])
+        torch.save(ckpt, path)
+    saved = run_dir / ".hydra" / "config.yaml"
+    saved.write_text(yaml.safe_dump(strip(yaml.safe_load(saved.read_text()))))
+
+    more = run_mlprun(f"resume={run_dir}", "trainer.epochs=2", cwd=tmp_path)
+    assert more.returncode == 0, more.stderr[-2000:]
+    assert read_json(run_dir / "results.json")["epochs_completed"] == 2
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "mlprunner.evaluate", str(run_dir), "--split", "val"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr

@@ -383,6 +383,21 @@ def _option_node(cfg: DictConfig, group: str) -> DictConfig | None:
     return None
 
 
+def with_added_keys(cfg: DictConfig) -> DictConfig:
+    """A config an earlier mlprun saved (a checkpoint's, a run folder's .hydra/config.yaml) with
+    the keys of mlprun's own groups added since at their defaults, which is what that run did
+    (trainer.swa.anneal_strategy=cos, trainer.tensorboard.images), so it resumes and evaluates;
+    a key the saved config has keeps its value. (A key a user deletes with ~key is refused by
+    validate: this runs on saved configs only.)"""
+    for group in OWN_GROUPS:
+        if not isinstance(cfg.get(group), DictConfig):
+            continue
+        option = _option_node(cfg, group)
+        if option is not None:
+            _set(cfg, group, OmegaConf.merge(option, cfg[group]))
+    return cfg
+
+
 def _deleted_keys(cfg: DictConfig) -> None:
     """Keys mlprun reads that a `~key` override (or an edited config) removed.
 

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from .build import build_model
 from .checkpoint import check_config_targets, load_checkpoint
 from .components import Loss
+from .config import with_added_keys
 from .data import load_data
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
@@ -210,7 +211,7 @@ def load_run(target: str, which: str | None = None, overrides=(), device: str = 
     run_dir, path, name = locate_checkpoint(target, which)
     ckpt = load_checkpoint(path)
     check_config_targets(ckpt["config"], path, recorded_model_target(run_dir))
-    cfg = OmegaConf.create(ckpt["config"])
+    cfg = with_added_keys(OmegaConf.create(ckpt["config"]))
     for item in overrides:
         key, eq, _ = item.partition("=")
         if not eq or key not in EVAL_OVERRIDES:

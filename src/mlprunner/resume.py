@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .checkpoint import check_config_targets, load_checkpoint, temp_files_of_atomic_writes
 from .components import length_keys
-from .config import validate
+from .config import validate, with_added_keys
 from .errors import CheckpointError, ConfigError, first_line
 from .loggers import with_logger
 from .logsetup import configure_logging
@@ -224,7 +224,7 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
         cfg = OmegaConf.load(cfg_path)
     except Exception as exc:
         raise CheckpointError(f"cannot read {cfg_path}: {first_line(exc)}") from None
-    cfg = with_logger(merge_overrides(cfg, overrides, strict=True))  # saved before the logger group
+    cfg = with_logger(merge_overrides(with_added_keys(cfg), overrides, strict=True))  # saved before the logger group
     cfg.resume = None
     validate(cfg)
     check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path, recorded_model_target(run_dir))
@@ -314,7 +314,7 @@ def resume_main(args: list[str]) -> int:
             ),
         )
     check_checkpoint_of(ckpt, ckpt_path, run_dir)
-    cfg = with_logger(merge_overrides(OmegaConf.create(ckpt["config"]), overrides, strict=True))
+    cfg = with_logger(merge_overrides(with_added_keys(OmegaConf.create(ckpt["config"])), overrides, strict=True))
     cfg.resume = None
     validate(cfg)
     prior = read_results(run_dir, strict=True) or {}
