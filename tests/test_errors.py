@@ -600,3 +600,17 @@ def test_a_scheduler_of_ones_own_without_an_interval_is_told_which_to_give(monke
     rc, out, err = run_main_inprocess([*args, "+scheduler.max_lr=0.1"], {}, monkeypatch, capsys)
     assert rc == 2, err
     assert "scheduler.interval is needed" in err and "+scheduler.interval=step" in err, err
+
+
+@pytest.mark.parametrize(
+    "given, said",
+    [
+        # no step() to ask about a closure: what the class refuses is said (was AttributeError, exit 1)
+        (["optim._target_=torch.nn.Linear"], "optim.lr: no such argument of torch.nn.Linear"),
+        # an interval that exists but is null: no '+' advice, which Hydra would refuse
+        (["scheduler=step", "scheduler.interval=null"], "scheduler.interval=null is invalid; allowed: epoch, step"),
+    ],
+)
+def test_refusals_next_to_the_new_checks_stay_one_clear_line(given, said, monkeypatch, capsys):
+    rc, out, err = run_main_inprocess([*TINY, *given], {}, monkeypatch, capsys)
+    assert rc == 2 and said in err and "+scheduler" not in err, err

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -256,3 +257,38 @@ def test_every_logger_finishes_when_one_fails_at_its_end():
     assert str(failed.value) == (
         "the run completed (results.json), but logger FullDisk could not finish: [Errno 28] No space left on device"
     )
+
+
+BAD_LOGGER = """
+from mlprunner.loggers import Logger
+
+
+class FullDisk(Logger):
+    def finish(self, run):
+        raise OSError(28, "No space left on device")
+"""
+
+
+def test_a_logger_failing_at_its_end_leaves_the_run_completed(tmp_path):
+    """A logger of the user's whose end fails: a single run shows its summary, then one error
+    line naming the logger, exit 1, results.json completed; in a sweep the job stays completed
+    (it was recorded failed, and a rerun of the sweep would have trained it again)."""
+    (tmp_path / "badlog.py").write_text(BAD_LOGGER)
+    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    args = [*DIGITS, "model.hidden=[16]", "trainer.epochs=1", "+logger.bad._target_=badlog.FullDisk"]
+    single = run_mlprun(*args, "hydra.run.dir=one", cwd=tmp_path, env=env)
+    assert single.returncode == 1, single.stderr
+    assert single.stderr.strip().splitlines()[-1] == (
+        "mlprun: error: the run completed (results.json), but logger FullDisk could not finish: "
+        "[Errno 28] No space left on device"
+    )
+    assert (
+        "mlprun: completed" in single.stdout and read_json(tmp_path / "one" / "results.json")["status"] == "completed"
+    )
+
+    sweep = tmp_path / "sweep"
+    proc = run_mlprun("-m", *args, "optim.lr=0.01,0.001", f"hydra.sweep.dir={sweep}", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    jobs = [p for p in sweep.iterdir() if (p / "results.json").is_file()]
+    assert len(jobs) == 2 and all(read_json(p / "results.json")["status"] == "completed" for p in jobs)
+    assert proc.stdout.count("could not finish") == 2

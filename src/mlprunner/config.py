@@ -98,7 +98,7 @@ def validate(cfg: DictConfig) -> None:
         )
 
     sched = cfg.scheduler
-    if sched.get("_target_") is not None and sched.get("interval") is None:  # scheduler=none plus a _target_
+    if sched.get("_target_") is not None and "interval" not in sched:  # scheduler=none plus a _target_
         raise ConfigError(
             "scheduler.interval",
             message=(
@@ -267,7 +267,10 @@ def check_buildable(cfg: DictConfig) -> None:
     features = sizes.features if sizes is not None and sizes.features else 1
     _meta_model(cfg, features, 2)
     optim_cls = component_class(cfg.optim, "optim")
-    closure = inspect.signature(optim_cls.step).parameters.get("closure")
+    try:  # a class that is no optimizer has no step(): what it refuses is said below
+        closure = inspect.signature(optim_cls.step).parameters.get("closure")
+    except (AttributeError, TypeError, ValueError):
+        closure = None
     if closure is not None and closure.default is inspect.Parameter.empty:
         raise ConfigError(
             "optim._target_",

@@ -60,6 +60,11 @@ class WriteError(MlprunError):
     it replaces stays as it was (writes are atomic)."""
 
 
+class LoggerIncomplete(MlprunError):
+    """The run completed (its results.json says so) but a logger could not finish its copy (an
+    MLflow run left RUNNING, TensorBoard's last events unwritten): exit 1, the run stays completed."""
+
+
 class DivergenceError(MlprunError):
     """The training loss became NaN or infinite."""
 

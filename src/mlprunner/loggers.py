@@ -39,7 +39,7 @@ from omegaconf import DictConfig, open_dict, read_write
 
 from .checkpoint import atomic_write_text
 from .data import sample_images
-from .errors import ConfigError, MlprunError, first_line
+from .errors import ConfigError, LoggerIncomplete, MlprunError, first_line
 from .provenance import as_markdown, launch_folder
 from .sessions import claim_tensorboard_dir, group_choices, hparams_of, job_name, swept_keys, tensorboard_dir
 from .tblog import TensorBoardLogger
@@ -217,7 +217,7 @@ class Loggers:
                 failed.append(f"logger {type(lg).__name__} could not finish: {first_line(exc, 300)}")
         if failed:
             more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
-            raise MlprunError(f"the run completed (results.json), but {failed[0]}{more}")
+            raise LoggerIncomplete(f"the run completed (results.json), but {failed[0]}{more}")
 
     def abort(self, status: str) -> None:
         for lg in self.loggers:

@@ -23,7 +23,7 @@ from .checkpoint import load_checkpoint, restore_rng
 from .config import check_memory, validate
 from .data import Data
 from .device import resolve_device, seed_everything
-from .errors import CheckpointError, Interrupted, first_line
+from .errors import CheckpointError, Interrupted, LoggerIncomplete, first_line
 from .evaluate import evaluate_test
 from .limits import limit_data, overfitting
 from .loggers import Loggers, RunInfo, make_loggers, with_logger
@@ -303,10 +303,16 @@ def run(
     except BaseException as exc:
         loggers.abort("interrupted" if isinstance(exc, (Interrupted, KeyboardInterrupt)) else "failed")
         raise
-    loggers.finish(info)  # after results.json says completed (MLflow keeps a copy of it)
+    incomplete = None
+    try:
+        loggers.finish(info)  # after results.json says completed (MLflow keeps a copy of it)
+    except LoggerIncomplete as exc:  # the run is done: its summary first, then the error (exit 1)
+        incomplete = exc
     if cfg.trainer.progress != "none" and progress.prefix:  # beside other jobs: one line, not a table
         log.info(job_line(progress.prefix, record.data))
     elif cfg.trainer.progress != "none":
         print_summary(record.data)
         print_closing(record.data)
+    if incomplete is not None:
+        raise incomplete
     return record.data

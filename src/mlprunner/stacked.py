@@ -40,7 +40,7 @@ from .config import available_memory, validate
 from .cudagraph import CapturedSteps
 from .data import Split, load_data
 from .device import resolve_device
-from .errors import ConfigError, DivergenceError, Interrupted, MlprunError, RunInUse
+from .errors import ConfigError, DivergenceError, Interrupted, LoggerIncomplete, MlprunError, RunInUse
 from .loggers import RunInfo, make_loggers, with_logger
 from .messages import describe_exception
 from .models import count_parameters
@@ -815,7 +815,10 @@ class Group:
             record.trained(m.state, None)
             test_and_plot(cfg, m.run_dir, m, record, m.logger)
             record.__exit__(None, None, None)
-            m.logger.finish(m.info)  # after results.json says completed, as a solo run
+            try:
+                m.logger.finish(m.info)  # after results.json says completed, as a solo run
+            except LoggerIncomplete as exc:  # completed all the same, as a solo run stays
+                log.error(f"job {m.run_dir.name}: {exc}")
             m.objective = best_val_error(record.data)
         except Exception as exc:  # recorded like a solo run's failure; the group goes on
             m.logger.abort("failed")

@@ -27,7 +27,15 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import atomic_write_json, load_checkpoint
-from .errors import EXIT_INTERRUPTED, CheckpointError, Interrupted, MlprunError, RunInUse, SweepStopped
+from .errors import (
+    EXIT_INTERRUPTED,
+    CheckpointError,
+    Interrupted,
+    LoggerIncomplete,
+    MlprunError,
+    RunInUse,
+    SweepStopped,
+)
 from .messages import describe_exception
 from .progress import fmt_pct
 from .record import lock_run_dir
@@ -470,6 +478,9 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resum
                 log.warning(f"{label} interrupted: {message.split('; continue with:')[0]}")
                 return None  # the sweep's summary reports it (raising would skip the summary)
             raise
+        if isinstance(exc, LoggerIncomplete):  # trained and recorded completed: not a failure to rerun
+            log.error(f"{label}: {message}")
+            return best_val_error(read_results(run_dir))
         if isinstance(exc, RunInUse):  # another process trains there: its results.json is not ours to write
             log.warning(f"{label} skipped, in use: {message}")
             mark_job(_sweep_folder(run_dir), run_dir, "in use", message)
