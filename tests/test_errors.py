@@ -564,21 +564,27 @@ def test_an_optimizer_that_needs_a_closure_is_refused_before_training(tmp_path, 
     [
         # other tools' names, and a key's last part alone, lead to mlprun's key (the hint was
         # '+optim.learning_rate=...', which Adam then refused; `lr=` suggested `logger`)
-        ("optim.learning_rate=0.1", "did you mean optim.lr", "+optim.learning_rate"),
+        ("optim.learning_rate=0.1", "did you mean optim.lr?", "trainer.swa.lr"),
         ("lr=0.01", "did you mean optim.lr", "did you mean logger"),
         ("trainer.max_epochs=3", "did you mean trainer.epochs", "+trainer"),
-        # a key the option's class does not take: which options have it, not '+key'
+        # aliases and case first, in the key's own group (trainer.bs suggested trainer.swa)
+        ("trainer.bs=64", "did you mean trainer.batch_size?", "trainer.swa"),
+        ("optim.LR=0.1", "did you mean optim.lr?", "+optim"),
+        # a key the option's class does not take: which options take it, not '+key'
         (
             "optim.momentum=0.9",
-            "torch.optim.Adam takes no argument 'momentum'; options of optim that have it:",
+            "torch.optim.Adam takes no argument 'momentum'; options of optim that take it:",
             "+optim",
         ),
+        ("optim=sgd optim.betas=[0.9,0.99]", "that take it: adam, adamax, adamw, nadam, radam", "+optim"),
+        # scheduler=none has no class: which options take the key (was 'did you mean scheduler?')
+        ("scheduler.gamma=0.5", "options of scheduler that take it: exponential, multistep, step", "did you mean"),
         # a key the class takes but the option leaves out: '+key' is the way
         ("optim.amsgrad=true", "+optim.amsgrad=...", "takes no argument"),
     ],
 )
 def test_an_unknown_key_gets_a_hint_that_leads_somewhere(given, said, not_said, monkeypatch, capsys):
-    rc, out, err = run_main_inprocess([*TINY, given], {}, monkeypatch, capsys)
+    rc, out, err = run_main_inprocess([*TINY, *given.split()], {}, monkeypatch, capsys)
     assert rc == 2, err
     assert said in err and not_said not in err, err
 

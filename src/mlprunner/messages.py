@@ -96,12 +96,28 @@ KEY_ALIASES = {
 
 
 def _same_name(key: str, keys: list[str]) -> list[str]:
-    """The keys whose last part is `key`'s (or its alias's): lr -> optim.lr, shortest first."""
+    """The keys whose last part is `key`'s (or its alias's, in any case): lr -> optim.lr,
+    optim.learning_rate -> optim.lr, trainer.bs -> trainer.batch_size; those of the same group
+    first, then the shortest."""
+    group, _, _ = key.partition(".")
     last = key.rpartition(".")[2]
-    name = KEY_ALIASES.get(last.lower(), last)
+    name = KEY_ALIASES.get(last.lower(), last.lower())
     if name == last and "." in key:  # a.b where some c.b exists: not what the user meant
         return []
-    return sorted((k for k in keys if k.rpartition(".")[2] == name and k != key), key=len)[:2]
+    same = [k for k in keys if k.rpartition(".")[2] == name and k != key]
+    if "." in key and any(k.startswith(group + ".") for k in same):
+        same = [k for k in same if k.startswith(group + ".")]
+    return sorted(same, key=len)[:2]
+
+
+def _takes(node: dict, name: str) -> bool:
+    """Whether an option file sets `name` or its class takes it (nadam takes betas, unset)."""
+    if name in node:
+        return True
+    try:
+        return name in signature(get_class(str(node["_target_"]))).parameters
+    except Exception:  # no class (scheduler=none), or one that does not import here
+        return False
 
 
 def component_key_hint(key: str) -> str:
@@ -111,15 +127,17 @@ def component_key_hint(key: str) -> str:
     hint = f"; an argument its _target_ takes but the option leaves out: +{key}=..."
     if "." in name or group not in GROUPS:
         return hint
+    having = [option for option, node in group_options(group).items() if isinstance(node, dict) and _takes(node, name)]
+    where = f"; options of {group} that take it: {', '.join(having)}" if having else ""
     try:
-        target = str(_composed()[group]["_target_"])
-        params = signature(get_class(target)).parameters
+        target = _composed()[group].get("_target_")
+        if target is None:  # scheduler=none: no class to take it
+            return f"; the {group} option has no class{where}"
+        params = signature(get_class(str(target))).parameters
     except Exception:  # a courtesy: the general hint
         return hint
     if name in params or any(p.kind is Parameter.VAR_KEYWORD for p in params.values()):
         return hint
-    having = [option for option, node in group_options(group).items() if isinstance(node, dict) and name in node]
-    where = f"; options of {group} that have it: {', '.join(having)}" if having else ""
     return f"; {target} takes no argument {name!r}{where}"
 
 
@@ -140,7 +158,9 @@ def suggest_key(key: str) -> str:
         return ""
     if not keys:
         return ""
-    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.75) or _same_name(key, keys)
+    # its own groups are no suggestion for a key inside them (scheduler.gamma is no `scheduler`)
+    others = [k for k in keys if not key.startswith(k + ".")]
+    close = _same_name(key, others) or difflib.get_close_matches(key, others, n=2, cutoff=0.75)
     if close:
         return f"; did you mean {' or '.join(close)}?"
     parent = key.rpartition(".")[0]
@@ -149,7 +169,7 @@ def suggest_key(key: str) -> str:
     ]
     if parent and siblings:
         return f"; keys in {parent}: {', '.join(siblings)}"
-    close = difflib.get_close_matches(key, keys, n=2, cutoff=0.5)
+    close = difflib.get_close_matches(key, others, n=2, cutoff=0.5)
     return f"; did you mean {' or '.join(close)}?" if close else ""
 
 

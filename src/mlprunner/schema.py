@@ -620,5 +620,7 @@ def suggest_option(group: str, given: str) -> str | None:
         return by_name[low]
     if low in by_class:
         return by_class[low]
-    close = difflib.get_close_matches(low, [*by_name, *by_class], n=1, cutoff=0.6)
-    return (by_name.get(close[0]) or by_class.get(close[0])) if close else None
+    # a near miss of an option's name only: classes that merely look alike are other classes
+    # (HuberLoss is no MSELoss, CosineAnnealingWarmRestarts no CosineAnnealingLR)
+    close = difflib.get_close_matches(low, list(by_name), n=1, cutoff=0.6)
+    return by_name[close[0]] if close else None
