@@ -311,7 +311,7 @@ def test_swa_averages_and_survives_resume(workdir):
     res = read_json(workdir / "a" / "results.json")
     assert res["swa"]["start_epoch"] == 3 and res["swa"]["n_averaged"] == 4  # epochs 3..6
     # the plan before training, the averaged model's score after it, and its row in the table
-    assert "SWA: the weights of epochs 3-6 averaged" in straight.stdout
+    assert "SWA: epochs 3-6 averaged, SWALR to lr 0.0005 (cos, 2 epochs)" in straight.stdout
     said = f"SWA: averaged 4 epoch(s) from epoch 3: val error {100 * res['swa']['val']['error']:.2f}%"
     assert said in straight.stdout and "val (swa)" in straight.stdout
     assert res["test"]["checkpoint"] == "swa"

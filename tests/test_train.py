@@ -508,6 +508,10 @@ def test_early_stopping_stops_early(tmp_path):
     assert res["status"] == "completed"
     assert res["stopped_early"] is True
     assert res["epochs_completed"] == 2  # epoch 1 sets the best, epoch 2 cannot beat it by 1.0
+    # the way to train on names the stop, not trainer.epochs (a resume with more epochs stays stopped)
+    from mlprunner.results import closing_lines
+
+    assert closing_lines(res)[-1].endswith(" trainer.early_stopping.enabled=false"), closing_lines(res)
     assert res["best"]["epoch"] == 1
     assert [s for s, _ in scalars(run_dir / "tensorboard")["Error/val"]] == [1, 2]
     assert load_ckpt(run_dir / "checkpoints" / "best.pt")["epoch"] == 1

@@ -294,7 +294,7 @@ def eval_main(argv: list[str] | None = None) -> None:
         "--split",
         choices=SPLITS,
         default="test",
-        help="which split to score (default test; train: the final model on its training data, in eval mode)",
+        help="which split to score (default test; train: the checkpoint's model on its training split, in eval mode)",
     )
     parser.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     parser.add_argument("--plot", type=Path, default=None, help="also write the confusion matrix to this PNG")

@@ -35,9 +35,9 @@ def class_node(cfg: DictConfig, group: str) -> DictConfig:
     data = OmegaConf.to_container(cfg, resolve=True)
     own = own_keys(group)
     node = {k: v for k, v in data.items() if k not in own}
-    if group in ("optim", "scheduler") and "_target_" in node:
-        # mlprun always passes the parameters (the optimizer) itself: a _target_ added to
-        # scheduler=none need not say _partial_
+    if group == "scheduler" and "_target_" in node:
+        # mlprun always passes the optimizer itself: a _target_ added to scheduler=none need not
+        # say _partial_
         node["_partial_"] = True
     return OmegaConf.create(node)
 

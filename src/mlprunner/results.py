@@ -204,7 +204,10 @@ def closing_lines(results: dict) -> list[str]:
         lines.append(f"mlflow ui --backend-store-uri {shlex.quote(uri)}")
     if not (run_dir / "checkpoints" / "last.pt").is_file():
         return lines  # nothing to resume from (trainer.checkpoint.save_last=false, debug=fast_dev_run)
-    if results.get("status") == "completed":
+    if results.get("status") == "completed" and results.get("stopped_early"):
+        # more epochs alone would do nothing: the stop holds until the patience allows more
+        lines.append(f"train longer: mlprun resume={run} trainer.early_stopping.enabled=false")
+    elif results.get("status") == "completed":
         more = f" trainer.epochs={2 * epochs}" if epochs else ""
         lines.append(f"train longer: mlprun resume={run}{more}")
     else:

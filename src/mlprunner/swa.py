@@ -38,10 +38,10 @@ class SWA:
 
     def describe(self, epochs: int) -> str:
         """The plan, for the log: 'SWA: the weights of epochs 16-20 averaged; ...'."""
-        target = f"{self.lr:g}" if self.lr is not None else "the optimizer's lr"
+        target = f"lr {self.lr:g}" if self.lr is not None else "the lr it has"
         return (
-            f"SWA: the weights of epochs {self.start}-{epochs} averaged (checkpoints/swa.pt); SWALR takes the "
-            f"learning rate to {target} over {self.anneal_epochs} epoch(s), {self.anneal_strategy}"
+            f"SWA: epochs {self.start}-{epochs} averaged, SWALR to {target} "
+            f"({self.anneal_strategy}, {self.anneal_epochs} epochs)"
         )
 
     def active(self, epoch: int) -> bool:

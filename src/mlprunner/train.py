@@ -522,9 +522,8 @@ class Trainer:
             self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
             if s.stopped_early:
                 self.progress.message(
-                    f"early stopping: {self.monitor} has not improved for {s.bad_epochs} "
-                    f"epoch{'s' * (s.bad_epochs != 1)} (best {s.best_value:.4g} at epoch {s.best_epoch}; "
-                    f"trainer.early_stopping.patience={es.patience})"
+                    f"early stopping: no better {self.monitor} for {s.bad_epochs} epoch{'s' * (s.bad_epochs != 1)} "
+                    f"(best {s.best_value:.4g} at epoch {s.best_epoch}; patience {es.patience})"
                 )
         if self.on_epoch_end is not None:
             self.on_epoch_end(self)
