@@ -135,7 +135,7 @@ class ResultsFile:
 
 def print_summary(results: dict, console=None) -> None:
     """The run's closing table; the test row carries its Wilson 95% interval (the honest number to
-    quote), the only place the console shows it after mlprun.log's test line."""
+    quote) beside its error, as the test line logged before the table does."""
     # highlight=False: rich's number highlighting split "wall 1.8s" into a coloured "1." and "8s"
     console = console or Console(highlight=False)
     table = Table(title=f"mlprun: {results.get('status')}", show_header=True)

@@ -37,7 +37,7 @@ class SWA:
         return int(self.averaged.n_averaged)
 
     def describe(self, epochs: int) -> str:
-        """The plan, for the log: 'SWA: the weights of epochs 16-20 averaged; ...'."""
+        """The plan, for the log: 'SWA: epochs 16-20 averaged, SWALR to lr 0.0005 (cos, 2 epochs)'."""
         target = f"lr {self.lr:g}" if self.lr is not None else "the lr it has"
         return (
             f"SWA: epochs {self.start}-{epochs} averaged, SWALR to {target} "
