@@ -536,3 +536,8 @@ def test_a_runs_own_csv_log_name_is_its_file_too(tmp_path):
     with pytest.raises(ConfigError, match="never writes over"):
         check_output(run / "my_log.csv", "--csv", force=True)
     check_output(run / "predictions.csv", "--csv", force=False)
+    # a name in a sub-folder of the run (logger.csv.filename=logs/m.csv) is the run's too
+    (run / ".hydra" / "config.yaml").write_text("logger:\n  csv:\n    filename: logs/m.csv\n")
+    with pytest.raises(ConfigError, match="never writes over"):
+        check_output(run / "logs" / "m.csv", "--csv", force=True)
+    check_output(run / "logs" / "other.csv", "--csv", force=False)

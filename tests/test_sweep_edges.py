@@ -103,3 +103,26 @@ def test_terminal_table_keeps_key_value_tokens_whole_at_80_columns(three_key_swe
     for row in rows:  # and the numbers are not cut either
         for cell in row[3:]:
             assert any(re.search(rf"(?<!\S){re.escape(cell)}(?!\S)", line) for line in lines), (cell, lines)
+
+
+def test_report_into_a_pipe_keeps_to_the_columns_given(three_key_sweep):
+    """`COLUMNS=80 mlprun-report SWEEP | less`: the table keeps to 80 columns (into a pipe it was
+    always 140 wide); without COLUMNS a pipe still gets the wide table."""
+    import os
+    import subprocess
+    import sys
+
+    def widest(env: dict) -> int:
+        proc = subprocess.run(
+            [sys.executable, "-m", "mlprunner.report", "--no-plots", str(three_key_sweep)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert proc.returncode == 0, proc.stderr
+        return max(len(line) for line in proc.stdout.splitlines())
+
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "MLPRUN_DEBUG", "HYDRA_FULL_ERROR")}
+    assert widest({**env, "COLUMNS": "80"}) <= 80
+    assert widest(env) > 80

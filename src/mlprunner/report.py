@@ -767,7 +767,8 @@ def build_report(
     if show:
         if console is None:
             console = Console()
-            if not console.is_terminal:  # logs and pipes: do not squeeze the table into 80 columns
+            if not console.is_terminal and not os.environ.get("COLUMNS"):
+                # logs and pipes: do not squeeze the table into 80 columns, unless COLUMNS says so
                 console = Console(width=140)
         print_table(folder, jobs, keys, console)
         # one line each, the files by name (they are all in the sweep folder): fits 80 columns

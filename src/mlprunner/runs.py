@@ -188,8 +188,11 @@ def _owner(path: Path) -> tuple[Path, str] | None:
             or (parent / SAVED_CONFIG).is_file()
             or (parent / CHECKPOINT_DIR).is_dir()
         ):
-            own = top in RUN_FILES or top == _csv_log_name(parent)
-            if top in RUN_FOLDERS or (own and len(path.relative_to(parent).parts) == 1):
+            inside = path.relative_to(parent)
+            csv_log = _csv_log_name(parent)  # may name a sub-folder: logger.csv.filename=logs/m.csv
+            if csv_log is not None and inside == Path(csv_log):
+                return parent, "run"
+            if top in RUN_FOLDERS or (top in RUN_FILES and len(inside.parts) == 1):
                 return parent, "run"
         if (parent / "multirun.yaml").is_file() and top in SWEEP_FILES:
             return parent, "sweep"
