@@ -569,6 +569,9 @@ def test_an_optimizer_that_needs_a_closure_is_refused_before_training(tmp_path, 
         ("trainer.max_epochs=3", "did you mean trainer.epochs", "+trainer"),
         # aliases and case first, in the key's own group (trainer.bs suggested trainer.swa)
         ("trainer.bs=64", "did you mean trainer.batch_size?", "trainer.swa"),
+        # a key of another group by its own name (trainer.lr suggested trainer.swa.lr)
+        ("trainer.lr=0.1", "did you mean optim.lr?", "trainer.swa"),
+        ("trainer.hidden=[3]", "did you mean model.hidden?", "+trainer"),
         ("optim.LR=0.1", "did you mean optim.lr?", "+optim"),
         # a key the option's class does not take: which options take it, not '+key'
         (

@@ -102,10 +102,15 @@ def _same_name(key: str, keys: list[str]) -> list[str]:
     group, _, _ = key.partition(".")
     last = key.rpartition(".")[2]
     name = KEY_ALIASES.get(last.lower(), last.lower())
-    if name == last and "." in key:  # a.b where some c.b exists: not what the user meant
-        return []
     same = [k for k in keys if k.rpartition(".")[2] == name and k != key]
-    if "." in key and any(k.startswith(group + ".") for k in same):
+    if name == last and "." in key:
+        # a key of mlprun's own groups put in the wrong one (trainer.lr -> optim.lr); a component's
+        # key its option lacks (scheduler.patience with scheduler=step) is another option's, not
+        # a key elsewhere of that name
+        if group not in ("trainer", "eval", "dataset"):
+            return []
+        same = [k for k in same if not k.startswith(group + ".")]
+    elif "." in key and any(k.startswith(group + ".") for k in same):
         same = [k for k in same if k.startswith(group + ".")]
     return sorted(same, key=len)[:2]
 
