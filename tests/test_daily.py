@@ -452,3 +452,25 @@ def test_mlprun_eval_folds_the_per_class_line_between_classes():
         assert lines[0].startswith("per-class error: 0 0.50%,") and all(line.startswith("  ") for line in lines[1:])
         assert " ".join(line.strip() for line in lines) == "per-class error: " + ", ".join(items)
     assert item_lines("per-class error: ", items, 200) == ["per-class error: " + ", ".join(items)]
+
+
+def test_a_diverged_job_neither_drags_its_category_nor_flattens_the_others():
+    """Three adam jobs at 2-3% and one at 90% (diverged): the category's mark is their median
+    (3%, the mean was 24%) and the error axis logarithmic, its ticks plain numbers."""
+    from mlprunner.plots import _plt
+    from mlprunner.report import param_figure
+
+    plt = _plt()
+    jobs = fake_jobs("optim", ["adam", "adam", "adam", "adam", "sgd"])
+    for job, error in zip(jobs, (0.02, 0.03, 0.035, 0.9, 0.05)):
+        job["best_val_error"] = error
+    fig = param_figure(jobs, "optim")
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    lines = [c for c in ax.collections if hasattr(c, "get_segments")]
+    marks = {round(float(seg[0][1]), 6) for c in lines for seg in c.get_segments()}
+    assert ax.get_yscale() == "log" and 3.25 in marks and 5.0 in marks, marks  # medians of 2, 3, 3.5, 90 and 5
+    labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+    assert labels and not any("times" in t or "^" in t for t in labels), labels
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["job", "median"]
+    plt.close(fig)

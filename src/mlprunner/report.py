@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import statistics
 from pathlib import Path
 
 try:
@@ -500,8 +501,10 @@ def param_axis(values: list[str]) -> str:
 
 def param_figure(jobs: list[dict], key: str):
     """Best validation error of every job against one parameter: a scatter on a real axis for
-    numbers (the mean per value joined when values repeat), points and their mean per category
-    otherwise. None when the key has fewer than two values among the jobs with a result."""
+    numbers (the median per value joined when values repeat), points and their median per
+    category otherwise; the median and a logarithmic error axis when the errors span a decade or
+    more, so one diverged job (90%) neither drags a category's mark nor flattens the others.
+    None when the key has fewer than two values among the jobs with a result."""
     points = param_points(jobs, key)
     if len({v for v, _ in points}) < 2:
         return None
@@ -516,7 +519,7 @@ def param_figure(jobs: list[dict], key: str):
             per.setdefault(x, []).append(e)
         if any(len(v) > 1 for v in per.values()):
             ux = sorted(per)
-            ax.plot(ux, [sum(per[x]) / len(per[x]) for x in ux], color="tab:orange", lw=1.5, label="mean")
+            ax.plot(ux, [statistics.median(per[x]) for x in ux], color="tab:orange", lw=1.5, label="median")
         if axis == "log":
             ax.set_xscale("log")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
@@ -528,21 +531,28 @@ def param_figure(jobs: list[dict], key: str):
             n = len(per[c])
             xs = [pos[c] + (0.24 * (i - (n - 1) / 2) / max(1, n - 1) if n > 1 else 0) for i in range(n)]
             ax.scatter(xs, per[c], alpha=0.75, color="tab:blue", zorder=3, label="job" if c == cats[0] else None)
-            mean = sum(per[c]) / n
             ax.hlines(
-                mean,
+                statistics.median(per[c]),
                 pos[c] - 0.3,
                 pos[c] + 0.3,
                 color="tab:orange",
                 lw=2,
                 zorder=2,
-                label="mean" if c == cats[0] else None,
+                label="median" if c == cats[0] else None,
             )
         ax.set_xticks(range(len(cats)))
         long = max(len(c) for c in cats) > 8
         ax.set_xticklabels(cats, rotation=30 if long else 0, ha="right" if long else "center")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)
     ax.set(xlabel=key, ylabel="best validation error (%)", title=f"validation error vs {key} ({n_jobs(points)})")
+    errors = [e for _, e in points]
+    if min(errors) > 0 and max(errors) / min(errors) >= 10:
+        from matplotlib.ticker import FuncFormatter  # lazy: matplotlib (see plots._plt)
+
+        ax.set_yscale("log")
+        plain = FuncFormatter(lambda v, _: f"{v:g}")  # 60, not 6x10^1
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.grid(alpha=0.3)
     return fig
 
