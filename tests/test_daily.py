@@ -474,3 +474,18 @@ def test_a_diverged_job_neither_drags_its_category_nor_flattens_the_others():
     assert labels and not any("times" in t or "^" in t for t in labels), labels
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["job", "median"]
     plt.close(fig)
+
+
+def test_the_epoch_legend_has_no_val_columns_without_a_validation_split(caplog):
+    """dataset.val_fraction=0: the legend names the columns the epoch lines have (it promised
+    'val: loss error' above lines without them)."""
+    from mlprunner.progress import Progress, epoch_line
+
+    progress = Progress("plain", 2, 13, 100, val=False)
+    with caplog.at_level("INFO", logger="mlprunner"):
+        progress.start_epoch(1)
+        progress.end_epoch(1, {"train/loss": 0.5, "train/error": 0.1, "lr": 1e-3}, 0.1, 1000)
+        progress.close()
+    out = [r.getMessage() for r in caplog.records]
+    assert out[0] == "epoch  train: loss error  lr  seconds  samples/s", out
+    assert out[1] == epoch_line(1, 2, {"train/loss": 0.5, "train/error": 0.1, "lr": 1e-3}, 0.1, 10000), out

@@ -86,7 +86,9 @@ class Progress:
 
     REFRESH_PER_SECOND = 4
 
-    def __init__(self, mode: str, epochs: int, steps_per_epoch: int, batch_size: int, prefix: str = ""):
+    def __init__(
+        self, mode: str, epochs: int, steps_per_epoch: int, batch_size: int, prefix: str = "", val: bool = True
+    ):
         if mode == "auto":
             mode = "rich" if sys.stdout.isatty() else "plain"
         self.mode = mode
@@ -99,6 +101,8 @@ class Progress:
         self._epoch, self._done, self._loss = 0, 0, None
         self._t0 = time.perf_counter()
         self._legend = False
+        # the epoch lines' columns: no val fields without a validation split (dataset.val_fraction=0)
+        self.legend = LEGEND if val else LEGEND.replace("  val: loss error", "")
 
     # --------------------------------------------------------------- the live bar
     def __rich__(self) -> Text:
@@ -121,7 +125,7 @@ class Progress:
         self._epoch, self._done, self._loss = epoch, 0, None
         if not self._legend and self.mode != "none":
             self._legend = True
-            self._emit(LEGEND, fit=True)
+            self._emit(self.legend, fit=True)
         if self.mode == "rich" and self._live is None:
             self._live = Live(
                 self,

@@ -281,6 +281,7 @@ def run(
                 data.train.num_batches(batch_size, min_train_batch(pieces.model)),
                 batch_size,
                 prefix=prefix,
+                val=data.val is not None,
             )
             stop = StopFlag()
             info = RunInfo(cfg, run_dir, record.data, ckpt, list(overrides), pieces)

@@ -874,7 +874,9 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     bs = int(cfg.trainer.batch_size)
     mode = "none" if cfg.trainer.progress == "none" else "plain"  # one live bar per job would clash
     prefix = job_prefix(job.run_dir, job.overrides, beside_others=True)  # the group's lines interleave
-    progress = Progress(mode, int(cfg.trainer.epochs), data.train.num_batches(bs), bs, prefix=prefix)
+    progress = Progress(
+        mode, int(cfg.trainer.epochs), data.train.num_batches(bs), bs, prefix=prefix, val=data.val is not None
+    )
     info = RunInfo(cfg, job.run_dir, record.data, ckpt, list(job.overrides), pieces)
     with record.building():
         loggers = make_loggers(info)  # the job's own loggers (logger=...), as a solo run's
