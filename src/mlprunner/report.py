@@ -502,8 +502,8 @@ def param_axis(values: list[str]) -> str:
 def param_figure(jobs: list[dict], key: str):
     """Best validation error of every job against one parameter: a scatter on a real axis for
     numbers (the median per value joined when values repeat), points and their median per
-    category otherwise; the median and a logarithmic error axis when the errors span a decade or
-    more, so one diverged job (90%) neither drags a category's mark nor flattens the others.
+    category otherwise (a median: one diverged job at 90% does not drag its category's mark), on
+    a logarithmic error axis when the errors span a decade or more (nor flattens the others).
     None when the key has fewer than two values among the jobs with a result."""
     points = param_points(jobs, key)
     if len({v for v, _ in points}) < 2:
