@@ -522,8 +522,9 @@ class Trainer:
             self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
             if s.stopped_early:
                 self.progress.message(
-                    f"early stopping: no better {self.monitor} for {s.bad_epochs} epoch{'s' * (s.bad_epochs != 1)} "
-                    f"(best {s.best_value:.4g} at epoch {s.best_epoch}; patience {es.patience})"
+                    # within 80 columns for any monitor (val/accuracy) and 3-digit epochs
+                    f"early stop: {self.monitor} no better for {s.bad_epochs} epoch{'s' * (s.bad_epochs != 1)} "
+                    f"(best {s.best_value:.4g}, epoch {s.best_epoch})"
                 )
         if self.on_epoch_end is not None:
             self.on_epoch_end(self)
