@@ -39,10 +39,14 @@ requires_mnist = pytest.mark.skipif(mnist_root() is None, reason="MLPRUN_DATA do
 def mlprun_env(extra: dict | None = None) -> dict:
     """The environment of an mlprun subprocess: this one's, unbuffered output, without an
     inherited MLPRUN_DEBUG or HYDRA_FULL_ERROR (an in-process mlprun earlier in the test sets the
-    latter; tracebacks would change the one-line errors), plus `extra` (which may set them)."""
+    latter; tracebacks would change the one-line errors) or COLUMNS/LINES, plus `extra` (which may
+    set them)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLPRUN_DEBUG", None)
     env.pop("HYDRA_FULL_ERROR", None)
+    # the caller's terminal size must not shape the output a test reads (rich honours COLUMNS)
+    env.pop("COLUMNS", None)
+    env.pop("LINES", None)
     return {**env, **(extra or {})}
 
 

@@ -122,7 +122,9 @@ def test_report_into_a_pipe_keeps_to_the_columns_given(three_key_sweep):
         )
         assert proc.returncode == 0, proc.stderr
         # the lines naming paths are never broken (soft wrap): the table's lines are measured
-        lines = [ln for ln in proc.stdout.splitlines() if not ln.startswith(("summary: ", "HParams: "))]
+        lines = [
+            ln for ln in proc.stdout.splitlines() if not ln.startswith(("summary: ", "plots (.png): ", "HParams: "))
+        ]
         return max(len(line) for line in lines)
 
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "MLPRUN_DEBUG", "HYDRA_FULL_ERROR")}

@@ -784,12 +784,12 @@ def build_report(
         # one line each, the files by name (they are all in the sweep folder): fits 80 columns
         # paths are never broken across lines (soft_wrap): they are copied and typed
         console.print(f"summary: {csv_path}, {md_path.name}", highlight=False, soft_wrap=True)
-        if plots:
-            console.print(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}", highlight=False)
+        if plots:  # file names too: whole, whatever the width
+            console.print(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}", highlight=False, soft_wrap=True)
         else:  # --no-plots keeps an earlier report's figures, though older than these tables: say so
             names = ", ".join(p.stem for p in earlier)
             older = f"; {names} are from an earlier report" if earlier else ""
-            console.print(f"plots (.png): not drawn (--no-plots){older}", highlight=False)
+            console.print(f"plots (.png): not drawn (--no-plots){older}", highlight=False, soft_wrap=True)
         console.print(f"HParams: tensorboard --logdir {folder}", highlight=False, soft_wrap=True)
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}
 
