@@ -18,7 +18,7 @@ from .augment import build_augment
 from .components import Loss, build_optimizer, build_scheduler, monitor_mode
 from .config import check_loss_fits
 from .data import Data, load_data
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .models import min_train_batch
 from .schema import model_arguments
 
@@ -54,9 +54,8 @@ def build_model(model_cfg: DictConfig, num_features: int, loss: Loss, device: to
         model = instantiate(node, **sizes)
     except Exception as exc:  # the user's constructor failed: one line, naming the class
         cause = exc.__cause__ or exc
-        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(cause).__name__)
         raise ConfigError(
-            "model._target_", message=f"model._target_={target!r}: {type(cause).__name__}: {first}"
+            "model._target_", message=f"model._target_={target!r}: {type(cause).__name__}: {first_line(cause)}"
         ) from None
     if not isinstance(model, torch.nn.Module):
         raise ConfigError("model._target_", target, "a torch.nn.Module class, e.g. mypkg.nets.Net")
@@ -73,7 +72,7 @@ def check_outputs(model: torch.nn.Module, target: str, num_features: int, loss: 
         with torch.no_grad():
             out = model(torch.zeros(2, num_features, device=device))
     except Exception as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), "")
+        first = first_line(str(exc))  # a text: "" when empty (the type's name is said before it)
         raise ConfigError(
             "model._target_",
             message=(

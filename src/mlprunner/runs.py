@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from .errors import ConfigError
+from .errors import ConfigError, first_line
 from .results import read_results
 
 CHECKPOINT_DIR = "checkpoints"
@@ -332,9 +332,8 @@ def merge_overrides(cfg, overrides, *, strict: bool):
     try:
         cfg.merge_with(OmegaConf.from_dotlist(overrides))
     except Exception as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
         raise ConfigError(
-            "resume", message=f"cannot apply {' '.join(overrides)} to the saved config: {first}"
+            "resume", message=f"cannot apply {' '.join(overrides)} to the saved config: {first_line(exc)}"
         ) from None
     OmegaConf.set_struct(cfg, False)
     return cfg
