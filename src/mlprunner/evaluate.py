@@ -21,7 +21,7 @@ from .config import with_added_keys
 from .data import load_data
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
-from .metrics import accuracy_f1, precision_recall
+from .metrics import TEST_SCALARS, accuracy_f1, precision_recall
 from .plots import confusion_figure, save_figure
 from .results import wilson_interval
 from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
@@ -64,12 +64,13 @@ def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: i
         names[c]: (1 - int(confusion[c, c]) / int(per_class[c]) if per_class[c] else None) for c in range(num_classes)
     }
     lo, hi = wilson_interval(errors, n)
+    precision, recall = precision_recall(confusion) if n else (None, None)  # macro
     return {
         "error": errors / n if n else None,
         "accuracy": 1 - errors / n if n else None,
         "f1": accuracy_f1(confusion)[1] if n else None,  # macro, as train/f1 and val/f1
-        "precision": precision_recall(confusion)[0] if n else None,  # macro
-        "recall": precision_recall(confusion)[1] if n else None,  # macro
+        "precision": precision,
+        "recall": recall,
         "n": n,
         "errors": errors,
         "ci95": [lo, hi],
@@ -158,9 +159,7 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
     trained = trainer.state.epoch
     if tb is not None:
         tb.new_test_results()  # an earlier process's test results are dropped, not shown beside it
-        tags = {"Error/test": "error", "Accuracy/test": "accuracy", "F1/test": "f1", "Loss/test": "loss"}
-        tags.update({"Precision/test": "precision", "Recall/test": "recall"})
-        tb.scalars({tag: m[key] for tag, key in tags.items()}, trained)
+        tb.scalars({f"{name.title()}/test": m[name] for name in TEST_SCALARS}, trained)  # Error/test, F1/test
     try:
         write_figures(
             m,

@@ -40,6 +40,7 @@ from omegaconf import DictConfig, open_dict, read_write
 from .checkpoint import atomic_write_text
 from .data import sample_images
 from .errors import ConfigError, LoggerIncomplete, MlprunError, first_line
+from .metrics import TEST_SCALARS
 from .provenance import as_markdown, launch_folder
 from .sessions import claim_tensorboard_dir, group_choices, hparams_of, job_name, swept_keys, tensorboard_dir
 from .tblog import TensorBoardLogger
@@ -559,7 +560,7 @@ class MLflow(Logger):
         only a later step tells the new test from it."""
         from mlflow.entities import RunTag
 
-        values = {f"test/{k}": metrics.get(k) for k in ("loss", "error", "accuracy", "f1", "precision", "recall")}
+        values = {f"test/{k}": metrics.get(k) for k in TEST_SCALARS}
         tags = [RunTag("mlprun.test_checkpoint_epoch", str(metrics.get("epoch", epoch)))]
         if metrics.get("checkpoint"):
             tags.append(RunTag("mlprun.test_checkpoint", str(metrics["checkpoint"])))

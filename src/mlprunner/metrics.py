@@ -12,35 +12,40 @@ def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den != 0, num / den, torch.zeros((), dtype=num.dtype, device=num.device))
 
 
-def accuracy_f1(cm: torch.Tensor) -> tuple[float, float]:
-    """Micro accuracy and macro F1 of a (C, C) confusion matrix (row = true, column = predicted).
-
-    The same arithmetic as torchmetrics' multiclass accuracy (average="micro") and F1 score
-    (average="macro"), in the same order and dtype: classes that never occur, neither as label
-    nor as prediction, are left out of the macro mean.
-    """
-    tp = cm.diag()
-    fp = cm.sum(0) - tp
-    fn = cm.sum(1) - tp
-    acc = _divide(tp.sum(), (tp + fn).sum())
-    f1 = _divide(2.0 * tp, 2.0 * tp + 1.0 * fn + fp)
-    weights = torch.ones_like(f1)
-    weights[tp + fp + fn == 0] = 0.0
-    macro = _divide(weights * f1, weights.sum(-1, keepdim=True)).sum(-1)
-    return float(acc), float(macro)
-
-
-def precision_recall(cm: torch.Tensor) -> tuple[float, float]:
-    """Macro precision and recall of a (C, C) confusion matrix, as torchmetrics'
-    MulticlassPrecision/MulticlassRecall (average="macro") compute them: a class's 0/0 is 0, and
-    classes that never occur, neither as label nor as prediction, are left out of the mean."""
+def _counts(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(tp, fp, fn, weights) per class of a (C, C) confusion matrix (row = true, column =
+    predicted); weights 0 for a class that never occurs, neither as label nor as prediction,
+    which torchmetrics leaves out of a macro mean."""
     tp = cm.diag()
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp
     weights = torch.ones_like(tp, dtype=torch.float32)
     weights[tp + fp + fn == 0] = 0.0
+    return tp, fp, fn, weights
 
-    def macro(score: torch.Tensor) -> float:
-        return float(_divide(weights * score, weights.sum(-1, keepdim=True)).sum(-1))
 
-    return macro(_divide(tp, tp + fp)), macro(_divide(tp, tp + fn))
+def _macro(score: torch.Tensor, weights: torch.Tensor) -> float:
+    return float(_divide(weights * score, weights.sum(-1, keepdim=True)).sum(-1))
+
+
+def accuracy_f1(cm: torch.Tensor) -> tuple[float, float]:
+    """Micro accuracy and macro F1 of a (C, C) confusion matrix (row = true, column = predicted).
+
+    The same arithmetic as torchmetrics' multiclass accuracy (average="micro") and F1 score
+    (average="macro"), in the same order and dtype.
+    """
+    tp, fp, fn, weights = _counts(cm)
+    acc = _divide(tp.sum(), (tp + fn).sum())
+    return float(acc), _macro(_divide(2.0 * tp, 2.0 * tp + 1.0 * fn + fp), weights)
+
+
+def precision_recall(cm: torch.Tensor) -> tuple[float, float]:
+    """Macro precision and recall of a (C, C) confusion matrix, as torchmetrics'
+    MulticlassPrecision/MulticlassRecall (average="macro") compute them (a class's 0/0 is 0)."""
+    tp, fp, fn, weights = _counts(cm)
+    return _macro(_divide(tp, tp + fp), weights), _macro(_divide(tp, tp + fn), weights)
+
+
+# the test metrics every logger gets (results.json's test block holds more): MLflow's test/<name>,
+# TensorBoard's <Name>/test (evaluate.py)
+TEST_SCALARS = ("error", "accuracy", "f1", "precision", "recall", "loss")
