@@ -25,7 +25,7 @@ from hydra.utils import get_class
 from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
-from .config import register_resolvers
+from .config import OWN_GROUPS, register_resolvers
 from .errors import EXIT_CONFIG, EXIT_INTERRUPTED, EXIT_RUNTIME, MlprunError, RunRefused, first_line
 from .schema import GROUPS, suggest_option
 from .schema import options as group_options
@@ -83,6 +83,9 @@ def _composed(hydra_keys: bool = False) -> DictConfig | None:
     return cfg
 
 
+# groups whose keys are mlprun's own (no component class takes them as arguments)
+OWN_KEY_GROUPS = (*OWN_GROUPS, "dataset")
+
 # names other tools give a key, and mlprun's name for it (optim.learning_rate -> optim.lr)
 KEY_ALIASES = {
     "learning_rate": "lr",
@@ -107,7 +110,7 @@ def _same_name(key: str, keys: list[str]) -> list[str]:
         # a key of mlprun's own groups put in the wrong one (trainer.lr -> optim.lr); a component's
         # key its option lacks (scheduler.patience with scheduler=step) is another option's, not
         # a key elsewhere of that name
-        if group not in ("trainer", "eval", "dataset"):
+        if group not in OWN_KEY_GROUPS:
             return []
         same = [k for k in same if not k.startswith(group + ".")]
     elif "." in key and any(k.startswith(group + ".") for k in same):
@@ -273,7 +276,7 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
                 # a key of a component (model, optim, ...) may be an argument its _target_ takes
                 # that the option file leaves out; trainer, eval and dataset keys are mlprun's own
                 suggestion = suggest_key(key)
-                own = key.partition(".")[0] in ("trainer", "eval", "dataset")
+                own = key.partition(".")[0] in OWN_KEY_GROUPS
                 add = "" if own or suggestion.startswith("; did you mean") else component_key_hint(key)
                 return EXIT_CONFIG, (
                     f"{key}: no such config key{suggestion} (list the keys with `mlprun --cfg job`{add})"
