@@ -9,7 +9,7 @@ import re
 import pytest
 from rich.console import Console
 
-from conftest import QUICK, read_json, run_mlprun
+from conftest import QUICK, mlprun_env, read_json, run_mlprun
 from mlprunner.report import collect, print_table, table_rows
 
 TINY = [
@@ -108,7 +108,6 @@ def test_terminal_table_keeps_key_value_tokens_whole_at_80_columns(three_key_swe
 def test_report_into_a_pipe_keeps_to_the_columns_given(three_key_sweep):
     """`COLUMNS=80 mlprun-report SWEEP | less`: the table keeps to 80 columns (into a pipe it was
     always 140 wide); without COLUMNS a pipe still gets the wide table."""
-    import os
     import subprocess
     import sys
 
@@ -127,6 +126,5 @@ def test_report_into_a_pipe_keeps_to_the_columns_given(three_key_sweep):
         ]
         return max(len(line) for line in lines)
 
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "MLPRUN_DEBUG", "HYDRA_FULL_ERROR")}
-    assert widest({**env, "COLUMNS": "80"}) <= 80
-    assert widest(env) > 80
+    assert widest(mlprun_env({"COLUMNS": "80"})) <= 80
+    assert widest(mlprun_env()) > 80  # (mlprun_env leaves out the caller's COLUMNS)
