@@ -152,6 +152,67 @@ def test_single_run_is_one_tensorboard_run_with_step_and_epoch_tags(workdir, mlp
     assert hp["model"] == "mlp" and hp["optim"] == "adam" and hp["dataset"] == "digits"
 
 
+@pytest.mark.slow
+def test_projector_shows_the_evaluated_models_features_of_test_samples(workdir, mlprun_here):
+    """trainer.tensorboard.embedding=N (lecture notes 004's add_embedding), read back through
+    TensorBoard's Projector: the first N test samples as the input of the last Linear layer of the
+    model the test scored (best.pt), labels and predictions as metadata, the digits as the sprite.
+    A resume replaces it (one embedding listed, the old step's folder gone); eval.test=false
+    embeds validation samples instead, the test set untouched."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from mlprunner.evaluate import load_run, load_test_split
+
+    run_dir = workdir / "run"
+    args = [*DIGITS, "eval.test=true", "trainer.tensorboard.embedding=40", f"hydra.run.dir={run_dir}"]
+    assert mlprun_here(*args).returncode == 0
+    assert (run_dir / "tensorboard" / "00002" / "test" / "tensors.tsv").is_file()
+    proc = mlprun_here(f"resume={run_dir}", "trainer.epochs=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TensorBoard Projector: 40 test samples, 16 features" in proc.stdout
+    assert sorted(p.name for p in (run_dir / "tensorboard").iterdir() if p.is_dir()) == ["00003"]
+
+    loaded = load_run(str(run_dir), "best", device="cpu")
+    _data, split = load_test_split(loaded)
+    with torch.no_grad():
+        expected = torch.nn.Sequential(*list(loaded.model)[:-1])(split.x[:40]).numpy()  # up to the output layer
+        predicted = loaded.model(split.x[:40]).argmax(1).tolist()
+    with TensorBoardServer(run_dir / "tensorboard") as tb:
+        tb.wait_for_runs(1)
+        deadline = time.monotonic() + 90
+        while http(f"{tb.url}/data/plugin/projector/runs") != ["."]:
+            assert time.monotonic() < deadline, "the Projector lists no run"
+            time.sleep(0.5)
+        (info,) = http(f"{tb.url}/data/plugin/projector/info?run=.")["embeddings"]
+        assert info["tensorName"] == "test:00003" and info["tensorShape"] == [40, 16]
+        query = f"run=.&name={info['tensorName']}"
+        with urllib.request.urlopen(f"{tb.url}/data/plugin/projector/tensor?{query}") as resp:
+            tensor = np.frombuffer(resp.read(), dtype=np.float32).reshape(40, 16)
+        with urllib.request.urlopen(f"{tb.url}/data/plugin/projector/metadata?{query}") as resp:
+            rows = [line.split("\t") for line in resp.read().decode().splitlines()]
+        with urllib.request.urlopen(f"{tb.url}/data/plugin/projector/sprite_image?{query}") as resp:
+            sprite = Image.open(io.BytesIO(resp.read()))
+    assert np.abs(tensor - expected).max() <= 5e-5 + 1e-6  # written with 4 decimals
+    y = split.y[:40].tolist()
+    assert rows == [["label", "predicted", "correct"]] + [
+        [str(t), str(p), "yes" if t == p else "no"] for t, p in zip(y, predicted)
+    ]
+    assert sprite.size == (7 * 8, 7 * 8)  # a square of 7 x 7 digits of 8 x 8 pixels
+
+    val_run = workdir / "val"
+    args = [*DIGITS, "eval.test=false", "trainer.tensorboard.embedding=1000", f"hydra.run.dir={val_run}"]
+    proc = mlprun_here(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    n_val = read_json(val_run / "results.json")["dataset"]["n_val"]
+    assert f"TensorBoard Projector: {n_val} val samples" in proc.stdout
+    rows = (val_run / "tensorboard" / "00002" / "val" / "metadata.tsv").read_text().splitlines()
+    assert len(rows) == 1 + n_val
+
+
 def test_resume_truncates_what_the_stopped_process_logged(tmp_path):
     """truncate_events drops epoch tags after the epoch and step tags after the step, in place."""
     from torch.utils.tensorboard import SummaryWriter

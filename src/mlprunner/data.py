@@ -193,6 +193,12 @@ def sample_images(data: Data, n: int = 64) -> torch.Tensor | None:
     if data.image_shape is None or len(data.train) == 0:
         return None
     x, _ = next(iter(data.train.batches(min(n, len(data.train)))))
+    return as_images(data, x)
+
+
+def as_images(data: Data, x: torch.Tensor) -> torch.Tensor:
+    """Flat input rows (N, C*H*W) of an image dataset as images (N, C, H, W) in [0, 1] on the CPU,
+    the normalisation undone."""
     x = x.detach().float().cpu().view(x.shape[0], *data.image_shape)
     if data.mean is not None and data.std is not None:
         c = data.image_shape[0]

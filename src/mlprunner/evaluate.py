@@ -18,12 +18,12 @@ from .build import build_model
 from .checkpoint import check_config_targets, load_checkpoint
 from .components import Loss
 from .config import with_added_keys
-from .data import load_data
+from .data import as_images, load_data
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
 from .metrics import TEST_SCALARS, accuracy_f1, precision_recall
 from .plots import confusion_figure, save_figure
-from .results import wilson_interval
+from .results import short_path, wilson_interval
 from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
 
 log = logging.getLogger("mlprunner")
@@ -119,16 +119,10 @@ def public_metrics(m: dict) -> dict:
 # --------------------------------------------------------------------------- after training
 
 
-def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
-    """Score the best (or last, or the SWA-averaged) model of a finished run on the test set."""
+def load_evaluated(cfg, run_dir: Path, trainer) -> tuple[str, int]:
+    """Load into trainer.model the weights a finished run is evaluated with: eval.checkpoint's
+    (best or last), the SWA-averaged model when SWA ran. Returns (which, its epoch)."""
     data = trainer.data
-    if data.load_test is None:
-        raise ConfigError(
-            "eval.test",
-            True,
-            message=f"eval.test=true but dataset={cfg.dataset.name} "
-            "has no test set configured; allowed: eval.test=false",
-        )
     which = cfg.eval.checkpoint
     if getattr(trainer, "swa_result", None):
         which = "swa"  # the averaged model is what SWA produces
@@ -147,6 +141,20 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
         ckpt = load_checkpoint(path)
         trainer.model.load_state_dict(ckpt["model"])
         epoch = int(ckpt["epoch"])
+    return which, epoch
+
+
+def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
+    """Score the best (or last, or the SWA-averaged) model of a finished run on the test set."""
+    data = trainer.data
+    if data.load_test is None:
+        raise ConfigError(
+            "eval.test",
+            True,
+            message=f"eval.test=true but dataset={cfg.dataset.name} "
+            "has no test set configured; allowed: eval.test=false",
+        )
+    which, epoch = load_evaluated(cfg, run_dir, trainer)
     split = data.load_test()
     m = test_metrics(
         trainer.model, trainer.loss, split, data.num_classes, int(cfg.trainer.eval_batch_size), data.class_names
@@ -172,7 +180,59 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
         )
     except Exception as exc:  # a figure must never fail a finished run
         log.warning(f"could not write the confusion matrix figure: {exc}")
+    embed(cfg, trainer, split, "test", tb, trained)
     return public_metrics(m)
+
+
+def embed(cfg, trainer, split, tag: str, tb, step: int) -> None:
+    """TensorBoard's Projector (trainer.tensorboard.embedding samples, 0 = none): the first samples
+    of `split` as the input of the model's last Linear layer -- the features its classifier
+    separates (the logits when it has none) -- with their class, the predicted class and whether
+    it is right as metadata, and the images as the sprite of an image dataset."""
+    n = min(int(OmegaConf.select(cfg, "trainer.tensorboard.embedding", default=0) or 0), len(split))
+    if tb is None or n == 0:
+        return
+    try:
+        features, pred, layer = last_layer_input(
+            trainer.model, trainer.loss, split.x[:n], int(cfg.trainer.eval_batch_size)
+        )
+        data, y = trainer.data, split.y[:n].cpu()
+        names = data.class_names or [str(c) for c in range(data.num_classes)]
+        rows = [[names[t], names[p], "yes" if t == p else "no"] for t, p in zip(y.tolist(), pred.tolist())]
+        images = as_images(data, split.x[:n]) if data.image_shape is not None else None
+        # SummaryWriter writes each value's full repr into tensors.tsv: 4 decimals make it ~3x
+        # smaller (1.4 MB for 300 x 300 values at full length) and are plenty for PCA or t-SNE
+        features = torch.round(features.double(), decimals=4)
+        folder = tb.embedding(tag, features, rows, ["label", "predicted", "correct"], images, step)
+    except Exception as exc:  # as the figures: never fails a finished run
+        log.warning(f"could not write the TensorBoard embedding: {first_line(exc)}")
+        return
+    log.info(f"TensorBoard Projector: {n} {tag} samples, {features.shape[1]} features ({layer}): {short_path(folder)}")
+
+
+@torch.no_grad()
+def last_layer_input(model, loss, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """(the input of the model's last Linear layer for each row of `x` (N, D) on the CPU, the
+    predicted classes (N,), which layer that is). The logits stand in when the model has no Linear
+    layer, or calls its last one other than once per sample."""
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    features, logits = [], []
+    hook = None
+    if linears:
+        hook = linears[-1][1].register_forward_pre_hook(lambda _m, args: features.append(args[0].float().cpu()))
+    model.eval()
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            logits.append(model(x[start : start + batch_size]).float())
+    finally:
+        if hook is not None:
+            hook.remove()
+    logits = torch.cat(logits)
+    pred = loss.predict(logits).cpu()
+    if features and sum(f.shape[0] for f in features) == x.shape[0]:
+        name, layer = linears[-1]
+        return torch.cat(features), pred, f"input of layer {name}, Linear {layer.in_features}->{layer.out_features}"
+    return logits.cpu(), pred, "the logits"
 
 
 # --------------------------------------------------------------------------- existing runs

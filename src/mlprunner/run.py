@@ -24,7 +24,7 @@ from .config import check_memory, validate
 from .data import Data
 from .device import resolve_device, seed_everything
 from .errors import CheckpointError, Interrupted, LoggerIncomplete, first_line
-from .evaluate import evaluate_test
+from .evaluate import embed, evaluate_test, load_evaluated
 from .limits import limit_data, overfitting
 from .loggers import Loggers, RunInfo, make_loggers, with_logger
 from .models import config_title, count_parameters, min_train_batch, summary_rows
@@ -214,6 +214,10 @@ def test_and_plot(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunR
     if cfg.get("eval") is not None and cfg.eval.test:
         with record.testing():
             record.data["test"] = test(cfg, run_dir, trainer, loggers)
+    elif cfg.trainer.tensorboard.get("embedding") and trainer.data.val is not None and loggers.tensorboard:
+        # the test set stays untouched: the Projector shows validation samples of the evaluated model
+        load_evaluated(cfg, run_dir, trainer)
+        embed(cfg, trainer, trainer.data.val, "val", loggers.tensorboard, trainer.state.epoch)
     learning_curves(
         trainer.state.history,
         run_dir / "learning_curves.png",

@@ -333,6 +333,7 @@ SCHEMA: dict[str, Spec] = {
     "trainer.tensorboard.histograms": boolean(),
     "trainer.tensorboard.graph": boolean(),
     "trainer.tensorboard.images": boolean(),
+    "trainer.tensorboard.embedding": integer(0),
     "trainer.early_stopping": mapping("trainer.early_stopping"),
     "trainer.early_stopping.enabled": boolean(),
     "trainer.early_stopping.monitor": choice(*MONITORS),

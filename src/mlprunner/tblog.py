@@ -12,7 +12,8 @@ completed resume would otherwise keep showing the earlier process's status); and
 or tests again, the earlier test results (`*/test`, `Test/*`, `PR/test/*`: they scored a model
 the run has since trained on; a new test is logged at step = the epochs trained so far, so an
 earlier test point and a new one never share a step). Runs made before this layout (a `steps/`
-sub-folder) continue with the old two writers.
+sub-folder) continue with the old two writers. The Projector's embedding (`<step:05d>/<tag>/`
+and projector_config.pbtxt, written once at the end) is replaced by a resumed run's.
 
 HParams: each run writes its own session (start info with its hyper-parameters, end info with
 its status), never an experiment summary, so TensorBoard builds the table of a sweep from all
@@ -32,6 +33,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -306,6 +308,42 @@ class TensorBoardLogger:
     def images(self, tag: str, batch: torch.Tensor, step: int = 0) -> None:
         """A grid of images (N, C, H, W) in [0, 1]: TensorBoard's Images tab."""
         self.writer.add_images(tag, batch, step, dataformats="NCHW")
+
+    def embedding(self, tag: str, features: torch.Tensor, rows: list, header: list, images, step: int) -> Path:
+        """Points for TensorBoard's Projector: `features` (N, D), one metadata row per point under
+        `header`, and images (N, C, H, W) in [0, 1] for its sprite (or None), in
+        `<log dir>/<step:05d>/<tag>`; returns that folder. An earlier process's embeddings go
+        first: SummaryWriter writes projector_config.pbtxt with its own embeddings only, so theirs
+        would stay on disk unlisted, and one of the same step would be written into."""
+        writer = self.writer
+        self._drop_embeddings()
+        writer.add_embedding(
+            features, metadata=rows, metadata_header=header, label_img=images, global_step=step, tag=tag
+        )
+        return self.log_dir / f"{step:05d}" / tag
+
+    def _drop_embeddings(self) -> None:
+        config = self.log_dir / "projector_config.pbtxt"
+        if not config.is_file():
+            return
+        # loaded with the writers (tensorboard is imported lazily, see the module's docstring)
+        from google.protobuf import text_format
+        from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
+
+        try:
+            listed = text_format.Parse(config.read_text(), ProjectorConfig())
+        except (OSError, text_format.ParseError) as exc:
+            log.debug(f"{config}: not read ({first_line(exc)}); its embeddings stay")
+            return
+        root = self.log_dir.resolve()
+        for info in listed.embeddings:
+            folder = (self.log_dir / info.tensor_path).parent.resolve()
+            # only what add_embedding makes: <log dir>/<step:05d>/<tag>
+            if folder.parent.parent == root and folder.parent.name.isdigit() and folder.is_dir():
+                shutil.rmtree(folder)
+                if not any(folder.parent.iterdir()):
+                    folder.parent.rmdir()
+        config.unlink()
 
     def figure(self, tag: str, fig, step: int) -> None:
         self.writer.add_figure(tag, fig, step)
