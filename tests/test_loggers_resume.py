@@ -138,8 +138,12 @@ def test_a_resume_that_trains_drops_the_earlier_test_and_a_new_test_gets_its_own
 @pytest.mark.slow
 def test_failed_and_interrupted_runs_end_their_hparams_session_and_a_completed_resume_is_success(tmp_path):
     failed = tmp_path / "failed"
-    proc = run_mlprun(*DIGITS, "optim=sgd", "optim.lr=1e6", "trainer.epochs=2", f"hydra.run.dir={failed}", cwd=tmp_path)
-    assert proc.returncode == 1 and read_json(failed / "results.json")["status"] == "failed"
+    # it diverges in epoch 1, before the first scalar is due (the writers open on the first one):
+    # it must not be missing from the HParams table
+    args = ["optim=sgd", "optim.lr=1e12", "trainer.epochs=2", "trainer.log_every_n_steps=1000"]
+    proc = run_mlprun(*DIGITS, *args, f"hydra.run.dir={failed}", cwd=tmp_path)
+    res = read_json(failed / "results.json")
+    assert proc.returncode == 1 and res["status"] == "failed" and "at epoch 1," in res["reason"], res["reason"]
     assert list(hparams_status(failed / "tensorboard").values()) == ["STATUS_FAILURE"]
 
     run_dir = tmp_path / "intr"

@@ -334,11 +334,14 @@ class TensorBoard(Logger):
     def abort(self, status: str) -> None:
         """End the HParams session as failed or interrupted (else TensorBoard shows it Unknown)
         when there is one: written by this process (its writers opened) or by the process it
-        resumes. A fresh run stopped before its first step has written nothing and writes nothing."""
+        resumes. A failed run always gets one, as results.json says failed: the writers open on
+        the first logged scalar, and a run that diverges before it (a too large lr) would
+        otherwise be missing from a sweep's HParams table. A fresh run interrupted before it has
+        written nothing and writes nothing."""
         tb, self.tb = self.tb, None
         if tb is None:
             return
-        if tb.opened or self.resumed:
+        if tb.opened or self.resumed or status == "failed":
             tb.end_session(status)  # on a resume this opens the writers, dropping the earlier end
         if tb.opened:  # flush what was written
             tb.close()
