@@ -157,9 +157,18 @@ def test_failed_and_interrupted_runs_end_their_hparams_session_and_a_completed_r
     # HParams has no "interrupted": Failure, not Unknown (tblog.hparams_summaries)
     assert list(hparams_status(run_dir / "tensorboard").values()) == ["STATUS_FAILURE"]
 
-    run_mlprun(f"resume={run_dir}", "trainer.epochs=" + str(res["epochs_completed"] + 1), cwd=tmp_path, check=True)
+    epochs = res["epochs_completed"] + 1
+    run_mlprun(f"resume={run_dir}", f"trainer.epochs={epochs}", cwd=tmp_path, check=True)
     # TensorBoard reads only a run's first end record: the resume replaced the earlier one
     assert list(hparams_status(run_dir / "tensorboard").values()) == ["STATUS_SUCCESS"]
+    # and its first start record: the HParams table shows the epochs the run went on to, not 30
+    (group,) = hparams_session_groups(run_dir / "tensorboard")
+    assert group.hparams["trainer.epochs"].number_value == epochs
+    acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"tensors": 0})
+    acc.Reload()
+    texts = {e.step: e.tensor_proto.string_val[0].decode() for e in acc.Tensors("provenance/text_summary")}
+    assert sorted(texts) == [0, res["epochs_completed"]]  # the resume's command at the epoch it resumed from
+    assert f"resume={run_dir} trainer.epochs={epochs}" in texts[res["epochs_completed"]]
 
 
 @pytest.mark.slow

@@ -278,8 +278,15 @@ class TensorBoard(Logger):
             tb_dir, resume_epoch=run.resume_epoch, resume_step=run.resume_step, histograms=bool(settings.histograms)
         )
         self.resumed = ckpt is not None  # its HParams session was started by the first process
-        if ckpt is None:  # written when the writers open, after the first training step
-            hparams, prov = run.hparams, run.provenance
+        hparams = run.hparams
+        if ckpt is not None:  # its session goes on, with the values it goes on with
+            tb.replace_hparams(hparams)
+            resumes = run.results.get("resumed") or []
+            prov = resumes[-1].get("provenance") if resumes else None
+            if prov:  # the command that resumed it, at the epoch it resumed from
+                tb.when_open(lambda: tb.text("provenance", as_markdown(prov), run.resume_epoch))
+        else:  # written when the writers open, after the first training step
+            prov = run.provenance
             tb.when_open(lambda: tb.hparams(hparams))
             if prov:
                 tb.when_open(lambda: tb.text("provenance", as_markdown(prov)))

@@ -6,7 +6,8 @@ Epoch scalars (tags of the shared contract, step = epoch number) and step-level 
 folder. A resumed run first drops, from the event files already there, whatever the stopped
 process logged after its last checkpoint (epoch tags after its epoch, step tags after its
 step); TensorBoard's own purge marker cannot do that, since it cuts every tag of a run at one
-step. It also drops what the run writes again at its end: the `hparam/*` summary scalars and the
+step. It also drops the HParams session's start record, written again with the values the
+resumed run goes on with, and what the run writes again at its end: the `hparam/*` summary scalars and the
 HParams session's end record (TensorBoard reads only the first end record of a run, so a
 completed resume would otherwise keep showing the earlier process's status); and, once it trains
 or tests again, the earlier test results (`*/test`, `Test/*`, `PR/test/*`: they scored a model
@@ -58,7 +59,9 @@ EPOCH_TAGS = {
 STEP_TAGS = ("Loss/train_step", "LR/step")  # step = global step; every other tag's step is an epoch
 
 
-SESSION_END_TAG = "_hparams_/session_end_info"  # tensorboard.plugins.hparams.metadata's, without importing it
+# tensorboard.plugins.hparams.metadata's, without importing it
+SESSION_START_TAG = "_hparams_/session_start_info"
+SESSION_END_TAG = "_hparams_/session_end_info"
 
 
 def is_step_tag(tag: str) -> bool:
@@ -170,6 +173,7 @@ class TensorBoardLogger:
         self._on_open: list = []  # writes queued until the writers exist
         self._seen: set = set()  # what an earlier process of the run logged once: "graph"
         self._retest = False  # this process trains or tests: an earlier process's test results go
+        self._new_session = False  # this process writes the HParams session start: the earlier goes
 
     def _open(self):
         if self._writers is None:
@@ -195,7 +199,9 @@ class TensorBoardLogger:
 
     def _stale(self, tag: str) -> bool:
         """What a resumed run drops from the earlier processes' events (see the module's docstring)."""
-        return is_end_tag(tag) or (self._retest and is_test_tag(tag))
+        return (
+            is_end_tag(tag) or (self._retest and is_test_tag(tag)) or (self._new_session and tag == SESSION_START_TAG)
+        )
 
     @property
     def opened(self) -> bool:
@@ -236,6 +242,16 @@ class TensorBoardLogger:
             log.debug(f"TensorBoard graph not written: {type(exc).__name__}: {first_line(exc, 200)}")
         finally:
             model.train(was_training)  # a failed trace must not leave the model in eval mode (no dropout)
+
+    def replace_hparams(self, hparams: dict) -> None:
+        """A resumed run's HParams session start, with the values it goes on with (trainer.epochs=30
+        of `resume=... trainer.epochs=30`): TensorBoard reads a run's first start record only, so
+        the earlier process's goes when the writers open. Runs of the old two-writer layout keep
+        theirs."""
+        if self.legacy:
+            return
+        self._new_session = True
+        self.when_open(lambda: self.hparams(hparams))
 
     def hparams(self, hparams: dict) -> None:
         """Start this run's HParams session (its hyper-parameters) in its own event file.
