@@ -311,6 +311,10 @@ def test_optuna_study_persists_and_continues(workdir):
     first = trials()
     assert [s for s, _ in first] == ["COMPLETE"] * 3
     assert len(job_dirs(sweep)) == 3
+    # TensorBoard runs named by the swept values (the Optuna sweeper writes no multirun.yaml;
+    # mlprun does, so the jobs know their swept keys), not by the whole job folder
+    for run in (sweep / "tensorboard").iterdir():
+        assert re.fullmatch(r"optim\.lr=[0-9.e-]+,model\.activation=(relu|tanh)", run.name), run.name
     # each trial's value is its job's best validation error
     errors = sorted(read_json(d / "results.json")["best"]["val"]["error"] for d in job_dirs(sweep))
     assert sorted(v for _, v in first) == pytest.approx(errors)

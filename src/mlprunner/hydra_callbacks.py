@@ -28,6 +28,7 @@ from .sweep import (
     results_stamps,
     stop_sweep,
     sweep_stopped_by,
+    write_multirun_yaml,
 )
 
 log = logging.getLogger("mlprunner")
@@ -134,6 +135,7 @@ class SweepSummary(Callback):
             # a SIGTERM to mlprun alone does not reach the workers: no queued job starts after it
             when_signalled(lambda name: stop_sweep(folder, name))
         keep_multirun_yaml(folder)  # the sweeper writes its own next; the first sweep's stays
+        write_multirun_yaml(config, folder)  # a sweeper that writes none (Optuna's)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir))

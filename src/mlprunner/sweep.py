@@ -26,7 +26,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from .checkpoint import atomic_write_json, load_checkpoint
+from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
 from .errors import (
     EXIT_INTERRUPTED,
     CheckpointError,
@@ -148,6 +148,18 @@ def keep_multirun_yaml(sweep_dir: Path) -> None:
         shutil.copy2(first, tmp)
         os.replace(tmp, sweep_dir / _KEPT_YAML)
         _KEEPING.append(sweep_dir)
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def write_multirun_yaml(config: DictConfig, sweep_dir: Path) -> None:
+    """Hydra's basic sweeper saves the sweep's config as multirun.yaml; the Optuna sweeper does
+    not, and without it a job cannot tell its swept keys (sessions.swept_keys: TensorBoard run
+    names, the sweep table, the line prefixes) from the others. Written here, after
+    keep_multirun_yaml, for any other sweeper, as the basic sweeper writes it."""
+    if config.hydra.sweeper.get("_target_") != BASIC_SWEEPER:
+        atomic_write_text(Path(sweep_dir) / MULTIRUN_YAML, OmegaConf.to_yaml(config))
 
 
 def restore_multirun_yaml(sweep_dir: Path) -> None:
