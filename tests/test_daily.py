@@ -550,3 +550,16 @@ def test_the_epoch_legend_has_no_val_columns_without_a_validation_split(caplog):
     out = [r.getMessage() for r in caplog.records]
     assert out[0] == "epoch  train: loss error  lr  seconds  samples/s", out
     assert out[1] == epoch_line(1, 2, {"train/loss": 0.5, "train/error": 0.1, "lr": 1e-3}, 0.1, 10000), out
+
+
+def test_the_table_shows_an_optuna_trials_long_floats_to_4_significant_digits():
+    """lr=0.0070947950645657365 (an Optuna trial) reads lr=0.007095 in the table and legends;
+    short values, lists and exponents are shown as they are."""
+    from mlprunner.report import _label
+
+    values = {"optim.lr": "0.0070947950645657365", "optim.weight_decay": "1e-05", "trainer.seed": "0"}
+    values |= {"model.hidden": "[500, 300]", "optim.momentum": "0.9", "loss.label_smoothing": "2.5e-07"}
+    job = {"values": values, "params": {}}
+    assert _label(job, list(values), short=True) == (
+        "lr=0.007095 weight_decay=1e-05 seed=0 hidden=[500, 300] momentum=0.9 label_smoothing=2.5e-07"
+    )

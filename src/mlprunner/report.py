@@ -274,10 +274,19 @@ def short_keys(keys: list[str]) -> dict[str, str]:
     return dict(zip(keys, last)) if len(set(last)) == len(last) else {k: k for k in keys}
 
 
+_LONG_FLOAT = re.compile(r"-?\d*\.\d{7,}(e[-+]?\d+)?")
+
+
+def _shown(value):
+    """A value as the table and legends show it: a float of many digits (an Optuna trial's
+    lr=0.0070947950645657365) to 4 significant ones (0.007095); summary.csv keeps it whole."""
+    return f"{float(value):.4g}" if isinstance(value, str) and _LONG_FLOAT.fullmatch(value) else value
+
+
 def _label(job: dict, keys: list[str], short: bool = False) -> str:
     if keys:
         names = short_keys(keys) if short else {k: k for k in keys}
-        return " ".join(f"{names[k]}={_value(job, k)}" for k in keys if _value(job, k) is not None)
+        return " ".join(f"{names[k]}={_shown(_value(job, k))}" for k in keys if _value(job, k) is not None)
     return " ".join(o for o in job["overrides"] if not NOT_HPARAMS.match(split_override(o)[0]))
 
 
