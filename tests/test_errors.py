@@ -540,6 +540,22 @@ def test_an_option_named_as_torch_names_its_class_gets_the_right_suggestion(give
     assert f"did you mean {meant}?" in err, err
 
 
+@pytest.mark.parametrize(
+    "given, meant",
+    [
+        (["hydra/launcher=joblib", "hydra.launcher.n_job=2"], "hydra.launcher.n_jobs"),
+        (["hydra/sweeper=optuna", "hydra.sweeper.n_trial=2"], "hydra.sweeper.n_trials"),
+        (["hydra/sweeper=optuna", "hydra.sweeper.sampler.sed=1"], "hydra.sweeper.sampler.seed"),
+    ],
+)
+def test_a_typo_in_a_chosen_launchers_or_sweepers_key_suggests_its_keys(given, meant, monkeypatch, capsys):
+    """The keys suggested are those of the launcher/sweeper the command line chose (they were
+    the basic launcher's: hydra.launcher._target_), and the listing named is `--cfg hydra`."""
+    rc, out, err = run_main_inprocess(["-m", *TINY, *given], {}, monkeypatch, capsys)
+    assert rc == 2, err
+    assert f"did you mean {meant}" in err and "`mlprun --cfg hydra`" in err, err
+
+
 def test_a_bad_target_lists_the_classes_of_its_kind(monkeypatch, capsys):
     """The classes offered for a bad loss._target_ are torch.nn's losses (all of them), not its
     first twelve names (layers: AdaptiveAvgPool1d, ...)."""

@@ -66,8 +66,9 @@ def _composed(hydra_keys: bool = False) -> DictConfig | None:
     choices = []
     for a in _cli_args():
         key, eq, _ = a.partition("=")
-        if eq and "." not in key and key.lstrip("+~") in GROUPS:
-            choices.append(a)
+        group = key.lstrip("+~")
+        if eq and "." not in key and (group in GROUPS or (hydra_keys and group.startswith("hydra/"))):
+            choices.append(a)  # hydra/launcher=joblib: hydra.launcher.n_jobs is a key of that one
     register_resolvers()
     cfg = None
     for overrides in (choices, []):
@@ -278,9 +279,8 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
                 suggestion = suggest_key(key)
                 own = key.partition(".")[0] in OWN_KEY_GROUPS
                 add = "" if own or suggestion.startswith("; did you mean") else component_key_hint(key)
-                return EXIT_CONFIG, (
-                    f"{key}: no such config key{suggestion} (list the keys with `mlprun --cfg job`{add})"
-                )
+                listing = "mlprun --cfg hydra" if key.startswith("hydra.") else "mlprun --cfg job"
+                return EXIT_CONFIG, f"{key}: no such config key{suggestion} (list the keys with `{listing}`{add})"
             return EXIT_CONFIG, f"{key}: {reason}"
         m = re.search(r"Ambiguous value for argument '([^']+)'", text)
         if m:
