@@ -337,17 +337,26 @@ def screen_lines(raw: str) -> list[str]:
 
 @pytest.mark.slow
 def test_parallel_jobs_on_a_terminal_print_lines_not_live_bars(workdir):
-    """joblib's 2 workers on one terminal: each job's epoch lines carry its prefix and no live
-    bar is drawn (two processes' bars erased each other's lines), and each job ends in one line."""
+    """joblib's 2 workers on one terminal: each job's lines carry its prefix (epoch lines, and its
+    data, model and layer lines too) and no live bar is drawn (two processes' bars erased each
+    other's lines), and each job ends in one line. Epoch lines fit the terminal there; each job's
+    mlprun.log has them whole (lr, seconds, samples/s)."""
     raw = run_in_pty(
         ["-m", "dataset=digits", "trainer.epochs=3", "trainer.seed=0,1", "logger=none", "hydra/launcher=joblib"]
-        + ["hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep"],
+        + ["hydra.launcher.n_jobs=2", "hydra.sweep.dir=sweep", "model.hidden=[500,300]"],
         workdir,
+        columns=60,
     )
     lines = [line for line in screen_lines(raw) if line.strip()]
     assert "━" not in raw and "\x1b[2K" not in raw, raw[-3000:]
-    assert len([line for line in lines if re.match(r"\[seed=[01]\] epoch \d/3 ", line)]) == 6, lines
+    epoch_lines = [line for line in lines if re.match(r"\[seed=[01]\] epoch \d/3 ", line)]
+    assert len(epoch_lines) == 6 and all(len(line) <= 60 for line in epoch_lines), lines
     assert len([line for line in lines if re.match(r"\[seed=[01]\] completed; best val error ", line)]) == 2, lines
+    for what in ("data: digits", "model: 64 inputs", "total parameters"):
+        assert len([line for line in lines if re.match(r"\[seed=[01]\] +" + what, line)]) == 2, (what, lines)
+    for log_file in (workdir / "sweep").glob("*/mlprun.log"):
+        logged = [line for line in log_file.read_text().splitlines() if " epoch " in line and "/3 " in line]
+        assert len(logged) == 3 and all(re.search(r"lr \S+  [\d.]+s  [\d.]+k?/s$", line) for line in logged), logged
 
 
 @pytest.mark.slow

@@ -9,7 +9,9 @@ the loss shown is the last logged window's mean (trainer.log_every_n_steps).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sys
 import time
 
@@ -69,6 +71,46 @@ def with_prefix(prefix: str, line: str, width: int = 80) -> str:
     while len(fields) > 3 and len(prefix) + len(" ".join(fields)) > width:
         fields.pop()
     return prefix + " ".join(fields)
+
+
+class ConsoleFormatter(logging.Formatter):
+    """The console's formatter (configs/hydra/job_logging/mlprun.yaml): an epoch or legend line of
+    a job beside others, logged with `extra={"fit": (prefix, line, width)}`, is made to fit the
+    terminal (with_prefix); mlprun.log's formatter writes the whole line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fit = getattr(record, "fit", None)
+        return with_prefix(*fit) if fit else super().format(record)
+
+
+class JobLines(logging.Filter):
+    """On mlprun's logger while a job runs beside others (prefixed_lines): each of its lines starts
+    with the job's prefix, as its epoch lines do, so two jobs' `data:` or layer lines interleaved
+    on one terminal can be told apart."""
+
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith(self.prefix):
+            record.msg, record.args = "\n".join(self.prefix + line for line in text.splitlines()), ()
+        return True
+
+
+@contextlib.contextmanager
+def prefixed_lines(prefix: str):
+    """Every line mlprun logs inside starts with `prefix` (none when it is "")."""
+    if not prefix:
+        yield
+        return
+    lines = JobLines(prefix)
+    log.addFilter(lines)
+    try:
+        yield
+    finally:
+        log.removeFilter(lines)
 
 
 _SHOWN: list[Progress] = []  # the Progress objects whose live bar is on the screen now
@@ -154,11 +196,13 @@ class Progress:
             live.stop()  # transient: the bar is erased
 
     def _emit(self, text: str, fit: bool = False) -> None:
-        """fit: an epoch or legend line, made to fit the terminal (80 columns off a terminal)
-        beside a parallel job's prefix."""
+        """fit: an epoch or legend line, made to fit the terminal (COLUMNS, else 80 off a terminal)
+        beside a parallel job's prefix on the console (ConsoleFormatter), whole in mlprun.log."""
         self._stop_bar()
-        width = self._console.width if self._console is not None else 80
-        log.info(with_prefix(self.prefix, text, width) if fit else f"{self.prefix}{text}")
+        # a console's width, else the terminal's (COLUMNS), 80 off one
+        width = self._console.width if self._console is not None else shutil.get_terminal_size().columns
+        extra = {"fit": (self.prefix, text, width)} if fit else None
+        log.info(f"{self.prefix}{text}", extra=extra)
 
     def end_epoch(self, epoch: int, metrics: dict, seconds: float, samples: int) -> None:
         if self.mode != "none":

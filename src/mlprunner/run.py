@@ -29,7 +29,7 @@ from .limits import limit_data, overfitting
 from .loggers import Loggers, RunInfo, make_loggers, with_logger
 from .models import config_title, count_parameters, min_train_batch, summary_rows
 from .plots import learning_curves
-from .progress import Progress, erase_bars
+from .progress import Progress, erase_bars, prefixed_lines
 from .record import RunRecord
 from .results import job_line, print_closing, print_summary
 from .sessions import job_prefix
@@ -260,6 +260,12 @@ def run(
     read it already; restart: start a run that never checkpointed again in its own folder
     (otherwise a new run refuses a folder that holds a run).
     """
+    # a job beside others (joblib): its lines interleave with theirs, so each starts with its name
+    with prefixed_lines(job_prefix(run_dir, overrides)):
+        return _run(cfg, run_dir, resume_from, overrides, checkpoint, restart)
+
+
+def _run(cfg, run_dir, resume_from, overrides, checkpoint, restart) -> dict:
     validate(with_logger(cfg))
     check_memory(cfg, resolve_device(cfg.trainer.device))  # before anything is allocated or written
     started = time.perf_counter()
