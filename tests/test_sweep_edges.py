@@ -50,6 +50,24 @@ def test_optuna_study_without_completed_trial_ends_like_failed_sweep(workdir):
     assert not (sweep / "optimization_results.yaml").exists()  # there is no best trial
 
 
+def test_a_sweep_whose_failed_jobs_were_refused_for_their_values_exits_2(workdir):
+    """Jobs refused for an invalid value (model.dropout=1.5) fail again on any rerun: the sweep
+    says so in one line with the reason and exits 2, not 1 with 'rerun this sweep command to
+    continue'; a valid job beside them still trains, and the fixed command then exits 0."""
+    sweep = workdir / "sweep"
+    proc = run_mlprun("-m", *TINY, "model.dropout=1.5", "optim=sgd,adam", f"hydra.sweep.dir={sweep}", cwd=workdir)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "2 job(s) refused for invalid values: model.dropout=1.5 is invalid; allowed: a number in [0, 1)" in out
+    assert "rerun this sweep command" not in out
+    proc = run_mlprun("-m", *TINY, "model.dropout=0.1,1.5", f"hydra.sweep.dir={sweep}", cwd=workdir)
+    assert proc.returncode == 2 and "1 job(s) refused for invalid values" in proc.stdout + proc.stderr
+    statuses = {d.name: read_json(d / "results.json")["status"] for d in sweep.iterdir() if d.is_dir()}
+    assert sorted(statuses.values()) == ["completed", "failed", "failed", "failed"], statuses
+    proc = run_mlprun("-m", *TINY, "model.dropout=0.1,0.2", f"hydra.sweep.dir={sweep}", cwd=workdir)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_plain_optuna_without_completed_trial_is_one_line(workdir):
     """Plain hydra/sweeper=optuna (Hydra's own sweeper, in memory): one line that says what
     happened and names mlprun_optuna, exit 1."""

@@ -266,7 +266,8 @@ def test_grid_joblib_with_failing_jobs(workdir):
 def test_grid_basic_bad_value_in_one_combination(workdir):
     sweep = workdir / "sweep"
     proc = run_mlprun("-m", "model.activation=relu,bogus", *TINY, f"hydra.sweep.dir={sweep}", cwd=workdir)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # invalid input, which a rerun does not fix
+    assert "1 job(s) refused for invalid values: model.activation='bogus' is invalid" in proc.stdout + proc.stderr
     results = {d.name: read_json(d / "results.json") for d in job_dirs(sweep)}
     bad = next(r for name, r in results.items() if "bogus" in name)
     good = next(r for name, r in results.items() if "relu" in name)

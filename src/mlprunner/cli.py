@@ -27,7 +27,6 @@ from .config import register_resolvers
 from .errors import (
     EXIT_CONFIG,
     EXIT_OK,
-    EXIT_RUNTIME,
     ConfigError,
     Interrupted,
     MlprunError,
@@ -241,8 +240,8 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
             restore_kept_multirun_yaml()
     except SystemExit:
         raise
-    except SweepFailed:  # SweepSummary has logged which jobs failed
-        sys.exit(EXIT_RUNTIME)
+    except SweepFailed as exc:  # SweepSummary has logged which jobs failed
+        sys.exit(exc.exit_code)
     except SweepStopped as exc:  # a signal stopped the sweep
         if not exc.summarised:  # Hydra skips on_multirun_end when the sweep raises: the table of what is done
             try:

@@ -262,7 +262,7 @@ def _plan(launcher, job_overrides, initial_job_idx, sweep_dir: Path, returns: di
             validate(OmegaConf.masked_copy(cfg, [k for k in cfg.keys() if k != "hydra"]))
         except MlprunError as exc:
             log.error(f"#{initial_job_idx + i} {label}: invalid, not submitted: {exc}")
-            record_failure(run_dir, list(overrides), str(exc))
+            record_failure(run_dir, list(overrides), str(exc), invalid=isinstance(exc, ConfigError))
             returns[i] = _job_return(overrides, cfg, run_dir, None)
             continue
         todo.append((i, overrides, cfg, run_dir))

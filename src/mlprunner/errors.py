@@ -105,10 +105,11 @@ class SweepStopped(RunRefused):
 
 class SweepFailed(BaseException):
     """Carries the failed jobs of a multirun from the callback that reads them back (at the end
-    of the sweep, in the parent process) out of Hydra to `mlprun`'s exit code 1. A
-    `BaseException` for the same reason as RunRefused: Hydra turns an `Exception` raised in a
-    callback into a warning."""
+    of the sweep, in the parent process) out of Hydra to `mlprun`'s exit code: 1, or 2 when
+    every one was refused for its values. A `BaseException` for the same reason as RunRefused:
+    Hydra turns an `Exception` raised in a callback into a warning."""
 
-    def __init__(self, failed: list[str]):
+    def __init__(self, failed: list[str], exit_code: int = EXIT_RUNTIME):
         super().__init__(f"{len(failed)} job(s) failed")
         self.failed = failed
+        self.exit_code = exit_code  # EXIT_CONFIG when every failed job was refused for its values

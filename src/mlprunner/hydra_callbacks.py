@@ -11,7 +11,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from .config import preflight, validate
-from .errors import ConfigError, Interrupted, RunInUse, RunRefused, SweepFailed, SweepStopped
+from .errors import EXIT_CONFIG, ConfigError, Interrupted, RunInUse, RunRefused, SweepFailed, SweepStopped
 from .record import lock_run_dir
 from .report import ReportError, build_report, collect
 from .run import stop_if_signalled, when_signalled
@@ -184,6 +184,12 @@ class SweepSummary(Callback):
             what = ", ".join(f"{n} job(s) {status}" for status, n in sorted(counts.items()))
             if stopped:
                 raise SweepStopped(Interrupted(f"{stopped}: {what}"), str(folder), summarised=True)  # exit 130
+            refused = [j for j in jobs if str(j["dir"].resolve()) in failed and j.get("invalid_config")]
+            if refused and len(refused) == len(failed):  # rerunning refuses them again: exit 2
+                reasons = sorted({str(j.get("reason")) for j in refused})
+                why = reasons[0] if len(reasons) == 1 else f"see {folder / 'summary.md'}"
+                log.error(f"{len(refused)} job(s) refused for invalid values: {why}; fix them in the command")
+                raise SweepFailed(failed, EXIT_CONFIG)
             # a sweep's jobs continue by rerunning the sweep into the same folder (completed ones
             # are skipped), not one `resume=` per job
             log.error(

@@ -164,6 +164,7 @@ def load_job(folder: Path, job_dir: Path) -> dict:
         "params": dict(split_override(o) for o in [*overrides, *resumed]),  # a resume's value wins
         "status": status,
         "reason": results.get("reason"),
+        "invalid_config": bool(results.get("invalid_config")),  # refused for its values
         "best_val_error": (best.get("val") or {}).get("error"),
         "best_epoch": best.get("epoch"),
         "last_train_error": (last.get("train") or {}).get("error"),
@@ -799,7 +800,8 @@ def build_report(
             names = ", ".join(p.stem for p in earlier)
             older = f"; {names} are from an earlier report" if earlier else ""
             console.print(f"plots (.png): not drawn (--no-plots){older}", highlight=False, soft_wrap=True)
-        console.print(f"HParams: tensorboard --logdir {folder}", highlight=False, soft_wrap=True)
+        if next(folder.glob("**/events.out.tfevents.*"), None) is not None:  # none: nothing to show
+            console.print(f"HParams: tensorboard --logdir {folder}", highlight=False, soft_wrap=True)
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}
 
 

@@ -40,7 +40,7 @@ from .config import available_memory, validate
 from .cudagraph import CapturedSteps
 from .data import Split, load_data
 from .device import resolve_device
-from .errors import ConfigError, DivergenceError, Interrupted, LoggerIncomplete, MlprunError, RunInUse
+from .errors import EXIT_CONFIG, ConfigError, DivergenceError, Interrupted, LoggerIncomplete, MlprunError, RunInUse
 from .loggers import RunInfo, make_loggers, with_logger
 from .messages import describe_exception
 from .models import count_parameters
@@ -898,12 +898,12 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
 def _job_failed(job: Job, exc: BaseException) -> None:
     """A job that failed before its run record existed: results.json says failed, with why (as
     the basic launcher's run_sweep_job records it), so the summary and the exit code count it."""
-    _, message = describe_exception(exc)
+    code, message = describe_exception(exc)
     if isinstance(exc, RunInUse):  # another process trains there: its results.json is not ours to write
         log.warning(f"job {job.run_dir.name} skipped, in use: {message}")
         return
     log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
-    record_failure(job.run_dir, job.overrides, message)
+    record_failure(job.run_dir, job.overrides, message, invalid=code == EXIT_CONFIG)
 
 
 def run_group(jobs: list[Job], solo) -> list[float | None]:

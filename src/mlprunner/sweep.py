@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from .checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
 from .errors import (
+    EXIT_CONFIG,
     EXIT_INTERRUPTED,
     CheckpointError,
     Interrupted,
@@ -92,12 +93,13 @@ def best_val_error(results: dict | None):
     return (((results or {}).get("best") or {}).get("val") or {}).get("error")
 
 
-def record_failure(run_dir: Path, overrides: list[str], message: str) -> None:
-    """Make sure results.json says failed with the reason (run() may not have written it)."""
-    record_end(run_dir, overrides, "failed", message)
+def record_failure(run_dir: Path, overrides: list[str], message: str, invalid: bool = False) -> None:
+    """Make sure results.json says failed with the reason (run() may not have written it);
+    invalid: refused for its values (exit code 2 alone), which a rerun does not change."""
+    record_end(run_dir, overrides, "failed", message, invalid_config=True if invalid else None)
 
 
-def record_end(run_dir: Path, overrides, status: str, reason: str) -> None:
+def record_end(run_dir: Path, overrides, status: str, reason: str, **fields) -> None:
     """results.json of a job that ended without saying so itself (failed before run() wrote
     it, cancelled, lost): its status and reason, over what the folder has."""
     data = read_results(run_dir) or {
@@ -110,6 +112,8 @@ def record_end(run_dir: Path, overrides, status: str, reason: str) -> None:
     data["status"] = status
     data["reason"] = reason
     data.setdefault("overrides", list(overrides))
+    data.pop("invalid_config", None)  # an earlier attempt's
+    data.update({k: v for k, v in fields.items() if v is not None})
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "results.json", data)
 
@@ -498,7 +502,7 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resum
             mark_job(_sweep_folder(run_dir), run_dir, "in use", message)
             return None
         log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
-        record_failure(run_dir, overrides, message)
+        record_failure(run_dir, overrides, message, invalid=code == EXIT_CONFIG)
         if in_slurm_job():  # the SLURM job's own state says FAILED too (sacct, squeue -t all)
             raise MlprunError(f"{label} failed: {message}") from None
         # None: Optuna marks the trial failed (not a value); other sweepers ignore it.
