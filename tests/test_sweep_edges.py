@@ -146,3 +146,22 @@ def test_report_into_a_pipe_keeps_to_the_columns_given(three_key_sweep):
 
     assert widest(mlprun_env({"COLUMNS": "80"})) <= 80
     assert widest(mlprun_env()) > 80  # (mlprun_env leaves out the caller's COLUMNS)
+
+
+def test_swept_keys_of_the_same_last_part_are_named_by_their_shortest_distinct_ending():
+    """`dataset.augment.enabled` and `trainer.early_stopping.enabled` read augment.enabled= and
+    early_stopping.enabled= in the table (the whole keys, broken mid-word at 80 columns, before),
+    the others by their last part."""
+    from mlprunner.report import short_keys
+
+    keys = ["dataset.augment.enabled", "trainer.early_stopping.enabled", "trainer.seed", "optim"]
+    assert short_keys(keys) == {
+        "dataset.augment.enabled": "augment.enabled",
+        "trainer.early_stopping.enabled": "early_stopping.enabled",
+        "trainer.seed": "seed",
+        "optim": "optim",
+    }
+    assert short_keys(["model.activation", "activation"]) == {
+        "model.activation": "model.activation",
+        "activation": "activation",
+    }

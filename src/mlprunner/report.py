@@ -270,9 +270,18 @@ def _value(job: dict, key: str):
 
 
 def short_keys(keys: list[str]) -> dict[str, str]:
-    """{key: its last part} (`optim.lr` -> `lr`) where the last parts are unique, else the keys."""
-    last = [k.rpartition(".")[2] for k in keys]
-    return dict(zip(keys, last)) if len(set(last)) == len(last) else {k: k for k in keys}
+    """{key: its shortest ending of whole parts that no other key ends with} (`optim.lr` -> `lr`;
+    `dataset.augment.enabled` and `trainer.early_stopping.enabled` -> `augment.enabled` and
+    `early_stopping.enabled`)."""
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
+                break
+        short[key] = tail
+    return short
 
 
 _LONG_FLOAT = re.compile(r"-?\d*\.\d{7,}(e[-+]?\d+)?")
