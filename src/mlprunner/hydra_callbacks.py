@@ -24,6 +24,7 @@ from .sweep import (
     marked_since,
     note_run_made,
     note_sweep_start,
+    quiet_failed_trials,
     restore_multirun_yaml,
     results_stamps,
     stop_sweep,
@@ -136,6 +137,7 @@ class SweepSummary(Callback):
             when_signalled(lambda name: stop_sweep(folder, name))
         keep_multirun_yaml(folder)  # the sweeper writes its own next; the first sweep's stays
         write_multirun_yaml(config, folder)  # a sweeper that writes none (Optuna's)
+        quiet_failed_trials()
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir))

@@ -155,6 +155,23 @@ def keep_multirun_yaml(sweep_dir: Path) -> None:
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+OPTUNA_LOGGER = "hydra_plugins.hydra_optuna_sweeper._impl"
+
+
+class FailedTrialLine(logging.Filter):
+    """Drops the Optuna sweeper's `Failed experiment: Return value must be float-castable. Got
+    'None'.` after a failed trial: the job returned None because it failed (run_sweep_job), and
+    its own line has said why; the trial is told FAIL all the same."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Return value must be float-castable. Got 'None'" not in record.getMessage()
+
+
+def quiet_failed_trials() -> None:
+    """Install FailedTrialLine on the Optuna sweeper's logger (once)."""
+    optuna_log = logging.getLogger(OPTUNA_LOGGER)
+    if not any(isinstance(f, FailedTrialLine) for f in optuna_log.filters):
+        optuna_log.addFilter(FailedTrialLine())
 
 
 def write_multirun_yaml(config: DictConfig, sweep_dir: Path) -> None:
