@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, mlprun_env, read_json, run_main_inprocess, run_mlprun
+from conftest import QUICK, mlprun_env, read_json, run_main_inprocess, run_mlprun, tool_inprocess
 
 MNIST_RAW = Path(os.environ.get("MLPRUN_DATA", "/nonexistent")) / "MNIST" / "raw"
 TINY = ["dataset=xor", "model=mlp", "model.hidden=[4]", "trainer.epochs=1", *QUICK]
@@ -639,3 +639,56 @@ def test_a_scheduler_of_ones_own_without_an_interval_is_told_which_to_give(monke
 def test_refusals_next_to_the_new_checks_stay_one_clear_line(given, said, monkeypatch, capsys):
     rc, out, err = run_main_inprocess([*TINY, *given], {}, monkeypatch, capsys)
     assert rc == 2 and said in err and "+scheduler" not in err, err
+
+
+def test_a_file_where_a_folder_belongs_is_one_line_naming_the_path(tmp_path, monkeypatch, capsys):
+    """A run's tensorboard/ replaced by a file: one line with the path and what to do, exit 1
+    (it was 'unexpected FileExistsError ... run with MLPRUN_DEBUG=1'); nothing is overwritten."""
+    run_dir = tmp_path / "run"
+    rc, out, err = run_main_inprocess([*TINY, f"hydra.run.dir={run_dir}"], {}, monkeypatch, capsys)
+    assert rc == 0, err
+    shutil.rmtree(run_dir / "tensorboard")
+    (run_dir / "tensorboard").write_text("mine")
+    rc, out, err = run_main_inprocess([f"resume={run_dir}", "trainer.epochs=2"], {}, monkeypatch, capsys)
+    assert rc == 1, err
+    assert err.strip().splitlines()[-1] == (
+        f"mlprun: error: {run_dir / 'tensorboard'}: File exists; a file is where mlprun needs a folder: move it away"
+    )
+    assert (run_dir / "tensorboard").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "override, reason",
+    [
+        ("logger=csv", "a run keeps the loggers it started with"),
+        ("hydra.run.dir=elsewhere", "a run stays in its folder, and resume= names it"),
+        ("optim.lr=0.5", "it would change the model, data or optimizer"),
+    ],
+)
+def test_a_key_resume_keeps_says_why(completed_run, override, reason, monkeypatch, capsys):
+    rc, out, err = run_main_inprocess([f"resume={completed_run}", override], {}, monkeypatch, capsys)
+    assert rc == 2 and f"cannot change when resuming ({reason}" in err, err
+    assert "; allowed with resume=: trainer.epochs" in err, err
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_and_a_checkpoints_folder(tmp_path, monkeypatch, capsys):
+    """mlprun-eval of a run that diverged before any checkpoint says so and why (it said 'not an
+    mlprun run directory'); a run's checkpoints/ folder stands for the run, for mlprun-eval and
+    resume= (resume looked for checkpoints/checkpoints/last.pt)."""
+    failed = tmp_path / "failed"
+    args = ["dataset=digits", "optim=sgd", "optim.lr=1e12", *QUICK, f"hydra.run.dir={failed}"]
+    rc, out, err = run_main_inprocess(args, {}, monkeypatch, capsys)
+    assert rc == 1, err
+    proc = tool_inprocess("mlprun-eval", str(failed), monkeypatch=monkeypatch, capsys=capsys)
+    assert proc.returncode == 2
+    assert f"{failed}: this run has no checkpoint to load (results.json: failed: loss became non-finite" in proc.stderr
+    run_dir = tmp_path / "run"
+    rc, out, err = run_main_inprocess([*TINY, f"hydra.run.dir={run_dir}"], {}, monkeypatch, capsys)
+    assert rc == 0, err
+    proc = tool_inprocess("mlprun-eval", str(run_dir / "checkpoints"), monkeypatch=monkeypatch, capsys=capsys)
+    assert proc.returncode == 0 and "test error" in proc.stdout, proc.stderr
+    rc, out, err = run_main_inprocess(
+        [f"resume={run_dir / 'checkpoints'}", "trainer.epochs=2"], {}, monkeypatch, capsys
+    )
+    assert rc == 0, err
+    assert read_json(run_dir / "results.json")["epochs_completed"] == 2

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import errno
 import os
 import re
 import sys
@@ -332,8 +333,24 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
     named = _override_named_in(text)
     if named is not None:
         return EXIT_CONFIG, f"{named}: {first_line(text)}"
+    if isinstance(exc, OSError) and exc.filename and exc.errno in FILE_PROBLEMS:
+        # a folder made read-only, a file where a folder belongs: the path and what to do, no "unexpected"
+        return EXIT_RUNTIME, f"{exc.filename}: {exc.strerror}; {FILE_PROBLEMS[exc.errno]}"
     name = type(exc).__name__
     return EXIT_RUNTIME, f"unexpected {name}: {first_line(text)} (run with MLPRUN_DEBUG=1 for the traceback)"
+
+
+# file errors a user can fix (errno: what to do), shown as one line without "unexpected"
+FILE_PROBLEMS = {
+    errno.EACCES: "make it (or its folder) writable, or run elsewhere",
+    errno.EPERM: "make it (or its folder) writable, or run elsewhere",
+    errno.EROFS: "the file system is read-only: run in a writable folder",
+    errno.EISDIR: "a folder is where mlprun writes a file: move it away",
+    errno.ENOTDIR: "a file is where mlprun needs a folder: move it away",
+    errno.EEXIST: "a file is where mlprun needs a folder: move it away",
+    errno.ENOSPC: "the disk is full: free some space, then resume",
+    errno.EDQUOT: "the disk quota is exceeded: free some space, then resume",
+}
 
 
 def _override_named_in(text: str) -> str | None:

@@ -84,13 +84,7 @@ def parse_overrides(args: list[str]) -> list[str]:
         if not eq:
             raise ConfigError(a, message=f"cannot parse override '{a}': expected key=value")
         if key in GROUPS:  # optim=sgd: another component, not a misspelt key
-            raise ConfigError(
-                key,
-                message=(
-                    f"{a}: the config group {key} cannot change when resuming (it would change the model, data "
-                    f"or optimizer of a run already trained); allowed with resume=: {allowed_text()}"
-                ),
-            )
+            raise ConfigError(key, message=f"{a}: the config group {key} cannot change when resuming ({why(key)})")
         close = [] if declared(key) else difflib.get_close_matches(key, [k for k in SCHEMA if "._" not in k], 2, 0.75)
         if close:  # a typo, as a fresh run reports it
             raise ConfigError(
@@ -101,15 +95,20 @@ def parse_overrides(args: list[str]) -> list[str]:
                 ),
             )
         if not is_safe(key):
-            raise ConfigError(
-                key,
-                message=(
-                    f"{key} cannot change when resuming (it would change the model, data or optimizer "
-                    f"of a run already trained); allowed with resume=: {allowed_text()}"
-                ),
-            )
+            raise ConfigError(key, message=f"{key} cannot change when resuming ({why(key)})")
         out.append(a.lstrip("+"))
     return out
+
+
+def why(key: str) -> str:
+    """Why `key` keeps its value on resume, and what may change."""
+    if key == "logger" or key.startswith("logger."):
+        reason = "a run keeps the loggers it started with, so each has its whole history"
+    elif key.startswith("hydra."):
+        reason = "a run stays in its folder, and resume= names it"
+    else:
+        reason = "it would change the model, data or optimizer of a run already trained"
+    return f"{reason}; allowed with resume=: {allowed_text()}"
 
 
 def check_resumable(state: dict, path: Path) -> None:

@@ -254,6 +254,13 @@ def find_latest(runs_root: Path = Path("runs")) -> Path:
     return max(candidates, key=lambda d: candidates[d].stat().st_mtime)
 
 
+def given_run_folder(path: Path) -> Path:
+    """`path`, or the run folder when `path` is a run's checkpoints/ folder (resume=<run>/checkpoints)."""
+    if path.name == CHECKPOINT_DIR and (path.parent / SAVED_CONFIG).is_file():
+        return path.parent
+    return path
+
+
 def locate_for_resume(arg: str) -> tuple[Path | None, Path | None]:
     """(run dir, checkpoint file or None when the run never wrote one) for a resume= argument."""
     if arg in ("", "null", "None"):
@@ -268,7 +275,7 @@ def locate_for_resume(arg: str) -> tuple[Path | None, Path | None]:
             return run_dir_of(path), path
         if not path.is_dir():
             raise ConfigError("resume", arg, message=f"resume={arg}: no such run directory or checkpoint file")
-        run_dir = path.resolve()
+        run_dir = given_run_folder(path).resolve()
     ckpt = checkpoint_file(run_dir, "last")
     if ckpt.is_file():
         return run_dir, ckpt
@@ -284,7 +291,16 @@ def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | Non
     (mlprun-eval, mlprun-predict). A run directory's default is swa, else best, else last."""
     path = Path(target).expanduser()
     if path.is_dir():
+        path = given_run_folder(path)
         ckdir = path / CHECKPOINT_DIR
+        results = read_results(path) if not ckdir.is_dir() else None
+        if results and results.get("status"):  # a run that never wrote a checkpoint
+            said = f": {first_line(str(results['reason']), 200)}" if results.get("reason") else ""
+            raise ConfigError(
+                "run",
+                target,
+                message=f"{target}: this run has no checkpoint to load (results.json: {results['status']}{said})",
+            )
         if not ckdir.is_dir():
             raise ConfigError(
                 "run",
