@@ -692,3 +692,23 @@ def test_a_run_that_failed_before_its_first_checkpoint_and_a_checkpoints_folder(
     )
     assert rc == 0, err
     assert read_json(run_dir / "results.json")["epochs_completed"] == 2
+
+
+def test_an_unreadable_best_checkpoint_is_refused_on_resume(tmp_path, monkeypatch, capsys):
+    """best.pt emptied: resume refuses in one line (it completed, leaving an empty best.pt that
+    mlprun-eval and mlprun-predict then could not read); moved away, the run continues."""
+    run_dir = tmp_path / "run"
+    rc, out, err = run_main_inprocess([*TINY, f"hydra.run.dir={run_dir}"], {}, monkeypatch, capsys)
+    assert rc == 0, err
+    best = run_dir / "checkpoints" / "best.pt"
+    best.write_bytes(b"")
+    rc, out, err = run_main_inprocess([f"resume={run_dir}", "trainer.epochs=2"], {}, monkeypatch, capsys)
+    assert rc == 1, err
+    assert err.strip().splitlines()[-1] == (
+        f"mlprun: error: checkpoint {best} is truncated, corrupt or not a PyTorch checkpoint (the file is empty); "
+        "resuming cannot rebuild the best epoch's weights: move it away to continue without them"
+    )
+    assert read_json(run_dir / "results.json")["epochs_completed"] == 1  # nothing written
+    best.rename(tmp_path / "best.pt")
+    rc, out, err = run_main_inprocess([f"resume={run_dir}", "trainer.epochs=2"], {}, monkeypatch, capsys)
+    assert rc == 0, err

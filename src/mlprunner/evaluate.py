@@ -137,6 +137,9 @@ def load_evaluated(cfg, run_dir: Path, trainer) -> tuple[str, int]:
         )
     path = checkpoint_file(run_dir, which)
     epoch = trainer.state.epoch
+    if which == "best" and not path.is_file():  # moved away (unreadable), never written: say so
+        which = "last"
+        log.info(f"no {path.name} in the run: the test uses the last epoch's weights (epoch {epoch})")
     if path.is_file():
         ckpt = load_checkpoint(path)
         trainer.model.load_state_dict(ckpt["model"])

@@ -255,7 +255,8 @@ def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> N
     that has trained further (its later epochs would be overwritten), lengthen a schedule whose
     length was set from trainer.epochs (the saved scheduler keeps the old length: OneCycleLR
     fails, cosine restarts from 0), or judge `best` by another metric than the one that chose
-    best.pt. ConfigError (exit 2), before anything is written."""
+    best.pt. ConfigError (exit 2), before anything is written; an unreadable best.pt is a
+    CheckpointError (exit 1)."""
     done, trained = int(ckpt["epoch"]), int(prior.get("epochs_completed") or 0)
     if trained > done:
         lost = f"epoch {trained}" if trained == done + 1 else f"epochs {done + 1}-{trained}"
@@ -281,6 +282,14 @@ def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> N
                 "so the saved schedule would end or restart early; start a new run to train longer"
             ),
         )
+    best = path.parent / "best.pt"
+    if best.is_file() and best.resolve() != path.resolve():
+        try:  # the best epoch's weights: training on cannot make them again
+            load_checkpoint(best)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{exc}; resuming cannot rebuild the best epoch's weights: move it away to continue without them"
+            ) from None
     for name in ("monitor", "mode"):
         old, new = saved.trainer.early_stopping.get(name), cfg.trainer.early_stopping.get(name)
         if old != new:
