@@ -9,6 +9,7 @@ message names the offending key or file, and that no half-made run folder is lef
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -553,7 +554,7 @@ def test_a_typo_in_a_chosen_launchers_or_sweepers_key_suggests_its_keys(given, m
     the basic launcher's: hydra.launcher._target_), and the listing named is `--cfg hydra`."""
     rc, out, err = run_main_inprocess(["-m", *TINY, *given], {}, monkeypatch, capsys)
     assert rc == 2, err
-    assert f"did you mean {meant}" in err and "`mlprun --cfg hydra`" in err, err
+    assert f"did you mean {meant}" in err and f"`mlprun {given[0]} --cfg hydra`" in err, err
 
 
 def test_a_bad_target_lists_the_classes_of_its_kind(monkeypatch, capsys):
@@ -662,6 +663,7 @@ def test_a_file_where_a_folder_belongs_is_one_line_naming_the_path(tmp_path, mon
     [
         ("logger=csv", "a run keeps the loggers it started with"),
         ("hydra.run.dir=elsewhere", "a run stays in its folder, and resume= names it"),
+        ("hydra.verbose=true", "a run goes on with the Hydra settings it started with"),
         ("optim.lr=0.5", "it would change the model, data or optimizer"),
     ],
 )
@@ -712,3 +714,29 @@ def test_an_unreadable_best_checkpoint_is_refused_on_resume(tmp_path, monkeypatc
     best.rename(tmp_path / "best.pt")
     rc, out, err = run_main_inprocess([f"resume={run_dir}", "trainer.epochs=2"], {}, monkeypatch, capsys)
     assert rc == 0, err
+
+
+def test_a_file_error_in_a_sweep_jobs_folder_is_no_invalid_value(monkeypatch):
+    """A sweep job's folder is named by its overrides: a permission error on a path inside it is
+    a file problem (exit 1), not an error of the override whose key the path names (exit 2, which
+    made the sweep say 'refused for invalid values ... fix them in the command')."""
+    from mlprunner.messages import describe_exception
+
+    monkeypatch.setattr(sys, "argv", ["mlprun", "-m", "optim=sgd,adam", "model.activation=relu,tanh"])
+    path = "/tmp/s/model.activation=relu,optim=adam/tensorboard"
+    code, message = describe_exception(PermissionError(13, "Permission denied", path))
+    assert code == 1 and message.startswith(f"{path}: Permission denied; give mlprun read and write access"), message
+
+
+def test_a_resumed_run_does_not_keep_an_earlier_refusal(tmp_path, monkeypatch, capsys):
+    """invalid_config (a sweep job refused for its values) is what that attempt ended with: a
+    later process of the run that completes does not carry it (the sweep would count it refused)."""
+    run_dir = tmp_path / "run"
+    rc, out, err = run_main_inprocess([*TINY, f"hydra.run.dir={run_dir}"], {}, monkeypatch, capsys)
+    assert rc == 0, err
+    res = read_json(run_dir / "results.json")
+    (run_dir / "results.json").write_text(json.dumps({**res, "invalid_config": True}))
+    rc, out, err = run_main_inprocess([f"resume={run_dir}", "trainer.epochs=2"], {}, monkeypatch, capsys)
+    assert rc == 0, err
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "completed" and "invalid_config" not in res

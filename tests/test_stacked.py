@@ -440,20 +440,23 @@ def test_profile_gives_the_group_phase_table_in_each_job(workdir):
 def test_a_member_with_a_bad_value_fails_alone_and_the_sweep_says_so(workdir):
     """optim.lr=-1 in a stacked group: that job is recorded failed with its reason (it was left
     'not started' with exit 0, and as the group's first job it stopped the whole sweep with exit
-    2), the others train, the summary counts it, exit 1. A group whose dataset cannot be loaded
-    fails its own jobs; the next group still trains."""
+    2), the others train, the summary counts it; exit 2, as the failed job was refused for its
+    value (a rerun would refuse it again). A group whose dataset cannot be loaded fails its own
+    jobs; the next group still trains."""
     sweep = workdir / "bad"
     tiny = ["dataset=digits", "model.hidden=[16]", "trainer.epochs=1", "trainer.threads=1", *QUICK]
     proc = run_mlprun(
         "-m", *tiny, "optim.lr=-1,0.01,0.02", "hydra/launcher=stacked", f"hydra.sweep.dir={sweep}", cwd=workdir
     )
-    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 2, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = {name: read_json(job / "results.json") for name, job in jobs_of(sweep).items()}
     assert len(results) == 3, sorted(results)
     bad = next(r for name, r in results.items() if "lr=-1" in name)
     assert bad["status"] == "failed" and "optim" in bad["reason"] and "-1" in bad["reason"], bad
+    assert bad["invalid_config"] is True
     assert sorted(r["status"] for r in results.values()) == ["completed", "completed", "failed"]
-    assert "1 job(s) failed" in proc.stdout + proc.stderr and (sweep / "summary.csv").is_file()
+    assert "1 job(s) refused for invalid values: optim.lr=-1" in proc.stdout + proc.stderr
+    assert (sweep / "summary.csv").is_file()
 
     sweep = workdir / "nodata"
     proc = run_mlprun(

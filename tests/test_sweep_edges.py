@@ -11,6 +11,7 @@ from rich.console import Console
 
 from conftest import QUICK, mlprun_env, read_json, run_mlprun
 from mlprunner.report import collect, print_table, table_rows
+from mlprunner.sessions import short_keys
 
 TINY = [
     "dataset=digits",
@@ -153,8 +154,6 @@ def test_swept_keys_of_the_same_last_part_are_named_by_their_shortest_distinct_e
     """`dataset.augment.enabled` and `trainer.early_stopping.enabled` read augment.enabled= and
     early_stopping.enabled= in the table (the whole keys, broken mid-word at 80 columns, before),
     the others by their last part."""
-    from mlprunner.report import short_keys
-
     keys = ["dataset.augment.enabled", "trainer.early_stopping.enabled", "trainer.seed", "optim"]
     assert short_keys(keys) == {
         "dataset.augment.enabled": "augment.enabled",

@@ -477,7 +477,8 @@ def test_image_folder(workdir):
 
 
 def test_image_folder_streamed(tmp_path):
-    """Larger than dataset.in_memory_max_mb: read through a DataLoader, same results contract."""
+    """Larger than dataset.in_memory_max_mb: read through a DataLoader, same results contract;
+    the Projector's points are the first validation samples read from disk too."""
     write_images(tmp_path / "folder")
     res = run_in_process(
         tmp_path / "run",
@@ -485,11 +486,14 @@ def test_image_folder_streamed(tmp_path):
         *IMAGE_RUN,
         "dataset.in_memory_max_mb=0",
         "dataset.num_workers=0",
+        "trainer.tensorboard.embedding=20",
         dataset="dataset=image_folder",
     )
     check_run(tmp_path / "run", 8, cli=False)
     assert res["dataset"] == {"name": "image_folder", "n_train": 63, "n_val": 27}
     assert res["best"]["val"]["accuracy"] >= 0.8
+    (metadata,) = (tmp_path / "run" / "tensorboard").glob("*/val/metadata.tsv")
+    assert len(metadata.read_text().splitlines()) == 1 + 20
 
 
 # ------------------------------------------------------------------------------- trainer options

@@ -119,9 +119,10 @@ def public_metrics(m: dict) -> dict:
 # --------------------------------------------------------------------------- after training
 
 
-def load_evaluated(cfg, run_dir: Path, trainer) -> tuple[str, int]:
+def load_evaluated(cfg, run_dir: Path, trainer, purpose: str = "test") -> tuple[str, int]:
     """Load into trainer.model the weights a finished run is evaluated with: eval.checkpoint's
-    (best or last), the SWA-averaged model when SWA ran. Returns (which, its epoch)."""
+    (best or last), the SWA-averaged model when SWA ran. Returns (which, its epoch); `purpose`
+    names what uses them in the log lines."""
     data = trainer.data
     which = cfg.eval.checkpoint
     if getattr(trainer, "swa_result", None):
@@ -133,13 +134,13 @@ def load_evaluated(cfg, run_dir: Path, trainer) -> tuple[str, int]:
         which = "last"
         log.info(
             f"eval.checkpoint=best, but trainer.checkpoint.save_best=false kept no best checkpoint: "
-            f"the test uses the last epoch's weights (epoch {trainer.state.epoch})"
+            f"the {purpose} uses the last epoch's weights (epoch {trainer.state.epoch})"
         )
     path = checkpoint_file(run_dir, which)
     epoch = trainer.state.epoch
     if which == "best" and not path.is_file():  # moved away (unreadable), never written: say so
         which = "last"
-        log.info(f"no {path.name} in the run: the test uses the last epoch's weights (epoch {epoch})")
+        log.info(f"no {path.name} in the run: the {purpose} uses the last epoch's weights (epoch {epoch})")
     if path.is_file():
         ckpt = load_checkpoint(path)
         trainer.model.load_state_dict(ckpt["model"])
@@ -196,13 +197,12 @@ def embed(cfg, trainer, split, tag: str, tb, step: int) -> None:
     if tb is None or n == 0:
         return
     try:
-        features, pred, layer = last_layer_input(
-            trainer.model, trainer.loss, split.x[:n], int(cfg.trainer.eval_batch_size)
-        )
-        data, y = trainer.data, split.y[:n].cpu()
+        x, y = next(iter(split.batches(n)))  # the first n, also of a split streamed from disk
+        features, pred, layer = last_layer_input(trainer.model, trainer.loss, x, int(cfg.trainer.eval_batch_size))
+        data, y = trainer.data, y.cpu()
         names = data.class_names or [str(c) for c in range(data.num_classes)]
         rows = [[names[t], names[p], "yes" if t == p else "no"] for t, p in zip(y.tolist(), pred.tolist())]
-        images = as_images(data, split.x[:n]) if data.image_shape is not None else None
+        images = as_images(data, x) if data.image_shape is not None else None
         # SummaryWriter writes each value's full repr into tensors.tsv: 4 decimals make it ~3x
         # smaller (1.4 MB for 300 x 300 values at full length) and are plenty for PCA or t-SNE
         features = torch.round(features.double(), decimals=4)

@@ -280,7 +280,10 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
                 suggestion = suggest_key(key)
                 own = key.partition(".")[0] in OWN_KEY_GROUPS
                 add = "" if own or suggestion.startswith("; did you mean") else component_key_hint(key)
-                listing = "mlprun --cfg hydra" if key.startswith("hydra.") else "mlprun --cfg job"
+                listing = "mlprun --cfg job"
+                if key.startswith("hydra."):  # with the launcher/sweeper chosen: its keys are listed
+                    chosen = [a for a in _cli_args() if a.partition("=")[0].lstrip("+").startswith("hydra/")]
+                    listing = " ".join(["mlprun", *chosen, "--cfg hydra"])
                 return EXIT_CONFIG, f"{key}: no such config key{suggestion} (list the keys with `{listing}`{add})"
             return EXIT_CONFIG, f"{key}: {reason}"
         m = re.search(r"Ambiguous value for argument '([^']+)'", text)
@@ -330,26 +333,26 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             f"{given or group}: a config group takes one option name (e.g. {group}=<option>); "
             f"to keep its default (or none for experiment), leave the override out"
         )
+    if isinstance(exc, OSError) and exc.filename and exc.errno in FILE_PROBLEMS:
+        # a folder made read-only, a file where a folder belongs: the path and what to do, no
+        # "unexpected"; before _override_named_in, which a sweep job's folder name would match
+        return EXIT_RUNTIME, f"{exc.filename}: {exc.strerror}; {FILE_PROBLEMS[exc.errno]}"
     named = _override_named_in(text)
     if named is not None:
         return EXIT_CONFIG, f"{named}: {first_line(text)}"
-    if isinstance(exc, OSError) and exc.filename and exc.errno in FILE_PROBLEMS:
-        # a folder made read-only, a file where a folder belongs: the path and what to do, no "unexpected"
-        return EXIT_RUNTIME, f"{exc.filename}: {exc.strerror}; {FILE_PROBLEMS[exc.errno]}"
     name = type(exc).__name__
     return EXIT_RUNTIME, f"unexpected {name}: {first_line(text)} (run with MLPRUN_DEBUG=1 for the traceback)"
 
 
-# file errors a user can fix (errno: what to do), shown as one line without "unexpected"
+# file errors a user can fix (errno: what to do), shown as one line without "unexpected"; a full
+# disk is checkpoint.WriteError's (a failed write names no file)
 FILE_PROBLEMS = {
-    errno.EACCES: "make it (or its folder) writable, or run elsewhere",
-    errno.EPERM: "make it (or its folder) writable, or run elsewhere",
+    errno.EACCES: "give mlprun read and write access to it and its folder, or run elsewhere",
+    errno.EPERM: "give mlprun read and write access to it and its folder, or run elsewhere",
     errno.EROFS: "the file system is read-only: run in a writable folder",
     errno.EISDIR: "a folder is where mlprun writes a file: move it away",
     errno.ENOTDIR: "a file is where mlprun needs a folder: move it away",
     errno.EEXIST: "a file is where mlprun needs a folder: move it away",
-    errno.ENOSPC: "the disk is full: free some space, then resume",
-    errno.EDQUOT: "the disk quota is exceeded: free some space, then resume",
 }
 
 

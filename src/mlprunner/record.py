@@ -196,7 +196,9 @@ class RunRecord:
         if prior and ckpt is None:  # a restart
             self.data.update({k: prior[k] for k in KEPT_ON_RESTART if k in prior})
         elif prior:
-            self.data.update({k: v for k, v in prior.items() if k not in ("status", "reason", "run_dir")})
+            # what an earlier process ended with is this one's to say (invalid_config: sweep.record_failure)
+            stale = ("status", "reason", "run_dir", "invalid_config")
+            self.data.update({k: v for k, v in prior.items() if k not in stale})
             self.data["overrides"] = list(prior.get("overrides", []))
         if ckpt is not None:
             self.data["resumed"] = list((prior or {}).get("resumed", [])) + [

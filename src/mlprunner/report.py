@@ -36,7 +36,7 @@ from .checkpoint import atomic_write_text
 from .errors import EXIT_CONFIG, MlprunError
 from .plots import _plt, save_figure
 from .results import RESULTS, read_results, results_file_problem
-from .sessions import NOT_HPARAMS
+from .sessions import NOT_HPARAMS, short_keys, shown_value
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
 COLUMNS = [
@@ -269,34 +269,10 @@ def _value(job: dict, key: str):
     return (job.get("values") or {}).get(key, job["params"].get(key))
 
 
-def short_keys(keys: list[str]) -> dict[str, str]:
-    """{key: its shortest ending of whole parts that no other key ends with} (`optim.lr` -> `lr`;
-    `dataset.augment.enabled` and `trainer.early_stopping.enabled` -> `augment.enabled` and
-    `early_stopping.enabled`)."""
-    short = {}
-    for key in keys:
-        parts = key.split(".")
-        for n in range(1, len(parts) + 1):
-            tail = ".".join(parts[-n:])
-            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
-                break
-        short[key] = tail
-    return short
-
-
-_LONG_FLOAT = re.compile(r"-?\d*\.\d{7,}(e[-+]?\d+)?")
-
-
-def _shown(value):
-    """A value as the table and legends show it: a float of many digits (an Optuna trial's
-    lr=0.0070947950645657365) to 4 significant ones (0.007095); summary.csv keeps it whole."""
-    return f"{float(value):.4g}" if isinstance(value, str) and _LONG_FLOAT.fullmatch(value) else value
-
-
 def _label(job: dict, keys: list[str], short: bool = False) -> str:
     if keys:
         names = short_keys(keys) if short else {k: k for k in keys}
-        return " ".join(f"{names[k]}={_shown(_value(job, k))}" for k in keys if _value(job, k) is not None)
+        return " ".join(f"{names[k]}={shown_value(_value(job, k))}" for k in keys if _value(job, k) is not None)
     return " ".join(o for o in job["overrides"] if not NOT_HPARAMS.match(split_override(o)[0]))
 
 
@@ -332,7 +308,7 @@ def has_test(jobs: list[dict]) -> bool:
 
 
 def table_rows(jobs: list[dict], keys: list[str], test: bool | None = None, short: bool = False) -> list[list[str]]:
-    """short: the swept keys by their last part (the terminal's table, 80 columns)."""
+    """short: the swept keys by their shortest distinct ending (the terminal's table, 80 columns)."""
     rows = []
     test = has_test(jobs) if test is None else test
     for i, job in enumerate(jobs, 1):

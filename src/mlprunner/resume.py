@@ -104,8 +104,10 @@ def why(key: str) -> str:
     """Why `key` keeps its value on resume, and what may change."""
     if key == "logger" or key.startswith("logger."):
         reason = "a run keeps the loggers it started with, so each has its whole history"
-    elif key.startswith("hydra."):
+    elif key == "hydra.run.dir" or key.startswith("hydra.sweep."):
         reason = "a run stays in its folder, and resume= names it"
+    elif key.startswith("hydra."):
+        reason = "a run goes on with the Hydra settings it started with"
     else:
         reason = "it would change the model, data or optimizer of a run already trained"
     return f"{reason}; allowed with resume=: {allowed_text()}"
@@ -255,8 +257,7 @@ def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> N
     that has trained further (its later epochs would be overwritten), lengthen a schedule whose
     length was set from trainer.epochs (the saved scheduler keeps the old length: OneCycleLR
     fails, cosine restarts from 0), or judge `best` by another metric than the one that chose
-    best.pt. ConfigError (exit 2), before anything is written; an unreadable best.pt is a
-    CheckpointError (exit 1)."""
+    best.pt. ConfigError (exit 2), before anything is written."""
     done, trained = int(ckpt["epoch"]), int(prior.get("epochs_completed") or 0)
     if trained > done:
         lost = f"epoch {trained}" if trained == done + 1 else f"epochs {done + 1}-{trained}"
@@ -282,14 +283,6 @@ def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> N
                 "so the saved schedule would end or restart early; start a new run to train longer"
             ),
         )
-    best = path.parent / "best.pt"
-    if best.is_file() and best.resolve() != path.resolve():
-        try:  # the best epoch's weights: training on cannot make them again
-            load_checkpoint(best)
-        except CheckpointError as exc:
-            raise CheckpointError(
-                f"{exc}; resuming cannot rebuild the best epoch's weights: move it away to continue without them"
-            ) from None
     for name in ("monitor", "mode"):
         old, new = saved.trainer.early_stopping.get(name), cfg.trainer.early_stopping.get(name)
         if old != new:
@@ -301,6 +294,19 @@ def check_continuable(ckpt: dict, path: Path, cfg: DictConfig, prior: dict) -> N
                     f"the best epoch were chosen by {name}={old}"
                 ),
             )
+
+
+def check_best(run_dir: Path, resumed_from: Path) -> None:
+    """The run's best.pt must load: training on cannot make the best epoch's weights again, and
+    mlprun-eval, mlprun-predict and the test read them. CheckpointError (exit 1)."""
+    best = checkpoint_file(run_dir, "best")
+    if best.is_file() and best.resolve() != resumed_from.resolve():
+        try:
+            load_checkpoint(best)
+        except CheckpointError as exc:
+            raise CheckpointError(
+                f"{exc}; resuming cannot rebuild the best epoch's weights: move it away to continue without them"
+            ) from None
 
 
 def resume_main(args: list[str]) -> int:
@@ -329,6 +335,7 @@ def resume_main(args: list[str]) -> int:
     epochs = int(cfg.trainer.epochs)
     done = int(ckpt["epoch"])
     check_continuable(ckpt, ckpt_path, cfg, prior)
+    check_best(run_dir, ckpt_path)
     # Early stopping is re-judged with the (possibly overridden) patience, as Trainer.load_state does.
     stopped = still_stopped(ckpt.get("early_stopping") or {}, cfg.trainer.early_stopping)
     if prior.get("status") == "completed" and prior.get("epochs_completed") == done and (done >= epochs or stopped):

@@ -216,8 +216,12 @@ def test_and_plot(cfg: DictConfig, run_dir: Path, trainer: Trainer, record: RunR
             record.data["test"] = test(cfg, run_dir, trainer, loggers)
     elif cfg.trainer.tensorboard.get("embedding") and trainer.data.val is not None and loggers.tensorboard:
         # the test set stays untouched: the Projector shows validation samples of the evaluated model
-        load_evaluated(cfg, run_dir, trainer)
-        embed(cfg, trainer, trainer.data.val, "val", loggers.tensorboard, trainer.state.epoch)
+        try:
+            load_evaluated(cfg, run_dir, trainer, purpose="Projector")
+        except CheckpointError as exc:  # a TensorBoard extra never fails a finished run
+            log.warning(f"no TensorBoard embedding: {first_line(exc)}")
+        else:
+            embed(cfg, trainer, trainer.data.val, "val", loggers.tensorboard, trainer.state.epoch)
     learning_curves(
         trainer.state.history,
         run_dir / "learning_curves.png",

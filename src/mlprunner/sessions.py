@@ -130,11 +130,36 @@ def job_name(overrides, keys: list[str]) -> str:
     return ",".join(f"{k}={values[k]}" for k in keys if k in values)
 
 
+def short_keys(keys: list[str]) -> dict[str, str]:
+    """{key: its shortest ending of whole parts that no other key ends with} (`optim.lr` -> `lr`;
+    `dataset.augment.enabled` and `trainer.early_stopping.enabled` -> `augment.enabled` and
+    `early_stopping.enabled`)."""
+    short = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            tail = ".".join(parts[-n:])
+            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
+                break
+        short[key] = tail
+    return short
+
+
+LONG_FLOAT = re.compile(r"-?\d*\.\d{7,}(e[-+]?\d+)?")
+
+
+def shown_value(value):
+    """A value as the sweep's table, summary.md, plot legends and line prefixes show it: a float
+    of many digits (an Optuna trial's lr=0.0070947950645657365) to 4 significant ones (0.007095);
+    summary.csv and the folder names keep it whole."""
+    return f"{float(value):.4g}" if isinstance(value, str) and LONG_FLOAT.fullmatch(value) else value
+
+
 def job_prefix(run_dir: Path, overrides=(), beside_others: bool = False) -> str:
     """`[lr=0.01,activation=tanh] `: what starts each line of a job that runs beside others
     (Hydra's joblib launcher with n_jobs other than 1, or beside_others: a stacked group), so
     interleaved lines can be told apart; "" otherwise. The job is named by its swept values,
-    each key by its last part."""
+    each key by its shortest distinct ending (short_keys)."""
     if not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN):
         return ""
     hc = HydraConfig.get()
@@ -143,7 +168,8 @@ def job_prefix(run_dir: Path, overrides=(), beside_others: bool = False) -> str:
         return ""
     keys = swept_keys(Path(hc.sweep.dir))
     values = override_values(overrides)
-    name = ",".join(f"{k.rpartition('.')[2]}={values[k]}" for k in keys if k in values)
+    names = short_keys([k for k in keys if k in values])  # as the sweep's table names them
+    name = ",".join(f"{short}={shown_value(values[k])}" for k, short in names.items())
     return f"[{name or Path(run_dir).name}] "
 
 
