@@ -740,3 +740,24 @@ def test_a_resumed_run_does_not_keep_an_earlier_refusal(tmp_path, monkeypatch, c
     assert rc == 0, err
     res = read_json(run_dir / "results.json")
     assert res["status"] == "completed" and "invalid_config" not in res
+
+
+def test_a_bad_saved_config_or_a_file_for_checkpoints_is_named_on_resume(tmp_path, monkeypatch, capsys):
+    """A run with no checkpoint restarts from its saved config: a bad value written into that file
+    names the file (it read as if the command line had given it); a file where the checkpoints
+    folder belongs is said so (it guessed trainer.checkpoint.save_last=false)."""
+    run_dir = tmp_path / "run"
+    rc, out, err = run_main_inprocess([*TINY, f"hydra.run.dir={run_dir}"], {}, monkeypatch, capsys)
+    assert rc == 0, err
+    shutil.rmtree(run_dir / "checkpoints")
+    saved = run_dir / ".hydra" / "config.yaml"
+    good = saved.read_text()
+    saved.write_text(good.replace("  epochs: 1\n", "  epochs: -3\n", 1))
+    rc, out, err = run_main_inprocess([f"resume={run_dir}"], {}, monkeypatch, capsys)
+    assert rc == 2 and err.strip().splitlines()[-1].startswith(f"mlprun: error: {saved}: trainer.epochs=-3 is invalid")
+    saved.write_text(good)
+    (run_dir / "checkpoints").write_text("")
+    rc, out, err = run_main_inprocess([f"resume={run_dir}", "trainer.epochs=2"], {}, monkeypatch, capsys)
+    assert rc == 1 and err.strip().splitlines()[-1] == (
+        f"mlprun: error: {run_dir / 'checkpoints'}: a file, where the run keeps its checkpoints folder: move it away"
+    )

@@ -225,12 +225,20 @@ def _restart(run_dir: Path, overrides: list[str]) -> int:
         cfg = OmegaConf.load(cfg_path)
     except Exception as exc:
         raise CheckpointError(f"cannot read {cfg_path}: {first_line(exc)}") from None
-    cfg = with_logger(merge_overrides(with_added_keys(cfg), overrides, strict=True))  # saved before the logger group
+    cfg = with_logger(with_added_keys(cfg))  # saved before the logger group
     cfg.resume = None
+    try:  # the saved file first, so its own bad value is not blamed on the command line
+        validate(cfg)
+    except ConfigError as exc:
+        raise ConfigError(exc.key, exc.value, message=f"{cfg_path}: {exc}") from None
+    cfg = merge_overrides(cfg, overrides, strict=True)
     validate(cfg)
     check_config_targets(OmegaConf.to_container(cfg, resolve=True), cfg_path, recorded_model_target(run_dir))
     prior = read_results(run_dir, strict=True) or {}
     trained = int(prior.get("epochs_completed") or 0)
+    folder = run_dir / "checkpoints"
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(f"{folder}: a file, where the run keeps its checkpoints folder: move it away")
     if prior.get("status") == "completed" or trained > 0:
         # e.g. trainer.checkpoint.save_last=false: never wipe a run that has trained epochs
         best = checkpoint_file(run_dir, "best")
