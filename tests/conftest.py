@@ -39,11 +39,12 @@ requires_mnist = pytest.mark.skipif(mnist_root() is None, reason="MLPRUN_DATA do
 def mlprun_env(extra: dict | None = None) -> dict:
     """The environment of an mlprun subprocess: this one's, unbuffered output, without an
     inherited MLPRUN_DEBUG or HYDRA_FULL_ERROR (an in-process mlprun earlier in the test sets the
-    latter; tracebacks would change the one-line errors) or COLUMNS/LINES, plus `extra` (which may
-    set them)."""
+    latter; tracebacks would change the one-line errors), MLPRUN_COMMAND (its command, for
+    provenance) or COLUMNS/LINES, plus `extra` (which may set them)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("MLPRUN_DEBUG", None)
     env.pop("HYDRA_FULL_ERROR", None)
+    env.pop("MLPRUN_COMMAND", None)
     # the caller's terminal size must not shape the output a test reads (rich honours COLUMNS)
     env.pop("COLUMNS", None)
     env.pop("LINES", None)
@@ -150,6 +151,7 @@ def run_main_inprocess(args, env, monkeypatch, capsys):
 
     monkeypatch.setattr(sys, "argv", ["mlprun"])
     monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # main() sets it; restored after the test
+    monkeypatch.setenv("MLPRUN_COMMAND", "")  # main() sets it (provenance); removed after the test
     monkeypatch.setattr(messages, "_USER_FULL_ERROR", None)
     monkeypatch.delenv("MLPRUN_DEBUG", raising=False)
     for k, v in env.items():

@@ -227,6 +227,40 @@ def test_time_limit_requeue_resumes_from_checkpoint(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_time_limit_with_no_requeue_left_is_interrupted_and_the_rerun_resumes(tmp_path):
+    """hydra.launcher.max_num_timeout=0: the first time limit (SIGUSR2) ends the job with submitit's
+    'timed-out too many times'. The job is interrupted, not failed (a failed job starts again from
+    scratch on the rerun: its epochs were lost), and rerunning the command resumes it."""
+    sweep = tmp_path / "sweep"
+    args = ["trainer.epochs=600", "hydra.launcher.timeout_min=5", "hydra.launcher.max_num_timeout=0", "optim.lr=0.01"]
+    proc, out = start_sweep(sweep, *args)
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    run_dir = wait_for("the job folder", lambda: next(iter(job_dirs(sweep)), None) if sweep.is_dir() else None)
+    wait_for("a few epochs", lambda: epochs_done(run_dir) >= 3)
+    for _ in range(5):  # submitit raises from its signal handler: landing in a log write, logging swallows it
+        subprocess.run(["scancel", "--signal=USR2", job_id], check=False, timeout=20)
+        try:
+            proc.wait(timeout=5)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    text = finish(proc, out)
+    assert proc.returncode == 1, text
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "interrupted", res
+    assert res["reason"].startswith("SLURM time limit reached with no requeue left (hydra.launcher.max_num_timeout)")
+    assert f"SLURM job {job_id} (#0): interrupted: SLURM time limit reached" in text
+    done = res["epochs_completed"]
+    rc, text = run_sweep(sweep, *args)
+    assert rc == 0, text
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "completed" and res["resumed"][-1]["from_epoch"] >= done >= 3
+    # the command as typed, not submitit's `.../_submit.py <folder>/%j` (the job's own sys.argv)
+    for prov in (res["provenance"], res["resumed"][-1]["provenance"]):
+        assert prov["command"].startswith("mlprun -m ") and "optim.lr=0.01" in prov["command"], prov
+
+
+@pytest.mark.slow
 def test_scontrol_requeue_resumes_and_scancel_reports_cancelled(tmp_path):
     """Two long jobs: one is requeued by `scontrol requeue` (SIGTERM: it stops, is rerun and
     resumes from last.pt), the other is cancelled with `scancel`: the sweep is not reported

@@ -46,7 +46,7 @@ from .evaluate import (
 )
 from .messages import describe_exception, one_line_errors, report
 from .predict import find_images, predict, prepare
-from .provenance import version_line
+from .provenance import note_command, version_line
 from .record import interrupted_outside_record
 from .report import build_report
 from .resume import resume_main
@@ -209,6 +209,7 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         os.environ.setdefault("NO_COLOR", "1")
     if argv is not None:
         sys.argv = [sys.argv[0], *argv]
+    note_command()  # as typed, for provenance, also in a sweep's workers and SLURM jobs
     args = sys.argv[1:]
     if args in (["--version"], ["-V"]):  # Hydra's own --version would name Hydra's
         print(version_line())

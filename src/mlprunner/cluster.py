@@ -34,6 +34,7 @@ from .results import read_results
 from .run import STARTUP
 from .stacked import log_alone, plan_groups
 from .sweep import (
+    RERUN_AFTER_TIME_LIMIT,
     best_val_error,
     claim_run_dir,
     in_use_since,
@@ -42,6 +43,7 @@ from .sweep import (
     record_failure,
     record_requeue,
     results_stamps,
+    time_limit_reason,
 )
 
 log = logging.getLogger("mlprunner")
@@ -160,6 +162,8 @@ def _outcome(job, run_dir: Path, overrides, state: str, reason: str, in_use: dic
             run_dir, overrides, "cancelled", f"SLURM job {job.job_id} was cancelled; rerun the sweep to continue it"
         )
         return "cancelled"
+    if status == "interrupted":  # its time limit with no requeue left: the job said so itself
+        return status
     why = f"SLURM job {job.job_id} ended {state}{f' ({reason})' if reason and reason != 'None' else ''}"
     record_end(run_dir, overrides, "lost", f"{why} without a result; {logs}")
     return "lost"
@@ -205,6 +209,16 @@ def requeued_group(configs) -> None:
     from its own checkpoints/last.pt in the requeued job (as sweep.run_sweep_job does alone)."""
     for cfg in configs:
         record_requeue(Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir))
+
+
+def timed_out_group(configs) -> None:
+    """The same handler with no requeue left (sweep.out_of_requeues): each unfinished member is
+    interrupted, not failed, so the rerun resumes it instead of starting it again from scratch."""
+    for cfg in configs:
+        run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
+        if (read_results(run_dir) or {}).get("status") != "completed":
+            reason = f"{time_limit_reason(run_dir)}; {RERUN_AFTER_TIME_LIMIT}"
+            record_end(run_dir, list(cfg.hydra.overrides.task), "interrupted", reason)
 
 
 def failed_members(configs) -> list[str]:

@@ -72,6 +72,20 @@ def launch_folder() -> Path:
     return Path.cwd()
 
 
+# the command as typed, noted by cli.main for the processes it starts: a sweep's joblib workers
+# and SLURM jobs (sbatch passes the environment on), whose own sys.argv is submitit's or loky's
+COMMAND_ENV = "MLPRUN_COMMAND"
+
+
+def command_line() -> str:
+    return shlex.join(["mlprun" if sys.argv[0].endswith(("mlprun", "__main__.py")) else sys.argv[0]] + sys.argv[1:])
+
+
+def note_command() -> None:
+    """Called by `mlprun` before it changes sys.argv: what provenance() names as the command."""
+    os.environ[COMMAND_ENV] = command_line()
+
+
 def provenance(device: torch.device) -> dict:
     cwd = launch_folder()
     out = {
@@ -80,9 +94,7 @@ def provenance(device: torch.device) -> dict:
         "python": platform.python_version(),
         "host": socket.gethostname(),
         "device": device_name(device),
-        "command": shlex.join(
-            ["mlprun" if sys.argv[0].endswith(("mlprun", "__main__.py")) else sys.argv[0]] + sys.argv[1:]
-        ),
+        "command": os.environ.get(COMMAND_ENV) or command_line(),
         "cwd": str(cwd),
     }
     git = git_state(cwd)

@@ -9,10 +9,18 @@ from hydra.core.utils import JobStatus
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 
 from hydra_plugins.mlprun_stacked import run_group_jobs
-from mlprunner.cluster import claimed_group_in_job, claimed_in_job, failed_members, launch_on_slurm, requeued_group
+from mlprunner.cluster import (
+    claimed_group_in_job,
+    claimed_in_job,
+    failed_members,
+    launch_on_slurm,
+    requeued_group,
+    timed_out_group,
+)
 from mlprunner.errors import MlprunError
 from mlprunner.record import holding_locks
 from mlprunner.stacked import check_max_models
+from mlprunner.sweep import out_of_requeues
 
 
 class MlprunSlurmLauncher(SlurmLauncher):
@@ -70,6 +78,10 @@ class MlprunSlurmLauncher(SlurmLauncher):
                 run_group_jobs(self.hydra_context, configs, (returns, list(range(len(configs)))))
             except SystemExit:
                 requeued_group(configs)
+                raise
+            except RuntimeError as exc:
+                if out_of_requeues(exc):  # the time limit with no requeue left: interrupted, not failed
+                    timed_out_group(configs)
                 raise
         failed = failed_members(configs)
         if failed:
