@@ -502,3 +502,16 @@ def test_bad_max_models_is_a_one_line_error_and_submits_nothing(tmp_path, value)
     errors = [line for line in text.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and errors[0].startswith(f"mlprun: error: hydra.launcher.max_models={value}:"), text
     assert "SLURM job" not in text and not (sweep / ".submitit").exists()
+
+
+def test_an_unknown_partition_is_one_line_naming_the_clusters(tmp_path):
+    """A partition sinfo does not know is refused before submission in one line that lists the
+    cluster's partitions (sbatch printed three lines of its own, and none named them)."""
+    sweep = tmp_path / "sweep"
+    rc, text = run_sweep(sweep, "optim.lr=0.01,0.02", "hydra.launcher.partition=nosuchpart", timeout=60)
+    assert rc == 2, text
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert errors == [
+        "mlprun: error: hydra.launcher.partition='nosuchpart' is invalid; allowed: a partition of this cluster: debug"
+    ], text
+    assert "SLURM job" not in text and not (sweep / ".submitit").exists()

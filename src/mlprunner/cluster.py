@@ -111,6 +111,16 @@ def check_resources(params: dict) -> None:
     if params.get("partition"):
         cmd += ["-p", str(params["partition"])]
     res = _run(cmd)
+    if res is not None and res.returncode == 0 and not res.stdout.strip() and params.get("partition"):
+        # sinfo knows no such partition (sbatch would fail with its own three lines)
+        known = _run(["sinfo", "-h", "-o", "%R"])
+        names = sorted(set(known.stdout.split())) if known is not None and known.returncode == 0 else []
+        if names:
+            raise ConfigError(
+                "hydra.launcher.partition",
+                params["partition"],
+                f"a partition of this cluster: {', '.join(names)}",
+            )
     if res is None or res.returncode != 0 or not res.stdout.strip():
         return
     nodes = [line.split("|") for line in res.stdout.split()]
