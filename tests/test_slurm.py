@@ -6,6 +6,7 @@ jobs are tiny runs on the bundled digits, one CPU each, so two run at once on a 
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -411,7 +412,8 @@ def test_pending_reason_reported_and_ctrl_c_leaves_the_running_job_with_the_scan
 
 def test_ctrl_c_with_cancel_on_interrupt_cancels_the_running_job(tmp_path):
     """hydra.launcher.cancel_on_interrupt=true: Ctrl-C on the sweep while its job trains cancels
-    the SLURM job, exit 130."""
+    the SLURM job, writes the sweep's summary (the job cancelled) and names the command that
+    continues it, exit 130."""
     sweep = tmp_path / "sweep"
     proc, out = start_sweep(sweep, "trainer.epochs=150", "optim.lr=0.01", "hydra.launcher.cancel_on_interrupt=true")
     (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
@@ -422,6 +424,9 @@ def test_ctrl_c_with_cancel_on_interrupt_cancels_the_running_job(tmp_path):
     text = finish(proc, out, timeout=60)
     assert proc.returncode == 130, text
     assert f"interrupted: cancelled SLURM job(s) {job_id}" in text
+    assert "continue the sweep (completed jobs are skipped" in text and "with: mlprun -m" in text, text
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [r["status"] for r in rows] in (["cancelled"], ["interrupted"])  # the job may say so first
     wait_for("the job to be cancelled", lambda: job_state(job_id)[0] == "CANCELLED", 30)
 
 

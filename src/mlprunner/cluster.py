@@ -29,7 +29,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globa
 from omegaconf import OmegaConf, open_dict
 
 from .config import validate
-from .errors import ConfigError, MlprunError
+from .errors import ConfigError, Interrupted, MlprunError, SweepStopped
 from .results import read_results
 from .run import STARTUP
 from .stacked import log_alone, plan_groups
@@ -427,6 +427,15 @@ def launch_on_slurm(
         if cancel_on_interrupt:
             _run(["scancel", *left])
             log.error(f"interrupted: cancelled SLURM job(s) {' '.join(left)}")
+            for job_id in left:  # what the summary says of them (the jobs may still write interrupted)
+                for _, overrides, _, run_dir in waiting[job_id][1]:
+                    if (read_results(run_dir) or {}).get("status") not in ("completed", "failed"):
+                        reason = (
+                            f"SLURM job {job_id} was cancelled by the sweep's Ctrl-C; rerun the sweep to continue it"
+                        )
+                        record_end(run_dir, overrides, "cancelled", reason)
+            # as any stopped sweep: its summary, and the command that continues it
+            raise SweepStopped(Interrupted(f"cancelled SLURM job(s) {' '.join(left)}"), str(sweep_dir)) from None
         else:
             log.error(
                 f"interrupted: SLURM job(s) {' '.join(left)} are still queued or running; "
