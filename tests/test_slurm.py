@@ -520,3 +520,16 @@ def test_an_unknown_partition_is_one_line_naming_the_clusters(tmp_path):
         "mlprun: error: hydra.launcher.partition='nosuchpart' is invalid; allowed: a partition of this cluster: debug"
     ], text
     assert "SLURM job" not in text and not (sweep / ".submitit").exists()
+
+
+def test_a_gpu_on_a_cluster_without_gpus_is_one_line(tmp_path):
+    """hydra.launcher.gpus_per_node=1 where sinfo lists no gpu resource: refused before
+    submission, exit 2 (sbatch's 'Invalid generic resource' came out as an unexpected error, exit 1)."""
+    sweep = tmp_path / "sweep"
+    rc, text = run_sweep(sweep, "optim.lr=0.01,0.02", "hydra.launcher.gpus_per_node=1", timeout=60)
+    assert rc == 2, text
+    errors = [line for line in text.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and errors[0].startswith(
+        "mlprun: error: hydra.launcher.gpus_per_node=1: no node of the default partition has a GPU"
+    ), text
+    assert "SLURM job" not in text and not (sweep / ".submitit").exists()

@@ -144,6 +144,15 @@ def check_resources(params: dict) -> None:
             message=f"hydra.launcher.mem_gb={want}: the largest node of {where} has {mem_mb} MB; "
             f"allowed: at most {mem_mb // 1024}",
         )
+    want = params.get("gpus_per_node")
+    if want and int(want) > 0:  # sbatch refuses a gres the nodes lack ("Invalid generic resource")
+        gres = _run(cmd[:3] + ["%G"] + cmd[4:])
+        if gres is not None and gres.returncode == 0 and "gpu" not in gres.stdout:
+            raise ConfigError(
+                "hydra.launcher.gpus_per_node",
+                message=f"hydra.launcher.gpus_per_node={want}: no node of {where} has a GPU (sinfo lists no "
+                "gpu resource); allowed: 0, or a partition with GPUs (hydra.launcher.partition=...)",
+            )
 
 
 def _job_return(overrides, cfg, run_dir: Path, value) -> JobReturn:
