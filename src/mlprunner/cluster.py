@@ -34,7 +34,6 @@ from .results import read_results
 from .run import STARTUP
 from .stacked import log_alone, plan_groups
 from .sweep import (
-    RERUN_AFTER_TIME_LIMIT,
     best_val_error,
     claim_run_dir,
     in_use_since,
@@ -42,8 +41,8 @@ from .sweep import (
     record_end,
     record_failure,
     record_requeue,
+    record_time_limit,
     results_stamps,
-    time_limit_reason,
 )
 
 log = logging.getLogger("mlprunner")
@@ -236,8 +235,7 @@ def timed_out_group(configs) -> None:
     for cfg in configs:
         run_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
         if (read_results(run_dir) or {}).get("status") != "completed":
-            reason = f"{time_limit_reason(run_dir)}; {RERUN_AFTER_TIME_LIMIT}"
-            record_end(run_dir, list(cfg.hydra.overrides.task), "interrupted", reason)
+            record_time_limit(run_dir, list(cfg.hydra.overrides.task))
 
 
 def failed_members(configs) -> list[str]:

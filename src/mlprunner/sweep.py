@@ -503,7 +503,7 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resum
             raise
         # the same handler with no requeue left (hydra.launcher.max_num_timeout): still a time
         # limit, not a failure; a failed job would start again from scratch on the rerun
-        record_end(run_dir, overrides, "interrupted", f"{time_limit_reason(run_dir)}; {RERUN_AFTER_TIME_LIMIT}")
+        record_time_limit(run_dir, overrides)
         raise
     except BaseException as exc:
         code, message = describe_exception(exc)
@@ -650,21 +650,24 @@ def in_slurm_job() -> bool:
     return bool(os.environ.get("SLURM_JOB_ID")) and bool(os.environ.get("SUBMITIT_FOLDER"))
 
 
-RERUN_AFTER_TIME_LIMIT = (
-    "rerun this sweep command to resume it from checkpoints/last.pt (a larger hydra.launcher.timeout_min "
-    "or max_num_timeout lets one SLURM job go further)"
-)
-
-
 def out_of_requeues(exc: BaseException) -> bool:
     """Whether `exc` is submitit's UncompletedJobError of a SLURM job at its time limit with no
     requeue left (hydra.launcher.max_num_timeout; checked by name: submitit is an optional extra)."""
     return type(exc).__name__ == "UncompletedJobError" and "timed-out too many times" in str(exc)
 
 
-def time_limit_reason(run_dir: Path) -> str:
+def record_time_limit(run_dir: Path, overrides) -> None:
+    """A job (or group member) at its SLURM time limit with no requeue left (out_of_requeues):
+    interrupted, not failed, so the rerun resumes it from last.pt instead of starting it again."""
     done = (read_results(run_dir) or {}).get("epochs_completed", 0)
-    return f"SLURM time limit reached with no requeue left (hydra.launcher.max_num_timeout) after epoch {done}"
+    record_end(
+        run_dir,
+        overrides,
+        "interrupted",
+        f"SLURM time limit reached with no requeue left (hydra.launcher.max_num_timeout) after epoch {done}; "
+        "rerun this sweep command to resume it from checkpoints/last.pt (a larger hydra.launcher.timeout_min "
+        "or max_num_timeout lets one SLURM job go further)",
+    )
 
 
 def record_requeue(run_dir: Path) -> None:
