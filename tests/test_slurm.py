@@ -411,6 +411,52 @@ def test_pending_reason_reported_and_ctrl_c_leaves_the_running_job_with_the_scan
     assert job_state(job_id)[0] == "RUNNING"  # left running (the fixture cancels it)
 
 
+def held_and_left(sweep: Path, *args: str) -> str:
+    """A sweep whose SLURM job is held (pending) and whose sweep process was stopped with Ctrl-C:
+    the job stays queued; its id."""
+    proc, out = start_sweep(sweep, *args, "++hydra.launcher.additional_parameters.hold=true")
+    (job_id,) = wait_for("the job id", lambda: submitted_ids(out))
+    proc.send_signal(signal.SIGINT)
+    text = finish(proc, out, timeout=60)
+    assert proc.returncode == 130, text
+    assert job_state(job_id)[0] == "PENDING"
+    return job_id
+
+
+def test_a_rerun_while_the_earlier_job_is_queued_waits_for_it_instead_of_submitting_again(tmp_path):
+    """Ctrl-C leaves the sweep's job queued; the same sweep command again submits nothing and
+    waits for that job, which (released) trains the combination once; results.json names the
+    SLURM job it ran in."""
+    sweep = tmp_path / "sweep"
+    job_id = held_and_left(sweep, "trainer.epochs=2")
+    proc, out = start_sweep(sweep, "trainer.epochs=2", "++hydra.launcher.additional_parameters.hold=true", name="rerun")
+    line = f"SLURM job {job_id} from an earlier launch is still PENDING: waiting for it"
+    wait_for("the rerun to wait for the earlier job", lambda: line in out.read_text(), 60)
+    subprocess.run(["scontrol", "release", job_id], check=True, timeout=20)
+    text = finish(proc, out)
+    assert proc.returncode == 0, text
+    assert not re.search(r"submitted \d+ SLURM job", text), text
+    assert f"SLURM job {job_id} (#0): completed" in text
+    (run_dir,) = job_dirs(sweep)
+    res = read_json(run_dir / "results.json")
+    assert res["status"] == "completed" and res["epochs_completed"] == 2
+    assert res["provenance"]["slurm_job"] == job_id
+
+
+def test_a_rerun_with_other_launcher_settings_submits_again_and_names_the_earlier_job(tmp_path):
+    """The earlier job still queued but the rerun changes the submission (here: no hold): a new
+    job is submitted, and the warning gives the scancel command for the earlier one."""
+    sweep = tmp_path / "sweep"
+    job_id = held_and_left(sweep, "trainer.epochs=2")
+    rc, text = run_sweep(sweep, "trainer.epochs=2", name="rerun")
+    assert rc == 0, text
+    assert f"SLURM job {job_id} from an earlier launch is still PENDING, submitted with other launcher settings" in text
+    assert f"cancel the earlier one with: scancel {job_id}" in text
+    (new_id,) = re.search(r"submitted 1 SLURM job\(s\): ([0-9_]+);", text).groups()
+    assert new_id != job_id
+    assert read_json(job_dirs(sweep)[0] / "results.json")["provenance"]["slurm_job"] == new_id
+
+
 def test_ctrl_c_with_cancel_on_interrupt_cancels_the_running_job(tmp_path):
     """hydra.launcher.cancel_on_interrupt=true: Ctrl-C on the sweep while its job trains cancels
     the SLURM job, writes the sweep's summary (the job cancelled) and names the command that

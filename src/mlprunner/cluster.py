@@ -2,7 +2,9 @@
 
 Before submitting: each combination's config is composed and validated (an invalid one gets a
 failed results.json and no SLURM job), a combination already completed in the sweep folder is
-not submitted, and cpus_per_task / mem_gb are checked against the partition's nodes (`sinfo`).
+not submitted, one whose SLURM job from an earlier launch of the sweep is still queued or
+running is waited for instead of submitted again, and the partition, cpus_per_task / mem_gb and
+gpus_per_node are checked against the partition's nodes (`sinfo`).
 After submitting: the SLURM job ids and the log folder are printed, and the sweep waits on
 SLURM's own job states (`squeue`, then `scontrol`; `sacct` only where accounting exists), so a
 job that is requeued (time limit, `scontrol requeue`, preemption) is waited for again, and a job
@@ -19,7 +21,10 @@ completed, failed, interrupted, cancelled or lost; `SweepSummary` turns it into 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -28,12 +33,14 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides, setup_globals
 from omegaconf import OmegaConf, open_dict
 
+from .checkpoint import atomic_write_json
 from .config import validate
 from .errors import ConfigError, Interrupted, MlprunError, SweepStopped
 from .results import read_results
 from .run import STARTUP
 from .stacked import log_alone, plan_groups
 from .sweep import (
+    MARKS,
     best_val_error,
     claim_run_dir,
     in_use_since,
@@ -166,7 +173,7 @@ def _job_return(overrides, cfg, run_dir: Path, value) -> JobReturn:
     )
 
 
-def _outcome(job, run_dir: Path, overrides, state: str, reason: str, in_use: dict[str, str]) -> str:
+def _outcome(job_id: str, log_file: str, run_dir: Path, overrides, state: str, reason: str, in_use: dict) -> str:
     """The job's final status, written to its results.json where the job could not (but never
     into a folder the job found in use by another process)."""
     if str(run_dir.resolve()) in in_use:
@@ -174,17 +181,81 @@ def _outcome(job, run_dir: Path, overrides, state: str, reason: str, in_use: dic
     status = (read_results(run_dir) or {}).get("status")
     if status in ("completed", "failed"):
         return status
-    logs = f"log: {job.paths.stderr}"
     if state.startswith("CANCELLED"):
-        record_end(
-            run_dir, overrides, "cancelled", f"SLURM job {job.job_id} was cancelled; rerun the sweep to continue it"
-        )
+        record_end(run_dir, overrides, "cancelled", f"SLURM job {job_id} was cancelled; rerun the sweep to continue it")
         return "cancelled"
     if status == "interrupted":  # its time limit with no requeue left: the job said so itself
         return status
-    why = f"SLURM job {job.job_id} ended {state}{f' ({reason})' if reason and reason != 'None' else ''}"
-    record_end(run_dir, overrides, "lost", f"{why} without a result; {logs}")
+    why = f"SLURM job {job_id} ended {state}{f' ({reason})' if reason and reason != 'None' else ''}"
+    record_end(run_dir, overrides, "lost", f"{why} without a result; log: {log_file}")
     return "lost"
+
+
+def _submission_file(sweep_dir: Path, run_dir: Path) -> Path:
+    """Where the sweep notes the SLURM job it last submitted for a combination, so that a rerun
+    while that job is still queued or running waits for it instead of submitting it again."""
+    name = str(run_dir.relative_to(sweep_dir)).replace(os.sep, "%")
+    return sweep_dir / MARKS / "slurm" / f"{name}.json"
+
+
+def _settings(params: dict) -> dict:
+    """The launcher's submission settings as JSON reads them back (for comparing with a rerun's)."""
+    return json.loads(json.dumps(params, default=str, sort_keys=True))
+
+
+def _note_submitted(sweep_dir: Path, jobs: list, groups: list, params: dict) -> None:
+    for job, group in zip(jobs, groups):
+        for _, _, _, run_dir in group:
+            entry = {"job_id": str(job.job_id), "log": str(job.paths.stderr), "settings": _settings(params)}
+            path = _submission_file(sweep_dir, run_dir)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, entry)
+
+
+def _forget_submitted(sweep_dir: Path, run_dir: Path) -> None:
+    """The combination's SLURM job has ended: no rerun has it to wait for (the folders go once empty)."""
+    path = _submission_file(sweep_dir, run_dir)
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+        path.parent.parent.rmdir()
+
+
+def _still_queued(launcher, todo: list, sweep_dir: Path, initial_job_idx) -> tuple[list, dict]:
+    """(the combinations to submit, {job id: (log, combinations)} to wait for): a combination
+    whose SLURM job from an earlier launch of this sweep is still queued or running, submitted
+    with the same launcher settings, is waited for and not submitted again (two jobs would train
+    one folder in turn, the second for nothing). With other settings (e.g. a longer timeout_min
+    for a job stuck pending) it is submitted again and the earlier job is named for scancel."""
+    earlier = {}
+    for entry in todo:
+        path = _submission_file(sweep_dir, entry[3])
+        try:
+            earlier[entry[0]] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+    states = slurm_states(sorted({e["job_id"] for e in earlier.values()})) if earlier else {}
+    now = _settings(dict(launcher.params))
+    submit, adopted = [], {}
+    for entry in todo:
+        i, overrides = entry[0], entry[1]
+        prior = earlier.get(i)
+        state = states.get(prior["job_id"], ("", ""))[0] if prior else ""
+        if not state or state in FINAL_STATES:
+            submit.append(entry)
+            continue
+        label = f"#{initial_job_idx + i} {' '.join(filter_overrides(overrides))}"
+        job_id = prior["job_id"]
+        if prior.get("settings") != now:
+            log.warning(
+                f"{label}: SLURM job {job_id} from an earlier launch is still {state}, submitted with other "
+                f"launcher settings: submitting again; cancel the earlier one with: scancel {job_id}"
+            )
+            submit.append(entry)
+            continue
+        log.info(f"{label}: SLURM job {job_id} from an earlier launch is still {state}: waiting for it")
+        adopted.setdefault(job_id, (prior.get("log", "?"), []))[1].append(entry)
+    return submit, adopted
 
 
 def claimed_in_job(launcher, sweep_overrides, job_num: int, singleton_state) -> bool:
@@ -266,7 +337,7 @@ def _give_up(waiting: dict, silent_s: float, sweep_dir: Path, initial_job_idx: i
         f"not collected: SLURM job(s) {' '.join(left)}; they may still run: {how}"
     )
     for job_id in left:
-        job, members = waiting.pop(job_id)
+        _, members = waiting.pop(job_id)
         for i, overrides, cfg, run_dir in members:
             log.error(f"  {job_id}: #{initial_job_idx + i} {' '.join(filter_overrides(overrides))}: not collected")
             reason = f"SLURM job {job_id} not collected (SLURM did not answer); {how}"
@@ -342,6 +413,7 @@ def _submit(launcher, groups: list, initial_job_idx, sweep_dir: Path) -> list:
     state = Singleton.get_state()
     args = [_task_args(group, initial_job_idx, state) for group in groups]
     jobs = executor.map_array(launcher, *zip(*args))
+    _note_submitted(sweep_dir, jobs, groups, dict(launcher.params))
     _tidy(Path(str(jobs[0].paths.folder)).parent if jobs else sweep_dir)
     ids = [str(j.job_id) for j in jobs]
     if any(len(group) > 1 for group in groups):
@@ -360,8 +432,8 @@ def _submit(launcher, groups: list, initial_job_idx, sweep_dir: Path) -> list:
 def _wait(
     waiting: dict, returns: dict, sweep_dir: Path, before: dict, initial_job_idx, poll_s, pending_warn_s, unreachable_s
 ) -> None:
-    """Poll SLURM's job states until every job in `waiting` ({job id: (job, its combinations as
-    todo entries)}) has a final one (requeued jobs are waited for again), or SLURM stops
+    """Poll SLURM's job states until every job in `waiting` ({job id: (its log, its combinations
+    as todo entries)}) has a final one (requeued jobs are waited for again), or SLURM stops
     answering for `unreachable_s`."""
     seen: dict[str, str] = {}
     since: dict[str, float] = {}
@@ -378,7 +450,7 @@ def _wait(
             _give_up(waiting, now - answered, sweep_dir, initial_job_idx, returns)
             return
         for job_id, (st, reason) in states.items():
-            job, members = waiting[job_id]
+            log_file, members = waiting[job_id]
             if seen.get(job_id) != st:
                 if seen.get(job_id) is not None or st != "PENDING":
                     log.info(f"SLURM job {job_id}: {st}{f' ({reason})' if st == 'PENDING' else ''}")
@@ -392,7 +464,7 @@ def _wait(
             if st in FINAL_STATES:
                 in_use = in_use_since(sweep_dir, before)
                 for i, overrides, cfg, run_dir in members:  # a group's members: each its own outcome
-                    outcome = _outcome(job, run_dir, overrides, st, reason, in_use)
+                    outcome = _outcome(job_id, log_file, run_dir, overrides, st, reason, in_use)
                     line = f"SLURM job {job_id} (#{initial_job_idx + i}): {outcome}"
                     why = in_use.get(str(run_dir.resolve())) or (read_results(run_dir) or {}).get("reason")
                     (log.info if outcome == "completed" else log.error)(
@@ -400,6 +472,7 @@ def _wait(
                     )
                     value = best_val_error(read_results(run_dir)) if outcome == "completed" else None
                     returns[i] = _job_return(overrides, cfg, run_dir, value)
+                    _forget_submitted(sweep_dir, run_dir)
                 del waiting[job_id]
         if waiting:
             time.sleep(poll_s)
@@ -421,12 +494,14 @@ def launch_on_slurm(
     sweep_dir.mkdir(parents=True, exist_ok=True)
     returns: dict[int, JobReturn] = {}
     todo = _plan(launcher, job_overrides, initial_job_idx, sweep_dir, returns)
-    if not todo:
+    todo, waiting = _still_queued(launcher, todo, sweep_dir, initial_job_idx) if todo else ([], {})
+    if not todo and not waiting:
         return [returns[i] for i in range(len(job_overrides))]
     before = results_stamps(sweep_dir)  # tells this sweep's in-use markers from older ones
-    groups = _group(todo, launcher.max_models)
-    jobs = _submit(launcher, groups, initial_job_idx, sweep_dir)
-    waiting = {str(j.job_id): (j, group) for j, group in zip(jobs, groups)}
+    if todo:
+        groups = _group(todo, launcher.max_models)
+        jobs = _submit(launcher, groups, initial_job_idx, sweep_dir)
+        waiting.update({str(j.job_id): (str(j.paths.stderr), group) for j, group in zip(jobs, groups)})
     try:
         _wait(waiting, returns, sweep_dir, before, initial_job_idx, poll_s, pending_warn_s, unreachable_s)
     except KeyboardInterrupt:
@@ -446,7 +521,8 @@ def launch_on_slurm(
         else:
             log.error(
                 f"interrupted: SLURM job(s) {' '.join(left)} are still queued or running; "
-                f"cancel them with: scancel {' '.join(left)} ; or collect them later with: mlprun-report {sweep_dir}"
+                f"cancel them with: scancel {' '.join(left)} ; or collect them later with: mlprun-report {sweep_dir} "
+                "(rerunning the sweep waits for them)"
             )
         raise
     return [returns[i] for i in range(len(job_overrides))]

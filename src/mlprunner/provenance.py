@@ -97,10 +97,19 @@ def provenance(device: torch.device) -> dict:
         "command": os.environ.get(COMMAND_ENV) or command_line(),
         "cwd": str(cwd),
     }
+    slurm = slurm_job()
+    if slurm:
+        out["slurm_job"] = slurm
     git = git_state(cwd)
     if git is not None:
         out["git"] = git
     return out
+
+
+def slurm_job() -> str | None:
+    """The SLURM job this process runs in, as squeue/sacct name it (array task: "12_3")."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
 
 
 def as_markdown(prov: dict) -> str:
