@@ -4,6 +4,7 @@ PYTHONPATH. Real runs in subprocesses: train, resume, mlprun-eval, mlprun-predic
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -43,6 +44,16 @@ NETS = textwrap.dedent(
     class Picky(nn.Module):  # refuses with an exception that has no message
         def __init__(self, num_features, num_classes):
             raise ValueError()
+
+
+    class Breaks(Net):  # a torch RuntimeError in its 4th forward, as a bug in a model would raise
+        calls = 0
+
+        def forward(self, x):
+            Breaks.calls += 1
+            if Breaks.calls >= 4:
+                raise RuntimeError("Tensor on device meta is not on the expected device cpu!")
+            return super().forward(x)
 
 
     class Three(nn.Module):  # three outputs whatever the data
@@ -268,3 +279,21 @@ def test_a_constructor_error_without_a_message_is_still_one_line(own):
     assert proc.returncode == 2, proc.stderr
     assert "model" in line and "ValueError" in line and "IndexError" not in line, line
     assert not (work / "picky").exists()
+
+
+def test_a_runtime_error_in_training_fails_its_sweep_job_and_the_sweep_goes_on(own):
+    """A RuntimeError from the model during training (its text names `device`, as trainer.device
+    on the command line does): each job is recorded failed, the sweep writes its summary and
+    exits 1, a runtime failure, not 2 (a refusal of values); a single run exits 1 too."""
+    work, env = own
+    args = [*FAST, "model._target_=mynets.Breaks", "trainer.device=cpu", "trainer.seed=0,1"]
+    proc = run_mlprun("-m", *args, "hydra.sweep.dir=sweep", cwd=work, env=env)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "2 job(s) failed in this sweep" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    assert "Error executing job" not in proc.stderr + proc.stdout
+    rows = list(csv.DictReader((work / "sweep" / "summary.csv").open()))
+    assert [r["status"] for r in rows] == ["failed", "failed"]
+    assert all("expected device cpu" in r["reason"] for r in rows)
+    proc = run_mlprun(*args[:-1], "hydra.run.dir=single", cwd=work, env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert read_json(work / "single" / "results.json")["status"] == "failed"

@@ -357,11 +357,15 @@ FILE_PROBLEMS = {
 
 
 def _override_named_in(text: str) -> str | None:
-    """The command-line override whose key a third-party error names (joblib's "n_jobs == 0 in
-    Parallel has no meaning" for hydra.launcher.n_jobs=0), or None."""
+    """The command-line hydra.* override whose key a Hydra plugin's error names (joblib's
+    "n_jobs == 0 in Parallel has no meaning" for hydra.launcher.n_jobs=0), or None. Only hydra.*
+    keys: mlprun checks its own keys itself, and an error in training that happens to contain a
+    key's name ("expected device cpu" and trainer.device=cpu) is a runtime failure, not a value."""
     for a in _cli_args():
         key, eq, _ = a.lstrip("+~").partition("=")
         leaf = key.rpartition(".")[2]
+        if not key.startswith("hydra."):
+            continue
         if eq and len(leaf) > 2 and re.search(rf"(?<![A-Za-z0-9_]){re.escape(leaf)}(?![A-Za-z0-9_])", text):
             return a
     return None

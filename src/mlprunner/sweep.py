@@ -498,14 +498,12 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resum
         # requeued job resumes it from checkpoints/last.pt.
         record_requeue(run_dir)
         raise
-    except RuntimeError as exc:
-        if not out_of_requeues(exc):
-            raise
-        # the same handler with no requeue left (hydra.launcher.max_num_timeout): still a time
-        # limit, not a failure; a failed job would start again from scratch on the rerun
-        record_time_limit(run_dir, overrides)
-        raise
     except BaseException as exc:
+        if out_of_requeues(exc):
+            # the same handler with no requeue left (hydra.launcher.max_num_timeout): still a time
+            # limit, not a failure; a failed job would start again from scratch on the rerun
+            record_time_limit(run_dir, overrides)
+            raise
         code, message = describe_exception(exc)
         if isinstance(exc, KeyboardInterrupt) or code == EXIT_INTERRUPTED:
             if jobs_run_here():  # Hydra would record the job failed and start the next one
