@@ -186,6 +186,20 @@ CASES = [
         2,
         ["trainer.early_stopping.enabled", "dataset.val_fraction=0"],
     ),
+    case(
+        "max-of-a-minimised-monitor",
+        ["trainer.early_stopping.mode=max"],
+        2,
+        ["trainer.early_stopping.mode='max'", "min with monitor=val/error"],
+    ),
+    case("loss-per-sample", ["+loss.reduction=none"], 2, ["loss.reduction='none'", "allowed: mean"]),
+    case(
+        "optuna-without-val",
+        ["-m", *TINY, "dataset.n_val=0", "hydra/sweeper=mlprun_optuna", "optim.lr=interval(0.001,0.1)"],
+        2,
+        ["dataset.n_val=0", "hydra/sweeper=mlprun_optuna", "validation error"],
+        how="subprocess",
+    ),
     case("csv-required", ["dataset=image_csv"], 2, ["dataset.csv", "required"]),
     # ---- the run folder
     case(

@@ -20,7 +20,7 @@ from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from .components import Loss, build_scheduler, class_node
+from .components import MAXIMISED, Loss, build_scheduler, class_node
 from .data import check_feature_stats, check_split
 from .device import resolve_device
 from .errors import ConfigError, first_line
@@ -132,6 +132,20 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             "trainer.early_stopping.enabled", True, "false when dataset.val_fraction=0 (there is no validation set)"
         )
+    es = trainer.early_stopping
+    if es.get("mode") == "max" and es.monitor not in MAXIMISED:
+        # selecting the largest error or loss would keep the worst epoch as best.pt
+        raise ConfigError(
+            "trainer.early_stopping.mode",
+            "max",
+            f"min with monitor={es.monitor} (it improves downwards; {' and '.join(MAXIMISED)} are maximised "
+            "whatever mode says)",
+        )
+    reduction = cfg.loss.get("reduction", "mean")
+    if reduction != "mean":
+        # a per-sample loss cannot be backpropagated as is, and a summed one grows with the batch:
+        # train (batch size) and val (eval batch size) losses would not compare
+        raise ConfigError("loss.reduction", reduction, "mean (mlprun averages the loss over each batch)")
     check_channel_stats(ds)  # both or neither, one length (the channels: below, with the loader)
     swa = trainer.get("swa")
     if swa is not None and swa.get("enabled"):

@@ -201,6 +201,7 @@ def restore_multirun_yaml(sweep_dir: Path) -> None:
 
 
 _STARTED: dict[Path, set[str] | None] = {}  # sweep folders of this process: their entries before it
+_MADE_FROM: dict[Path, Path] = {}  # sweep folder: the highest of its folders that did not exist before it
 
 
 def note_sweep_start(sweep_dir: Path) -> None:
@@ -208,6 +209,10 @@ def note_sweep_start(sweep_dir: Path) -> None:
     it, for forget_refused_sweeps; and this launch's SWEEP_ID, which its jobs inherit."""
     sweep_dir = Path(sweep_dir)
     _STARTED[sweep_dir] = set(os.listdir(sweep_dir)) if sweep_dir.is_dir() else None
+    top = sweep_dir.absolute()
+    while not top.parent.exists():  # runs/multirun/<date>/ of a first sweep today: made with it
+        top = top.parent
+    _MADE_FROM[sweep_dir] = top
     os.environ[SWEEP_ID] = f"{os.getpid()}-{time.time_ns()}"
 
 
@@ -267,6 +272,10 @@ def forget_refused_sweep(sweep_dir: Path, before: set[str] | None) -> None:
             (sweep_dir / MARKS).rmdir()
         if before is None:
             sweep_dir.rmdir()  # only if empty
+            made = sweep_dir.absolute()
+            while made != _MADE_FROM.get(sweep_dir, made):  # its parents the sweep made, if empty
+                made = made.parent
+                made.rmdir()
 
 
 def restore_kept_multirun_yaml() -> None:

@@ -9,10 +9,11 @@ import warnings
 from pathlib import Path
 
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
-from mlprunner.errors import Interrupted, SweepStopped
+from mlprunner.errors import ConfigError, Interrupted, SweepStopped
 from mlprunner.record import in_use_elsewhere
 from mlprunner.sweep import forget_launch_marks, no_trial_completed, sweep_stopped_by
 
@@ -42,6 +43,7 @@ class _StopAwareLauncher:
 
 class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
     def sweep(self, arguments: list[str]) -> None:
+        self._check_objective(arguments)
         self._retry_interrupted_trials()
         self.launcher = _StopAwareLauncher(self.launcher, Path(str(self.config.hydra.sweep.dir)))
         # The plugin asks the study for its best trial after the last batch; with every trial
@@ -55,6 +57,21 @@ class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
             if not no_trial_completed(exc) or self._completed_trials():
                 raise
             log.warning("no trial of the Optuna study has completed: no best parameters (no optimization_results.yaml)")
+
+    def _check_objective(self, arguments: list[str]) -> None:
+        """The study minimises each trial's best validation error: without a validation split
+        (dataset.val_fraction=0 or dataset.n_val=0) no trial has one, and every trial would train
+        for nothing. Refused before the first trial (the test set is never the objective)."""
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        swept = {o.key_or_group for o in parsed if o.is_sweep_override()} | set(self.search_space or {})
+        ds = self.config.dataset
+        for key in ("val_fraction", "n_val"):
+            if ds.get(key) == 0 and f"dataset.{key}" not in swept:
+                raise ConfigError(
+                    f"dataset.{key}",
+                    0,
+                    "more than 0 with hydra/sweeper=mlprun_optuna: the study minimises the validation error",
+                )
 
     def _retry_interrupted_trials(self) -> None:
         """A trial a signal stopped (Ctrl-C: mlprun left the study with the trial asked but never
