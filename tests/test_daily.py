@@ -422,6 +422,9 @@ def test_report_fills_defaults_groups_datasets_and_shows_test_error(workdir, mlp
     import csv
 
     with open(runs / "summary.csv", newline="") as fh:
+        header = next(csv.reader(fh))
+        assert header.count("dataset") == 1, header  # swept here, and its own column
+        fh.seek(0)
         rows = {r["job"]: r for r in csv.DictReader(fh)}
     assert rows["a"]["optim"] == "sgd" and rows["b"]["optim"] == "adam"  # the default, filled in
     assert rows["a"]["model.dropout"] == "0.2" and rows["b"]["model.dropout"] == "0.1"

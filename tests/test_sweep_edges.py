@@ -5,13 +5,18 @@ from __future__ import annotations
 
 import csv
 import re
+import shutil
+import statistics
+import subprocess
+import sys
 
 import pytest
 from rich.console import Console
 
 from conftest import QUICK, mlprun_env, read_json, run_mlprun
-from mlprunner.report import collect, print_table, table_rows
+from mlprunner.report import collect, mean_interval, print_table, table_rows
 from mlprunner.sessions import short_keys
+from mlprunner.sweep import record_failure
 
 TINY = [
     "dataset=digits",
@@ -165,3 +170,70 @@ def test_swept_keys_of_the_same_last_part_are_named_by_their_shortest_distinct_e
         "model.activation": "model.activation",
         "activation": "activation",
     }
+
+
+def test_the_report_lists_combinations_without_a_folder_and_refused_jobs_under_their_dataset(three_key_sweep, tmp_path):
+    """mlprun-report of a sweep with a combination that never started (its folder gone) and one
+    refused before it started (results.json only, no saved config, as a SLURM refusal leaves it):
+    the first is a "not started" row named as the folder a rerun makes, both under the sweep's
+    dataset, not under "?"."""
+    sweep = tmp_path / "sweep"
+    shutil.copytree(three_key_sweep, sweep)
+    gone, refused = sorted(d for d in sweep.iterdir() if (d / "results.json").is_file())[:2]
+    overrides = read_json(refused / "results.json")["overrides"]
+    shutil.rmtree(gone)
+    shutil.rmtree(refused)
+    record_failure(refused, overrides, "optim.lr=-1 is invalid", invalid=True)
+    jobs, _ = collect(sweep)
+    assert len(jobs) == 8
+    by_name = {j["job"]: j for j in jobs}
+    assert by_name[gone.name]["status"] == "not started" and not gone.exists()
+    assert by_name[refused.name]["status"] == "failed"
+    assert {j["dataset"] for j in jobs} == {"digits"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mlprunner.report", str(sweep)], capture_output=True, text=True, env=mlprun_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "8 jobs (6 completed, 1 failed, 1 not started)" in " ".join(proc.stdout.split()), proc.stdout
+    rows = [ln for ln in proc.stdout.splitlines() if re.match(r"\d+ ", ln)]
+    assert len(rows) == 8 and not any("test=" in r for r in rows), proc.stdout  # eval.test=true in every job
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert sorted(r["status"] for r in rows) == ["completed"] * 6 + ["failed", "not started"]
+
+
+def test_mean_interval_is_students_t_and_says_when_there_is_no_spread():
+    from scipy import stats
+
+    xs = [0.02, 0.025, 0.04]
+    mean, half, sd = mean_interval(xs)
+    assert mean == pytest.approx(statistics.fmean(xs))
+    lo, hi = stats.t.interval(0.95, len(xs) - 1, loc=statistics.fmean(xs), scale=stats.sem(xs))
+    assert (mean - half, mean + half) == pytest.approx((lo, hi), rel=1e-9)
+    assert sd == pytest.approx(statistics.stdev(xs))
+    assert mean_interval([0.03]) == (0.03, None, None)  # one seed: no interval
+    assert mean_interval([0.03, 0.03])[1:] == (0.0, 0.0)  # identical values: a zero-width interval
+    assert mean_interval([]) is None
+    two = mean_interval([0.01, 0.03])  # n=2: t(1) = 12.71, a wide interval, as it should be
+    assert two[1] == pytest.approx(12.7062047 * statistics.stdev([0.01, 0.03]) / 2**0.5, rel=1e-6)
+
+
+def test_a_seed_sweep_reports_each_configuration_across_its_seeds(tmp_path):
+    """lr x seed: the terminal and summary.md give each lr's mean best validation error over its
+    seeds with the 95% t-interval (checked against summary.csv's own numbers); the seed gets no
+    'val error vs' plot (it is no parameter), the lr does."""
+    sweep = tmp_path / "sweep"
+    proc = run_mlprun(
+        "-m", *TINY, "optim.lr=0.01,0.03", "trainer.seed=0,1,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True
+    )
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    md = (sweep / "summary.md").read_text()
+    assert "## Across seeds (trainer.seed)" in md and "Student-t" in md
+    for lr in ("0.01", "0.03"):
+        errs = [float(r["best_val_error"]) for r in rows if r["optim.lr"] == lr]
+        mean, half, sd = mean_interval(errs)
+        line = f"| lr={lr} | 3 | {100 * mean:.2f} ± {100 * half:.2f} | {100 * sd:.2f} |"
+        assert line in md, md
+        assert f"{100 * mean:.2f} ± {100 * half:.2f}" in proc.stdout
+    assert "across seeds: mean ± 95% t-interval" in proc.stdout
+    assert not (sweep / "val_error_vs_trainer.seed.png").exists()
+    assert (sweep / "val_error_vs_optim.lr.png").is_file()

@@ -44,10 +44,12 @@ def summary_rows(sweep: Path) -> list[dict]:
 
 
 def check_summary_against_jobs(sweep: Path) -> list[dict]:
-    """Every job folder has exactly one summary.csv row that repeats its results.json."""
+    """Every job folder has exactly one summary.csv row that repeats its results.json; the
+    other rows are the sweep's combinations that never started (no folder)."""
     rows = {r["job"]: r for r in summary_rows(sweep)}
     dirs = job_dirs(sweep)
-    assert sorted(rows) == [d.name for d in dirs]
+    unstarted = {n for n, r in rows.items() if r["status"] == "not started" and not (sweep / n).exists()}
+    assert sorted(set(rows) - unstarted) == [d.name for d in dirs]
     for d in dirs:
         res, row = read_json(d / "results.json"), rows[d.name]
         assert row["status"] == res["status"]
@@ -64,7 +66,8 @@ def check_summary_against_jobs(sweep: Path) -> list[dict]:
     errs = [float(r["best_val_error"]) if r["best_val_error"] else float("inf") for r in summary_rows(sweep)]
     assert errs == sorted(errs)
     md = (sweep / "summary.md").read_text()
-    assert md.count("\n| ") == len(dirs) + 1  # header + one row per job
+    table = md.split("## Across seeds")[0]  # (its own table, when trainer.seed is swept)
+    assert table.count("\n| ") == len(rows) + 1  # header + one row per job
     return list(rows.values())
 
 
@@ -425,13 +428,18 @@ def test_a_signal_stops_a_sweep_of_the_basic_launcher_and_its_command_continues_
     assert len(job_dirs(sweep)) == 1, out[-3000:]  # the jobs after it did not start
     (stopped,) = job_dirs(sweep)
     assert read_json(stopped / "results.json")["status"] == "interrupted"
-    assert [r["status"] for r in check_summary_against_jobs(sweep)] == ["interrupted"]  # written at the stop
+    # written at the stop: the jobs after it are listed as not started
+    rows = check_summary_against_jobs(sweep)
+    assert [r["status"] for r in rows] == ["interrupted", "not started", "not started"]
+    # named as the folders the rerun makes
+    assert {r["job"] for r in rows[1:]} == {stopped.name.replace("seed=0", f"seed={k}") for k in (1, 2)}
     command = shlex.split(line.split(" with: ", 1)[1])
     assert command[0] == "mlprun" and f"hydra.sweep.dir={sweep.resolve()}" in command
     proc = run_mlprun(*command[1:], cwd=tmp_path, check=True)
     assert proc.stdout.count("was interrupted: resuming from") == 1, proc.stdout[-3000:]
     assert [read_json(d / "results.json")["status"] for d in job_dirs(sweep)] == ["completed"] * 3
     assert read_json(stopped / "results.json")["resumed"][0]["from_epoch"] >= 1
+    assert [r["status"] for r in check_summary_against_jobs(sweep)] == ["completed"] * 3
 
 
 def _joblib_sweep_stopped(tmp_path: Path, whom: str, times: int = 1) -> tuple[Path, list[str], str]:
@@ -458,7 +466,7 @@ def test_ctrl_c_stops_a_joblib_sweep_whose_command_continues_it(tmp_path):
     assert all(read_json(d / "results.json")["status"] == "interrupted" for d in stopped)
     assert all(read_json(d / "results.json")["epochs_completed"] < 100 for d in stopped)
     rows = check_summary_against_jobs(sweep)
-    assert sorted(r["status"] for r in rows) == ["interrupted", "interrupted"]
+    assert sorted(r["status"] for r in rows) == ["interrupted", "interrupted", "not started", "not started"]
     command = shlex.split(line.split(" with: ", 1)[1])
     assert command[1:] == [*args[:-1], f"hydra.sweep.dir={sweep.resolve()}"]
     proc = run_mlprun(*command[1:], cwd=tmp_path, check=True)

@@ -13,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 from .config import preflight, validate
 from .errors import EXIT_CONFIG, ConfigError, Interrupted, RunInUse, RunRefused, SweepFailed, SweepStopped
 from .record import lock_run_dir
-from .report import ReportError, build_report, collect
+from .report import SEED, ReportError, build_report, collect
 from .run import stop_if_signalled, when_signalled
 from .runs import refuse_existing, refuse_foreign_files, refuse_foreign_sweep_folder
+from .sessions import swept_keys_of
 from .sweep import (
     JOBLIB_LAUNCHER,
     clear_marks,
@@ -138,6 +139,13 @@ class SweepSummary(Callback):
         keep_multirun_yaml(folder)  # the sweeper writes its own next; the first sweep's stays
         write_multirun_yaml(config, folder)  # a sweeper that writes none (Optuna's)
         quiet_failed_trials()
+        varied = [k for k in swept_keys_of(config) if k != SEED]
+        if varied and OmegaConf.select(config, "eval.test", default=False):
+            # seeds of one configuration may all be tested; choosing among configurations may not
+            log.warning(
+                f"eval.test=true while sweeping {', '.join(varied)}: choose by validation error (the "
+                "table's order); the lowest test error of several configurations is an optimistic estimate"
+            )
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         folder = Path(str(config.hydra.sweep.dir))

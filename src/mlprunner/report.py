@@ -17,6 +17,7 @@ import math
 import os
 import re
 import statistics
+import textwrap
 from pathlib import Path
 
 try:
@@ -24,6 +25,8 @@ try:
 except ImportError:  # Windows: no flock
     fcntl = None
 
+from hydra._internal.config_loader_impl import get_overrides_dirname
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
@@ -90,6 +93,23 @@ def find_jobs(folder: Path, max_depth: int = 4) -> list[Path]:
 def split_override(override: str) -> tuple[str, str]:
     key, _, value = str(override).partition("=")
     return key.lstrip("+~"), value
+
+
+def values_as_configured(overrides: list[str]) -> dict[str, str]:
+    """{key: value} of overrides, each value written as format_value writes a config's (`true`,
+    `[32]`), not as Hydra's sweeper spells it (`True`); an override Hydra cannot parse, as written."""
+    parser = OverridesParser.create()
+    out = {}
+    for override in overrides:
+        key, value = split_override(override)
+        try:
+            (parsed,) = parser.parse_overrides([str(override)])
+            if not (parsed.is_delete() or parsed.is_sweep_override()):
+                value = format_value(parsed.value())
+        except HydraException:
+            pass
+        out[key] = value
+    return out
 
 
 def _read_overrides(job_dir: Path) -> list[str]:
@@ -161,7 +181,7 @@ def load_job(folder: Path, job_dir: Path) -> dict:
         "job": name,
         "dir": job_dir,
         "overrides": [str(o) for o in overrides],
-        "params": dict(split_override(o) for o in [*overrides, *resumed]),  # a resume's value wins
+        "params": values_as_configured([*overrides, *resumed]),  # a resume's value wins
         "status": status,
         "reason": results.get("reason"),
         "invalid_config": bool(results.get("invalid_config")),  # refused for its values
@@ -258,8 +278,79 @@ def collect(folder: Path) -> tuple[list[dict], list[str]]:
     job_dirs = find_jobs(folder)
     if not job_dirs:
         raise ReportError(f"{folder}: no runs found (no results.json or .hydra/overrides.yaml below it)")
-    jobs = sorted((load_job(folder, d) for d in job_dirs), key=_sort_key)  # by dataset, then error
+    jobs = [load_job(folder, d) for d in job_dirs]
+    jobs += [unstarted_job(folder, *combination) for combination in not_started(folder, jobs)]
+    _fill_datasets(jobs)
+    jobs = sorted(jobs, key=_sort_key)  # by dataset, then error
     return jobs, swept_keys(jobs)
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+DIRNAME = "${hydra.job.override_dirname}"  # mlprun's hydra.sweep.subdir (configs/config.yaml)
+
+
+def planned(folder: Path) -> list[tuple[list[str], str]]:
+    """The combinations the sweep in `folder` set out to run, with the name of each one's run
+    folder (its multirun.yaml: the command's sweep overrides and hydra.sweeper.params, expanded
+    as Hydra's basic sweeper expands them, named as hydra.sweep.subdir names them); [] for
+    another sweeper (Optuna decides its trials as it goes) or no readable multirun.yaml."""
+    saved = _load_yaml(Path(folder) / "multirun.yaml")
+    sweeper = None if saved is None else OmegaConf.select(saved, "hydra.sweeper", default=None)
+    if sweeper is None or sweeper.get("_target_") != BASIC_SWEEPER:
+        return []
+    try:
+        task = [str(o) for o in OmegaConf.select(saved, "hydra.overrides.task", default=[])]
+        params = OmegaConf.to_container(sweeper.params, resolve=False) if sweeper.get("params") else {}
+        on_command_line = {split_override(o)[0] for o in task}
+        task += [f"{k}={v}" for k, v in params.items() if k not in on_command_line]
+        parser = OverridesParser.create()
+        combinations = [
+            list(c) for batch in BasicSweeper.split_arguments(parser.parse_overrides(task), None) for c in batch
+        ]
+        naming = OmegaConf.select(saved, "hydra.job.config.override_dirname")
+        by_dirname = OmegaConf.to_container(saved.hydra.sweep, resolve=False).get("subdir") == DIRNAME
+        return [
+            (
+                c,
+                get_overrides_dirname(
+                    parser.parse_overrides(c), list(naming.exclude_keys), naming.item_sep, naming.kv_sep
+                )
+                if by_dirname
+                else ",".join(c),
+            )
+            for c in combinations
+        ]
+    except Exception:  # a multirun.yaml edited by hand: list the folders only
+        return []
+
+
+def not_started(folder: Path, jobs: list[dict]) -> list[tuple[list[str], str]]:
+    """The planned combinations no run folder in `folder` holds (a sweep stopped before them)."""
+    present = {frozenset(job["overrides"]) for job in jobs} | {job["dir"].name for job in jobs}
+    return [(c, name) for c, name in planned(folder) if frozenset(c) not in present and name not in present]
+
+
+def unstarted_job(folder: Path, overrides: list[str], name: str) -> dict:
+    """A row for a combination that has no folder: status "not started", no numbers."""
+    return {
+        **load_job(folder, folder / name),
+        "job": name,
+        "status": "not started",
+        "reason": "the sweep has not started this job (no folder): rerun the sweep command to run it",
+        "overrides": overrides,
+        "params": values_as_configured(overrides),
+        "dataset": None,
+        "config": None,
+    }
+
+
+def _fill_datasets(jobs: list[dict]) -> None:
+    """A job with no saved config (refused before it started, not started) is listed under its
+    `dataset=` override, or under the one dataset all the other jobs share, not under "?"."""
+    known = {j["dataset"] for j in jobs if j["dataset"]}
+    for job in jobs:
+        if not job["dataset"]:
+            job["dataset"] = job["params"].get("dataset") or (next(iter(known)) if len(known) == 1 else None)
 
 
 # ---------------------------------------------------------------- the table
@@ -287,6 +378,7 @@ def _num(x, fmt="{}") -> str:
 def write_csv(jobs: list[dict], keys: list[str], path: Path) -> Path:
     """One row per job: the swept keys' effective values (defaults filled in), the outcome."""
     has_test = any(j["test_error"] is not None for j in jobs)
+    keys = [k for k in keys if k != "dataset"]  # its own column, whether swept or not
     cols = COLUMNS[:2] + ["dataset"] + keys + COLUMNS[2:]
     if not has_test:
         cols.remove("test_error")
@@ -301,6 +393,77 @@ def write_csv(jobs: list[dict], keys: list[str], path: Path) -> Path:
         writer.writerow({c: "" if v is None else v for c, v in row.items()})
     atomic_write_text(path, buf.getvalue())
     return path
+
+
+# ---------------------------------------------------------------- across seeds
+
+SEED = "trainer.seed"
+LEVEL = 0.95
+
+
+def mean_interval(xs: list[float], level: float = LEVEL) -> tuple[float, float | None, float | None] | None:
+    """(mean, half-width of the Student-t interval at `level`, sample sd) of xs; the half-width
+    and sd are None for one value (no spread to estimate), None for no values."""
+    if not xs:
+        return None
+    mean = statistics.fmean(xs)
+    if len(xs) < 2:
+        return mean, None, None
+    # only a report of a seed sweep needs it: 0.3 s at every mlprun start otherwise
+    from scipy.special import stdtrit
+
+    sd = statistics.stdev(xs)
+    return mean, float(stdtrit(len(xs) - 1, (1 + level) / 2)) * sd / math.sqrt(len(xs)), sd
+
+
+def across_seeds(jobs: list[dict], keys: list[str]) -> list[dict]:
+    """When trainer.seed is swept: per configuration (the other swept keys' values, per dataset),
+    over its completed jobs, the mean best validation error (and test error) with its 95%
+    t-interval. The interval is of seed-to-seed variation; each run's test-set sampling error is
+    its own ci95 (results.json)."""
+    if SEED not in keys:
+        return []
+    others = [k for k in keys if k != SEED]
+    groups: dict[tuple, list[dict]] = {}
+    for job in jobs:
+        label = _label(job, others, short=True) if others else "all"
+        groups.setdefault((str(job.get("dataset") or "?"), label), []).append(job)
+    rows = []
+    for (dataset, label), group in groups.items():
+        done = [j for j in group if j["status"] == "completed"]  # a failed seed is listed as missing, not averaged
+        row = {"dataset": dataset, "config": label, "n": len(done), "of": len(group)}
+        for metric in ("best_val_error", "test_error"):
+            row[metric] = mean_interval([j[metric] for j in done if j[metric] is not None])
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["dataset"], r["best_val_error"] is None, (r["best_val_error"] or (0,))[0]))
+
+
+def _shown_interval(value) -> str:
+    if value is None:
+        return ""
+    mean, half, _ = value
+    return f"{100 * mean:.2f} ± {100 * half:.2f}" if half is not None else f"{100 * mean:.2f} (n=1)"
+
+
+def seed_rows(rows: list[dict], test: bool) -> tuple[list[str], list[list[str]]]:
+    """(headers, rows) of the across-seeds table."""
+    hs = ["config", "n", "val err % (95% t)"] + (["test err % (95% t)"] if test else []) + ["val sd %"]
+    out = []
+    for r in rows:
+        sd = (r["best_val_error"] or (None, None, None))[2]
+        n = str(r["n"]) if r["n"] == r["of"] else f"{r['n']} of {r['of']}"
+        cells = [r["config"], n, _shown_interval(r["best_val_error"])]
+        if test:
+            cells.append(_shown_interval(r["test_error"]))
+        out.append(cells + ["" if sd is None else f"{100 * sd:.2f}"])
+    return hs, out
+
+
+SEED_NOTE = (
+    f"mean over the completed jobs of each configuration (one per {SEED}) ± the half-width of the 95% "
+    "Student-t interval (n-1 degrees of freedom): seed-to-seed variation only, not each run's test-set "
+    "sampling error (its ci95 in results.json)"
+)
 
 
 def has_test(jobs: list[dict]) -> bool:
@@ -376,6 +539,18 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
         for row in table_rows(group, keys, has_test(jobs)):
             row[1] = f"`{row[1]}`"
             lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    seeds = across_seeds(jobs, keys)
+    if seeds:
+        lines += ["", f"## Across seeds ({SEED})", "", SEED_NOTE + "."]
+        for name in datasets(jobs):
+            group = [r for r in seeds if r["dataset"] == name]
+            if not group:
+                continue
+            if len(datasets(jobs)) > 1:
+                lines += ["", f"### dataset={name}"]
+            hs, rows = seed_rows(group, has_test(jobs))
+            lines += ["", "| " + " | ".join(hs) + " |", "|---|" + "---:|" * (len(hs) - 1)]
+            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
     failed = [j for j in jobs if j["status"] != "completed"]
     if failed:
         lines += ["", "## Not completed", ""]
@@ -437,6 +612,24 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
             style = None if job["status"] == "completed" else "red"
             table.add_row(*map(escape, row), style=style)  # `logger=[a,b]` is text, not markup
         console.print(table)
+    seeds = across_seeds(jobs, keys)
+    for name, _ in groups:
+        group = [r for r in seeds if r["dataset"] == name]
+        if group:
+            hs, rows = seed_rows(group, has_test(jobs))
+            where = f", dataset={name}" if len(groups) > 1 else ""
+            table = Table(
+                title=f"across seeds{where}: mean ± 95% t-interval",
+                box=box.SIMPLE_HEAD,
+                show_edge=False,
+                pad_edge=False,
+                padding=(0, 1, 0, 0),
+            )
+            for h in hs:
+                table.add_column(h, justify="left" if h == "config" else "right", overflow="fold")
+            for row in rows:
+                table.add_row(*map(escape, row))
+            console.print(table)
     for job in jobs:
         if job["status"] != "completed":
             console.print(
@@ -567,7 +760,10 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
     from matplotlib.ticker import MaxNLocator  # lazy: matplotlib (see plots._plt)
 
     shown = min(len(with_curves), max_legend)
-    fig, ax = plt.subplots(figsize=(11, 5))
+    # the terminal's short names, folded: a legend of whole key names can be wider than the figure
+    labels = [textwrap.fill(_label(job, keys, short=True) or job["job"], 48) for job in with_curves[:shown]]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(11, max(5.0, 1.2 + 0.15 * lines)))  # tall enough for the legend
     palette = colours(shown)
     styles = ["-", "--", ":", "-."]
     for rank, job in enumerate(with_curves):
@@ -582,7 +778,7 @@ def plot_curves(jobs: list[dict], keys: list[str], path: Path, max_legend: int =
             alpha=1.0 if top else 0.35,
             color=palette[rank] if top else "grey",
             linestyle=styles[(rank // 10) % len(styles)] if top else "-",
-            label=(_label(job, keys) or job["job"]) if top else None,
+            label=labels[rank] if top else None,
         )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(
@@ -716,7 +912,7 @@ def planned_plots(folder: Path, jobs: list[dict], keys: list[str]) -> list[tuple
     groups = by_dataset(jobs)
     for name, group in groups:
         suffix = f"_{_safe(name)}" if len(groups) > 1 else ""  # a folder of several datasets
-        for key in keys:
+        for key in (k for k in keys if k != SEED):  # a seed is no parameter: no trend to draw against it
             if len({v for v, _ in param_points(group, key)}) >= 2:  # else param_figure draws nothing
                 planned.append(
                     (folder / f"val_error_vs_{_safe(key)}{suffix}.png", lambda p, g=group, k=key: plot_param(g, k, p))

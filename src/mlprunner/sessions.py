@@ -100,14 +100,22 @@ def hparams_of(cfg: DictConfig, overrides=(), choices: dict | None = None) -> di
 
 
 def swept_keys(sweep_dir: Path) -> list[str]:
-    """The keys a sweep varies, in command-line order: overrides with several values
-    (`a=1,2`, `range(...)`, `choice(...)`) and the sweeper's own `params` (preset grids, Optuna's
-    search space), read from the sweep folder's multirun.yaml."""
+    """swept_keys_of the sweep folder's multirun.yaml ([] without one)."""
     path = Path(sweep_dir) / "multirun.yaml"
     if not path.is_file():
         return []
     try:
         conf = OmegaConf.load(path)
+    except Exception:  # an unreadable multirun.yaml: the jobs keep their folder names
+        return []
+    return swept_keys_of(conf)
+
+
+def swept_keys_of(conf) -> list[str]:
+    """The keys a sweep varies, in command-line order: overrides with several values
+    (`a=1,2`, `range(...)`, `choice(...)`) and the sweeper's own `params` (preset grids, Optuna's
+    search space), read from a sweep's config (multirun.yaml, or the sweep's own at its start)."""
+    try:
         task = [str(o) for o in OmegaConf.select(conf, "hydra.overrides.task", default=[]) or []]
         params = OmegaConf.select(conf, "hydra.sweeper.params", default=None) or {}
         keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(task) if o.is_sweep_override()]
