@@ -175,3 +175,19 @@ def test_entry_points_sit_on_top():
     assert importers <= {"mlprunner.__main__"}, importers
     assert not {m for m, targets in graph.items() if "mlprunner.hydra_callbacks" in targets}
     assert graph["mlprunner.errors"] == set()
+
+
+def test_hydra_plugins_use_the_library_not_the_entry_points():
+    """The launcher and sweeper plugins (src/hydra_plugins) run inside Hydra, in sweep workers and
+    SLURM jobs: they build on mlprunner's library modules, never on its console entry point."""
+    plugins = SRC.parent / "hydra_plugins"
+    found = []
+    for path in sorted(plugins.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            found += [f"{path.relative_to(plugins)}:{node.lineno}: {n}" for n in names if n in ENTRY_POINTS]
+    assert not found, found
+
+
+ENTRY_POINTS = {"mlprunner.cli", "mlprunner.__main__", "mlprunner.hydra_callbacks"}

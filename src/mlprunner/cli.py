@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import logging
 import os
 import shlex
@@ -20,10 +21,10 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict, read_write
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .checkpoint import atomic_write_json
-from .config import register_resolvers
+from .checkpoint import atomic_write_json, atomic_write_text
+from .config import launch_relative_paths, register_resolvers
 from .errors import (
     EXIT_CONFIG,
     EXIT_OK,
@@ -52,7 +53,6 @@ from .report import build_report
 from .resume import resume_main
 from .run import install_startup_signals, run
 from .runs import check_output
-from .schema import SCHEMA
 from .sweep import (
     forget_launch_marks,
     forget_refused_run,
@@ -147,24 +147,6 @@ def from_here(args: list[str]) -> list[str]:
             value = str(Path(value).expanduser().resolve())
             out[j] = f"{flag}={value}" if eq else value
     return out
-
-
-def launch_relative_paths(cfg: DictConfig, launch_dir: Path) -> None:
-    """hydra.job.chdir=true: a relative path (dataset.root's default ./data, a relative
-    MLPRUN_DATA, dataset.csv, ...) names a place in the folder mlprun was started in, not in the
-    run folder Hydra changed to."""
-    for key, spec in SCHEMA.items():
-        if not spec.path:
-            continue
-        parent_key, _, leaf = key.rpartition(".")
-        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
-        if not isinstance(parent, DictConfig) or leaf not in parent.keys() or OmegaConf.is_missing(parent, leaf):
-            continue
-        value = parent[leaf]
-        if value is None or Path(str(value)).expanduser().is_absolute():
-            continue
-        with read_write(cfg), open_dict(cfg):
-            OmegaConf.update(cfg, key, str(launch_dir / Path(str(value))), merge=False)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://mlprunner.configs", config_name="config")
@@ -314,7 +296,7 @@ def eval_main(argv: list[str] | None = None) -> None:
         print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
         print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
         print(f"macro F1 {m['f1']:.4f}, precision {m['precision']:.4f}, recall {m['recall']:.4f}")
-        worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e is not None), reverse=True)[:3]
+        worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e), reverse=True)[:3]  # errors only
         per_class = [f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items() if e is not None]
         print("\n".join(item_lines("per-class error: ", per_class)))
         if worst:
@@ -400,10 +382,11 @@ def predict_main(argv: list[str] | None = None) -> None:
         if args.csv is not None:
             header = ["path", "predicted"] + [h for j in range(1, k + 1) for h in (f"top{j}", f"p{j}")]
             args.csv.parent.mkdir(parents=True, exist_ok=True)
-            with open(args.csv, "w", newline="") as fh:
-                w = csv.writer(fh)
-                w.writerow(header)
-                w.writerows(rows)
+            buf = io.StringIO()  # written at once: an earlier file (--force) is never left half replaced
+            w = csv.writer(buf, lineterminator="\n")
+            w.writerow(header)
+            w.writerows(rows)
+            atomic_write_text(args.csv, buf.getvalue())
             print(f"wrote {args.csv} ({len(rows)} images)")
     sys.exit(0)
 

@@ -670,3 +670,21 @@ def preflight(cfg: DictConfig) -> None:
     check = resolve_loader(cfg.dataset).dataset_facts.preflight
     if check is not None:
         check(cfg.dataset)
+
+
+def launch_relative_paths(cfg: DictConfig, launch_dir: Path) -> None:
+    """hydra.job.chdir=true: a relative path (dataset.root's default ./data, a relative
+    MLPRUN_DATA, dataset.csv, ...) names a place in the folder mlprun was started in, not in the
+    run folder Hydra changed to."""
+    for key, spec in SCHEMA.items():
+        if not spec.path:
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(cfg, parent_key) if parent_key else cfg
+        if not isinstance(parent, DictConfig) or leaf not in parent.keys() or OmegaConf.is_missing(parent, leaf):
+            continue
+        value = parent[leaf]
+        if value is None or Path(str(value)).expanduser().is_absolute():
+            continue
+        with read_write(cfg), open_dict(cfg):
+            OmegaConf.update(cfg, key, str(launch_dir / Path(str(value))), merge=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile, schedule
 
-from .checkpoint import atomic_write_json
+from .checkpoint import atomic_write_json, atomic_write_text
 
 STEP_PHASES = ("data", "forward", "backward", "optimizer", "metrics", "logging")
 EPOCH_PHASES = ("validation", "epoch_end")
@@ -201,7 +201,7 @@ class StepProfiler:
     def write(self) -> None:
         summary = self.summary()
         atomic_write_json(self.run_dir / "profile.json", summary)
-        (self.run_dir / "profile.txt").write_text(self.table(summary))
+        atomic_write_text(self.run_dir / "profile.txt", self.table(summary))
 
 
 def make_profiler(enabled: bool, run_dir: Path, device) -> NullProfiler | StepProfiler:

@@ -173,7 +173,7 @@ def _saved_leaves(path: Path) -> dict:
 def _same(a, b) -> bool:
     if a == b:
         return True
-    # hydra.job.chdir=true: the run saw a relative path made absolute (cli.launch_relative_paths)
+    # hydra.job.chdir=true: the run saw a relative path made absolute (config.launch_relative_paths)
     return isinstance(a, str) and isinstance(b, str) and not Path(b).is_absolute() and a.endswith("/" + b.lstrip("./"))
 
 

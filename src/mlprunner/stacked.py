@@ -35,12 +35,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from .build import build
-from .checkpoint import atomic_write_json, capture_rng, load_checkpoint
+from .checkpoint import atomic_write_json, atomic_write_text, capture_rng, load_checkpoint
 from .config import available_memory, validate
 from .cudagraph import CapturedSteps
 from .data import Split, load_data
 from .device import resolve_device
-from .errors import EXIT_CONFIG, ConfigError, DivergenceError, Interrupted, LoggerIncomplete, MlprunError, RunInUse
+from .errors import ConfigError, DivergenceError, Interrupted, LoggerIncomplete, MlprunError
 from .loggers import RunInfo, make_loggers, with_logger
 from .messages import describe_exception
 from .models import count_parameters
@@ -50,7 +50,7 @@ from .record import RunRecord
 from .run import _Signals, describe, limited, make_trainer, restore, set_up_process, stop_if_signalled, test_and_plot
 from .sessions import job_prefix
 from .stacked_optim import StackedOptimizer, clip_limits, clip_stacked, unsupported
-from .sweep import best_val_error, record_failure, sweep_threads
+from .sweep import best_val_error, record_job_failure, sweep_threads
 from .train import StopFlag, Trainer, diverged_hint, epoch_seed, young_gc_only
 
 log = logging.getLogger("mlprunner")
@@ -606,7 +606,7 @@ class GroupProfiler(StepProfiler):
         table = self.table(summary)
         for folder in self.folders:
             atomic_write_json(folder / "profile.json", summary)
-            (folder / "profile.txt").write_text(table)
+            atomic_write_text(folder / "profile.txt", table)
 
 
 def _hyperparameters(m: Member) -> str:
@@ -895,17 +895,6 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
     return m
 
 
-def _job_failed(job: Job, exc: BaseException) -> None:
-    """A job that failed before its run record existed: results.json says failed, with why (as
-    the basic launcher's run_sweep_job records it), so the summary and the exit code count it."""
-    code, message = describe_exception(exc)
-    if isinstance(exc, RunInUse):  # another process trains there: its results.json is not ours to write
-        log.warning(f"job {job.run_dir.name} skipped, in use: {message}")
-        return
-    log.error(f"job {job.run_dir.name} ({' '.join(job.overrides)}) failed: {message}")
-    record_failure(job.run_dir, job.overrides, message, invalid=code == EXIT_CONFIG)
-
-
 def run_group(jobs: list[Job], solo) -> list[float | None]:
     """Train the jobs of one group together; return each job's objective (best validation
     error, None when it failed). `solo(job)` runs one job alone (the data cannot be stacked).
@@ -917,7 +906,7 @@ def run_group(jobs: list[Job], solo) -> list[float | None]:
             validate(with_logger(job.cfg))
             valid.append(k)
         except MlprunError as exc:
-            _job_failed(job, exc)
+            record_job_failure(job.run_dir, job.overrides, exc)
             results[k] = None
     if valid:
         values = _run_valid([jobs[k] for k in valid], solo)
@@ -935,7 +924,7 @@ def _run_valid(jobs: list[Job], solo) -> list[float | None]:
         data = load_data(cfg.dataset, device)
     except MlprunError as exc:  # the group's data (one dataset config) fails every job of it
         for job in jobs:
-            _job_failed(job, exc)
+            record_job_failure(job.run_dir, job.overrides, exc)
         return [None] * len(jobs)
     if not isinstance(data.train, Split):
         log.info("stacked launcher: this dataset streams from disk; its jobs train one at a time")
@@ -970,7 +959,7 @@ def _train_logged(jobs: list[Job], data, logs: JobLogs) -> list[float | None]:
             try:
                 members.append(open_member(job, data, stop))
             except Exception as exc:  # this job's setup failed: recorded, the others train
-                _job_failed(job, exc)
+                record_job_failure(job.run_dir, job.overrides, exc)
                 results[k] = None
     log.info(
         f"stacked group of {len(members)} job(s) on {members[0].device if members else '-'}; "

@@ -99,6 +99,21 @@ def record_failure(run_dir: Path, overrides: list[str], message: str, invalid: b
     record_end(run_dir, overrides, "failed", message, invalid_config=True if invalid else None)
 
 
+def record_job_failure(run_dir: Path, overrides: list[str], exc: BaseException) -> bool:
+    """A sweep job (any launcher) that raised `exc`, not a signal: False when another process
+    trains in its folder (skipped and marked "in use"; its results.json is not ours to write),
+    else True once results.json says failed, with why (invalid_config for a refused value)."""
+    code, message = describe_exception(exc)
+    label = f"job {Path(run_dir).name}"
+    if isinstance(exc, RunInUse):
+        log.warning(f"{label} skipped, in use: {message}")
+        mark_job(_sweep_folder(run_dir), run_dir, "in use", message)
+        return False
+    log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
+    record_failure(run_dir, overrides, message, invalid=code == EXIT_CONFIG)
+    return True
+
+
 def record_end(run_dir: Path, overrides, status: str, reason: str, **fields) -> None:
     """results.json of a job that ended without saying so itself (failed before run() wrote
     it, cancelled, lost): its status and reason, over what the folder has."""
@@ -366,8 +381,8 @@ def write_hydra_files(run_dir: Path, files: dict[str, str]) -> None:
     folder or one another process trains in is never rewritten."""
     folder = Path(run_dir) / SAVED_CONFIG.parent
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        (folder / name).write_text(text, encoding="utf-8")
+    for name, text in files.items():  # config.yaml is what a resume reads back: never half written
+        atomic_write_text(folder / name, text)
 
 
 def mark_job(sweep_dir: Path, run_dir: Path, status: str, reason: str) -> None:
@@ -528,12 +543,8 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resum
         if isinstance(exc, LoggerIncomplete):  # trained and recorded completed: not a failure to rerun
             log.error(f"{label}: {message}")
             return best_val_error(read_results(run_dir))
-        if isinstance(exc, RunInUse):  # another process trains there: its results.json is not ours to write
-            log.warning(f"{label} skipped, in use: {message}")
-            mark_job(_sweep_folder(run_dir), run_dir, "in use", message)
+        if not record_job_failure(run_dir, overrides, exc):
             return None
-        log.error(f"{label} ({' '.join(overrides)}) failed: {message}")
-        record_failure(run_dir, overrides, message, invalid=code == EXIT_CONFIG)
         if in_slurm_job():  # the SLURM job's own state says FAILED too (sacct, squeue -t all)
             raise MlprunError(f"{label} failed: {message}") from None
         # None: Optuna marks the trial failed (not a value); other sweepers ignore it.

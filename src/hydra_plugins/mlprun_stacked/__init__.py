@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
 from omegaconf import OmegaConf, open_dict
 
-from mlprunner.cli import launch_relative_paths
+from mlprunner.config import launch_relative_paths
 from mlprunner.errors import Interrupted, SweepStopped
 from mlprunner.record import holding_locks
 from mlprunner.stacked import Job, check_max_models, log_alone, plan_groups, run_group
