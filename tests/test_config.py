@@ -7,7 +7,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import IMAGE_KEYS, REPO, run_mlprun
-from mlprunner.components import Loss, build_optimizer, build_scheduler
+from mlprunner.components import Loss, build_optimizer, build_scheduler, lr_note
 from mlprunner.config import validate
 from mlprunner.errors import ConfigError
 from mlprunner.models import MLP, count_parameters
@@ -335,3 +335,13 @@ def test_cli_unknown_option_is_exit_2(tmp_path):
     proc = run_mlprun("model=nope", cwd=tmp_path)
     assert proc.returncode == 2
     assert "model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_onecycle_says_that_it_sets_the_lr_itself(compose_cfg):
+    """OneCycleLR ignores optim.lr (it starts from max_lr / div_factor): the log says so."""
+    cfg = compose_cfg("scheduler=onecycle", "optim.lr=1e-5", "scheduler.max_lr=0.02")
+    assert lr_note(cfg.scheduler) == (
+        "OneCycleLR: the lr rises to scheduler.max_lr=0.02 and falls; optim.lr is not used"
+    )
+    assert lr_note(compose_cfg("scheduler=cosine").scheduler) is None
+    assert lr_note(compose_cfg("scheduler=none").scheduler) is None

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import QUICK, mlprun_env, read_json, requires_mnist, run_mlprun, run_mlprun_together
+from conftest import QUICK, mlprun_env, read_json, requires_mnist, run_mlprun, run_mlprun_together, scalars
+from mlprunner.results import wilson_interval
 
 MNIST_QUICK = [
     *QUICK,
@@ -312,8 +313,12 @@ def test_swa_averages_and_survives_resume(workdir):
     assert res["swa"]["start_epoch"] == 3 and res["swa"]["n_averaged"] == 4  # epochs 3..6
     # the plan before training, the averaged model's score after it, and its row in the table
     assert "SWA: epochs 3-6 averaged, SWALR to lr 0.0005 (cos, 2 epochs)" in straight.stdout
-    said = f"SWA: averaged 4 epoch(s) from epoch 3: val error {100 * res['swa']['val']['error']:.2f}%"
+    said = f"SWA of 4 epoch(s) from 3: val error {100 * res['swa']['val']['error']:.2f}%"
     assert said in straight.stdout and "val (swa)" in straight.stdout
+    assert max(len(line) for line in straight.stdout.splitlines() if line.startswith("SWA")) <= 80
+    # TensorBoard has the averaged model's score too (beside the HParams metrics)
+    tb = scalars(workdir / "a" / "tensorboard")
+    assert tb["hparam/swa_val_error"] == [(6, pytest.approx(res["swa"]["val"]["error"]))]
     assert res["test"]["checkpoint"] == "swa"
     lrs = [h["lr"] for h in res["history"]]
     assert lrs[-1] == pytest.approx(0.0005)  # SWALR annealed to trainer.swa.lr
@@ -701,3 +706,28 @@ def test_eval_whose_reader_has_gone_stops_quietly(tmp_path):
     finally:
         os.close(write)
     assert proc.returncode == 1 and proc.stderr == "", proc.stderr
+
+
+@pytest.mark.parametrize("errors, n", [(0, 100), (0, 10000), (1, 100), (100, 100)])
+def test_wilson_interval_matches_its_definition_at_the_edges(errors, n):
+    """No error at all: the lower end is exactly 0 (the closed form gave 4e-19)."""
+    lo, hi = wilson_interval(errors, n)
+    ref_lo, ref_hi = wilson_by_bisection(errors, n)
+    assert (lo, hi) == pytest.approx((ref_lo, ref_hi), abs=1e-12)
+    if errors == 0:
+        assert lo == 0.0
+
+
+def test_mlprun_eval_of_a_sweep_folder_names_its_runs_and_the_report(mnist_run, tmp_path):
+    run_dir, _ = mnist_run
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    shutil.copytree(run_dir / "checkpoints", sweep / "optim.lr=0.01" / "checkpoints")
+    proc = run_tool("evaluate", str(sweep), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    line = proc.stderr.strip()
+    assert line == (
+        f"mlprun-eval: error: {sweep} is a sweep folder: give one of its 1 run folder(s) "
+        f"(e.g. {sweep / 'optim.lr=0.01'}); its table: mlprun-report {sweep}"
+    ), line

@@ -628,3 +628,17 @@ def test_plateau_follows_a_maximised_monitor(tmp_path):
     lrs = [e["lr"] for e in res["history"]]
     assert all(b > a for a, b in zip(acc, acc[1:])), acc  # the accuracy improves every epoch ...
     assert lrs == pytest.approx([1e-3] * 4)  # ... so the lr is never cut
+
+
+def test_an_equal_validation_error_with_a_lower_loss_becomes_the_best_epoch(workdir):
+    """XOR reaches 0% validation error epochs before its loss settles: the best epoch (best.pt,
+    the test, the table) is the one of lowest loss among those of lowest error, not the first."""
+    proc = run_mlprun("experiment=xor_seed", "trainer.epochs=40", "logger=none", "hydra.run.dir=xs", cwd=workdir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = read_json(workdir / "xs" / "results.json")
+    history = res["history"]
+    lowest = min(h["val"]["error"] for h in history)
+    tied = [h for h in history if h["val"]["error"] == lowest]
+    assert len(tied) > 1  # else this run shows nothing
+    assert res["best"]["epoch"] == min(tied, key=lambda h: (h["val"]["loss"], h["epoch"]))["epoch"]
+    assert res["best"]["epoch"] != tied[0]["epoch"]

@@ -15,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from .augment import build_augment
-from .components import Loss, build_optimizer, build_scheduler, monitor_mode
+from .components import Loss, build_optimizer, build_scheduler, lr_note, monitor_mode
 from .config import check_loss_fits
 from .data import Data, load_data
 from .errors import ConfigError, first_line
@@ -126,5 +126,8 @@ def build(cfg: DictConfig, device: torch.device, data: Data | None = None) -> Pi
         data.train.num_batches(int(cfg.trainer.batch_size), min_train_batch(model)),
         monitor_mode=monitor_mode(cfg.trainer, data.val is not None),  # a plateau steps on the trainer's monitor
     )
+    note = lr_note(cfg.scheduler)
+    if note:
+        log.info(note)
     augment = build_augment(cfg.dataset, data)  # None unless dataset.augment.enabled
     return Pieces(data, loss, model, optimizer, scheduler, interval, augment)

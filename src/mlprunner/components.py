@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from torch.optim.lr_scheduler import LinearLR, ReduceLROnPlateau, SequentialLR
+from torch.optim.lr_scheduler import LinearLR, OneCycleLR, ReduceLROnPlateau, SequentialLR
 
 from .errors import ConfigError, first_line
 from .schema import component_class, own_keys
@@ -130,6 +130,18 @@ def build_scheduler(cfg: DictConfig, optimizer, epochs: int, steps_per_epoch: in
         return main, interval
     ramp = LinearLR(optimizer, start_factor=float(cfg.warmup_start_factor), end_factor=1.0, total_iters=warmup * units)
     return SequentialLR(optimizer, [ramp, main], milestones=[warmup * units]), interval
+
+
+def lr_note(cfg: DictConfig) -> str | None:
+    """A line for the log when the scheduler sets the lr itself (OneCycleLR: from max_lr), so
+    that optim.lr does not look like the lr the run trains with."""
+    if cfg.get("_target_") is None:
+        return None
+    cls = component_class(cfg, "scheduler")
+    if isinstance(cls, type) and issubclass(cls, OneCycleLR):
+        peak = cfg.get("max_lr")
+        return f"OneCycleLR: the lr rises to scheduler.max_lr={peak} and falls; optim.lr is not used"
+    return None
 
 
 def steps_on_metric(scheduler) -> bool:

@@ -161,6 +161,8 @@ def final_metrics(results: dict) -> dict:
         "best_val_loss": best_val.get("loss"),
         "last_train_error": (results.get("last") or {}).get("train", {}).get("error"),
         "test_error": (results.get("test") or {}).get("error"),
+        "swa_val_error": ((results.get("swa") or {}).get("val") or {}).get("error"),
+        "swa_val_loss": ((results.get("swa") or {}).get("val") or {}).get("loss"),
     }
     return {k: v for k, v in metrics.items() if v is not None}
 

@@ -34,19 +34,29 @@ def learning_curves(history: list, path: Path, title: str = "", best_epoch: int 
     if not history:
         return None
     plt = _plt()
-    from matplotlib.ticker import MaxNLocator  # lazy: matplotlib, as in _plt
+    from matplotlib.ticker import FuncFormatter, MaxNLocator  # lazy: matplotlib, as in _plt
 
     epochs = [h["epoch"] for h in history]
     fig, (ax_err, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 1, 0.7]})
-    for split, style in (("train", "-"), ("val", "--")):
+    # what each curve is: train is averaged over the epoch's steps as it trained (dropout on,
+    # weights changing), val is the model at the epoch's end
+    splits = (("train", "-", "train (mean over the epoch's steps)"), ("val", "--", "val (at the epoch's end)"))
+    errors = []
+    for split, style, label in splits:
         if all(h.get(split) for h in history):
-            ax_err.plot(epochs, [100 * h[split]["error"] for h in history], style, marker="o", ms=3, label=split)
-            ax_loss.plot(epochs, [h[split]["loss"] for h in history], style, marker="o", ms=3, label=split)
+            errors += [100 * h[split]["error"] for h in history]
+            ax_err.plot(epochs, [100 * h[split]["error"] for h in history], style, marker="o", ms=3, label=label)
+            ax_loss.plot(epochs, [h[split]["loss"] for h in history], style, marker="o", ms=3, label=label)
+    if errors and min(errors) > 0 and max(errors) / min(errors) >= 10:
+        ax_err.set_yscale("log")  # the first epochs' errors would flatten where overfitting shows
+        ax_err.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))  # 1, 10: not 10^0, 10^1
     lrs = [h.get("lr") for h in history]
     if all(lr is not None for lr in lrs):
         ax_lr.plot(epochs, lrs, marker="o", ms=3, color="tab:green")
         if min(lrs) > 0 and max(lrs) / min(lrs) >= 10:
             ax_lr.set_yscale("log")
+        elif max(lrs) == min(lrs):  # a constant lr: from 0, not a ±4% band around it
+            ax_lr.set_ylim(0, 1.25 * max(lrs) if max(lrs) > 0 else 1)
     ax_err.set(xlabel="epoch", ylabel="error (%)", title="error")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="loss")
     ax_lr.set(xlabel="epoch", ylabel="learning rate", title="learning rate")

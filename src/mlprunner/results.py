@@ -24,6 +24,8 @@ def wilson_interval(errors: int, n: int, z: float = 1.959963984540054) -> tuple[
     """95% Wilson score interval for a binomial proportion errors/n."""
     if n == 0:
         return (0.0, 1.0)
+    if errors == 0:  # the closed form's lower end is 0 up to rounding (4e-19): say 0
+        return (0.0, min(1.0, z * z / n / (1 + z * z / n)))
     p = errors / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom

@@ -301,6 +301,17 @@ def locate_checkpoint(target: str, which: str | None = None) -> tuple[Path | Non
                 target,
                 message=f"{target}: this run has no checkpoint to load (results.json: {results['status']}{said})",
             )
+        if not ckdir.is_dir() and (path / "multirun.yaml").is_file():
+            runs = sorted(d.name for d in path.iterdir() if (d / CHECKPOINT_DIR).is_dir())
+            example = f" (e.g. {path / runs[0]})" if runs else ""
+            raise ConfigError(
+                "run",
+                target,
+                message=(
+                    f"{target} is a sweep folder: give one of its {len(runs)} run folder(s){example}; "
+                    f"its table: mlprun-report {target}"
+                ),
+            )
         if not ckdir.is_dir():
             raise ConfigError(
                 "run",

@@ -38,9 +38,11 @@ class SWA:
 
     def describe(self, epochs: int) -> str:
         """The plan, for the log: 'SWA: epochs 16-20 averaged, SWALR to lr 0.0005 (cos, 2 epochs)'."""
-        target = f"lr {self.lr:g}" if self.lr is not None else "the lr it has"
+        if self.start >= epochs:  # the average of one epoch is that epoch's weights
+            return f"SWA: only epoch {epochs} averaged (nothing to average): set trainer.swa.start_epoch lower"
+        target = f"to lr {self.lr:g}" if self.lr is not None else "keeps the lr"
         return (
-            f"SWA: epochs {self.start}-{epochs} averaged, SWALR to {target} "
+            f"SWA: epochs {self.start}-{epochs} averaged, SWALR {target} "
             f"({self.anneal_strategy}, {self.anneal_epochs} epochs)"
         )
 

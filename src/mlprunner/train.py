@@ -31,6 +31,7 @@ from .swa import SWA
 log = logging.getLogger("mlprunner")
 
 BETTER = {"min": lambda new, best, d: new < best - d, "max": lambda new, best, d: new > best + d}
+TIE_BROKEN_BY_LOSS = ("val/error", "val/accuracy")  # counts of mistakes: equal values are common
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -494,7 +495,10 @@ class Trainer:
                 self.scheduler.step()
         # without a validation set there is nothing to select on: best is the last epoch
         improved = (
-            self.data.val is None or s.best_value is None or BETTER[self.mode](value, s.best_value, float(es.min_delta))
+            self.data.val is None
+            or s.best_value is None
+            or BETTER[self.mode](value, s.best_value, float(es.min_delta))
+            or self._ties_with_lower_loss(value, val_m)
         )
         s.epoch = epoch
         s.history.append(record)
@@ -533,6 +537,16 @@ class Trainer:
             self.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
             self.profiler.write()
 
+    def _ties_with_lower_loss(self, value: float, val_m: dict | None) -> bool:
+        """A count-based monitor (val/error, val/accuracy) equal to the best one, with a lower
+        validation loss: the same number of mistakes made with more confidence where right.
+        (XOR reaches 0% error epochs before its loss settles; the first such epoch would stay best.)"""
+        s = self.state
+        if self.monitor not in TIE_BROKEN_BY_LOSS or val_m is None or value != s.best_value:
+            return False
+        best = next((h for h in s.history if h["epoch"] == s.best_epoch), None)
+        return best is not None and best.get("val") is not None and val_m["loss"] < best["val"]["loss"]
+
     def finish_swa(self) -> dict | None:
         """BatchNorm statistics for the averaged weights, its validation metrics, checkpoints/swa.pt."""
         swa = self.swa
@@ -546,9 +560,8 @@ class Trainer:
         save_checkpoint(self.ckpt_dir / "swa.pt", state)
         if self.progress:
             score = f": val error {100 * val['error']:.2f}% (loss {val['loss']:.4f})" if val else ""
-            self.progress.message(
-                f"SWA: averaged {swa.n_averaged} epoch(s) from epoch {swa.start}{score}; checkpoints/swa.pt"
-            )
+            # within 80 columns: "SWA of 5 epochs from 16: val error 4.86% (loss 0.1568); swa.pt"
+            self.progress.message(f"SWA of {swa.n_averaged} epoch(s) from {swa.start}{score}; swa.pt")
         return {
             "start_epoch": swa.start,
             "n_averaged": swa.n_averaged,
