@@ -109,7 +109,7 @@ CASES = [
         ["optim.nesterov", "dampening"],
     ),
     case("multi-margin-p", ["loss=multi_margin", "loss.p=3"], 2, ["loss.p=3"]),
-    case("loss-reduction", ["loss=multi_margin", "+loss.reduction=foo"], 2, ["loss.reduction=foo"]),
+    case("loss-reduction", ["loss=multi_margin", "+loss.reduction=foo"], 2, ["loss.reduction='foo'", "allowed: mean"]),
     case("plateau-mode", ["scheduler=plateau", "scheduler.mode=foo"], 2, ["scheduler.mode"]),
     case(
         "plateau-threshold-mode",

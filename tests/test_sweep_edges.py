@@ -15,6 +15,7 @@ from rich.console import Console
 
 from conftest import QUICK, mlprun_env, read_json, run_mlprun
 from mlprunner.report import collect, mean_interval, print_table, table_rows
+from mlprunner.runs import submission_file
 from mlprunner.sessions import short_keys
 from mlprunner.sweep import record_failure
 
@@ -237,3 +238,24 @@ def test_a_seed_sweep_reports_each_configuration_across_its_seeds(tmp_path):
     assert "across seeds: mean ± 95% t-interval" in proc.stdout
     assert not (sweep / "val_error_vs_trainer.seed.png").exists()
     assert (sweep / "val_error_vs_optim.lr.png").is_file()
+
+
+def test_not_started_rows_come_from_every_sweep_into_the_folder_and_name_a_slurm_job(tmp_path):
+    """A rerun with a wider grid keeps its own multirun.2.yaml: a combination only it planned and
+    never started is a row too; one a SLURM sweep submitted (its note in the sweep folder) names
+    the job, which may still be queued."""
+    sweep = tmp_path / "sweep"
+    run_mlprun("-m", *TINY, "optim.lr=0.01", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    run_mlprun("-m", *TINY, "optim.lr=0.01,0.02,0.03", f"hydra.sweep.dir={sweep}", cwd=tmp_path, check=True)
+    assert (sweep / "multirun.2.yaml").is_file()
+    gone = next(d for d in sweep.iterdir() if "optim.lr=0.03" in d.name)
+    queued = next(d for d in sweep.iterdir() if "optim.lr=0.02" in d.name)
+    shutil.rmtree(gone)
+    shutil.rmtree(queued)
+    note = submission_file(sweep, queued)
+    note.parent.mkdir(parents=True)
+    note.write_text('{"job_id": "4242_1", "log": "x", "settings": {}}')
+    jobs = {j["job"]: j for j in collect(sweep)[0]}
+    assert len(jobs) == 3 and jobs[gone.name]["status"] == jobs[queued.name]["status"] == "not started"
+    assert jobs[queued.name]["reason"].startswith("no folder yet: SLURM job 4242_1 was submitted for it")
+    assert "SLURM" not in jobs[gone.name]["reason"]

@@ -632,8 +632,11 @@ def test_plateau_follows_a_maximised_monitor(tmp_path):
 
 def test_an_equal_validation_error_with_a_lower_loss_becomes_the_best_epoch(workdir):
     """XOR reaches 0% validation error epochs before its loss settles: the best epoch (best.pt,
-    the test, the table) is the one of lowest loss among those of lowest error, not the first."""
-    proc = run_mlprun("experiment=xor_seed", "trainer.epochs=40", "logger=none", "hydra.run.dir=xs", cwd=workdir)
+    the test, the table) is the one of lowest loss among those of lowest error, not the first;
+    early stopping still counts patience from the last strictly better error."""
+    args = ["experiment=xor_seed", "trainer.epochs=60", "logger=none"]
+    es = ["trainer.early_stopping.enabled=true", "trainer.early_stopping.patience=5"]
+    proc = run_mlprun(*args, *es, "hydra.run.dir=xs", cwd=workdir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = read_json(workdir / "xs" / "results.json")
     history = res["history"]
@@ -642,3 +645,7 @@ def test_an_equal_validation_error_with_a_lower_loss_becomes_the_best_epoch(work
     assert len(tied) > 1  # else this run shows nothing
     assert res["best"]["epoch"] == min(tied, key=lambda h: (h["val"]["loss"], h["epoch"]))["epoch"]
     assert res["best"]["epoch"] != tied[0]["epoch"]
+    # stopped 5 epochs after the first epoch at the lowest error (the ties did not reset patience)
+    assert res["epochs_completed"] == tied[0]["epoch"] + 5 < 60
+    best = torch.load(workdir / "xs" / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == res["best"]["epoch"]

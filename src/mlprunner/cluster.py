@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -38,9 +37,9 @@ from .config import validate
 from .errors import ConfigError, Interrupted, MlprunError, SweepStopped
 from .results import read_results
 from .run import STARTUP
+from .runs import submission_file
 from .stacked import log_alone, plan_groups
 from .sweep import (
-    MARKS,
     best_val_error,
     claim_run_dir,
     in_use_since,
@@ -191,30 +190,24 @@ def _outcome(job_id: str, log_file: str, run_dir: Path, overrides, state: str, r
     return "lost"
 
 
-def _submission_file(sweep_dir: Path, run_dir: Path) -> Path:
-    """Where the sweep notes the SLURM job it last submitted for a combination, so that a rerun
-    while that job is still queued or running waits for it instead of submitting it again."""
-    name = str(run_dir.relative_to(sweep_dir)).replace(os.sep, "%")
-    return sweep_dir / MARKS / "slurm" / f"{name}.json"
-
-
 def _settings(params: dict) -> dict:
-    """The launcher's submission settings as JSON reads them back (for comparing with a rerun's)."""
-    return json.loads(json.dumps(params, default=str, sort_keys=True))
+    """The launcher's submission settings as JSON reads them back (for comparing with a rerun's);
+    not submitit_folder, which spells the sweep folder as typed (relative, absolute, trailing /)."""
+    return json.loads(json.dumps({k: v for k, v in params.items() if k != "submitit_folder"}, default=str))
 
 
 def _note_submitted(sweep_dir: Path, jobs: list, groups: list, params: dict) -> None:
     for job, group in zip(jobs, groups):
         for _, _, _, run_dir in group:
             entry = {"job_id": str(job.job_id), "log": str(job.paths.stderr), "settings": _settings(params)}
-            path = _submission_file(sweep_dir, run_dir)
+            path = submission_file(sweep_dir, run_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, entry)
 
 
 def _forget_submitted(sweep_dir: Path, run_dir: Path) -> None:
     """The combination's SLURM job has ended: no rerun has it to wait for (the folders go once empty)."""
-    path = _submission_file(sweep_dir, run_dir)
+    path = submission_file(sweep_dir, run_dir)
     path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         path.parent.rmdir()
@@ -229,18 +222,20 @@ def _still_queued(launcher, todo: list, sweep_dir: Path, initial_job_idx) -> tup
     for a job stuck pending) it is submitted again and the earlier job is named for scancel."""
     earlier = {}
     for entry in todo:
-        path = _submission_file(sweep_dir, entry[3])
+        path = submission_file(sweep_dir, entry[3])
         try:
             earlier[entry[0]] = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
     states = slurm_states(sorted({e["job_id"] for e in earlier.values()})) if earlier else {}
+    # a job SLURM does not answer for now is waited for, not submitted again: the wait asks again
+    unknown = ("UNKNOWN", "SLURM did not answer")
     now = _settings(dict(launcher.params))
     submit, adopted = [], {}
     for entry in todo:
         i, overrides = entry[0], entry[1]
         prior = earlier.get(i)
-        state = states.get(prior["job_id"], ("", ""))[0] if prior else ""
+        state = states.get(prior["job_id"], unknown)[0] if prior else ""
         if not state or state in FINAL_STATES:
             submit.append(entry)
             continue
@@ -253,7 +248,8 @@ def _still_queued(launcher, todo: list, sweep_dir: Path, initial_job_idx) -> tup
             )
             submit.append(entry)
             continue
-        log.info(f"{label}: SLURM job {job_id} from an earlier launch is still {state}: waiting for it")
+        where = "may still be queued (SLURM did not answer)" if state == unknown[0] else f"is still {state}"
+        log.info(f"{label}: SLURM job {job_id} from an earlier launch {where}: waiting for it")
         adopted.setdefault(job_id, (prior.get("log", "?"), []))[1].append(entry)
     return submit, adopted
 

@@ -142,10 +142,12 @@ def validate(cfg: DictConfig) -> None:
             "whatever mode says)",
         )
     reduction = cfg.loss.get("reduction", "mean")
-    if reduction != "mean":
+    if reduction not in ("mean", "batchmean"):  # batchmean: KLDivLoss's mean over the batch
         # a per-sample loss cannot be backpropagated as is, and a summed one grows with the batch:
         # train (batch size) and val (eval batch size) losses would not compare
-        raise ConfigError("loss.reduction", reduction, "mean (mlprun averages the loss over each batch)")
+        raise ConfigError(
+            "loss.reduction", reduction, "mean (batchmean for KLDivLoss): mlprun averages over each batch"
+        )
     check_channel_stats(ds)  # both or neither, one length (the channels: below, with the loader)
     swa = trainer.get("swa")
     if swa is not None and swa.get("enabled"):

@@ -139,9 +139,9 @@ class SweepSummary(Callback):
         keep_multirun_yaml(folder)  # the sweeper writes its own next; the first sweep's stays
         write_multirun_yaml(config, folder)  # a sweeper that writes none (Optuna's)
         quiet_failed_trials()
-        varied = [k for k in swept_keys_of(config) if k != SEED]
+        # seeds of one configuration, or one configuration per dataset, may all be tested
+        varied = [k for k in swept_keys_of(config) if k != SEED and not k.startswith("dataset")]
         if varied and OmegaConf.select(config, "eval.test", default=False):
-            # seeds of one configuration may all be tested; choosing among configurations may not
             log.warning(
                 f"eval.test=true while sweeping {', '.join(varied)}: choose by validation error (the "
                 "table's order); the lowest test error of several configurations is an optimistic estimate"

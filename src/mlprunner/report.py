@@ -39,6 +39,7 @@ from .checkpoint import atomic_write_text
 from .errors import EXIT_CONFIG, MlprunError
 from .plots import _plt, save_figure
 from .results import RESULTS, read_results, results_file_problem
+from .runs import submission_file
 from .sessions import NOT_HPARAMS, short_keys, shown_value
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
@@ -286,15 +287,28 @@ def collect(folder: Path) -> tuple[list[dict], list[str]]:
 
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+LATER_YAML = re.compile(r"multirun\.(\d+)\.yaml$")  # a rerun's own (sweep.restore_multirun_yaml)
 DIRNAME = "${hydra.job.override_dirname}"  # mlprun's hydra.sweep.subdir (configs/config.yaml)
 
 
 def planned(folder: Path) -> list[tuple[list[str], str]]:
-    """The combinations the sweep in `folder` set out to run, with the name of each one's run
-    folder (its multirun.yaml: the command's sweep overrides and hydra.sweeper.params, expanded
-    as Hydra's basic sweeper expands them, named as hydra.sweep.subdir names them); [] for
-    another sweeper (Optuna decides its trials as it goes) or no readable multirun.yaml."""
-    saved = _load_yaml(Path(folder) / "multirun.yaml")
+    """The combinations the sweeps into `folder` set out to run (the first's multirun.yaml and
+    each later one's multirun.<n>.yaml, sweep.restore_multirun_yaml), each once."""
+    found: dict[frozenset, tuple[list[str], str]] = {}
+    later = [(int(m.group(1)), p) for p in Path(folder).glob("multirun.*.yaml") if (m := LATER_YAML.match(p.name))]
+    yamls = [p for _, p in sorted(later)]
+    for path in [Path(folder) / "multirun.yaml", *yamls]:
+        for combination, name in _planned_by(path):
+            found.setdefault(frozenset(combination), (combination, name))
+    return list(found.values())
+
+
+def _planned_by(path: Path) -> list[tuple[list[str], str]]:
+    """The combinations of one sweep's multirun.yaml with the name of each one's run folder: the
+    command's sweep overrides and hydra.sweeper.params, expanded as Hydra's basic sweeper expands
+    them, named as hydra.sweep.subdir names them (mlprun's default; else the overrides joined);
+    [] for another sweeper (Optuna decides its trials as it goes) or an unreadable file."""
+    saved = _load_yaml(path)
     sweeper = None if saved is None else OmegaConf.select(saved, "hydra.sweeper", default=None)
     if sweeper is None or sweeper.get("_target_") != BASIC_SWEEPER:
         return []
@@ -331,12 +345,19 @@ def not_started(folder: Path, jobs: list[dict]) -> list[tuple[list[str], str]]:
 
 
 def unstarted_job(folder: Path, overrides: list[str], name: str) -> dict:
-    """A row for a combination that has no folder: status "not started", no numbers."""
+    """A row for a combination that has no folder: status "not started", no numbers; the SLURM
+    job submitted for it when a SLURM sweep noted one (it may still be queued)."""
+    reason = "no folder yet: still queued, or its sweep stopped before it (rerun that sweep command to run it)"
+    try:
+        job_id = json.loads(submission_file(folder, folder / name).read_text())["job_id"]
+        reason = f"no folder yet: SLURM job {job_id} was submitted for it (squeue -j {job_id}); {reason}"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
     return {
         **load_job(folder, folder / name),
         "job": name,
         "status": "not started",
-        "reason": "the sweep has not started this job (no folder): rerun the sweep command to run it",
+        "reason": reason,
         "overrides": overrides,
         "params": values_as_configured(overrides),
         "dataset": None,
@@ -350,7 +371,8 @@ def _fill_datasets(jobs: list[dict]) -> None:
     known = {j["dataset"] for j in jobs if j["dataset"]}
     for job in jobs:
         if not job["dataset"]:
-            job["dataset"] = job["params"].get("dataset") or (next(iter(known)) if len(known) == 1 else None)
+            named = job["params"].get("dataset.name") or job["params"].get("dataset")
+            job["dataset"] = named or (next(iter(known)) if len(known) == 1 else None)
 
 
 # ---------------------------------------------------------------- the table

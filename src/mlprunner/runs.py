@@ -118,6 +118,13 @@ def _some(names: list[str]) -> str:
 SWEEP_MARKS = {"multirun.yaml", ".mlprun_marks", "optimization_results.yaml"}
 
 
+def submission_file(sweep_dir: Path, run_dir: Path) -> Path:
+    """Where a SLURM sweep notes the job it submitted for a combination (cluster.py) while that
+    job may still be queued or running; mlprun-report names the job of a row with no folder."""
+    name = Path(run_dir).relative_to(sweep_dir).as_posix().replace("/", "%")
+    return Path(sweep_dir) / ".mlprun_marks" / "slurm" / f"{name}.json"
+
+
 def refuse_foreign_sweep_folder(folder: Path) -> None:
     """A sweep starts in a new or empty folder, or in one an earlier sweep made (multirun.yaml,
     mlprun's marks, Optuna's results or a job folder in it): a folder of someone's

@@ -495,16 +495,18 @@ class Trainer:
                 self.scheduler.step()
         # without a validation set there is nothing to select on: best is the last epoch
         improved = (
-            self.data.val is None
-            or s.best_value is None
-            or BETTER[self.mode](value, s.best_value, float(es.min_delta))
-            or self._ties_with_lower_loss(value, val_m)
+            self.data.val is None or s.best_value is None or BETTER[self.mode](value, s.best_value, float(es.min_delta))
         )
+        # an equal error with a lower loss becomes best.pt, but is no progress for early stopping:
+        # patience keeps counting, as it does for a loss that creeps down at a constant error
+        tie = not improved and self._ties_with_lower_loss(value, val_m)
         s.epoch = epoch
         s.history.append(record)
         if improved:
             s.best_value, s.best_epoch, s.bad_epochs = value, epoch, 0
         else:
+            if tie:
+                s.best_epoch = epoch
             s.bad_epochs += 1
             # patience = the epochs without improvement that stop training, as Keras and Lightning
             # count it (patience 0 stops at the first such epoch, as 1 does)
@@ -514,7 +516,7 @@ class Trainer:
         if self.logger is not None:
             self.logger.epoch(epoch, s.step, logged, self.model)
         paths = []
-        if improved and self.t.checkpoint.save_best:
+        if (improved or tie) and self.t.checkpoint.save_best:
             paths.append(self.ckpt_dir / "best.pt")
         if self.t.checkpoint.save_last:
             paths.append(self.ckpt_dir / "last.pt")

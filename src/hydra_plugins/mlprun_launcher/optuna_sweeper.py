@@ -63,7 +63,8 @@ class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
         (dataset.val_fraction=0 or dataset.n_val=0) no trial has one, and every trial would train
         for nothing. Refused before the first trial (the test set is never the objective)."""
         parsed = OverridesParser.create().parse_overrides(arguments)
-        swept = {o.key_or_group for o in parsed if o.is_sweep_override()} | set(self.search_space or {})
+        swept = {o.key_or_group for o in parsed if o.is_sweep_override()}
+        swept |= {str(k) for k in (self.params or {})} | {str(k) for k in (self.search_space or {})}
         ds = self.config.dataset
         for key in ("val_fraction", "n_val"):
             if ds.get(key) == 0 and f"dataset.{key}" not in swept:
