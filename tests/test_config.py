@@ -306,11 +306,15 @@ def test_invalid_values_name_their_key(compose_cfg, override, key):
 
 
 def test_cli_help(tmp_path):
-    proc = run_mlprun("--help", cwd=tmp_path)
+    """Usage, examples and every group's options (launcher and sweeper plugins too), within the
+    terminal's 80 columns."""
+    proc = run_mlprun("--help", cwd=tmp_path, env={"COLUMNS": "80"})
     assert proc.returncode == 0, proc.stderr
-    for group in ("dataset", "model", "optim", "scheduler", "loss", "experiment"):
-        assert group in proc.stdout
-    assert "mlp_500_300" in proc.stdout and "fashion_mnist" in proc.stdout
+    for group in ("dataset", "model", "optim", "scheduler", "loss", "experiment", "hydra/launcher"):
+        assert f"  {group}: " in proc.stdout
+    assert "mlp_500_300" in proc.stdout and "fashion_mnist" in proc.stdout and "sgd_momentum" in proc.stdout
+    assert "mlprun resume=" in proc.stdout and "mlprun-report" in proc.stdout and "joblib" in proc.stdout
+    assert max(len(line) for line in proc.stdout.splitlines()) <= 80, proc.stdout
 
 
 def test_cli_cfg_job(tmp_path):

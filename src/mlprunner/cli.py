@@ -15,10 +15,12 @@ import os
 import shlex
 import shutil
 import sys
+import textwrap
 from importlib import resources
 from pathlib import Path
 
 import hydra
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -177,6 +179,37 @@ def hydra_app(cfg: DictConfig):
     return best.get("error")
 
 
+HELP = """\
+usage: mlprun [group=option ...] [key=value ...]   one run
+       mlprun -m key=a,b [key=c,d ...]              a sweep: every combination
+       mlprun resume=<run folder|latest> [key=...]  continue a run
+
+examples:
+  mlprun model=mlp_500_300 optim=adam
+  mlprun dataset=digits trainer.epochs=5
+  mlprun -m optim=sgd,adam model.activation=relu,tanh
+  mlprun -m hydra/launcher=stacked optim.lr=0.001,0.003 trainer.seed=0,1,2
+  mlprun experiment=mnist_exercise2"""
+
+HELP_END = """\
+every key with its value: mlprun --cfg job [overrides]
+Hydra's own flags: mlprun --hydra-help
+other commands (each with --help): mlprun-eval, mlprun-predict, mlprun-report"""
+
+
+def help_text(width: int) -> str:
+    """`mlprun --help`: usage, examples, every config group with its options (as Hydra's config
+    loader lists them, launcher and sweeper plugins included), folded to `width` columns."""
+    with hydra.initialize_config_module(config_module="mlprunner.configs", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        groups = [g for g in loader.list_groups("") if g != "hydra"] + ["hydra/launcher", "hydra/sweeper"]
+        lines = [HELP, "", "config groups (group=option):"]
+        for group in groups:
+            options = ", ".join(loader.get_group_options(group))
+            lines.append(textwrap.fill(options, width, initial_indent=f"  {group}: ", subsequent_indent="    "))
+    return "\n".join([*lines, "", HELP_END])
+
+
 def main(argv: list[str] | None = None, early_signals: list[str] | None = None) -> None:
     """Console entry point of `mlprun` (through __main__, which notes in `early_signals` a signal
     that came while torch was imported)."""
@@ -195,6 +228,9 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
     args = sys.argv[1:]
     if args in (["--version"], ["-V"]):  # Hydra's own --version would name Hydra's
         print(version_line())
+        sys.exit(EXIT_OK)
+    if args in (["--help"], ["-h"]):  # Hydra's help prints the whole config in lines of 117 columns
+        print(help_text(min(shutil.get_terminal_size().columns, 100)))
         sys.exit(EXIT_OK)
     try:
         resume = [a for a in args if a.startswith("resume=") and a != "resume=null"]
