@@ -170,6 +170,7 @@ CASES = [
     case("hidden-not-list", ["model.hidden=wide"], 2, ["model.hidden='wide'"]),
     case("bool-not-bool", ["trainer.deterministic=maybe"], 2, ["trainer.deterministic='maybe'", "true or false"]),
     case("group-replaced-by-value", ["trainer.early_stopping=5"], 2, ["trainer.early_stopping=5"]),
+    case("group-switched-by-value", ["trainer.swa=true"], 2, ["trainer.swa=true", "trainer.swa.enabled=true|false"]),
     # ---- choices
     case("activation", ["model.activation=swish"], 2, ["model.activation='swish'", "relu, tanh"]),
     case("device-unknown", ["trainer.device=tpu"], 2, ["trainer.device", "tpu", "cuda:N"]),

@@ -39,8 +39,10 @@ log = logging.getLogger("mlprunner")
 
 
 def log_model_summary(model: torch.nn.Module, data: Data, outputs: int) -> None:
-    lines = [f"model: {data.num_features} inputs -> {outputs} outputs"]
+    plural = "s" * (outputs != 1)
+    lines = [f"model: {data.num_features} input{'s' * (data.num_features != 1)} -> {outputs} output{plural}"]
     for name, layer, n in summary_rows(model):
+        layer = layer if len(layer) <= 60 else layer[:59] + "…"  # 79 columns (BatchNorm1d's repr: 94)
         lines.append(f"  {name:>4}  {layer:<60} {n:>10,}")
     lines.append(f"  total parameters: {count_parameters(model):,}")
     log.info("\n".join(lines))

@@ -144,10 +144,13 @@ def path(*, nullable=False) -> Spec:
     )
 
 
-def mapping(key: str) -> Spec:
+def mapping(key: str, switch: bool = False) -> Spec:
+    """A group of keys; `switch`: it is turned on and off by its `enabled` key (the message says so:
+    trainer.swa=true means trainer.swa.enabled=true)."""
+    example = f"; on and off: {key}.enabled=true|false" if switch else ""
     return Spec(
         lambda v: isinstance(v, (DictConfig, dict)),
-        f"a group of keys ({key}.<key>=...), not a single value",
+        f"a group of keys ({key}.<key>=...), not a single value{example}",
         mapping=True,
     )
 
@@ -244,7 +247,7 @@ SCHEMA: dict[str, Spec] = {
     ),
     "dataset.in_memory_max_mb": number(0.0),
     "dataset.num_workers": integer(0),
-    "dataset.augment": mapping("dataset.augment"),
+    "dataset.augment": mapping("dataset.augment", switch=True),
     "dataset.augment.enabled": boolean(),
     "dataset.augment.max_shift": number(0.0, allowed="a number >= 0"),
     "dataset.augment.max_rotate": number(0.0, allowed="a number >= 0"),
@@ -328,13 +331,13 @@ SCHEMA: dict[str, Spec] = {
     "trainer.limit_val_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
     "trainer.limit_test_batches": integer(1, nullable=True, allowed="null (every batch) or an integer >= 1"),
     "trainer.overfit_batches": integer(1, nullable=True, allowed="null (off) or an integer >= 1"),
-    "trainer.tensorboard": mapping("trainer.tensorboard"),
+    "trainer.tensorboard": mapping("trainer.tensorboard", switch=True),
     "trainer.tensorboard.enabled": boolean(),
     "trainer.tensorboard.histograms": boolean(),
     "trainer.tensorboard.graph": boolean(),
     "trainer.tensorboard.images": boolean(),
     "trainer.tensorboard.embedding": integer(0),
-    "trainer.early_stopping": mapping("trainer.early_stopping"),
+    "trainer.early_stopping": mapping("trainer.early_stopping", switch=True),
     "trainer.early_stopping.enabled": boolean(),
     "trainer.early_stopping.monitor": choice(*MONITORS),
     "trainer.early_stopping.mode": choice("min", "max"),
@@ -343,7 +346,7 @@ SCHEMA: dict[str, Spec] = {
     "trainer.checkpoint": mapping("trainer.checkpoint"),
     "trainer.checkpoint.save_last": boolean(),
     "trainer.checkpoint.save_best": boolean(),
-    "trainer.swa": mapping("trainer.swa"),
+    "trainer.swa": mapping("trainer.swa", switch=True),
     "trainer.swa.enabled": boolean(),
     # whole epoch numbers up to trainer.epochs are checked with the other keys (config.validate)
     "trainer.swa.start_epoch": number(0.0, allowed="an epoch number in [1, trainer.epochs] or a fraction in [0, 1)"),
