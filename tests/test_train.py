@@ -256,11 +256,16 @@ def test_tensorboard_shows_a_grid_of_the_training_images(tmp_path):
 
     run_in_process(tmp_path / "on", "trainer.epochs=1")
     (grid,) = images(tmp_path / "on")["Images/train"]
-    assert grid.step == 0 and (grid.width, grid.height) == (64, 64)  # 8 x 8 digits of 8x8 pixels
+    # 8 x 8 digits of 8x8 pixels, each shown 4x (32 pixels, at least MNIST's 28), 2 white pixels apart
+    assert grid.step == 0 and (grid.width, grid.height) == (8 * 34 + 2, 8 * 34 + 2)
     pixels = np.asarray(Image.open(io.BytesIO(grid.encoded_image_string)).convert("L"), dtype=np.float32) / 255
     with initialize_config_module("mlprunner.configs", version_base="1.3"):
         data = load_data(compose("config", overrides=["dataset=digits"]).dataset, "cpu")
-    expected = sample_images(data).view(8, 8, 8, 8).permute(0, 2, 1, 3).reshape(64, 64).numpy()  # rows of 8
+    digits = sample_images(data).view(64, 8, 8).numpy()
+    expected = np.ones((274, 274), dtype=np.float32)
+    for k, digit in enumerate(digits):  # rows of 8
+        top, left = 2 + 34 * (k // 8), 2 + 34 * (k % 8)
+        expected[top : top + 32, left : left + 32] = np.kron(digit, np.ones((4, 4)))
     assert np.abs(pixels - expected).max() <= 1 / 255 + 1e-6
     run_in_process(tmp_path / "off", "trainer.epochs=1", "trainer.tensorboard.images=false")
     assert "Images/train" not in images(tmp_path / "off")
