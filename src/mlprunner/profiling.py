@@ -130,6 +130,8 @@ class StepProfiler:
         activities = [ProfilerActivity.CPU]
         if self.device.type == "cuda":
             activities.append(ProfilerActivity.CUDA)
+        else:  # kineto (read when the profiler first starts) logs "ERROR ... gpuGetDeviceCount failed"
+            os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # on a machine without a GPU: not ours to show
         wait, warmup, active = self._trace_schedule
         path = self.run_dir / TRACE_FILE
 
