@@ -354,6 +354,7 @@ def _plan(launcher, job_overrides, initial_job_idx, sweep_dir: Path, returns: di
         prior = read_results(run_dir)
         if (prior or {}).get("status") == "completed":
             log.info(f"#{initial_job_idx + i} {label}: already completed in {run_dir}, not submitted")
+            _forget_submitted(sweep_dir, run_dir)  # its job, ended after a Ctrl-C, has nothing left to wait for
             returns[i] = _job_return(overrides, cfg, run_dir, best_val_error(prior))
             continue
         try:
