@@ -45,6 +45,10 @@ def bad(tmp_path_factory, completed_run) -> dict:
     empty = base / "empty"
     empty.mkdir()
     ctx["empty"] = str(empty)
+    own = base / "own_configs" / "experiment"  # an experiment file without `# @package _global_`
+    own.mkdir(parents=True)
+    (own / "nopkg.yaml").write_text("trainer:\n  epochs: 1\n")
+    ctx["own_configs"] = str(own.parent)
 
     # The source of real checkpoints and the folder a new run must not reuse.
     done = completed_run
@@ -202,6 +206,20 @@ CASES = [
         how="subprocess",
     ),
     case("csv-required", ["dataset=image_csv"], 2, ["dataset.csv", "required"]),
+    case(
+        "experiment-without-package",
+        ["-cd", "{own_configs}", "experiment=nopkg"],
+        2,
+        ["experiment.trainer", "# @package _global_"],
+    ),
+    case(
+        "sweep-dir-of-a-swept-key",
+        ["-m", *TINY, "optim.lr=0.01,0.02", "hydra.sweep.dir={base}/by_lr_${{optim.lr}}"],
+        2,
+        ["hydra.sweep.dir={base}/by_lr_${{optim.lr}}", "names the swept key optim.lr"],
+        how="subprocess",
+    ),
+    case("keys-of-no-scheduler", ["+scheduler.warmup_epochs=3"], 2, ["scheduler.warmup_epochs", "scheduler=none"]),
     # ---- the run folder
     case(
         "reuse-completed-run-dir", ["dataset=xor", "hydra.run.dir={done}"], 2, ["hydra.run.dir={done}", "resume={done}"]

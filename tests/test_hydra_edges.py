@@ -261,3 +261,17 @@ def test_optuna_log_has_no_colour_codes_when_piped(tmp_path):
     out = proc.stdout + proc.stderr
     assert "A new study created" in out, out[-2000:]  # Optuna's own log line is there
     assert "\x1b[" not in out
+
+
+def test_a_sweep_with_chdir_logs_tensorboard_into_its_sweep_folder(tmp_path):
+    """hydra.job.chdir=true with a relative hydra.sweep.dir: each job still logs into
+    <sweep>/tensorboard/<its swept values> (the relative folder read from where mlprun started,
+    not from the job's own folder)."""
+    args = ["dataset=digits", "trainer.epochs=1", "model.hidden=[16]", "trainer.progress=plain"]
+    run_mlprun(
+        "-m", *args, "optim.lr=0.01,0.02", "hydra.job.chdir=true", "hydra.sweep.dir=sweep", cwd=tmp_path, check=True
+    )
+    sweep = tmp_path / "sweep"
+    assert sorted(p.name for p in (sweep / "tensorboard").iterdir() if p.is_dir()) == ["optim.lr=0.01", "optim.lr=0.02"]
+    for job in (d for d in sweep.iterdir() if d.name.startswith("dataset=")):
+        assert not (job / "tensorboard").exists()

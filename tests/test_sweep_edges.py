@@ -259,3 +259,14 @@ def test_not_started_rows_come_from_every_sweep_into_the_folder_and_name_a_slurm
     assert len(jobs) == 3 and jobs[gone.name]["status"] == jobs[queued.name]["status"] == "not started"
     assert jobs[queued.name]["reason"].startswith("no folder yet: SLURM job 4242_1 was submitted for it")
     assert "SLURM" not in jobs[gone.name]["reason"]
+
+
+def test_an_optuna_study_continued_with_other_choices_is_one_line(tmp_path):
+    """The study kept in the sweep folder was made with choice(relu,tanh): continuing it with a
+    third option is refused in one line naming optuna.db (Optuna's ValueError was 'unexpected')."""
+    args = ["-m", *TINY, "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=1", "hydra.sweep.dir=opt"]
+    run_mlprun(*args, "model.activation=choice(relu,tanh)", cwd=tmp_path, check=True)
+    proc = run_mlprun(*args, "model.activation=choice(relu,tanh,sigmoid)", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlprun: error:")]
+    assert len(lines) == 1 and "optuna.db" in lines[0] and "another hydra.sweep.dir" in lines[0], proc.stderr

@@ -189,7 +189,7 @@ examples:
   mlprun dataset=digits trainer.epochs=5
   mlprun -m optim=sgd,adam model.activation=relu,tanh
   mlprun -m hydra/launcher=stacked optim.lr=0.001,0.003 trainer.seed=0,1,2
-  mlprun experiment=mnist_exercise2"""
+  mlprun -m experiment=mnist_exercise2"""
 
 HELP_END = """\
 every key with its value: mlprun --cfg job [overrides]
@@ -433,7 +433,7 @@ def report_main(argv: list[str] | None = None) -> None:
         prog="mlprun-report",
         description="Rebuild summary.csv, summary.md and the plots of a sweep folder (or of a folder of runs).",
     )
-    parser.add_argument("folder", help="a sweep folder (runs/multirun/<date>/<time>) or a folder of runs")
+    parser.add_argument("folder", help="a sweep folder (runs/multirun/<date>/<time>-<pid>) or a folder of runs")
     parser.add_argument("--no-plots", action="store_true", help="only the tables")
     parser.add_argument("--quiet", action="store_true", help="do not print the table")
     parser.add_argument(

@@ -98,6 +98,15 @@ def validate(cfg: DictConfig) -> None:
         )
 
     sched = cfg.scheduler
+    if sched.get("_target_") is None and len(sched) > 0:  # scheduler=none builds nothing to read them
+        key = f"scheduler.{next(iter(sched.keys()))}"
+        raise ConfigError(
+            key,
+            message=(
+                f"{key}: scheduler=none keeps the lr constant and reads no keys; choose a scheduler "
+                f"first, e.g. scheduler=cosine (options: mlprun --help)"
+            ),
+        )
     if sched.get("_target_") is not None and "interval" not in sched:  # scheduler=none plus a _target_
         raise ConfigError(
             "scheduler.interval",
@@ -380,6 +389,17 @@ def _unknown_keys(cfg: DictConfig) -> None:
                     f"{key}: no such top-level key (mlprun would ignore it); a value of your own is "
                     f"read only where an interpolation names it, e.g. optim.lr='${{{key}}}'; "
                     f"groups: {', '.join(g for g in GROUPS if g in cfg)}"
+                ),
+            )
+    for preset in ("experiment", "debug"):  # presets set keys everywhere: `# @package _global_`
+        node = cfg.get(preset)
+        if isinstance(node, DictConfig) and len(node) > 0:
+            inner = f"{preset}.{next(iter(node.keys()))}"
+            raise ConfigError(
+                inner,
+                message=(
+                    f"{inner}: the {preset} file's keys landed under `{preset}:`, where mlprun reads nothing; "
+                    f"make `# @package _global_` its first line (as in mlprun's configs/{preset}/)"
                 ),
             )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from pathlib import Path
 
 from hydra.core.plugins import Plugins
@@ -112,6 +113,22 @@ class RunGuard(Callback):
         preflight(job)
 
 
+def _check_sweep_dir(config: DictConfig) -> None:
+    """hydra.sweep.dir must be one folder for the whole sweep: one that names a swept key
+    (`sweeps/x_${optim.lr}`) would split the jobs over several folders, each summary seeing
+    only some of them."""
+    raw = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir"))
+    for key in swept_keys_of(config):
+        if re.search(r"\$\{\s*" + re.escape(key) + r"\s*\}", raw):
+            raise ConfigError(
+                "hydra.sweep.dir",
+                message=(
+                    f"hydra.sweep.dir={raw} names the swept key {key}: each job would get a sweep folder of "
+                    f"its own; leave {key} out of it (each job's folder inside is named by its values)"
+                ),
+            )
+
+
 class SweepSummary(Callback):
     """In the parent process of a multirun: make the sweep folder first (Optuna keeps its sqlite
     study there), and at the end read every job's results.json back (jobs may have run in other
@@ -124,8 +141,9 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         register_launchers()
-        folder = Path(str(config.hydra.sweep.dir))
         try:
+            _check_sweep_dir(config)
+            folder = Path(str(config.hydra.sweep.dir))
             stop_if_signalled("before the sweep started; nothing was written")
             refuse_foreign_sweep_folder(folder)
             note_sweep_start(folder)

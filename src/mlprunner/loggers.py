@@ -42,7 +42,15 @@ from .data import sample_images
 from .errors import ConfigError, LoggerIncomplete, MlprunError, first_line
 from .metrics import TEST_SCALARS
 from .provenance import as_markdown, launch_folder
-from .sessions import claim_tensorboard_dir, group_choices, hparams_of, job_name, swept_keys, tensorboard_dir
+from .sessions import (
+    claim_tensorboard_dir,
+    group_choices,
+    hparams_of,
+    hydra_sweep_dir,
+    job_name,
+    swept_keys,
+    tensorboard_dir,
+)
 from .tblog import TensorBoardLogger
 
 log = logging.getLogger("mlprunner")
@@ -117,7 +125,7 @@ class RunInfo:
     def name(self) -> str:
         """The job's name: its swept values in a sweep, else the run folder's name."""
         if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-            named = job_name(self.overrides, swept_keys(Path(HydraConfig.get().sweep.dir)))
+            named = job_name(self.overrides, swept_keys(hydra_sweep_dir()))
             if named:
                 return named
         return self.run_dir.name

@@ -230,6 +230,12 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
     if missing:
         return EXIT_CONFIG, missing
     text = str(exc)
+    if isinstance(exc, ValueError) and "does not support dynamic value space" in text:
+        # Optuna: a study kept in the sweep folder (optuna.db) continued with other choice() values
+        return EXIT_CONFIG, (
+            "the sweep folder's Optuna study (optuna.db) was made with other choice() values; continue it "
+            "with the same ones, or start a new study in another hydra.sweep.dir"
+        )
     if isinstance(exc, MissingConfigException):
         missing = str(exc.missing_cfg_file or "")
         options = list(exc.options or [])

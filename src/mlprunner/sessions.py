@@ -174,11 +174,19 @@ def job_prefix(run_dir: Path, overrides=(), beside_others: bool = False) -> str:
     launcher = hc.launcher
     if not beside_others and ("joblib" not in str(launcher.get("_target_", "")) or launcher.get("n_jobs") == 1):
         return ""
-    keys = swept_keys(Path(hc.sweep.dir))
+    keys = swept_keys(hydra_sweep_dir())
     values = override_values(overrides)
     names = short_keys([k for k in keys if k in values])  # as the sweep's table names them
     name = ",".join(f"{short}={shown_value(values[k])}" for k, short in names.items())
     return f"[{name or Path(run_dir).name}] "
+
+
+def hydra_sweep_dir() -> Path:
+    """This multirun's sweep folder, relative paths taken from the folder mlprun started in (a job
+    with hydra.job.chdir=true works in its own folder, where `runs/multirun/...` is not)."""
+    hc = HydraConfig.get()
+    folder = Path(str(hc.sweep.dir))
+    return folder if folder.is_absolute() else Path(str(hc.runtime.cwd)) / folder
 
 
 def tensorboard_dir(run_dir: Path, overrides=()) -> Path:
@@ -186,7 +194,7 @@ def tensorboard_dir(run_dir: Path, overrides=()) -> Path:
     claimed for it (`claim_tensorboard_dir`)."""
     run_dir = Path(run_dir)
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        sweep_dir = Path(HydraConfig.get().sweep.dir)
+        sweep_dir = hydra_sweep_dir()
         try:
             own = run_dir.resolve().relative_to(sweep_dir.resolve()).as_posix()
         except ValueError:  # a job folder outside its sweep folder: keep it with the job

@@ -44,6 +44,7 @@ from .results import read_results, short_path
 from .resume import check_checkpoint_of
 from .run import STARTUP, install_worker_signals, request_stop, run, stop_if_signalled
 from .runs import SAVED_CONFIG, checkpoint_file
+from .sessions import hydra_sweep_dir
 
 log = logging.getLogger("mlprunner")
 
@@ -302,7 +303,7 @@ def restore_kept_multirun_yaml() -> None:
 
 def _sweep_folder(run_dir: Path) -> Path:
     try:
-        return Path(str(HydraConfig.get().sweep.dir))
+        return hydra_sweep_dir()
     except ValueError:  # no Hydra config (called directly)
         return run_dir.parent
 
@@ -533,7 +534,7 @@ def _train_sweep_job(cfg: DictConfig, run_dir: Path, overrides: list[str], resum
             if jobs_run_here():  # Hydra would record the job failed and start the next one
                 said = message.split("; continue with:")[0]
                 who = label if "=" in run_dir.name else f"{label} ({' '.join(overrides)})"  # named by them
-                raise SweepStopped(Interrupted(f"{who}: {said}"), str(HydraConfig.get().sweep.dir)) from None
+                raise SweepStopped(Interrupted(f"{who}: {said}"), str(hydra_sweep_dir())) from None
             if jobs_in_workers():  # its results.json says interrupted; the queued jobs must not start
                 found = re.search(r"\bSIG[A-Z]+\b", message)
                 _hand_stop_to_sweep(_sweep_folder(run_dir), found.group(0) if found else "SIGINT")
