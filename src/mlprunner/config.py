@@ -98,8 +98,10 @@ def validate(cfg: DictConfig) -> None:
         )
 
     sched = cfg.scheduler
-    if sched.get("_target_") is None and len(sched) > 0:  # scheduler=none builds nothing to read them
-        key = f"scheduler.{next(iter(sched.keys()))}"
+    # scheduler=none builds nothing to read its keys (an old run's scheduler.name is read as before)
+    unread = [f"scheduler.{k}" for k in sched.keys() if SCHEMA.get(f"scheduler.{k}") is not LEGACY]
+    if sched.get("_target_") is None and unread:
+        key = unread[0]
         raise ConfigError(
             key,
             message=(
