@@ -40,7 +40,7 @@ from .errors import EXIT_CONFIG, MlprunError
 from .plots import _plt, save_figure
 from .results import RESULTS, read_results, results_file_problem
 from .runs import submission_file
-from .sessions import NOT_HPARAMS, short_keys, shown_value
+from .sessions import BASIC_SWEEPER, NOT_HPARAMS, short_keys, shown_value
 
 SKIP_DIRS = {"tensorboard", "checkpoints", ".hydra", ".submitit", "__pycache__"}
 COLUMNS = [
@@ -286,7 +286,6 @@ def collect(folder: Path) -> tuple[list[dict], list[str]]:
     return jobs, swept_keys(jobs)
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 LATER_YAML = re.compile(r"multirun\.(\d+)\.yaml$")  # a rerun's own (sweep.restore_multirun_yaml)
 DIRNAME = "${hydra.job.override_dirname}"  # mlprun's hydra.sweep.subdir (configs/config.yaml)
 

@@ -115,14 +115,18 @@ def _some(names: list[str]) -> str:
 
 
 # what only a sweep leaves in its folder (Hydra's multirun.yaml, mlprun's marks, Optuna's results)
-SWEEP_MARKS = {"multirun.yaml", ".mlprun_marks", "optimization_results.yaml"}
+# in a sweep folder: mlprun's markers: one per job the summary must report with a status its
+# results.json cannot give (sweep.mark_job: "in use", "not collected"), a stop (sweep.stop_sweep),
+# and the SLURM job submitted for each combination (submission_file)
+MARKS = ".mlprun_marks"
+SWEEP_MARKS = {"multirun.yaml", MARKS, "optimization_results.yaml"}
 
 
 def submission_file(sweep_dir: Path, run_dir: Path) -> Path:
     """Where a SLURM sweep notes the job it submitted for a combination (cluster.py) while that
     job may still be queued or running; mlprun-report names the job of a row with no folder."""
     name = Path(run_dir).relative_to(sweep_dir).as_posix().replace("/", "%")
-    return Path(sweep_dir) / ".mlprun_marks" / "slurm" / f"{name}.json"
+    return Path(sweep_dir) / MARKS / "slurm" / f"{name}.json"
 
 
 def refuse_foreign_sweep_folder(folder: Path) -> None:
@@ -170,7 +174,7 @@ SWEEP_FILES = {
     "multirun.yaml",
     "summary.csv",
     "summary.md",
-    ".mlprun_marks",
+    MARKS,
     ".mlprun_report.json",
     ".submitit",
     "tensorboard",

@@ -99,6 +99,9 @@ def hparams_of(cfg: DictConfig, overrides=(), choices: dict | None = None) -> di
     return out
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default sweeper
+
+
 def swept_keys(sweep_dir: Path) -> list[str]:
     """swept_keys_of the sweep folder's multirun.yaml ([] without one)."""
     path = Path(sweep_dir) / "multirun.yaml"

@@ -43,8 +43,8 @@ from .record import lock_run_dir
 from .results import read_results, short_path
 from .resume import check_checkpoint_of
 from .run import STARTUP, install_worker_signals, request_stop, run, stop_if_signalled
-from .runs import SAVED_CONFIG, checkpoint_file
-from .sessions import hydra_sweep_dir
+from .runs import MARKS, SAVED_CONFIG, checkpoint_file
+from .sessions import BASIC_SWEEPER, hydra_sweep_dir
 
 log = logging.getLogger("mlprunner")
 
@@ -142,14 +142,6 @@ def _clear_attempt(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
 
 
-# {run folder: reason} of the jobs the SLURM launcher stopped waiting for (SLURM did not answer);
-# filled by cluster.launch_on_slurm and read by hydra_callbacks.SweepSummary, both in the sweep's
-# own process
-# in a sweep folder: one marker per job the summary must report with a status its results.json
-# cannot give ("in use": another process held the folder; "not collected": SLURM stopped answering)
-MARKS = ".mlprun_marks"
-
-
 MULTIRUN_YAML = "multirun.yaml"
 _KEPT_YAML = ".multirun.yaml.kept"  # the sweep folder's first multirun.yaml while a rerun runs
 _KEEPING: list[Path] = []  # the sweep folders of this process whose multirun.yaml is kept aside
@@ -170,7 +162,6 @@ def keep_multirun_yaml(sweep_dir: Path) -> None:
         _KEEPING.append(sweep_dir)
 
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 OPTUNA_LOGGER = "hydra_plugins.hydra_optuna_sweeper._impl"
 
 
