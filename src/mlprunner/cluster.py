@@ -197,9 +197,10 @@ def _settings(params: dict) -> dict:
 
 
 def _note_submitted(sweep_dir: Path, jobs: list, groups: list, params: dict) -> None:
+    settings = _settings(params)
     for job, group in zip(jobs, groups):
         for _, _, _, run_dir in group:
-            entry = {"job_id": str(job.job_id), "log": str(job.paths.stderr), "settings": _settings(params)}
+            entry = {"job_id": str(job.job_id), "log": str(job.paths.stderr), "settings": settings}
             path = submission_file(sweep_dir, run_dir)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(path, entry)

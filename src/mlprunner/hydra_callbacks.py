@@ -113,12 +113,12 @@ class RunGuard(Callback):
         preflight(job)
 
 
-def _check_sweep_dir(config: DictConfig) -> None:
+def _check_sweep_dir(config: DictConfig, swept: list[str]) -> None:
     """hydra.sweep.dir must be one folder for the whole sweep: one that names a swept key
     (`sweeps/x_${optim.lr}`) would split the jobs over several folders, each summary seeing
     only some of them."""
     raw = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("dir"))
-    for key in swept_keys_of(config):
+    for key in swept:
         if re.search(r"\$\{\s*" + re.escape(key) + r"\s*\}", raw):
             raise ConfigError(
                 "hydra.sweep.dir",
@@ -141,8 +141,9 @@ class SweepSummary(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         register_launchers()
+        swept = swept_keys_of(config)
         try:
-            _check_sweep_dir(config)
+            _check_sweep_dir(config, swept)
             folder = Path(str(config.hydra.sweep.dir))
             stop_if_signalled("before the sweep started; nothing was written")
             refuse_foreign_sweep_folder(folder)
@@ -158,7 +159,7 @@ class SweepSummary(Callback):
         write_multirun_yaml(config, folder)  # a sweeper that writes none (Optuna's)
         quiet_failed_trials()
         # seeds of one configuration, or one configuration per dataset, may all be tested
-        varied = [k for k in swept_keys_of(config) if k != SEED and not k.startswith("dataset")]
+        varied = [k for k in swept if k != SEED and not k.startswith("dataset")]
         if varied and OmegaConf.select(config, "eval.test", default=False):
             log.warning(
                 f"eval.test=true while sweeping {', '.join(varied)}: choose by validation error (the "

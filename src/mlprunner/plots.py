@@ -44,8 +44,9 @@ def learning_curves(history: list, path: Path, title: str = "", best_epoch: int 
     errors = []
     for split, style, label in splits:
         if all(h.get(split) for h in history):
-            errors += [100 * h[split]["error"] for h in history]
-            ax_err.plot(epochs, [100 * h[split]["error"] for h in history], style, marker="o", ms=3, label=label)
+            split_errors = [100 * h[split]["error"] for h in history]
+            errors += split_errors
+            ax_err.plot(epochs, split_errors, style, marker="o", ms=3, label=label)
             ax_loss.plot(epochs, [h[split]["loss"] for h in history], style, marker="o", ms=3, label=label)
     if errors and min(errors) > 0 and max(errors) / min(errors) >= 10:
         ax_err.set_yscale("log")  # the first epochs' errors would flatten where overfitting shows

@@ -539,6 +539,12 @@ def counts(jobs: list[dict]) -> str:
     return ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
 
 
+def md_table(hs: list[str], rows: list[list[str]], left: tuple[str, ...]) -> list[str]:
+    """A markdown table: the `left` columns aligned left, the numbers right, `|` in cells escaped."""
+    lines = ["| " + " | ".join(hs) + " |", "|" + "|".join("---" if h in left else "---:" for h in hs) + "|"]
+    return lines + ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+
+
 def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, plots: list[Path]) -> Path:
     lines = [
         f"# Sweep summary: {folder}",
@@ -551,15 +557,10 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
     for name, group in groups:
         if len(groups) > 1:
             lines += ["", f"## dataset={name} ({n_jobs(group)})"]
-        hs = headers(jobs)
-        lines += [
-            "",
-            "| " + " | ".join(hs) + " |",
-            "|" + "|".join("---:" if h not in ("overrides", "status") else "---" for h in hs) + "|",
-        ]
-        for row in table_rows(group, keys, has_test(jobs)):
+        rows = table_rows(group, keys, has_test(jobs))
+        for row in rows:
             row[1] = f"`{row[1]}`"
-            lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        lines += ["", *md_table(headers(jobs), rows, left=("overrides", "status"))]
     seeds = across_seeds(jobs, keys)
     if seeds:
         lines += ["", f"## Across seeds ({SEED})", "", SEED_NOTE + "."]
@@ -569,9 +570,7 @@ def write_markdown(folder: Path, jobs: list[dict], keys: list[str], path: Path, 
                 continue
             if len(datasets(jobs)) > 1:
                 lines += ["", f"### dataset={name}"]
-            hs, rows = seed_rows(group, has_test(jobs))
-            lines += ["", "| " + " | ".join(hs) + " |", "|---|" + "---:|" * (len(hs) - 1)]
-            lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in rows]
+            lines += ["", *md_table(*seed_rows(group, has_test(jobs)), left=("config",))]
     failed = [j for j in jobs if j["status"] != "completed"]
     if failed:
         lines += ["", "## Not completed", ""]
@@ -609,6 +608,11 @@ def fitted_widths(hs: list[str], rows: list[list[str]], width: int) -> list[int 
     return widths
 
 
+def terminal_table(title: str) -> Table:
+    """No column rules and one space between columns: 80 columns hold the whole table."""
+    return Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+
+
 def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -> None:
     console = console or Console()
     groups = by_dataset(jobs)
@@ -616,8 +620,7 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
         title = f"sweep {folder}: {n_jobs(jobs)} ({counts(jobs)})"
         if len(groups) > 1:
             title = f"{folder}: dataset={name}, {n_jobs(group)} ({counts(group)})"
-        # no column rules and one space between columns: 80 columns hold the whole table
-        table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
+        table = terminal_table(title)
         hs = headers(jobs)
         rows = table_rows(group, keys, has_test(jobs), short=True)
         widths = fitted_widths([TERMINAL_HEADERS.get(h, h) for h in hs], rows, console.width)
@@ -639,13 +642,7 @@ def print_table(folder: Path, jobs: list[dict], keys: list[str], console=None) -
         if group:
             hs, rows = seed_rows(group, has_test(jobs))
             where = f", dataset={name}" if len(groups) > 1 else ""
-            table = Table(
-                title=f"across seeds{where}: mean ± 95% t-interval",
-                box=box.SIMPLE_HEAD,
-                show_edge=False,
-                pad_edge=False,
-                padding=(0, 1, 0, 0),
-            )
+            table = terminal_table(f"across seeds{where}: mean ± 95% t-interval")
             for h in hs:
                 table.add_column(h, justify="left" if h == "config" else "right", overflow="fold")
             for row in rows:
