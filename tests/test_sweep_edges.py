@@ -270,3 +270,19 @@ def test_an_optuna_study_continued_with_other_choices_is_one_line(tmp_path):
     assert proc.returncode == 2, proc.stderr[-3000:]
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("mlprun: error:")]
     assert len(lines) == 1 and "optuna.db" in lines[0] and "another hydra.sweep.dir" in lines[0], proc.stderr
+
+
+def test_an_optuna_trial_refused_for_a_key_typo_is_failed_not_rerun(tmp_path):
+    """optim.lrr (no such key) ends the study in its first trial, before training: that trial is
+    told FAIL, not left RUNNING, so the corrected command starts new trials instead of 'continuing'
+    the typo's trial as one a signal stopped."""
+    optuna = pytest.importorskip("optuna")
+    args = ["-m", *TINY, "hydra/sweeper=mlprun_optuna", "hydra.sweeper.n_trials=1", "hydra.sweep.dir=opt"]
+    proc = run_mlprun(*args, "optim.lrr=interval(0.001,0.01)", cwd=tmp_path)
+    assert proc.returncode == 2 and "optim.lrr" in proc.stderr, proc.stderr[-3000:]
+    study = optuna.load_study(study_name="mlprun", storage=f"sqlite:///{tmp_path / 'opt' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    proc = run_mlprun(*args, "optim.lr=interval(0.001,0.01)", cwd=tmp_path, check=True)
+    assert "runs again as a new trial" not in proc.stdout + proc.stderr
+    study = optuna.load_study(study_name="mlprun", storage=f"sqlite:///{tmp_path / 'opt' / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"]

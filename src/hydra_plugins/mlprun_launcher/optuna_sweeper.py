@@ -51,12 +51,22 @@ class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
         # summary) and mlprun would exit on a ValueError instead of "N job(s) failed". Every
         # trial is already told to the study as FAIL and has its results.json; only the best
         # trial (optimization_results.yaml) is missing, and there is none.
+        asked_before = self._trial_count()
         try:
             super().sweep(arguments)
+        except (SweepStopped, Interrupted):
+            raise  # the asked trials stay RUNNING: the study's next launch continues them
         except ValueError as exc:
             if not no_trial_completed(exc) or self._completed_trials():
+                self._fail_running_trials(since=asked_before)
                 raise
             log.warning("no trial of the Optuna study has completed: no best parameters (no optimization_results.yaml)")
+        except Exception:
+            # e.g. a key no configuration has (optim.lrr=...) ends the sweep in its first trial,
+            # before it trains: the trial is told FAIL, so continuing the study with the corrected
+            # command does not take it for a trial a signal stopped and run its parameters again
+            self._fail_running_trials(since=asked_before)
+            raise
 
     def _check_objective(self, arguments: list[str]) -> None:
         """The study minimises each trial's best validation error: without a validation split
@@ -79,11 +89,8 @@ class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
         told) stays RUNNING in the kept study. When the same command continues the study and no
         process trains in the sweep folder, each such trial is told FAIL and its parameters are
         enqueued: the first new trial is the same job, which resumes from its checkpoints/last.pt."""
-        if self.storage is None:
-            return
-        try:
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        except Exception:  # no study yet: a first launch
+        study = self._study()
+        if study is None:
             return
         stale = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         if not stale:
@@ -103,14 +110,33 @@ class MlprunOptunaSweeperImpl(OptunaSweeperImpl):
                 f"trial {trial.number} was stopped before it ended: it runs again as a new trial, from its checkpoint"
             )
 
+    def _study(self) -> optuna.Study | None:
+        """The study kept in storage; None for an in-memory study or none made yet."""
+        if self.storage is None:
+            return None
+        try:
+            return optuna.load_study(study_name=self.study_name, storage=self.storage)
+        except Exception:  # no study yet: a first launch
+            return None
+
+    def _trial_count(self) -> int:
+        study = self._study()
+        return len(study.get_trials(deepcopy=False)) if study is not None else 0
+
+    def _fail_running_trials(self, since: int) -> None:
+        """Tell FAIL the trials this launch asked (numbers from `since`) that are still RUNNING."""
+        study = self._study()
+        if study is None:
+            return
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            if trial.number >= since:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+
     def _completed_trials(self) -> int:
         """Completed trials in the study kept in storage; 0 for an in-memory study (the
         message said there is none)."""
-        if self.storage is None:
-            return 0
-        try:
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage)
-        except Exception:  # cannot tell: the message is Optuna's own for this case
+        study = self._study()
+        if study is None:  # cannot tell: the message is Optuna's own for this case
             return 0
         return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
 
