@@ -150,6 +150,15 @@ CASES = [
     case("unknown-option-in-a-list", ["logger=[tensorboard,nope]"], 2, ["logger=nope", "available: ", "mlflow"]),
     case("unknown-experiment", ["+experiment=nope"], 2, ["experiment=nope", "xor_seed"]),
     case("unparsable-override", ["trainer.epochs=[1"], 2, ["trainer.epochs=[1"]),
+    case("empty-range-sweep", ["-m", "trainer.seed=range(0,0)"], 2, ["trainer.seed=range(0,0) gives no values"]),
+    case(
+        "zero-step-range", ["-m", "trainer.seed=range(0,2,0)"], 2, ["trainer.seed=range(0,2,0)", "step must not be 0"]
+    ),
+    case("multirun-and-cfg", ["-m", "--cfg", "job"], 2, ["-m (--multirun)", "mlprun --cfg job <overrides>"]),
+    case("cfg-and-info", ["--info", "defaults", "--cfg", "job"], 2, ["--cfg, --info", "cannot be combined"]),
+    case("hydra-flag-choice", ["--cfg", "jobb"], 2, ["--cfg/-c", "'jobb'", "'job', 'hydra', 'all'"]),
+    case("unknown-flag", ["--epochs", "3"], 2, ["unrecognized arguments: --epochs", "trainer.epochs=5"]),
+    case("cfg-package-typo", ["--cfg", "job", "-p", "optim.lrr"], 2, ["-p optim.lrr", "did you mean optim.lr"]),
     case("no-equals", ["epochs"], 2, ["'epochs'", "key=value"]),
     case("append-existing", ["+trainer.epochs=3"], 2, ["+trainer.epochs", "without '+'"]),
     case("delete-absent", ["~trainer.nothing"], 2, ["trainer.nothing"]),
@@ -794,3 +803,12 @@ def test_a_bad_saved_config_or_a_file_for_checkpoints_is_named_on_resume(tmp_pat
     assert rc == 1 and err.strip().splitlines()[-1] == (
         f"mlprun: error: {run_dir / 'checkpoints'}: a file, where the run keeps its checkpoints folder: move it away"
     )
+
+
+def test_cfg_package_of_a_key_that_holds_null_prints_null(mlprun_here):
+    """Hydra says "package not found" (exit 1) for a key that holds null as for one that does
+    not exist: trainer.grad_clip is a key (null by default) and prints null."""
+    proc = mlprun_here("--cfg", "job", "-p", "trainer.grad_clip")
+    assert proc.returncode == 0 and proc.stdout.strip() == "null", proc.stderr
+    proc = mlprun_here("--cfg", "job", "-p", "trainer.grad_clip", "trainer.grad_clip=0.5")
+    assert proc.returncode == 0 and proc.stdout.strip() == "0.5", proc.stderr

@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or arguments,
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import logging
@@ -20,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -47,7 +49,7 @@ from .evaluate import (
     report_line,
     write_figures,
 )
-from .messages import describe_exception, one_line_errors, report
+from .messages import describe_exception, holds_null, one_line_errors, report, suggest_key
 from .predict import find_images, predict, prepare
 from .provenance import note_command, version_line
 from .record import interrupted_outside_record
@@ -237,8 +239,13 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
         if resume:
             sys.exit(resume_main(args))
         sys.argv = [sys.argv[0], *with_mlprun_hydra(multirun_flag_first(args))]
+        check_flags(sys.argv[1:])
         try:
-            hydra_app()
+            package = printed_package(args)
+            if package:
+                print_package(package)
+            else:
+                hydra_app()
         except BaseException as exc:
             if describe_exception(exc)[0] == EXIT_CONFIG:  # refused: the sweep folder is as it was
                 forget_refused_sweeps()
@@ -271,6 +278,56 @@ def main(argv: list[str] | None = None, early_signals: list[str] | None = None) 
     except BaseException as exc:
         sys.exit(report(exc))
     sys.exit(EXIT_OK)
+
+
+def check_flags(args: list[str]) -> None:
+    """Hydra's argparse prints its whole usage before an error in its own flags (--cfg jobb,
+    --foo): the same parser (hydra.main builds it with this function) is asked first, with its
+    error in one line, exit 2."""
+    parser = get_args_parser()
+
+    def one_line(message: str):
+        if message.startswith("unrecognized arguments"):  # --epochs 3: argparse's way, not Hydra's
+            message += "; settings are overrides key=value, e.g. trainer.epochs=5"
+        raise ConfigError("the command line", message=f"{message} (see mlprun --help)")
+
+    parser.error = one_line
+    parser.parse_args(args)
+
+
+def printed_package(args: list[str]) -> str | None:
+    """The -p/--package of a --cfg (-c) command: the part of the config Hydra prints."""
+    if not any(a in ("--cfg", "-c") or a.startswith("--cfg=") for a in args):
+        return None
+    for i, a in enumerate(args):
+        if a in ("-p", "--package") and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--package="):
+            return a.partition("=")[2]
+    return None
+
+
+def print_package(package: str) -> None:
+    """Hydra's `--cfg job -p KEY`. For a key that does not exist and for one that holds null alike,
+    Hydra writes "package 'KEY' not found in config" and exits 1: mlprun prints null for the
+    latter, and for the former one line naming the key with the closest ones (exit 2)."""
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            hydra_app()
+    except SystemExit as exc:
+        if exc.code == 1 and said.getvalue().startswith(f"package '{package}' not found in config"):
+            if holds_null(package):
+                print("null")
+                sys.exit(EXIT_OK)
+            listing = "mlprun --cfg hydra" if package.startswith("hydra.") else "mlprun --cfg job"
+            raise ConfigError(
+                package,
+                message=f"-p {package}: no such config key{suggest_key(package)} (list the keys with `{listing}`)",
+            ) from None
+        sys.stderr.write(said.getvalue())
+        raise
+    sys.stderr.write(said.getvalue())
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.plugins import Plugins
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -113,6 +114,26 @@ class RunGuard(Callback):
         preflight(job)
 
 
+def _check_sweep_values(config: DictConfig) -> None:
+    """Each list or range of the command line has a value: range(0,0) would make a sweep of no job
+    (Hydra launches none and the command 'succeeds'), range(0,2,0) fails in Python's range()."""
+    task = [str(o) for o in OmegaConf.select(config, "hydra.overrides.task", default=[]) or []]
+    for override in OverridesParser.create().parse_overrides(task):
+        if not override.is_discrete_sweep():
+            continue
+        typed = override.input_line or f"{override.key_or_group}=..."
+        try:
+            values = list(override.sweep_string_iterator())
+        except ValueError as exc:
+            step = "range()'s step must not be 0" if "must not be zero" in str(exc) else str(exc)
+            raise ConfigError(override.key_or_group, message=f"{typed}: {step}") from None
+        if not values:
+            raise ConfigError(
+                override.key_or_group,
+                message=f"{typed} gives no values, so the sweep would have no job (range(a,b) counts from a up to b-1)",
+            )
+
+
 def _check_sweep_dir(config: DictConfig, swept: list[str]) -> None:
     """hydra.sweep.dir must be one folder for the whole sweep: one that names a swept key
     (`sweeps/x_${optim.lr}`) would split the jobs over several folders, each summary seeing
@@ -143,6 +164,7 @@ class SweepSummary(Callback):
         register_launchers()
         swept = swept_keys_of(config)
         try:
+            _check_sweep_values(config)
             _check_sweep_dir(config, swept)
             folder = Path(str(config.hydra.sweep.dir))
             stop_if_signalled("before the sweep started; nothing was written")

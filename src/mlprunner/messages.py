@@ -151,7 +151,7 @@ def component_key_hint(key: str) -> str:
     return f"; {target} takes no argument {name!r}{where}"
 
 
-def _holds_null(key: str) -> bool:
+def holds_null(key: str) -> bool:
     """Whether `key` is in the config the command line selects (Hydra calls a key that holds
     null one that "does not exist")."""
     try:
@@ -236,6 +236,13 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
             "the sweep folder's Optuna study (optuna.db) was made with other choice() values; continue it "
             "with the same ones, or start a new study in another hydra.sweep.dir"
         )
+    if isinstance(exc, ValueError) and text.startswith("Only one of --run, --multirun, --cfg"):
+        if not {"-m", "--multirun"} & set(sys.argv[1:]):
+            return EXIT_CONFIG, "--cfg, --info and --shell-completion cannot be combined; give one of them"
+        return EXIT_CONFIG, (
+            "-m (--multirun) cannot be combined with --cfg, --info or --shell-completion; to see a job's "
+            "config, leave -m out and give each key one value: mlprun --cfg job <overrides>"
+        )
     if isinstance(exc, MissingConfigException):
         missing = str(exc.missing_cfg_file or "")
         options = list(exc.options or [])
@@ -304,7 +311,7 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         m = re.search(r"Could not delete from config\. '([^']+)' does not exist", text)
         if m:
             key = m.group(1)
-            if _holds_null(key):
+            if holds_null(key):
                 # Hydra deletes only a key with a value: for it null and absent are the same
                 return EXIT_CONFIG, (
                     f"~{key}: {key} is null already (unset), so there is nothing to delete; "
