@@ -257,6 +257,14 @@ CASES = [
         ["{empty}/FashionMNIST/raw"],
     ),
     case(
+        "compile-without-a-compiler",  # a fresh inductor cache: nothing compiled before can be reused
+        ["dataset=digits", "trainer.compile=true", "trainer.epochs=1", *QUICK],
+        1,
+        ["trainer.compile=true: torch.compile failed", "trainer.compile=false"],
+        how="subprocess",
+        env={"CXX": "/bin/false", "CC": "/bin/false", "TORCHINDUCTOR_CACHE_DIR": "{base}/inductor"},
+    ),
+    case(
         "env-MLPRUN_DATA-empty",
         ["dataset=mnist", "dataset.download=false"],
         1,

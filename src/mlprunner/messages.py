@@ -350,6 +350,12 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         # a folder made read-only, a file where a folder belongs: the path and what to do, no
         # "unexpected"; before _override_named_in, which a sweep job's folder name would match
         return EXIT_RUNTIME, f"{exc.filename}: {exc.strerror}; {FILE_PROBLEMS[exc.errno]}"
+    if type(exc).__module__.startswith(("torch._dynamo", "torch._inductor")):
+        # raised at the first step by trainer.compile (no C++ compiler, an unsupported op)
+        return EXIT_RUNTIME, (
+            f"trainer.compile=true: torch.compile failed: {type(exc).__name__}: {first_line(text)}; "
+            "train without it: trainer.compile=false"
+        )
     named = _override_named_in(text)
     if named is not None:
         return EXIT_CONFIG, f"{named}: {first_line(text)}"
