@@ -168,9 +168,14 @@ def test_no_profile_files_by_default(tmp_path):
 
 
 def test_metrics_equal_torchmetrics():
-    """The confusion-matrix fast path gives torchmetrics' micro accuracy and macro F1,
+    """The confusion-matrix fast path gives torchmetrics' micro accuracy and macro F1, precision and recall,
     including classes that never occur (they are left out of the macro mean)."""
-    from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+    from torchmetrics.classification import (
+        MulticlassAccuracy,
+        MulticlassF1Score,
+        MulticlassPrecision,
+        MulticlassRecall,
+    )
 
     from mlprunner.train import Metrics
 
@@ -178,6 +183,8 @@ def test_metrics_equal_torchmetrics():
     for num_classes, absent in [(10, ()), (10, (3, 7)), (2, ()), (5, (0,))]:
         acc = MulticlassAccuracy(num_classes, average="micro")
         f1 = MulticlassF1Score(num_classes, average="macro")
+        prec = MulticlassPrecision(num_classes, average="macro")
+        rec = MulticlassRecall(num_classes, average="macro")
         ours = Metrics(num_classes, "cpu")
         total, count = 0.0, 0
         for n in (33, 100, 7):
@@ -191,11 +198,15 @@ def test_metrics_equal_torchmetrics():
             total, count = total + float(loss) * n, count + n
             acc.update(p, y)
             f1.update(p, y)
+            prec.update(p, y)
+            rec.update(p, y)
             ours.update(loss, p, y)
         m = ours.compute()
         assert m["accuracy"] == pytest.approx(float(acc.compute()), abs=1e-6)
         assert m["error"] == pytest.approx(1 - float(acc.compute()), abs=1e-6)
         assert m["f1"] == pytest.approx(float(f1.compute()), abs=1e-6)
+        assert m["precision"] == pytest.approx(float(prec.compute()), abs=1e-6)
+        assert m["recall"] == pytest.approx(float(rec.compute()), abs=1e-6)
         assert m["loss"] == pytest.approx(total / count, rel=1e-6)
         assert ours.compute()["loss"] == 0.0  # compute() resets
 

@@ -17,12 +17,13 @@ from .schema import component_class, own_keys
 
 log = logging.getLogger("mlprunner")
 
-MAXIMISED = ("val/accuracy", "val/f1")  # monitors that improve upwards, whatever early_stopping.mode says
+# monitors that improve upwards, whatever early_stopping.mode says
+MAXIMISED = ("val/accuracy", "val/f1", "val/precision", "val/recall")
 
 
 def monitor_mode(trainer_cfg: DictConfig, has_val: bool) -> str:
-    """The direction ("min" or "max") the Trainer selects its monitored metric in: val/accuracy
-    and val/f1 are maximised, other monitors follow trainer.early_stopping.mode; without a
+    """The direction ("min" or "max") the Trainer selects its monitored metric in: val/accuracy,
+    val/f1, val/precision and val/recall are maximised, other monitors follow trainer.early_stopping.mode; without a
     validation set the monitor is train/loss, minimised."""
     if not has_val:
         return "min"

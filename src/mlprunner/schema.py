@@ -43,7 +43,7 @@ ACTIVATIONS = {
     "gelu": "GELU",
     "silu": "SiLU",
 }
-MONITORS = ("val/error", "val/loss", "val/accuracy", "val/f1")
+MONITORS = ("val/error", "val/loss", "val/accuracy", "val/f1", "val/precision", "val/recall")
 
 
 # --------------------------------------------------------------------------- kinds of keys

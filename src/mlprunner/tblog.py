@@ -55,6 +55,10 @@ EPOCH_TAGS = {
     "val/accuracy": "Accuracy/val",
     "train/f1": "F1/train",
     "val/f1": "F1/val",
+    "train/precision": "Precision/train",
+    "val/precision": "Precision/val",
+    "train/recall": "Recall/train",
+    "val/recall": "Recall/val",
     "lr": "LR",
 }
 STEP_TAGS = ("Loss/train_step", "LR/step")  # step = global step; every other tag's step is an epoch
