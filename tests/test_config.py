@@ -151,6 +151,18 @@ def test_sgd_nesterov_option(compose_cfg):
     assert opt.param_groups[0]["nesterov"] is True
 
 
+@pytest.mark.parametrize(
+    "given, fused, foreach",
+    [((), True, None), (("+optim.foreach=false",), None, False), (("+optim.fused=false",), False, None)],
+)
+def test_the_optimizer_implementation_a_user_names_is_the_one_built(compose_cfg, given, fused, foreach):
+    """Adam is fused on the CPU unless the user names an implementation: +optim.foreach=false (the
+    for-loop the lecture compares) used to come out fused as well."""
+    cfg = compose_cfg("optim=adam", "dataset=digits", *given)
+    group = build_optimizer(cfg.optim, MLP(4, 2, hidden=[3]), torch.device("cpu")).param_groups[0]
+    assert (group["fused"], group["foreach"]) == (fused, foreach)
+
+
 @pytest.mark.parametrize("name", options("scheduler"))
 def test_scheduler_option(compose_cfg, name):
     cfg = compose_cfg(f"scheduler={name}", "dataset=digits", "trainer.epochs=20")

@@ -69,13 +69,15 @@ def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.devic
     """cfg.optim is a `_target_: torch.optim.X` with `_partial_: true`.
 
     Where the class has a fused implementation for this device, it is used (one kernel for the
-    whole update); otherwise torch picks its foreach implementation.
+    whole update); otherwise torch picks its foreach implementation. An implementation the user
+    names (+optim.foreach=false for the plain for-loop, +optim.fused=...) is taken as given.
     """
     partial = _instantiate(cfg, "optim")
     cls = partial.func if hasattr(partial, "func") else partial
     params = inspect.signature(cls.__init__).parameters
     extra = {}
-    if "fused" in params and "fused" not in partial.keywords and _fused_steps(partial, device):
+    named = {"fused", "foreach"} & set(partial.keywords)
+    if "fused" in params and not named and _fused_steps(partial, device):
         extra["fused"] = True
     try:
         return partial(model.parameters(), **extra)
