@@ -56,6 +56,15 @@ NETS = textwrap.dedent(
             return super().forward(x)
 
 
+    class Lazy(nn.Module):  # its first layer's size is known only after the first forward
+        def __init__(self, num_features, num_classes):
+            super().__init__()
+            self.net = nn.Sequential(nn.LazyLinear(16), nn.ReLU(), nn.Linear(16, num_classes))
+
+        def forward(self, x):
+            return self.net(x)
+
+
     class Three(nn.Module):  # three outputs whatever the data
         def __init__(self, num_features):
             super().__init__()
@@ -297,3 +306,13 @@ def test_a_runtime_error_in_training_fails_its_sweep_job_and_the_sweep_goes_on(o
     proc = run_mlprun(*args[:-1], "hydra.run.dir=single", cwd=work, env=env)
     assert proc.returncode == 1, proc.stderr
     assert read_json(work / "single" / "results.json")["status"] == "failed"
+
+
+def test_a_model_with_lazy_layers_trains(own):
+    """nn.LazyLinear (lecture 004) has no size before its first forward: the memory estimate made
+    before training asked its numel() and stopped the run with 'unexpected ValueError'."""
+    work, env = own
+    proc = run_mlprun(*FAST, "model._target_=mynets.Lazy", "trainer.epochs=1", "hydra.run.dir=lazy", cwd=work, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = read_json(work / "lazy" / "results.json")
+    assert results["status"] == "completed" and results["n_params"] == 64 * 16 + 16 + 16 * 10 + 10

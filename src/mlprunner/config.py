@@ -620,7 +620,9 @@ def estimate_memory(cfg: DictConfig) -> dict[str, int]:
     sizes = facts.sizes(cfg.dataset) if facts.sizes is not None else None
     features = sizes.features if sizes is not None and sizes.features else 1
     model = _meta_model(cfg, features, facts.num_classes or 2)
-    n_params = sum(p.numel() for p in model.parameters()) if model is not None else 0
+    # a lazy layer's (LazyLinear) parameters have no size before the first forward: not counted
+    params = model.parameters() if model is not None else ()
+    n_params = sum(p.numel() for p in params if not torch.nn.parameter.is_lazy(p))
     ratio = _optimizer_state_ratio(cfg)
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)] if model is not None else []
     units = features + sum(widths)  # every layer's output, the input included
