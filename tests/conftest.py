@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
+from hydra.core.hydra_config import HydraConfig
 
 from mlprunner.config import register_resolvers
 
@@ -167,6 +168,9 @@ def run_main_inprocess(args, env, monkeypatch, capsys):
             lg.handlers[:] = handlers
             lg.setLevel(level)
             lg.propagate = propagate
+        # Hydra leaves its last config set (a process runs one command); a later test that calls
+        # run() directly would read that command's group choices (sessions.hparams_of)
+        HydraConfig.instance().cfg = None
     out = capsys.readouterr()
     return exited.value.code, out.out, out.err
 

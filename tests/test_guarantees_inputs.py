@@ -109,6 +109,12 @@ CASES = [
         ["optim.nesterov", "dampening"],
     ),
     case("multi-margin-p", ["loss=multi_margin", "loss.p=3"], 2, ["loss.p=3"]),
+    case(
+        "loss-without-class-targets",
+        ["loss._target_=torch.nn.SoftMarginLoss", "~loss.label_smoothing"],
+        2,
+        ["loss._target_=torch.nn.SoftMarginLoss cannot score", "multilabel_margin"],
+    ),
     case("loss-reduction", ["loss=multi_margin", "+loss.reduction=foo"], 2, ["loss.reduction='foo'", "allowed: mean"]),
     case("plateau-mode", ["scheduler=plateau", "scheduler.mode=foo"], 2, ["scheduler.mode"]),
     case(

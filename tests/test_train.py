@@ -552,7 +552,9 @@ def test_no_validation_set(tmp_path):
     assert res["last"]["val"] is None
 
 
-@pytest.mark.parametrize("name", ["mse", "l1", "nll", "multi_margin", "cross_entropy"])
+@pytest.mark.parametrize(
+    "name", ["mse", "l1", "huber", "kl_div", "nll", "multi_margin", "multilabel_margin", "cross_entropy"]
+)
 def test_losses_train_on_digits(tmp_path, name):
     res = run_in_process(tmp_path, f"loss={name}", "trainer.epochs=2")
     check_run(tmp_path, 2, cli=False)
@@ -561,6 +563,13 @@ def test_losses_train_on_digits(tmp_path, name):
     # the loss goes down and the classifier learns something (chance is 10%)
     assert h[1]["train"]["loss"] < h[0]["train"]["loss"]
     assert res["best"]["val"]["accuracy"] > 0.3
+
+
+def test_kl_div_on_one_hot_targets_is_cross_entropy(tmp_path):
+    """KLDivLoss(batchmean) from one-hot targets has no entropy term: the same numbers as cross_entropy."""
+    kl = run_in_process(tmp_path / "kl", "loss=kl_div", "trainer.epochs=1")
+    ce = run_in_process(tmp_path / "ce", "loss=cross_entropy", "trainer.epochs=1")
+    assert kl["history"][0]["train"]["loss"] == pytest.approx(ce["history"][0]["train"]["loss"], rel=1e-5)
 
 
 def test_bce_on_ten_classes_fails_cleanly(workdir):

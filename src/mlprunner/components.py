@@ -152,13 +152,21 @@ def steps_on_metric(scheduler) -> bool:
     return isinstance(scheduler, ReduceLROnPlateau)
 
 
+# losses of probabilities: softmax outputs against one-hot targets
+ONE_HOT_PROBABILITY_LOSSES = (nn.MSELoss, nn.L1Loss, nn.HuberLoss, nn.SmoothL1Loss)
+
+
 class Loss:
     """Wraps a torch loss so every loss takes the model's logits and integer labels.
 
     What a loss needs is asked of the torch object:
     - BCEWithLogitsLoss: one output unit; labels as float 0/1.
     - NLLLoss: log_softmax of the logits first.
-    - MSELoss, L1Loss: softmax probabilities against one-hot targets.
+    - MSELoss, L1Loss, HuberLoss, SmoothL1Loss: softmax probabilities against one-hot targets.
+    - KLDivLoss: log_softmax of the logits against one-hot targets (with reduction=batchmean,
+      the cross-entropy: a one-hot target has no entropy).
+    - MultiLabelMarginLoss: logits, and each sample's class as its one label (the rest -1).
+    - MultiLabelSoftMarginLoss: logits against one-hot targets.
     - any other (CrossEntropyLoss, MultiMarginLoss): logits and class indices, as torch expects.
     """
 
@@ -169,14 +177,26 @@ class Loss:
         self.out_features = 1 if self.binary else num_classes
 
     def __call__(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        fn = self.fn
         if self.binary:
-            return self.fn(logits.squeeze(1), y.to(logits.dtype))
-        if isinstance(self.fn, nn.NLLLoss):
-            return self.fn(F.log_softmax(logits, dim=1), y)
-        if isinstance(self.fn, (nn.MSELoss, nn.L1Loss)):
-            target = F.one_hot(y, self.num_classes).to(logits.dtype)
-            return self.fn(logits.softmax(dim=1), target)
-        return self.fn(logits, y)
+            return fn(logits.squeeze(1), y.to(logits.dtype))
+        if isinstance(fn, nn.NLLLoss):
+            return fn(F.log_softmax(logits, dim=1), y)
+        if isinstance(fn, ONE_HOT_PROBABILITY_LOSSES):
+            return fn(logits.softmax(dim=1), self._one_hot(y, logits.dtype))
+        if isinstance(fn, nn.KLDivLoss):
+            return fn(F.log_softmax(logits, dim=1), self._one_hot(y, logits.dtype))
+        if isinstance(fn, nn.MultiLabelSoftMarginLoss):
+            return fn(logits, self._one_hot(y, logits.dtype))
+        if isinstance(fn, nn.MultiLabelMarginLoss):
+            # the labels of each sample come first, ended by -1: here the one class
+            target = torch.full_like(logits, -1, dtype=torch.long)
+            target[:, 0] = y
+            return fn(logits, target)
+        return fn(logits, y)
+
+    def _one_hot(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return F.one_hot(y, self.num_classes).to(dtype)
 
     def predict(self, logits: torch.Tensor) -> torch.Tensor:
         if self.binary:

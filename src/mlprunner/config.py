@@ -11,6 +11,7 @@ import inspect
 import math
 import os
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -152,13 +153,6 @@ def validate(cfg: DictConfig) -> None:
             f"min with monitor={es.monitor} (it improves downwards; {' and '.join(MAXIMISED)} are maximised "
             "whatever mode says)",
         )
-    reduction = cfg.loss.get("reduction", "mean")
-    if reduction not in ("mean", "batchmean"):  # batchmean: KLDivLoss's mean over the batch
-        # a per-sample loss cannot be backpropagated as is, and a summed one grows with the batch:
-        # train (batch size) and val (eval batch size) losses would not compare
-        raise ConfigError(
-            "loss.reduction", reduction, "mean (batchmean for KLDivLoss): mlprun averages over each batch"
-        )
     check_channel_stats(ds)  # both or neither, one length (the channels: below, with the loader)
     swa = trainer.get("swa")
     if swa is not None and swa.get("enabled"):
@@ -276,6 +270,13 @@ def _meta_model(cfg: DictConfig, features: int, outputs: int):
         return None  # a class of the user's that cannot be built on the meta device: not checked
 
 
+def _names_an_argument(node: DictConfig, exc: BaseException) -> bool:
+    """Whether an error names one of the config node's own arguments (multi_margin's p=3)."""
+    text = first_line(exc.__cause__ or exc)
+    keys = [str(k) for k in node.keys() if not str(k).startswith("_")]
+    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])", text, re.IGNORECASE) for k in keys)
+
+
 def check_buildable(cfg: DictConfig) -> None:
     """Build each component once on stand-ins, before anything is written: the loss, the model on
     the meta device (no memory), the optimizer on a throw-away parameter and the scheduler on that
@@ -287,8 +288,24 @@ def check_buildable(cfg: DictConfig) -> None:
     try:
         instantiate(class_node(cfg.loss, "loss"))
         loss = Loss(cfg.loss, classes)
-        loss(torch.zeros(2, loss.out_features), torch.tensor([0, 1]))  # some arguments are read only here
     except Exception as exc:
+        raise _constructor_error("loss", cfg.loss, loss_cls, exc) from None
+    try:
+        with warnings.catch_warnings():  # torch's broadcasting warning of a loss that refuses below
+            warnings.simplefilter("ignore")
+            loss(torch.zeros(2, loss.out_features), torch.tensor([0, 1]))  # some arguments are read only here
+    except Exception as exc:
+        if not _names_an_argument(cfg.loss, exc):  # the loss cannot take logits and class labels
+            label = option_label(cfg.loss, "loss")
+            given = f"loss={label}" if label in options("loss") else f"loss._target_={cfg.loss.get('_target_')}"
+            raise ConfigError(
+                "loss",
+                label,
+                message=(
+                    f"{given} cannot score the model's outputs against class labels ({first_line(exc)}); "
+                    f"the losses mlprun feeds: {', '.join(options('loss'))}"
+                ),
+            ) from None
         raise _constructor_error("loss", cfg.loss, loss_cls, exc) from None
     sizes = facts.sizes(cfg.dataset) if facts.sizes is not None else None
     features = sizes.features if sizes is not None and sizes.features else 1

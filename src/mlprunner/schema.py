@@ -303,6 +303,12 @@ SCHEMA: dict[str, Spec] = {
     "loss.label_smoothing": number(0.0, 1.0),
     "loss.margin": number(),
     "loss.p": choice(1, 2),
+    "loss.delta": number(0.0, INF, False),
+    # a per-sample loss cannot be backpropagated as is, and a summed one grows with the batch:
+    # train (batch size) and val (eval batch size) losses would not compare
+    "loss.reduction": Spec(
+        choice("mean", "batchmean").test, "mean (batchmean for KLDivLoss): mlprun averages over each batch"
+    ),
     # ---- trainer
     "trainer.epochs": integer(1),
     "trainer.batch_size": integer(1),
