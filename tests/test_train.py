@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import math
 import random
 from pathlib import Path
@@ -504,7 +505,8 @@ def test_image_folder_streamed(tmp_path):
 # ------------------------------------------------------------------------------- trainer options
 
 
-def test_early_stopping_stops_early(tmp_path):
+def test_early_stopping_stops_early(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="mlprunner")
     run_dir = tmp_path
     run_in_process(
         run_dir,
@@ -512,8 +514,12 @@ def test_early_stopping_stops_early(tmp_path):
         "trainer.early_stopping.enabled=true",
         "trainer.early_stopping.patience=0",
         "trainer.early_stopping.min_delta=1.0",
+        "trainer.progress=plain",
     )
     res = read_json(run_dir / "results.json")
+    # in percent, as the epoch lines show the error
+    best = f"{100 * res['best']['val']['error']:.2f}%"
+    assert f"early stop: val/error no better than {best} for 1 epoch (best: epoch 1)" in caplog.text
     assert res["status"] == "completed"
     assert res["stopped_early"] is True
     assert res["epochs_completed"] == 2  # epoch 1 sets the best, epoch 2 cannot beat it by 1.0

@@ -530,17 +530,29 @@ class Trainer:
         if self.progress:
             self.progress.end_epoch(epoch, flat, seconds, len(self.data.train))
             if s.stopped_early:
-                self.progress.message(
-                    # within 80 columns for any monitor (val/accuracy) and 3-digit epochs
-                    f"early stop: {self.monitor} no better for {s.bad_epochs} epoch{'s' * (s.bad_epochs != 1)} "
-                    f"(best {s.best_value:.4g}, epoch {s.best_epoch})"
-                )
+                for line in self._early_stop_lines(epoch):
+                    self.progress.message(line)
         if self.on_epoch_end is not None:
             self.on_epoch_end(self)
         gc.collect(1)  # this epoch's cyclic garbage from the epoch-end bookkeeping (see young_gc_only)
         if self.profiler.enabled:
             self.profiler.add("epoch_end", time.perf_counter() - t0 - seconds)
             self.profiler.write()
+
+    def _early_stop_lines(self, epoch: int) -> list[str]:
+        """Why the run stopped, within 80 columns for any monitor and 3-digit epochs; a fraction
+        (error, accuracy, ...) in percent as the epoch lines show it. Patience counts from the
+        last improvement, which is not the best epoch when a tie moved it (_ties_with_lower_loss)."""
+        s = self.state
+        value = f"{s.best_value:.4g}" if self.monitor.endswith("loss") else f"{100 * s.best_value:.2f}%"
+        since = epoch - s.bad_epochs
+        epochs = f"{s.bad_epochs} epoch{'s' * (s.bad_epochs != 1)}"
+        if s.best_epoch == since:
+            return [f"early stop: {self.monitor} no better than {value} for {epochs} (best: epoch {since})"]
+        return [
+            f"early stop: {self.monitor} no better than {value} for {epochs} (since epoch {since})",
+            f"best epoch: {s.best_epoch} (the same {self.monitor} as epoch {since}, a lower val loss)",
+        ]
 
     def _ties_with_lower_loss(self, value: float, val_m: dict | None) -> bool:
         """A count-based monitor (val/error, val/accuracy) equal to the best one, with a lower
