@@ -21,7 +21,7 @@ from .config import with_added_keys
 from .data import as_images, load_data
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
-from .metrics import TEST_SCALARS, accuracy_f1, precision_recall
+from .metrics import TEST_SCALARS, accuracy_error_f1, precision_recall
 from .plots import confusion_figure, save_figure
 from .results import short_path, wilson_interval
 from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
@@ -61,14 +61,15 @@ def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: i
     per_class = confusion.sum(1)
     names = list(class_names) if class_names else [str(c) for c in range(num_classes)]
     per_class_error = {
-        names[c]: (1 - int(confusion[c, c]) / int(per_class[c]) if per_class[c] else None) for c in range(num_classes)
+        names[c]: ((int(per_class[c]) - int(confusion[c, c])) / int(per_class[c]) if per_class[c] else None)
+        for c in range(num_classes)
     }
     lo, hi = wilson_interval(errors, n)
     precision, recall = precision_recall(confusion) if n else (None, None)  # macro
     return {
         "error": errors / n if n else None,
-        "accuracy": 1 - errors / n if n else None,
-        "f1": accuracy_f1(confusion)[1] if n else None,  # macro, as train/f1 and val/f1
+        "accuracy": (n - errors) / n if n else None,  # the quotient: 1 - 0.0288 is 0.9712000000000001
+        "f1": accuracy_error_f1(confusion)[2] if n else None,  # macro, as train/f1 and val/f1
         "precision": precision,
         "recall": recall,
         "n": n,

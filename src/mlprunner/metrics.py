@@ -7,8 +7,9 @@ import torch
 
 
 def _divide(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den in float32 with 0/0 = 0 (torchmetrics' convention, so the numbers match its)."""
-    num, den = num.float(), den.float()
+    """num / den with 0/0 = 0 (torchmetrics' convention), in float64: counts divided in float32
+    gave results.json errors such as 0.046000003814697266 for 23 of 500."""
+    num, den = num.double(), den.double()
     return torch.where(den != 0, num / den, torch.zeros((), dtype=num.dtype, device=num.device))
 
 
@@ -19,7 +20,7 @@ def _counts(cm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     tp = cm.diag()
     fp = cm.sum(0) - tp
     fn = cm.sum(1) - tp
-    weights = torch.ones_like(tp, dtype=torch.float32)
+    weights = torch.ones_like(tp, dtype=torch.float64)
     weights[tp + fp + fn == 0] = 0.0
     return tp, fp, fn, weights
 
@@ -28,15 +29,14 @@ def _macro(score: torch.Tensor, weights: torch.Tensor) -> float:
     return float(_divide(weights * score, weights.sum(-1, keepdim=True)).sum(-1))
 
 
-def accuracy_f1(cm: torch.Tensor) -> tuple[float, float]:
-    """Micro accuracy and macro F1 of a (C, C) confusion matrix (row = true, column = predicted).
-
-    The same arithmetic as torchmetrics' multiclass accuracy (average="micro") and F1 score
-    (average="macro"), in the same order and dtype.
-    """
+def accuracy_error_f1(cm: torch.Tensor) -> tuple[float, float, float]:
+    """Micro accuracy, error and macro F1 of a (C, C) confusion matrix (row = true, column =
+    predicted). Accuracy and error are the counts' quotients (23 of 500 wrong: 0.046), F1 the
+    arithmetic of torchmetrics' F1 score (average="macro") in float64."""
     tp, fp, fn, weights = _counts(cm)
-    acc = _divide(tp.sum(), (tp + fn).sum())
-    return float(acc), _macro(_divide(2.0 * tp, 2.0 * tp + 1.0 * fn + fp), weights)
+    n, right = int(cm.sum()), int(tp.sum())
+    acc, error = (right / n, (n - right) / n) if n else (0.0, 1.0)
+    return acc, error, _macro(_divide(2.0 * tp, 2.0 * tp + 1.0 * fn + fp), weights)
 
 
 def precision_recall(cm: torch.Tensor) -> tuple[float, float]:

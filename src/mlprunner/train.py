@@ -23,7 +23,7 @@ from .components import Loss, monitor_mode, steps_on_metric
 from .cudagraph import GraphedSteps, checkpoint_optimizer_state, fallback_reason
 from .data import Data
 from .errors import DivergenceError, Interrupted
-from .metrics import accuracy_f1, precision_recall
+from .metrics import accuracy_error_f1, precision_recall
 from .models import min_train_batch
 from .profiling import make_profiler
 from .swa import SWA
@@ -77,10 +77,10 @@ class Metrics:
     def compute(self) -> dict:
         cm = self.confusion.view(self.num_classes, self.num_classes)
         cm = cm.cpu()
-        acc, f1 = accuracy_f1(cm)
+        acc, error, f1 = accuracy_error_f1(cm)
         precision, recall = precision_recall(cm)  # macro, as f1 (lecture 004's three scores)
         loss = float(self.loss_sum) / max(self.count, 1)
-        out = {"loss": loss, "accuracy": acc, "error": 1.0 - acc, "f1": f1, "precision": precision, "recall": recall}
+        out = {"loss": loss, "accuracy": acc, "error": error, "f1": f1, "precision": precision, "recall": recall}
         self.reset()
         return out
 
