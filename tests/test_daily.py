@@ -354,6 +354,8 @@ def test_parallel_jobs_on_a_terminal_print_lines_not_live_bars(workdir):
     assert len([line for line in lines if re.match(r"\[seed=[01]\] completed; best val error ", line)]) == 2, lines
     for what in ("data: digits", "model: 64 inputs", "total parameters"):
         assert len([line for line in lines if re.match(r"\[seed=[01]\] +" + what, line)]) == 2, (what, lines)
+    layers = [line for line in lines if "Linear(" in line]  # the prefix narrows the layer column
+    assert len(layers) == 6 and all(len(line) <= 79 for line in layers), layers
     for log_file in (workdir / "sweep").glob("*/mlprun.log"):
         logged = [line for line in log_file.read_text().splitlines() if " epoch " in line and "/3 " in line]
         assert len(logged) == 3 and all(re.search(r"lr \S+  [\d.]+s  [\d.]+k?/s$", line) for line in logged), logged

@@ -67,8 +67,8 @@ def wilson_by_bisection(errors: int, n: int, z: float = 1.959963984540054) -> tu
     return low, high
 
 
-def run_tool(tool: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = mlprun_env()
+def run_tool(tool: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**mlprun_env(), **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", f"mlprunner.{tool}", *args],
         cwd=cwd,
@@ -630,6 +630,9 @@ def test_report_drops_its_own_figures_that_no_longer_apply(tmp_path):
         quiet.stdout
     )
     assert figure.is_file()
+    narrow = run_tool("report", str(sweep), cwd=tmp_path, env={"COLUMNS": "40"})
+    listed = narrow.stdout[narrow.stdout.index("plots (.png):") :].splitlines()[:2]
+    assert listed == ["plots (.png): val_error_vs_optim.lr,", "  val_curves"], narrow.stdout  # names whole
 
     shutil.rmtree(sweep / "lr0.001")  # one learning rate left: nothing to draw against it
     again = run_tool("report", str(sweep), cwd=tmp_path)

@@ -993,12 +993,16 @@ def build_report(
         # one line each, the files by name (they are all in the sweep folder): fits 80 columns
         # paths are never broken across lines (soft_wrap): they are copied and typed
         console.print(f"summary: {csv_path}, {md_path.name}", highlight=False, soft_wrap=True)
-        if plots:  # file names too: whole, whatever the width
-            console.print(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}", highlight=False, soft_wrap=True)
+        # file names too: whole, folded between names (an Optuna study draws one per key)
+        fold = textwrap.TextWrapper(
+            width=console.width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
+        )
+        if plots:
+            console.print(fold.fill(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}"), highlight=False)
         else:  # --no-plots keeps an earlier report's figures, though older than these tables: say so
             names = ", ".join(p.stem for p in earlier)
             older = f"; {names} are from an earlier report" if earlier else ""
-            console.print(f"plots (.png): not drawn (--no-plots){older}", highlight=False, soft_wrap=True)
+            console.print(fold.fill(f"plots (.png): not drawn (--no-plots){older}"), highlight=False)
         if next(folder.glob("**/events.out.tfevents.*"), None) is not None:  # none: nothing to show
             console.print(f"HParams: tensorboard --logdir {folder}", highlight=False, soft_wrap=True)
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}

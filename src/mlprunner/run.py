@@ -38,12 +38,14 @@ from .train import StopFlag, Trainer
 log = logging.getLogger("mlprunner")
 
 
-def log_model_summary(model: torch.nn.Module, data: Data, outputs: int) -> None:
+def log_model_summary(model: torch.nn.Module, data: Data, outputs: int, prefix: str = "") -> None:
+    """The model's layers, in 79 columns with the job's prefix (a job beside others) in front."""
     plural = "s" * (outputs != 1)
     lines = [f"model: {data.num_features} input{'s' * (data.num_features != 1)} -> {outputs} output{plural}"]
+    width = max(60 - len(prefix), 24)  # the layer column (BatchNorm1d's repr: 94 characters)
     for name, layer, n in summary_rows(model):
-        layer = layer if len(layer) <= 60 else layer[:59] + "…"  # 79 columns (BatchNorm1d's repr: 94)
-        lines.append(f"  {name:>4}  {layer:<60} {n:>10,}")
+        layer = layer if len(layer) <= width else layer[: width - 1] + "…"
+        lines.append(f"  {name:>4}  {layer:<{width}} {n:>10,}")
     lines.append(f"  total parameters: {count_parameters(model):,}")
     log.info("\n".join(lines))
 
@@ -242,14 +244,17 @@ def limited(cfg: DictConfig, pieces: Pieces) -> Pieces:
     return dataclasses.replace(pieces, data=data, augment=None if overfitting(cfg.trainer) else pieces.augment)
 
 
-def describe(record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, device: torch.device) -> None:
-    """The run's size and data in results.json, and the same in the log."""
+def describe(
+    record: RunRecord, cfg: DictConfig, pieces: Pieces, run_dir: Path, device: torch.device, prefix: str = ""
+) -> None:
+    """The run's size and data in results.json, and the same in the log (prefix: the job's, a job
+    beside others)."""
     data, model = pieces.data, pieces.model
     n_val = len(data.val) if data.val is not None else 0
     record.describe(count_parameters(model), {"name": cfg.dataset.name, "n_train": len(data.train), "n_val": n_val})
     log.info(f"run directory: {run_dir}")
     log.info(f"data: {data.describe()}; device: {device}")
-    log_model_summary(model, data, pieces.loss.out_features)  # build_model checked the model gives these
+    log_model_summary(model, data, pieces.loss.out_features, prefix)  # build_model checked the model gives these
 
 
 def run(
@@ -284,12 +289,12 @@ def _run(cfg, run_dir, resume_from, overrides, checkpoint, restart) -> dict:
             log.info(f"loading dataset={cfg.dataset.name} and building the model ...")
             with record.building():
                 pieces = limited(cfg, build(cfg, device))
-            describe(record, cfg, pieces, run_dir, device)
+            prefix = job_prefix(run_dir, overrides)  # a job beside others (joblib): its lines interleave
+            describe(record, cfg, pieces, run_dir, device, prefix)
             data = pieces.data
 
             batch_size = int(cfg.trainer.batch_size)
-            prefix = job_prefix(run_dir, overrides)  # a job beside others (joblib): its lines interleave
-            # with theirs, and live bars of several processes on one terminal erase each other's lines
+            # live bars of several processes on one terminal erase each other's lines
             mode = "plain" if prefix and cfg.trainer.progress != "none" else cfg.trainer.progress
             progress = Progress(
                 mode,

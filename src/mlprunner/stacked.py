@@ -870,10 +870,10 @@ def open_member(job: Job, data, stop: StopFlag) -> Member:
         pieces = limited(cfg, build(cfg, device, data=data))
     data = pieces.data
     rng = DropoutRNG(device)  # where the solo run's dropout draws would start
-    describe(record, cfg, pieces, job.run_dir, device)
+    prefix = job_prefix(job.run_dir, job.overrides, beside_others=True)  # the group's lines interleave
+    describe(record, cfg, pieces, job.run_dir, device, prefix)
     bs = int(cfg.trainer.batch_size)
     mode = "none" if cfg.trainer.progress == "none" else "plain"  # one live bar per job would clash
-    prefix = job_prefix(job.run_dir, job.overrides, beside_others=True)  # the group's lines interleave
     progress = Progress(
         mode, int(cfg.trainer.epochs), data.train.num_batches(bs), bs, prefix=prefix, val=data.val is not None
     )
