@@ -392,3 +392,24 @@ def test_macro_precision_and_recall_equal_torchmetrics():
         p, r = precision_recall(cm)
         assert p == pytest.approx(float(MulticlassPrecision(6, average="macro")(pred, truth)), abs=1e-6)
         assert r == pytest.approx(float(MulticlassRecall(6, average="macro")(pred, truth)), abs=1e-6)
+
+
+def test_auroc_equals_torchmetrics():
+    """The test block's macro one-vs-rest AUROC (metrics.auroc, rank statistic) is torchmetrics'
+    multiclass_auroc(average="macro"), with tied scores and 2, 3 and 10 classes; a class with no
+    sample is left out of the mean and a split of one class has none."""
+    from torchmetrics.functional.classification import multiclass_auroc
+
+    from mlprunner.metrics import auroc
+
+    g = torch.Generator().manual_seed(0)
+    for num_classes, n in [(10, 500), (3, 40), (2, 30)]:
+        logits = torch.randn(n, num_classes, generator=g)
+        y = torch.randint(0, num_classes, (n,), generator=g)
+        logits[torch.arange(n), y] += 1.0
+        probs = (logits.softmax(1) * 20).round() / 20  # many ties
+        expected = float(multiclass_auroc(probs, y, num_classes, average="macro", thresholds=None))
+        assert auroc(probs, y) == pytest.approx(expected, abs=1e-6)
+    probs = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.8, 0.0], [0.6, 0.4, 0.0]])
+    assert auroc(probs, torch.tensor([0, 1, 0])) == pytest.approx(1.0)  # class 2 never occurs
+    assert auroc(probs, torch.tensor([1, 1, 1])) is None

@@ -113,7 +113,7 @@ def test_test_metrics_and_wilson_interval(mnist_run):
     # no validation set: best is the last epoch, and that is what was evaluated
     assert res["best"]["epoch"] == res["epochs_completed"] == 2
     test = res["test"]
-    for key in ("error", "accuracy", "f1", "n", "ci95", "loss", "per_class_error"):
+    for key in ("error", "accuracy", "f1", "auroc", "n", "ci95", "loss", "per_class_error"):
         assert key in test, key
     # macro F1 as torchmetrics scores the same predictions (rebuilt from the confusion matrix)
     from torchmetrics.classification import MulticlassF1Score

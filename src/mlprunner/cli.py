@@ -388,7 +388,8 @@ def eval_main(argv: list[str] | None = None) -> None:
         names = loaded.info.get("class_names") or [str(c) for c in range(len(m["confusion"]))]
         print(f"{loaded.path} ({loaded.which} checkpoint, epoch {m['epoch']}, dataset={loaded.cfg.dataset.name})")
         print(f"{report_line(m)}; accuracy {100 * m['accuracy']:.2f}%, loss {m['loss']:.4f}")
-        print(f"macro F1 {m['f1']:.4f}, precision {m['precision']:.4f}, recall {m['recall']:.4f}")
+        area = f", AUROC {m['auroc']:.4f}" if m.get("auroc") is not None else ""
+        print(f"macro F1 {m['f1']:.4f}, precision {m['precision']:.4f}, recall {m['recall']:.4f}{area}")
         worst = sorted(((e, c) for c, e in m["per_class_error"].items() if e), reverse=True)[:3]  # errors only
         per_class = [f"{c} {100 * e:.2f}%" for c, e in m["per_class_error"].items() if e is not None]
         print("\n".join(item_lines("per-class error: ", per_class)))

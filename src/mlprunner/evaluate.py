@@ -21,7 +21,7 @@ from .config import with_added_keys
 from .data import as_images, load_data
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
-from .metrics import TEST_SCALARS, accuracy_error_f1, precision_recall
+from .metrics import TEST_SCALARS, accuracy_error_f1, auroc, precision_recall
 from .plots import confusion_figure, save_figure
 from .results import short_path, wilson_interval
 from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
@@ -81,10 +81,11 @@ def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: i
 
 
 def test_metrics(model, loss, split, num_classes: int, batch_size: int = 1000, class_names=None) -> dict:
-    """All test metrics of `model` on `split` (see metrics_from_predictions), plus loss and probs."""
+    """All test metrics of `model` on `split` (see metrics_from_predictions), plus loss, AUROC and probs."""
     pred, probs, mean_loss = predict_split(model, loss, split, batch_size)
     m = metrics_from_predictions(pred, split.y, num_classes, class_names)
     m["loss"] = mean_loss
+    m["auroc"] = auroc(probs, split.y)  # macro one-vs-rest
     m["_probs"] = probs  # for the precision/recall curves; not written to results.json
     return m
 
@@ -172,7 +173,11 @@ def evaluate_test(cfg, run_dir: Path, trainer, tb=None) -> dict:
     trained = trainer.state.epoch
     if tb is not None:
         tb.new_test_results()  # an earlier process's test results are dropped, not shown beside it
-        tb.scalars({f"{name.title()}/test": m[name] for name in TEST_SCALARS}, trained)  # Error/test, F1/test
+        # Error/test, F1/test, AUROC/test
+        scores = {name: m[name] for name in TEST_SCALARS if m.get(name) is not None}  # no AUROC of one class
+        tb.scalars(
+            {f"{name.upper() if name == 'auroc' else name.title()}/test": v for name, v in scores.items()}, trained
+        )
     try:
         write_figures(
             m,

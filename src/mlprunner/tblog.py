@@ -74,7 +74,7 @@ def is_step_tag(tag: str) -> bool:
 
 
 def is_test_tag(tag: str) -> bool:
-    """A test-set result (evaluate.py): `Error|Accuracy|F1|Precision|Recall|Loss/test`,
+    """A test-set result (evaluate.py): `Error|Accuracy|F1|Precision|Recall|AUROC|Loss/test`,
     `Test/confusion_matrix`, `PR/test/<class>`."""
     return tag.endswith("/test") or tag.startswith(("Test/", "PR/test/"))
 
