@@ -109,6 +109,7 @@ CASES = [
         ["optim.nesterov", "dampening"],
     ),
     case("multi-margin-p", ["loss=multi_margin", "loss.p=3"], 2, ["loss.p=3"]),
+    case("adagrad-lr-decay", ["optim=adagrad", "+optim.lr_decay=-1"], 2, ["optim.lr_decay=-1", "[0, inf)"]),
     case(
         "loss-without-class-targets",
         ["loss._target_=torch.nn.SoftMarginLoss", "~loss.label_smoothing"],

@@ -278,6 +278,9 @@ SCHEMA: dict[str, Spec] = {
     "optim.alpha": number(0.0, 1.0),
     "optim.lambd": number(0.0),  # ASGD's decay term
     "optim.t0": number(0.0),  # ASGD: the step at which averaging starts
+    "optim.lr_decay": number(0.0),  # Adagrad's, given with +optim.lr_decay
+    "optim.initial_accumulator_value": number(0.0),  # Adagrad's
+    "optim.momentum_decay": number(0.0),  # NAdam's
     # ---- scheduler: no `_target_` (scheduler=none) means a constant learning rate
     "scheduler._target_": target(),
     "scheduler._partial_": choice(True),
