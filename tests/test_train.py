@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import QUICK, read_json, requires_mnist, run_mlprun, scalars
+from conftest import QUICK, read_json, requires_mnist, run_mlprun, scalars, tool_inprocess
 from mlprunner.models import MLP
 
 # One intra-op thread: these models are tiny, and on a busy 2-core machine OpenMP's spinning
@@ -531,6 +531,25 @@ def test_early_stopping_stops_early(tmp_path, caplog):
     assert [s for s, _ in scalars(run_dir / "tensorboard")["Error/val"]] == [1, 2]
     assert load_ckpt(run_dir / "checkpoints" / "best.pt")["epoch"] == 1
     assert load_ckpt(run_dir / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_eval_train_scores_the_training_split_as_mlprun_eval_does(tmp_path, monkeypatch, capsys):
+    """trainer.eval_train: each epoch's train_eval block is the training split scored in eval mode
+    with the epoch's final weights: the last one equals mlprun-eval --split train on last.pt, and
+    it is not the running mean of the steps (dropout on); TensorBoard has one point per epoch."""
+    res = run_in_process(tmp_path, "trainer.epochs=3", "model.dropout=0.5", "trainer.eval_train=true")
+    assert all(h["train_eval"]["error"] != h["train"]["error"] for h in res["history"])
+    assert res["last"]["train_eval"] == res["history"][-1]["train_eval"]
+    proc = tool_inprocess(
+        "mlprun-eval", str(tmp_path), "--checkpoint", "last", "--split", "train", "--json", str(tmp_path / "t.json"),
+        monkeypatch=monkeypatch, capsys=capsys,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    scored = read_json(tmp_path / "t.json")
+    assert scored["error"] == res["last"]["train_eval"]["error"]
+    assert scored["loss"] == pytest.approx(res["last"]["train_eval"]["loss"], rel=1e-5)
+    errors = [v for _, v in scalars(tmp_path / "tensorboard")["Error/train_eval"]]
+    assert errors == pytest.approx([h["train_eval"]["error"] for h in res["history"]])
 
 
 def test_early_stopping_patience_on_accuracy(tmp_path):

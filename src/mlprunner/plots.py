@@ -39,8 +39,12 @@ def learning_curves(history: list, path: Path, title: str = "", best_epoch: int 
     epochs = [h["epoch"] for h in history]
     fig, (ax_err, ax_loss, ax_lr) = plt.subplots(1, 3, figsize=(14, 4), gridspec_kw={"width_ratios": [1, 1, 0.7]})
     # what each curve is: train is averaged over the epoch's steps as it trained (dropout on,
-    # weights changing), val is the model at the epoch's end
-    splits = (("train", "-", "train (mean over the epoch's steps)"), ("val", "--", "val (at the epoch's end)"))
+    # weights changing), train_eval (trainer.eval_train) and val are the model at the epoch's end
+    splits = (
+        ("train", "-", "train (mean over the epoch's steps)"),
+        ("train_eval", "-.", "train (at the epoch's end)"),
+        ("val", "--", "val (at the epoch's end)"),
+    )
     errors = []
     for split, style, label in splits:
         if all(h.get(split) for h in history):

@@ -127,12 +127,15 @@ class ResultsFile:
             return {"epochs_completed": 0, "best": None, "last": None}
         last = history[-1]
         best_rec = next((h for h in history if h["epoch"] == best_epoch), last)
-        return {
+        out = {
             "epochs_completed": last["epoch"],
             "best": {"epoch": best_rec["epoch"], "val": best_rec["val"], "train": best_rec["train"]},
             "last": {"epoch": last["epoch"], "train": last["train"], "val": last["val"], "lr": last["lr"]},
             "history": history,
         }
+        if last.get("train_eval") is not None:  # trainer.eval_train
+            out["last"]["train_eval"] = last["train_eval"]
+        return out
 
 
 def print_summary(results: dict, console=None) -> None:
@@ -157,6 +160,7 @@ def print_summary(results: dict, console=None) -> None:
 
     last, best = results.get("last") or {}, results.get("best") or {}
     row("train (last)", last.get("epoch"), last.get("train"))
+    row("train (eval)", last.get("epoch"), last.get("train_eval"))  # trainer.eval_train
     row("val (last)", last.get("epoch"), last.get("val"))
     row("val (best)", best.get("epoch"), best.get("val"))
     swa = results.get("swa") or {}

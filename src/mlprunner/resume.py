@@ -51,6 +51,7 @@ SAFE_KEYS = (
     "trainer.memory_fraction",
     "trainer.profile",
     "trainer.eval_batch_size",
+    "trainer.eval_train",
     "trainer.device",
     "trainer.cuda_graph",
     "eval.",

@@ -316,6 +316,7 @@ SCHEMA: dict[str, Spec] = {
     "trainer.epochs": integer(1),
     "trainer.batch_size": integer(1),
     "trainer.eval_batch_size": integer(1),
+    "trainer.eval_train": boolean(),
     "trainer.device": Spec(_device, "auto, cpu, cuda, cuda:N, mps"),
     "trainer.seed": integer(0, 2**63 - 1),
     "trainer.deterministic": boolean(),

@@ -39,7 +39,7 @@ CENTRAL_KEYS = (
 )
 # keys that do not change a run's result (as hydra.job.config.override_dirname.exclude_keys)
 NOT_HPARAMS = re.compile(
-    r"^(resume|logger\b.*|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|profile|memory_fraction|tensorboard\..*)|dataset\.(root|download))$"
+    r"^(resume|logger\b.*|hydra\b.*|trainer\.(progress|threads|log_every_n_steps|eval_train|profile|memory_fraction|tensorboard\..*)|dataset\.(root|download))$"
 )
 
 

@@ -65,6 +65,7 @@ FREE = (
     "trainer.tensorboard",
     "trainer.progress",
     "trainer.log_every_n_steps",
+    "trainer.eval_train",
     "trainer.checkpoint",
     "eval",
     "logger",

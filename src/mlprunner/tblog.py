@@ -59,6 +59,9 @@ EPOCH_TAGS = {
     "val/precision": "Precision/val",
     "train/recall": "Recall/train",
     "val/recall": "Recall/val",
+    "train_eval/loss": "Loss/train_eval",  # trainer.eval_train
+    "train_eval/error": "Error/train_eval",
+    "train_eval/accuracy": "Accuracy/train_eval",
     "lr": "LR",
 }
 STEP_TAGS = ("Loss/train_step", "LR/step")  # step = global step; every other tag's step is an epoch

@@ -482,11 +482,18 @@ class Trainer:
             raise DivergenceError(f"loss became non-finite during epoch {epoch}; {diverged_hint(self.optimizer)}")
         t_val = time.perf_counter()
         val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
+        # trainer.eval_train: the training split scored as validation is (eval mode, the epoch's
+        # final weights), where train/ is the mean over the epoch's steps (dropout on, weights
+        # moving): the curve that shows overfitting as lecture 003's exercise 1 plots it
+        train_eval_m = self.evaluate(self.data.train) if self.t.get("eval_train") else None
         lr = self.optimizer.param_groups[0]["lr"]
         seconds = time.perf_counter() - t0
         self.profiler.add("validation", time.perf_counter() - t_val)
         record = {"epoch": epoch, "train": train_m, "val": val_m, "lr": lr, "time_s": seconds}
         flat = {f"train/{k}": v for k, v in train_m.items()}
+        if train_eval_m is not None:
+            record["train_eval"] = train_eval_m
+            flat.update({f"train_eval/{k}": v for k, v in train_eval_m.items()})
         if val_m is not None:
             flat.update({f"val/{k}": v for k, v in val_m.items()})
         flat["lr"] = lr
