@@ -354,6 +354,9 @@ def test_parallel_jobs_on_a_terminal_print_lines_not_live_bars(workdir):
     assert len([line for line in lines if re.match(r"\[seed=[01]\] completed; best val error ", line)]) == 2, lines
     for what in ("data: digits", "model: 64 inputs", "total parameters"):
         assert len([line for line in lines if re.match(r"\[seed=[01]\] +" + what, line)]) == 2, (what, lines)
+    # Hydra's joblib launcher's 190-column settings line, shortened (logsetup.ShortJoblibLine)
+    assert "joblib: launching 2 jobs on n_jobs=2 worker processes" in lines, lines
+    assert not any("Joblib.Parallel(" in line for line in lines), lines
     layers = [line for line in lines if "Linear(" in line]  # the prefix narrows the layer column
     assert len(layers) == 6 and all(len(line) <= 79 for line in layers), layers
     for log_file in (workdir / "sweep").glob("*/mlprun.log"):
