@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -125,3 +126,53 @@ def test_installed_package_trains_from_another_folder(installed, tmp_path):
     res = read_json(runs[0])
     assert res["status"] == "completed" and res["epochs_completed"] == 1
     assert (runs[0].parent / "mlprun.log").is_file()  # the packaged hydra/job_logging config was used
+
+
+# the sweep extra's import packages (pyproject.toml's `sweep`), and what only they need
+SWEEP_EXTRA = ("submitit", "optuna", "hydra_joblib_launcher", "hydra_submitit_launcher", "hydra_optuna_sweeper")
+
+
+@pytest.fixture(scope="module")
+def without_sweep_extra(installed, tmp_path_factory) -> tuple[list[str], str]:
+    """`python -S` with PYTHONPATH on the install and on links to everything this environment's
+    site-packages holds but the sweep extra's packages and the project: mlprun as after
+    `pip install mlprunner` alone. Returns (the command's first words, PYTHONPATH)."""
+    site = Path(sysconfig.get_paths()["purelib"])
+    farm = tmp_path_factory.mktemp("site")
+    for entry in site.iterdir():
+        name = entry.name.lower()
+        if name.startswith(("mlprunner", "__editable__", "hydra_plugins")) or name.startswith(SWEEP_EXTRA):
+            continue
+        (farm / entry.name).symlink_to(entry)
+    return [sys.executable, "-S"], f"{installed}{os.pathsep}{farm}"
+
+
+def test_without_the_sweep_extra_mlprun_runs_without_plugin_warnings(without_sweep_extra, tmp_path):
+    """Hydra imports every module under hydra_plugins at each start and warned in six lines that
+    mlprun's launcher plugin did not import (it imported the submitit launcher): a single run is
+    quiet, and choosing what needs the extra says which extra in one line, exit 2."""
+    python, path = without_sweep_extra
+    env = {**os.environ, "PYTHONPATH": path, "MLPRUN_DATA": os.environ.get("MLPRUN_DATA", "")}
+    env.pop("MLPRUN_DEBUG", None)
+
+    def mlprun(*args):
+        return subprocess.run(
+            [*python, "-m", "mlprunner", *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+
+    assert subprocess.run([*python, "-c", "import submitit"], env=env, capture_output=True).returncode != 0
+    proc = mlprun("dataset=xor", "model=mlp_100", "trainer.epochs=1", "trainer.progress=plain", "hydra.run.dir=one")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Error importing" not in proc.stderr and "Warning" not in proc.stderr, proc.stderr
+    for choice, dist in [
+        ("hydra/launcher=slurm", "hydra-submitit-launcher"),
+        ("hydra/launcher=joblib", "hydra-joblib-launcher"),
+        ("hydra/sweeper=mlprun_optuna", "hydra-optuna-sweeper"),
+    ]:
+        proc = mlprun("-m", "dataset=xor", choice, "optim.lr=0.1,0.2", "hydra.sweep.dir=s")
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines() == [
+            f"mlprun: error: {choice.replace('mlprun_optuna', 'optuna')} needs {dist}, which is not installed: "
+            "pip install 'mlprunner[sweep]'"
+        ], proc.stderr
+    assert not (tmp_path / "s").exists()

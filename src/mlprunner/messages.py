@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import errno
+import importlib.util
 import os
 import re
 import sys
@@ -205,6 +206,28 @@ EXTRAS = {
 }
 
 
+# Hydra config options that an optional extra's plugin package brings: (group/option) -> its module
+OPTION_PLUGINS = {
+    "hydra/launcher/joblib": "hydra_plugins.hydra_joblib_launcher",
+    "hydra/launcher/submitit_slurm": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/launcher/submitit_local": "hydra_plugins.hydra_submitit_launcher",
+    "hydra/sweeper/optuna": "hydra_plugins.hydra_optuna_sweeper",
+}
+
+
+def missing_extra_base(base: type, error: ImportError) -> type:
+    """A stand-in for the base class of one of mlprun's Hydra plugins whose optional package (the
+    sweep extra) is not installed. Hydra imports every plugin module at each start and warns in
+    six lines about one that does not import, so the plugin modules import without the extra;
+    building the plugin raises `error`, which describe_exception reports as the extra to install."""
+
+    def refuse(self, *args, **kwargs):
+        raise error
+
+    methods = dict.fromkeys(getattr(base, "__abstractmethods__", ()), refuse)  # Launcher.launch, ...
+    return type(f"Missing{base.__name__}", (base,), {**methods, "__init__": refuse})
+
+
 def _missing_extra(exc: BaseException) -> str | None:
     """A missing package of an optional extra (raised directly or as the cause of Hydra's error):
     which extra to install, in one line."""
@@ -249,6 +272,14 @@ def describe_exception(exc: BaseException) -> tuple[int, str]:
         group = missing.strip("/").rpartition("/")[0]
         if not options and group in GROUPS:  # Hydra gives none for an option in a list (logger=[a,b])
             options = list(group_options(group))
+        plugin = OPTION_PLUGINS.get(missing.strip("/"))
+        if plugin is not None and importlib.util.find_spec(plugin) is None:  # the sweep extra is not installed
+            dist, extra, _ = EXTRAS[plugin]
+            group, _, option = missing.strip("/").rpartition("/")
+            return (
+                EXIT_CONFIG,
+                f"{group}={option} needs {dist}, which is not installed: pip install 'mlprunner[{extra}]'",
+            )
         if "/" in missing:
             group, _, option = missing.rpartition("/")
             group = group.strip("/")

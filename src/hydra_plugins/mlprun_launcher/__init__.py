@@ -6,7 +6,7 @@ a SLURM job trains a stacked group, as hydra/launcher=stacked does (hydra_plugin
 """
 
 from hydra.core.utils import JobStatus
-from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+from hydra.plugins.launcher import Launcher
 
 from hydra_plugins.mlprun_stacked import run_group_jobs
 from mlprunner.cluster import (
@@ -18,9 +18,15 @@ from mlprunner.cluster import (
     timed_out_group,
 )
 from mlprunner.errors import MlprunError
+from mlprunner.messages import missing_extra_base
 from mlprunner.record import holding_locks
 from mlprunner.stacked import check_max_models
 from mlprunner.sweep import out_of_requeues
+
+try:
+    from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
+except ImportError as missing:  # without the sweep extra: hydra/launcher=slurm names it
+    SlurmLauncher = missing_extra_base(Launcher, missing)
 
 
 class MlprunSlurmLauncher(SlurmLauncher):

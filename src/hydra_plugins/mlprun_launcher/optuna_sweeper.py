@@ -8,14 +8,20 @@ import logging
 import warnings
 from pathlib import Path
 
-import optuna
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+from hydra.plugins.sweeper import Sweeper
 
 from mlprunner.errors import ConfigError, Interrupted, SweepStopped
+from mlprunner.messages import missing_extra_base
 from mlprunner.record import in_use_elsewhere
 from mlprunner.sweep import forget_launch_marks, no_trial_completed, sweep_stopped_by
+
+try:
+    import optuna
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+    from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
+except ImportError as missing:  # without the sweep extra: hydra/sweeper=mlprun_optuna names it
+    OptunaSweeperImpl, OptunaSweeper = missing_extra_base(object, missing), missing_extra_base(Sweeper, missing)
 
 log = logging.getLogger("mlprunner")
 
