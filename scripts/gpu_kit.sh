@@ -13,8 +13,8 @@ DATA=${MLPRUN_DATA:-../shared/data}
 git check-ignore -q "$KIT/" || { echo "gpu_kit: $KIT/ is not ignored by git; add it to .git/info/exclude" >&2; exit 2; }
 mkdir -p "$KIT/whl" "$KIT/mnist"
 rm -rf "$KIT/site" "$KIT/data" "$KIT"/whl/mlprunner-*.whl  # what a run there unpacked; a stale project wheel
-# hydra-submitit-launcher, submitit and cloudpickle: the project's SLURM launcher plugin imports
-# them, and Hydra warns at every start when a plugin does not import
+# hydra-submitit-launcher, submitit and cloudpickle: the project's SLURM launcher plugin is then the
+# real one, as after pip install 'mlprunner[sweep]' (without them it stands in, and Hydra is quiet)
 if ! ls "$KIT"/whl/hydra_core-*.whl "$KIT"/whl/omegaconf-*.whl "$KIT"/whl/hydra_submitit_launcher-*.whl \
     "$KIT"/whl/submitit-*.whl "$KIT"/whl/cloudpickle-*.whl >/dev/null 2>&1; then
     $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \

@@ -22,9 +22,9 @@ MAXIMISED = ("val/accuracy", "val/f1", "val/precision", "val/recall")
 
 
 def monitor_mode(trainer_cfg: DictConfig, has_val: bool) -> str:
-    """The direction ("min" or "max") the Trainer selects its monitored metric in: val/accuracy,
-    val/f1, val/precision and val/recall are maximised, other monitors follow trainer.early_stopping.mode; without a
-    validation set the monitor is train/loss, minimised."""
+    """The direction ("min" or "max") the Trainer selects its monitored metric in: MAXIMISED's
+    are maximised, other monitors follow trainer.early_stopping.mode; without a validation set
+    the monitor is train/loss, minimised."""
     if not has_val:
         return "min"
     es = trainer_cfg.early_stopping

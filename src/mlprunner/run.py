@@ -294,7 +294,8 @@ def _run(cfg, run_dir, resume_from, overrides, checkpoint, restart) -> dict:
             data = pieces.data
 
             batch_size = int(cfg.trainer.batch_size)
-            # live bars of several processes on one terminal erase each other's lines
+            # a job beside others prints lines: live bars of several processes on one terminal erase
+            # each other's lines
             mode = "plain" if prefix and cfg.trainer.progress != "none" else cfg.trainer.progress
             progress = Progress(
                 mode,
