@@ -164,7 +164,9 @@ def test_pngs_and_tensorboard_figures(mnist_run):
     acc = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "tensors": 0})
     acc.Reload()
     tags = acc.Tags()
-    assert "Test/confusion_matrix" in tags["images"]
+    assert "Test/confusion_matrix" in tags["images"] and "Test/roc_curves" in tags["images"]
+    (roc,) = acc.Images("Test/roc_curves")
+    assert roc.width >= 600 and roc.height >= 550  # one figure of the ten classes' curves
     pr = [t for t in tags["tensors"] if t.startswith("PR/test/")]
     assert sorted(pr) == sorted(f"PR/test/{name}" for name in NAMES)
     assert "Error/test" in tags["scalars"]

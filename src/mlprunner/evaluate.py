@@ -22,7 +22,7 @@ from .data import as_images, load_data
 from .device import resolve_device
 from .errors import CheckpointError, ConfigError, first_line
 from .metrics import TEST_SCALARS, accuracy_error_f1, auroc, precision_recall
-from .plots import confusion_figure, save_figure
+from .plots import confusion_figure, roc_figure, save_figure
 from .results import short_path, wilson_interval
 from .runs import checkpoint_file, locate_checkpoint, merge_overrides, recorded_model_target
 
@@ -100,7 +100,8 @@ def report_line(m: dict) -> str:
 def write_figures(
     m: dict, y: torch.Tensor, class_names, out_png: Path | None, tb=None, epoch: int = 0, title: str = ""
 ) -> None:
-    """confusion_matrix.png, and in TensorBoard the same figure plus one PR curve per class."""
+    """confusion_matrix.png, and in TensorBoard the same figure, one PR curve per class and the
+    classes' ROC curves in one figure (Test/roc_curves)."""
     fig = confusion_figure(m["confusion"], class_names, title=title or report_line(m))
     if out_png is not None:
         save_figure(fig, out_png, close=tb is None)
@@ -111,7 +112,11 @@ def write_figures(
             y = y.cpu()
             for c, name in enumerate(class_names):
                 tb.writer.add_pr_curve(f"PR/test/{name}", (y == c), probs[:, c], epoch)
-            tb.writer.flush()
+            tb.figure(
+                "Test/roc_curves",
+                roc_figure(probs, y, class_names, title="ROC (test), one class against the rest"),
+                epoch,
+            )
 
 
 def public_metrics(m: dict) -> dict:

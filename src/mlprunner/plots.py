@@ -98,6 +98,29 @@ def save_figure(fig, path: Path, close: bool = True, dpi: int = 100) -> Path:
             _plt().close(fig)
 
 
+def roc_figure(probs, y, class_names, title: str = ""):
+    """One-vs-rest ROC curves, one per class that occurs among other classes, each labelled with
+    its area (scikit-learn's roc_curve and auc), and the chance diagonal."""
+    from sklearn.metrics import auc, roc_curve  # lazy: only a test evaluation draws this
+
+    plt = _plt()
+    probs, y = np.asarray(probs, dtype=np.float64), np.asarray(y)
+    fig, ax = plt.subplots(figsize=(6.5, 6))
+    for c, name in enumerate(class_names):
+        positive = y == c
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, probs[:, c])
+        ax.plot(fpr, tpr, lw=1.2, label=f"{name} (AUC {auc(fpr, tpr):.4f})")
+    ax.plot([0, 1], [0, 1], ":", color="grey", lw=1, label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1.01))
+    ax.set_title(title or "ROC, one class against the rest", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def confusion_figure(confusion, class_names, title: str = ""):
     """A confusion matrix (rows: true class, columns: predicted) with counts, coloured by row share."""
     plt = _plt()
