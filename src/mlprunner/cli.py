@@ -51,6 +51,7 @@ from .evaluate import (
 )
 from .messages import describe_exception, holds_null, one_line_errors, report, suggest_key
 from .predict import find_images, predict, prepare
+from .progress import item_lines
 from .provenance import note_command, version_line
 from .record import interrupted_outside_record
 from .report import build_report
@@ -402,21 +403,6 @@ def eval_main(argv: list[str] | None = None) -> None:
             write_figures(m, split.y, names, args.plot, title=f"{loaded.path.name}: {report_line(m)}")
             print(f"wrote {args.plot}")
     sys.exit(0)
-
-
-def item_lines(head: str, items: list[str], width: int | None = None) -> list[str]:
-    """`head` and the items, comma-separated, folded between items to the terminal's width (80
-    when not a terminal); the lines after the first indented by two spaces."""
-    width = width or shutil.get_terminal_size((80, 24)).columns
-    lines, line = [], head.rstrip()
-    for i, item in enumerate(items):
-        piece = item + ("," if i < len(items) - 1 else "")
-        if line != head.rstrip() and len(line) + 1 + len(piece) > width:  # the head keeps one item
-            lines.append(line)
-            line = "  " + piece
-        else:
-            line += " " + piece
-    return [*lines, line]
 
 
 def predict_main(argv: list[str] | None = None) -> None:

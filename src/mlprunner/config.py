@@ -238,18 +238,24 @@ def _constructor_error(group: str, node, cls, exc: BaseException) -> ConfigError
         if node.get(k) is None and p is not None and p.default is not None:
             key = f"{group}.{k}"
             return ConfigError(key, message=f"{key}=null: {label} needs a value ({detail}); give it one: {key}=<value>")
-    found = []
-    for k in keys:
-        for form in {k, k.replace("_", " "), k.rstrip("s")}:
-            hit = re.search(rf"(?<![A-Za-z0-9_]){re.escape(form)}(?![A-Za-z0-9_])", detail, re.IGNORECASE)
-            if hit:
-                found.append((hit.start(), -len(form), k))
-    if found:
-        k = min(found)[2]
+    k = _named_key(node, detail)
+    if k is not None:
         value = OmegaConf.to_container(node[k]) if OmegaConf.is_list(node._get_node(k)) else node[k]
         key = f"{group}.{k}"
         return ConfigError(key, value, message=f"{key}={_word(value)}: {detail} ({label})")
     return ConfigError(group, message=f"{group}._target_={label} refused its arguments: {detail}")
+
+
+def _named_key(node, detail: str) -> str | None:
+    """The argument of the config node an error message names first (as `lr`, `label smoothing`
+    or `beta` for betas), or None."""
+    found = []
+    for k in (str(k) for k in node.keys() if not str(k).startswith("_")):
+        for form in {k, k.replace("_", " "), k.rstrip("s")}:
+            hit = re.search(rf"(?<![A-Za-z0-9_]){re.escape(form)}(?![A-Za-z0-9_])", detail, re.IGNORECASE)
+            if hit:
+                found.append((hit.start(), -len(form), k))
+    return min(found)[2] if found else None
 
 
 def _word(value) -> str:
@@ -270,13 +276,6 @@ def _meta_model(cfg: DictConfig, features: int, outputs: int):
         return None  # a class of the user's that cannot be built on the meta device: not checked
 
 
-def _names_an_argument(node: DictConfig, exc: BaseException) -> bool:
-    """Whether an error names one of the config node's own arguments (multi_margin's p=3)."""
-    text = first_line(exc.__cause__ or exc)
-    keys = [str(k) for k in node.keys() if not str(k).startswith("_")]
-    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])", text, re.IGNORECASE) for k in keys)
-
-
 def check_buildable(cfg: DictConfig) -> None:
     """Build each component once on stand-ins, before anything is written: the loss, the model on
     the meta device (no memory), the optimizer on a throw-away parameter and the scheduler on that
@@ -295,7 +294,7 @@ def check_buildable(cfg: DictConfig) -> None:
             warnings.simplefilter("ignore")
             loss(torch.zeros(2, loss.out_features), torch.tensor([0, 1]))  # some arguments are read only here
     except Exception as exc:
-        if not _names_an_argument(cfg.loss, exc):  # the loss cannot take logits and class labels
+        if _named_key(cfg.loss, first_line(exc)) is None:  # the loss cannot take logits and class labels
             label = option_label(cfg.loss, "loss")
             given = f"loss={label}" if label in options("loss") else f"loss._target_={cfg.loss.get('_target_')}"
             raise ConfigError(

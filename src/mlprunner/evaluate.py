@@ -66,10 +66,11 @@ def metrics_from_predictions(pred: torch.Tensor, y: torch.Tensor, num_classes: i
     }
     lo, hi = wilson_interval(errors, n)
     precision, recall = precision_recall(confusion) if n else (None, None)  # macro
+    accuracy, error, f1 = accuracy_error_f1(confusion) if n else (None, None, None)  # f1 macro, as val/f1
     return {
-        "error": errors / n if n else None,
-        "accuracy": (n - errors) / n if n else None,  # the quotient: 1 - 0.0288 is 0.9712000000000001
-        "f1": accuracy_error_f1(confusion)[2] if n else None,  # macro, as train/f1 and val/f1
+        "error": error,
+        "accuracy": accuracy,
+        "f1": f1,
         "precision": precision,
         "recall": recall,
         "n": n,

@@ -28,6 +28,21 @@ def fmt_pct(x) -> str:
     return "-" if x is None else f"{100 * x:.2f}%"
 
 
+def item_lines(head: str, items: list[str], width: int | None = None) -> list[str]:
+    """`head` and the items, comma-separated, folded between items to the terminal's width (80
+    when not a terminal); the lines after the first indented by two spaces."""
+    width = width or shutil.get_terminal_size((80, 24)).columns
+    lines, line = [], head.rstrip()
+    for i, item in enumerate(items):
+        piece = item + ("," if i < len(items) - 1 else "")
+        if line != head.rstrip() and len(line) + 1 + len(piece) > width:  # the head keeps one item
+            lines.append(line)
+            line = "  " + piece
+        else:
+            line += " " + piece
+    return [*lines, line]
+
+
 def fmt_rate(x: float) -> str:
     """45.3k/s, 1.23M/s: samples per second in at most 7 characters."""
     for div, unit in ((1e6, "M"), (1e3, "k")):

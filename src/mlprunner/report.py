@@ -38,6 +38,7 @@ from rich.table import Table
 from .checkpoint import atomic_write_text
 from .errors import EXIT_CONFIG, MlprunError
 from .plots import _plt, save_figure
+from .progress import item_lines
 from .results import RESULTS, read_results, results_file_problem
 from .runs import submission_file
 from .sessions import BASIC_SWEEPER, NOT_HPARAMS, short_keys, shown_value
@@ -994,15 +995,14 @@ def build_report(
         # paths are never broken across lines (soft_wrap): they are copied and typed
         console.print(f"summary: {csv_path}, {md_path.name}", highlight=False, soft_wrap=True)
         # file names too: whole, folded between names (an Optuna study draws one per key)
-        fold = textwrap.TextWrapper(
-            width=console.width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False
-        )
         if plots:
-            console.print(fold.fill(f"plots (.png): {', '.join(p.stem for p in made) or 'none'}"), highlight=False)
+            listed = item_lines("plots (.png):", [p.stem for p in made] or ["none"], console.width)
         else:  # --no-plots keeps an earlier report's figures, though older than these tables: say so
-            names = ", ".join(p.stem for p in earlier)
-            older = f"; {names} are from an earlier report" if earlier else ""
-            console.print(fold.fill(f"plots (.png): not drawn (--no-plots){older}"), highlight=False)
+            names = [p.stem for p in earlier]
+            if names:
+                names[-1] += " are from an earlier report"
+            listed = item_lines("plots (.png): not drawn (--no-plots)" + ";" * bool(names), names, console.width)
+        console.print("\n".join(listed), highlight=False)
         if next(folder.glob("**/events.out.tfevents.*"), None) is not None:  # none: nothing to show
             console.print(f"HParams: tensorboard --logdir {folder}", highlight=False, soft_wrap=True)
     return {"jobs": jobs, "keys": keys, "csv": csv_path, "md": md_path, "plots": made}

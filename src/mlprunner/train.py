@@ -26,6 +26,7 @@ from .errors import DivergenceError, Interrupted
 from .metrics import accuracy_error_f1, precision_recall
 from .models import min_train_batch
 from .profiling import make_profiler
+from .progress import fmt_pct
 from .swa import SWA
 
 log = logging.getLogger("mlprunner")
@@ -551,7 +552,7 @@ class Trainer:
         (error, accuracy, ...) in percent as the epoch lines show it. Patience counts from the
         last improvement, which is not the best epoch when a tie moved it (_ties_with_lower_loss)."""
         s = self.state
-        value = f"{s.best_value:.4g}" if self.monitor.endswith("loss") else f"{100 * s.best_value:.2f}%"
+        value = f"{s.best_value:.4g}" if self.monitor.endswith("loss") else fmt_pct(s.best_value)
         since = epoch - s.bad_epochs
         epochs = f"{s.bad_epochs} epoch{'s' * (s.bad_epochs != 1)}"
         if s.best_epoch == since:
