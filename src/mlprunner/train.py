@@ -483,13 +483,17 @@ class Trainer:
             raise DivergenceError(f"loss became non-finite during epoch {epoch}; {diverged_hint(self.optimizer)}")
         t_val = time.perf_counter()
         val_m = self.evaluate(self.data.val, self.val_metrics) if self.data.val is not None else None
+        t_train_eval = time.perf_counter()
+        self.profiler.add("validation", t_train_eval - t_val)
         # trainer.eval_train: the training split scored as validation is (eval mode, the epoch's
         # final weights), where train/ is the mean over the epoch's steps (dropout on, weights
         # moving): the curve that shows overfitting as lecture 003's exercise 1 plots it
-        train_eval_m = self.evaluate(self.data.train) if self.t.get("eval_train") else None
+        train_eval_m = None
+        if self.t.get("eval_train"):
+            train_eval_m = self.evaluate(self.data.train)
+            self.profiler.add("train_eval", time.perf_counter() - t_train_eval)  # not validation's time
         lr = self.optimizer.param_groups[0]["lr"]
         seconds = time.perf_counter() - t0
-        self.profiler.add("validation", time.perf_counter() - t_val)
         record = {"epoch": epoch, "train": train_m, "val": val_m, "lr": lr, "time_s": seconds}
         flat = {f"train/{k}": v for k, v in train_m.items()}
         if train_eval_m is not None:
